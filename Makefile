@@ -1,0 +1,105 @@
+# kvfuse - build, test and demo targets. `make help` lists them.
+#
+# One library (build/libkvfuse.a) from src/*.c, the CLI (build/kvfuse) from tools/, one test
+# binary per tests/test_*.c. Files named *_avx2.c / *_avx512.c are compiled with that ISA's
+# flags and only called after a run-time CPU check, so one binary runs on any x86-64.
+
+CC      ?= cc
+BUILD   ?= build
+PYTHON  ?= python3
+MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
+           -Werror=implicit-function-declaration -Wno-unused-parameter
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
+LDLIBS  := -lm -pthread
+
+ISA_AVX2   := -mavx2 -mfma -mf16c
+ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
+
+# Sanitizer build: make SAN=1 (used by `make asan`).
+ifeq ($(SAN),1)
+  ALL_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+  LDLIBS     += -fsanitize=address,undefined
+endif
+
+LIB_SRC  := $(sort $(wildcard src/*.c))
+LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+TOOL_SRC := $(sort $(wildcard tools/*.c))
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+# tests/tool_*.c: helper programs that integration scripts drive (not run on their own)
+TOOL_TEST_SRC := $(sort $(wildcard tests/tool_*.c))
+TEST_BIN += $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_TEST_SRC))
+LIB      := $(BUILD)/libkvfuse.a
+CLI      := $(BUILD)/kvfuse
+
+.PHONY: all lib cli tests test test-unit test-integration asan demo model python-deps \
+        bench bench-peer fuzz clean format help
+
+all: cli tests ## build the library, the CLI and the tests
+
+lib: $(LIB)
+cli: $(CLI)
+tests: $(TEST_BIN)
+
+$(BUILD)/obj/%_avx2.o: src/%_avx2.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX2) -c $< -o $@
+
+$(BUILD)/obj/%_avx512.o: src/%_avx512.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX512) -c $< -o $@
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
+	$(CC) $(ALL_CFLAGS) -Itools $(TOOL_SRC) $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB) | $(BUILD)/tests
+	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/obj $(BUILD)/tests:
+	mkdir -p $@
+
+model: $(MODEL) ## download the default model (SmolLM2-135M-Instruct Q4_1) into models/
+
+$(MODEL):
+	scripts/get-model.sh $@
+
+python-deps: ## install the Python oracles used by the integration tests into .venv
+	scripts/python-deps.sh
+
+test: all model ## build everything and run every test (unit + integration); prints "N passed, N failed"
+	scripts/run-tests.sh
+
+test-unit: all ## unit tests only (synthetic models, no downloads)
+	scripts/run-tests.sh --unit
+
+asan: ## unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+	$(MAKE) BUILD=build/asan SAN=1 CFLAGS="-O1 -g" all
+	BUILD=build/asan scripts/run-tests.sh --unit
+
+demo: ## set up everything and answer a chat prompt with the real model
+	scripts/demo.sh
+
+bench: cli model ## prefill/decode tokens per second on the default model
+	$(CLI) bench -m $(MODEL) -p 512 -n 128 -r 3
+
+bench-peer: cli model ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run
+	bench/peer.sh
+
+fuzz: ## build the libFuzzer targets and replay their seed corpora
+	scripts/fuzz.sh replay
+
+clean:
+	rm -rf build
+
+format:
+	clang-format -i include/*.h src/*.c src/*.h tools/*.c tests/*.c tests/*.h
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s '	'

@@ -1,0 +1,210 @@
+/* kvfuse.h - the public C API of kvfuse.
+ *
+ * kvfuse runs GGUF language models on the CPU and serves retrieval-augmented prompts fast by
+ * reusing precomputed KV caches of document chunks (A^3 KV cache fusion).
+ *
+ * Usage (error handling elided):
+ *
+ *     kvf_model *m;
+ *     kvf_model_load("models/SmolLM2-135M-Instruct.Q4_1.gguf", NULL, &m);
+ *     kvf_session *s;
+ *     kvf_session_new(m, NULL, &s);
+ *     int32_t ids[512];
+ *     int32_t n = kvf_tokenize(m, "Hello", 5, ids, 512, KVF_TOK_PARSE_SPECIAL);
+ *     kvf_session_eval(s, ids, n, 0);                  // prefill
+ *     kvf_sampler *smp = kvf_sampler_new(NULL);        // greedy
+ *     int32_t tok = kvf_sampler_sample(smp, kvf_session_logits(s, -1), kvf_model_n_vocab(m));
+ *     kvf_session_eval(s, &tok, 1, 0);                 // one decode step
+ *     ...
+ *     kvf_sampler_free(smp); kvf_session_free(s); kvf_model_free(m);
+ *
+ * Conventions:
+ * - Handles are opaque. Constructors return a kvf_status and write the new handle to *out
+ *   (NULL on failure); destructors accept NULL.
+ * - On failure a function returns a negative kvf_status; kvf_errmsg() then describes what went
+ *   wrong on the calling thread (the message names the offending field, offset or argument).
+ * - Functions that fill a caller buffer return the number of elements written, or, when the
+ *   buffer is too small, the negative of the number required.
+ *
+ * Threads: a kvf_model is immutable after loading and may be shared by any number of threads
+ * and sessions. A kvf_session (KV cache, scratch, thread pool) must be used by one thread at a
+ * time. Samplers likewise.
+ */
+#ifndef KVFUSE_H
+#define KVFUSE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#    define KVF_API __attribute__((visibility("default")))
+#else
+#    define KVF_API
+#endif
+
+#define KVF_VERSION "0.1.0"
+KVF_API const char *kvf_version(void);
+
+/* ---- status codes -------------------------------------------------------------------- */
+
+#define KVF_STATUS_MAP(X)                                                                     \
+    X(OK, 0, "success")                                                                       \
+    X(E_INVAL, -1, "invalid argument")                                                        \
+    X(E_IO, -2, "I/O error")                                                                  \
+    X(E_FORMAT, -3, "malformed or unsupported file")                                          \
+    X(E_NOMEM, -4, "out of memory")                                                           \
+    X(E_CTX_FULL, -5, "context window is full")                                               \
+    X(E_ABORTED, -6, "aborted")                                                               \
+    X(E_UNSUPPORTED, -7, "unsupported")                                                       \
+    X(E_NOTFOUND, -8, "not found")                                                            \
+    X(E_CORRUPT, -9, "corrupt data")                                                          \
+    X(E_FULL, -10, "storage full")
+
+typedef enum {
+#define KVF_X(name, val, msg) KVF_##name = val,
+    KVF_STATUS_MAP(KVF_X)
+#undef KVF_X
+} kvf_status;
+
+/* Static text for a status; never NULL. */
+KVF_API const char *kvf_status_str(kvf_status s);
+/* The message of the last error on this thread. Borrowed: valid until the next kvfuse call on
+ * this thread. Never NULL ("" when there was none). */
+KVF_API const char *kvf_errmsg(void);
+
+/* 0 = errors only, 1 = warnings, 2 = info (default), 3 = debug. Messages go to stderr. */
+KVF_API void kvf_set_log_level(int level);
+
+/* ---- model --------------------------------------------------------------------------- */
+
+typedef struct kvf_model kvf_model;
+
+typedef struct kvf_model_params {
+    const char *isa;    /* kernel set: NULL or "auto" = best this CPU supports; "ref", "avx2",
+                           "avx512" force one (an unsupported one is an error). Borrowed. */
+    int32_t n_threads;  /* threads for load-time weight repacking; 0 = online CPUs */
+} kvf_model_params;
+
+KVF_API kvf_model_params kvf_model_default_params(void);
+
+/* Load a GGUF model. `params` may be NULL for defaults. On success *out owns the model (free
+ * with kvf_model_free); on failure *out is NULL and kvf_errmsg() says why. */
+KVF_API kvf_status kvf_model_load(const char *path, const kvf_model_params *params,
+                                  kvf_model **out);
+KVF_API void kvf_model_free(kvf_model *model);
+
+typedef struct kvf_model_info {
+    const char *arch;      /* "llama", "qwen2"; borrowed from the model */
+    const char *name;      /* general.name or ""; borrowed */
+    const char *ftype;     /* dominant weight type, e.g. "Q4_1"; static */
+    const char *isa;       /* kernel set in use: "ref", "avx2", "avx512"; static */
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    uint64_t n_params;     /* parameters in the weight tensors */
+    uint64_t file_bytes;   /* size of the GGUF file */
+    uint64_t weight_bytes; /* memory held by the (repacked) weights */
+} kvf_model_info;
+
+KVF_API void    kvf_model_get_info(const kvf_model *model, kvf_model_info *out);
+KVF_API int32_t kvf_model_n_vocab(const kvf_model *model);
+KVF_API int32_t kvf_model_n_ctx_train(const kvf_model *model);
+
+/* ---- tokenizer ----------------------------------------------------------------------- */
+
+#define KVF_TOK_ADD_BOS       1u /* prepend BOS when the model's tokenizer asks for it */
+#define KVF_TOK_PARSE_SPECIAL 2u /* turn special-token text such as "<|im_start|>" into its id */
+
+/* Tokenize `len` bytes of `text` (any bytes; invalid UTF-8 is encoded byte-wise). Returns the
+ * number of ids written to `out`, or -(ids needed) if n_max is too small. */
+KVF_API int32_t kvf_tokenize(const kvf_model *model, const char *text, size_t len, int32_t *out,
+                             int32_t n_max, uint32_t flags);
+/* The bytes of one token (control tokens render as their text when render_special, else as
+ * nothing). Returns bytes written (no NUL), or -(bytes needed); INT32_MIN for a bad id. */
+KVF_API int32_t kvf_token_to_piece(const kvf_model *model, int32_t token, char *buf, int32_t len,
+                                   bool render_special);
+/* Decode a sequence of ids into text. Same return convention as kvf_token_to_piece; a NUL is
+ * written after the text when there is room for it. */
+KVF_API int32_t kvf_detokenize(const kvf_model *model, const int32_t *tokens, int32_t n,
+                               char *buf, int32_t len, bool render_special);
+KVF_API int32_t kvf_token_bos(const kvf_model *model); /* -1 when the model has none */
+KVF_API int32_t kvf_token_eos(const kvf_model *model);
+/* End of generation: EOS, EOT, <|im_end|> and the like. */
+KVF_API bool kvf_token_is_eog(const kvf_model *model, int32_t token);
+
+/* ---- chat template ------------------------------------------------------------------- */
+
+typedef struct kvf_chat_msg {
+    const char *role;    /* "system", "user", "assistant"; borrowed */
+    const char *content; /* borrowed */
+} kvf_chat_msg;
+
+/* Render messages with the model's chat template family (ChatML for SmolLM2 and Qwen2,
+ * Llama 3 headers, Zephyr/TinyLlama, Llama 2 [INST]). With add_assistant the text ends with
+ * the opening of the assistant turn. Returns bytes written (NUL added when there is room) or
+ * -(bytes needed). */
+KVF_API int32_t kvf_chat_format(const kvf_model *model, const kvf_chat_msg *msgs, size_t n_msgs,
+                                bool add_assistant, char *buf, int32_t len);
+/* Name of the template family in use: "chatml", "llama3", "zephyr", "llama2", "none". */
+KVF_API const char *kvf_chat_template_name(const kvf_model *model);
+
+/* ---- session (KV cache + scratch + threads) ------------------------------------------ */
+
+typedef struct kvf_session kvf_session;
+
+typedef enum { KVF_KV_F32 = 0, KVF_KV_F16 = 1 } kvf_kv_type;
+
+typedef struct kvf_session_params {
+    int32_t     n_ctx;     /* maximum tokens in the cache; 0 = the model's training context */
+    int32_t     n_threads; /* compute threads; 0 = online CPUs */
+    int32_t     n_ubatch;  /* tokens per forward micro-batch; 0 = default (256) */
+    kvf_kv_type kv_type;   /* storage of the session's KV cache */
+} kvf_session_params;
+
+KVF_API kvf_session_params kvf_session_default_params(void);
+
+/* Create a session on `model` (borrowed: must outlive the session). */
+KVF_API kvf_status kvf_session_new(const kvf_model *model, const kvf_session_params *params,
+                                   kvf_session **out);
+KVF_API void kvf_session_free(kvf_session *s);
+
+#define KVF_EVAL_ALL_LOGITS 1u /* keep logits for every evaluated token, not only the last */
+
+/* Append `n` tokens after the tokens already in the session, run the forward pass (batched),
+ * and keep the logits of the last token (or of all, with KVF_EVAL_ALL_LOGITS).
+ * KVF_E_CTX_FULL if they do not fit; the session is unchanged on any error. */
+KVF_API kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n,
+                                    uint32_t flags);
+/* Logits of row i of the last eval (i = -1: its last token). Borrowed from the session; valid
+ * until the next eval. NULL if that row was not kept. */
+KVF_API const float *kvf_session_logits(const kvf_session *s, int32_t i);
+/* Tokens currently in the cache. */
+KVF_API int32_t kvf_session_n_past(const kvf_session *s);
+/* Forget every token from position n_keep on (0 clears the session). */
+KVF_API kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep);
+
+/* ---- sampling ------------------------------------------------------------------------ */
+
+typedef struct kvf_sampler kvf_sampler;
+
+typedef struct kvf_sampler_params {
+    float    temp;  /* 0 = greedy (argmax, lowest id on ties) */
+    float    top_p; /* nucleus; 1 = off */
+    int32_t  top_k; /* 0 = off */
+    uint64_t seed;  /* RNG seed; the same seed gives the same tokens */
+} kvf_sampler_params;
+
+KVF_API kvf_sampler_params kvf_sampler_default_params(void);
+/* NULL params = greedy. Returns NULL only when out of memory. Free with kvf_sampler_free. */
+KVF_API kvf_sampler *kvf_sampler_new(const kvf_sampler_params *params);
+KVF_API void         kvf_sampler_free(kvf_sampler *smp);
+/* Pick a token from `logits` (n_vocab floats, not modified). */
+KVF_API int32_t kvf_sampler_sample(kvf_sampler *smp, const float *logits, int32_t n_vocab);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVFUSE_H */

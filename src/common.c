@@ -1,0 +1,144 @@
+/* common.c - status strings, per-thread error messages, logging, allocation and clocks. */
+#include "common.h"
+
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+const char *kvf_version(void) {
+    return KVF_VERSION;
+}
+
+const char *kvf_status_str(kvf_status s) {
+    switch (s) {
+#define KVF_X(name, val, msg)                                                                  \
+    case KVF_##name:                                                                           \
+        return msg;
+        KVF_STATUS_MAP(KVF_X)
+#undef KVF_X
+    }
+    return "unknown status";
+}
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static _Thread_local char g_errmsg[1024];
+
+const char *kvf_errmsg(void) {
+    return g_errmsg;
+}
+
+kvf_status kvf_set_error(kvf_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_errmsg, sizeof g_errmsg, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+void kvf_error_prefix(const char *fmt, ...) {
+    char    prefix[512], old[sizeof g_errmsg];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_errmsg, sizeof old);
+    size_t np = strlen(prefix), no = strlen(old);
+    if (np > sizeof g_errmsg - 1) np = sizeof g_errmsg - 1;
+    if (no > sizeof g_errmsg - 1 - np) no = sizeof g_errmsg - 1 - np;
+    memcpy(g_errmsg, prefix, np);
+    memcpy(g_errmsg + np, old, no);
+    g_errmsg[np + no] = 0;
+}
+
+void kvf_abort(const char *file, int line, const char *expr) {
+    fprintf(stderr, "kvfuse: internal error at %s:%d: assertion `%s` failed\n", file, line,
+            expr);
+    fflush(stderr);
+    abort();
+}
+
+/* ---- logging --------------------------------------------------------------------------- */
+
+static int g_log_level = KVF_LOG_INFO;
+
+void kvf_set_log_level(int level) {
+    g_log_level = level;
+}
+
+void kvf_log(int level, const char *fmt, ...) {
+    if (level > g_log_level) return;
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    va_list            ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "kvfuse %s: ", names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- allocation ------------------------------------------------------------------------ */
+
+static long g_fail_after; /* 0: off; n > 0: the n-th allocation from now fails */
+
+void kvf_alloc_fail_after(long n) {
+    g_fail_after = n;
+}
+
+static int alloc_should_fail(void) {
+    if (g_fail_after <= 0) return 0;
+    return --g_fail_after == 0;
+}
+
+void *kvf_malloc(size_t n) {
+    if (alloc_should_fail()) return NULL;
+    return malloc(n ? n : 1);
+}
+
+void *kvf_calloc(size_t count, size_t size) {
+    if (alloc_should_fail()) return NULL;
+    return calloc(count ? count : 1, size ? size : 1);
+}
+
+void *kvf_realloc(void *p, size_t n) {
+    if (alloc_should_fail()) return NULL;
+    return realloc(p, n ? n : 1);
+}
+
+void kvf_free(void *p) {
+    free(p);
+}
+
+void *kvf_alloc_aligned(size_t n) {
+    if (alloc_should_fail()) return NULL;
+    size_t rounded;
+    if (kvf_add_size(n, KVF_ALIGN - 1, &rounded)) return NULL;
+    rounded &= ~(size_t)(KVF_ALIGN - 1);
+    void *p = NULL;
+    if (posix_memalign(&p, KVF_ALIGN, rounded ? rounded : KVF_ALIGN) != 0) return NULL;
+    memset(p, 0, rounded ? rounded : KVF_ALIGN);
+    return p;
+}
+
+void kvf_free_aligned(void *p) {
+    free(p);
+}
+
+char *kvf_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char  *r = kvf_malloc(n);
+    if (r) memcpy(r, s, n);
+    return r;
+}
+
+/* ---- clocks ---------------------------------------------------------------------------- */
+
+uint64_t kvf_time_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+double kvf_time_ms(void) {
+    return (double)kvf_time_ns() / 1e6;
+}

@@ -1,0 +1,63 @@
+/* quant.h - weight types: block decoding, reference dequantisation, activation quantisation.
+ *
+ * Every supported quantised type decodes a block into small integer codes with an affine
+ * parameter pair per sub-block:  value[i] = scale[i / sub] * code[i] + min[i / sub].
+ * That one decoder is used twice: by the reference dequantiser (bit-exact with the `gguf`
+ * Python package) and by the repacker (matmul.c) that builds the interleaved panels the SIMD
+ * kernels read. So the fast path and the reference cannot disagree on the format.
+ *
+ * Activations are quantised per 32 values to int8 with a float scale (kvf_quantize_row_q8):
+ * the integer kernels compute  sum_i w_i * a_i  as  scale_w*d_a*sum(code*q) + min_w*d_a*sum(q).
+ */
+#ifndef KVF_QUANT_H
+#define KVF_QUANT_H
+
+#include <stdint.h>
+
+#include "gguf.h"
+
+#define KVF_QK 32 /* activation quantisation block; every panel block is 32 weights */
+
+/* How a type is stored in matmul panels (see matmul.h). */
+typedef enum {
+    KVF_PANEL_U4 = 0, /* codes 0..15 after shifting, packed nibbles; one scale/min per 32 */
+    KVF_PANEL_S8,     /* int8 codes; one scale/min per 32 */
+    KVF_PANEL_S8B16,  /* int8 codes; one scale/min per 16 (Q6_K) */
+    KVF_PANEL_F32,    /* float weights (F32, F16, BF16) */
+} kvf_panel_kind;
+
+typedef struct kvf_quant_traits {
+    uint32_t       type;
+    const char    *name;
+    uint32_t       block;   /* elements per block */
+    uint32_t       bytes;   /* bytes per block */
+    uint32_t       sub;     /* elements per scale/min pair (16 or 32); 0 for float types */
+    int            code_lo; /* codes lie in [code_lo, code_hi] */
+    int            code_hi;
+    kvf_panel_kind panel;
+    /* Decode one block: codes[block], scale[block/sub], min[block/sub]. NULL for float types. */
+    void (*unpack)(const void *blk, int8_t *codes, float *scale, float *min);
+} kvf_quant_traits;
+
+/* Traits of a type we can compute with, or NULL. */
+const kvf_quant_traits *kvf_quant_get(uint32_t type);
+
+/* Reference dequantisation of n elements (n a multiple of the type's block size). */
+void kvf_dequantize(uint32_t type, const void *src, float *dst, int64_t n);
+
+/* Half-precision conversions (exact, handle subnormals/inf/nan). */
+float    kvf_fp16_to_fp32(uint16_t h);
+uint16_t kvf_fp32_to_fp16(float f); /* round to nearest even */
+float    kvf_bf16_to_fp32(uint16_t h);
+
+/* Activation quantisation, reference version: n (multiple of 32) floats to int8 codes q[n],
+ * per-32 scales d[n/32] (d = max|x|/127, q = nearest-even(x/d)) and per-16 scaled sums
+ * s16[n/16] (s16[j] = d[j/2] * sum of the 16 codes). */
+void kvf_quantize_row_q8_ref(const float *x, int64_t n, int8_t *q, float *d, float *s16);
+
+/* Reference quantisers (test data and synthetic models): n floats to blocks of `type`
+ * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32). Simple round-to-nearest
+ * schemes, not llama.cpp's error-minimising ones. Returns 0, or -1 for an unsupported type. */
+int kvf_quantize(uint32_t type, const float *src, void *dst, int64_t n);
+
+#endif /* KVF_QUANT_H */
