@@ -84,10 +84,25 @@ KVF_API void kvf_set_log_level(int level);
 
 typedef struct kvf_model kvf_model;
 
+/* Arithmetic of the matrix multiplies. Weights stay in their GGUF format; what changes is how
+ * activations enter the integer dot products. */
+typedef enum {
+    KVF_PREC_Q16 = 0, /* default: activations as two int8 levels (value + rounding residual,
+                         ~15 significant bits): logits within ~1e-2 of f32 arithmetic */
+    KVF_PREC_Q8  = 1, /* activations as int8 per 32 values, as llama.cpp does: fastest, but
+                         small models can lose their answers to the rounding noise */
+    KVF_PREC_F32 = 2, /* weights dequantised to f32, f32 activations: matches float
+                         references (1e-4); slower, 4-8x the weight memory. For checking. */
+} kvf_precision;
+
+/* "q16", "q8", "f32" */
+KVF_API const char *kvf_precision_name(kvf_precision p);
+
 typedef struct kvf_model_params {
-    const char *isa;    /* kernel set: NULL or "auto" = best this CPU supports; "ref", "avx2",
-                           "avx512" force one (an unsupported one is an error). Borrowed. */
-    int32_t n_threads;  /* threads for load-time weight repacking; 0 = online CPUs */
+    const char   *isa;       /* kernel set: NULL or "auto" = best this CPU supports; "ref",
+                                "avx2", "avx512" force one (unsupported: error). Borrowed. */
+    int32_t       n_threads; /* threads for load-time weight repacking; 0 = online CPUs */
+    kvf_precision precision;
 } kvf_model_params;
 
 KVF_API kvf_model_params kvf_model_default_params(void);
@@ -103,6 +118,7 @@ typedef struct kvf_model_info {
     const char *name;      /* general.name or ""; borrowed */
     const char *ftype;     /* dominant weight type, e.g. "Q4_1"; static */
     const char *isa;       /* kernel set in use: "ref", "avx2", "avx512"; static */
+    const char *precision; /* "q16", "q8", "f32"; static */
     int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     uint64_t n_params;     /* parameters in the weight tensors */
     uint64_t file_bytes;   /* size of the GGUF file */
@@ -118,12 +134,14 @@ KVF_API int32_t kvf_model_n_ctx_train(const kvf_model *model);
 #define KVF_TOK_ADD_BOS       1u /* prepend BOS when the model's tokenizer asks for it */
 #define KVF_TOK_PARSE_SPECIAL 2u /* turn special-token text such as "<|im_start|>" into its id */
 
-/* Tokenize `len` bytes of `text` (any bytes; invalid UTF-8 is encoded byte-wise). Returns the
- * number of ids written to `out`, or -(ids needed) if n_max is too small. */
+/* Tokenize `len` bytes of `text` (any bytes: invalid UTF-8 is encoded byte-wise, except bytes
+ * the vocabulary has no token for, which are dropped as Hugging Face does). Returns the number
+ * of ids written to `out`, -(ids needed) if n_max is too small, or INT32_MIN on error (bad
+ * argument, out of memory; kvf_errmsg() says which). */
 KVF_API int32_t kvf_tokenize(const kvf_model *model, const char *text, size_t len, int32_t *out,
                              int32_t n_max, uint32_t flags);
 /* The bytes of one token (control tokens render as their text when render_special, else as
- * nothing). Returns bytes written (no NUL), or -(bytes needed); INT32_MIN for a bad id. */
+ * nothing). Returns bytes written (no NUL), -(bytes needed), or INT32_MIN on error (bad id). */
 KVF_API int32_t kvf_token_to_piece(const kvf_model *model, int32_t token, char *buf, int32_t len,
                                    bool render_special);
 /* Decode a sequence of ids into text. Same return convention as kvf_token_to_piece; a NUL is
@@ -144,8 +162,9 @@ typedef struct kvf_chat_msg {
 
 /* Render messages with the model's chat template family (ChatML for SmolLM2 and Qwen2,
  * Llama 3 headers, Zephyr/TinyLlama, Llama 2 [INST]). With add_assistant the text ends with
- * the opening of the assistant turn. Returns bytes written (NUL added when there is room) or
- * -(bytes needed). */
+ * the opening of the assistant turn. Returns bytes written (NUL added when there is room),
+ * -(bytes needed), or INT32_MIN when the model has no known template (see
+ * kvf_chat_template_name) or on a bad argument. */
 KVF_API int32_t kvf_chat_format(const kvf_model *model, const kvf_chat_msg *msgs, size_t n_msgs,
                                 bool add_assistant, char *buf, int32_t len);
 /* Name of the template family in use: "chatml", "llama3", "zephyr", "llama2", "none". */
@@ -183,6 +202,8 @@ KVF_API kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32
 KVF_API const float *kvf_session_logits(const kvf_session *s, int32_t i);
 /* Tokens currently in the cache. */
 KVF_API int32_t kvf_session_n_past(const kvf_session *s);
+/* Compute threads of the session. */
+KVF_API int32_t kvf_session_threads(const kvf_session *s);
 /* Forget every token from position n_keep on (0 clears the session). */
 KVF_API kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep);
 

@@ -156,7 +156,12 @@ static uint64_t pow2_at_least(uint64_t n) {
 
 #define FAIL(...)                                                                              \
     do {                                                                                       \
-        kvf_set_error(KVF_E_FORMAT, __VA_ARGS__);                                              \
+        st = kvf_set_error(KVF_E_FORMAT, __VA_ARGS__);                                         \
+        goto fail;                                                                             \
+    } while (0)
+#define FAIL_NOMEM()                                                                           \
+    do {                                                                                       \
+        st = kvf_set_error(KVF_E_NOMEM, "gguf: out of memory");                                \
         goto fail;                                                                             \
     } while (0)
 
@@ -250,6 +255,7 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
     *out           = NULL;
     gguf_file *f   = kvf_calloc(1, sizeof *f);
     int64_t   *idx = NULL;
+    kvf_status st  = KVF_OK;
     if (!f) return kvf_set_error(KVF_E_NOMEM, "gguf: out of memory");
     f->buf    = buf;
     f->len    = len;
@@ -263,7 +269,7 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
     rd_u32(&r, &f->version);
     if (f->version == 1) FAIL("gguf: version 1 at offset 4 is not supported (only 2 and 3)");
     if (f->version != 2 && f->version != 3) {
-        if ((f->version & 0xFFFF) == 0)
+        if (f->version == 0x02000000u || f->version == 0x03000000u)
             FAIL("gguf: version field at offset 4 is %u: a big-endian GGUF file, not supported",
                  f->version);
         FAIL("gguf: unsupported version %u at offset 4 (supported: 2, 3)", f->version);
@@ -281,18 +287,12 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
 
     f->kv      = kvf_calloc((size_t)(f->n_kv ? f->n_kv : 1), sizeof(gguf_kv));
     f->tensors = kvf_calloc((size_t)(f->n_tensors ? f->n_tensors : 1), sizeof(gguf_tensor));
-    if (!f->kv || !f->tensors) {
-        kvf_set_error(KVF_E_NOMEM, "gguf: out of memory");
-        goto fail;
-    }
+    if (!f->kv || !f->tensors) FAIL_NOMEM();
 
     /* key/value pairs */
     uint64_t cap = pow2_at_least(f->n_kv * 2 + 1);
     idx          = kvf_malloc(cap * sizeof(int64_t));
-    if (!idx) {
-        kvf_set_error(KVF_E_NOMEM, "gguf: out of memory");
-        goto fail;
-    }
+    if (!idx) FAIL_NOMEM();
     memset(idx, 0xff, cap * sizeof(int64_t));
     f->alignment = GGUF_DEFAULT_ALIGNMENT;
     for (uint64_t i = 0; i < f->n_kv; i++) {
@@ -310,12 +310,7 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
         if (t >= GGUF_T_COUNT)
             FAIL("gguf: key '%s' at offset %llu has unknown value type %u", str_show(kv->key),
                  (unsigned long long)kv->offset, t);
-        kvf_status st = parse_value(&r, kv, t, kv->offset);
-        if (st != KVF_OK) {
-            gguf_close(f);
-            kvf_free(idx);
-            return st;
-        }
+        if ((st = parse_value(&r, kv, t, kv->offset)) != KVF_OK) goto fail;
         if (index_insert(idx, cap, &f->kv[0].key, sizeof(gguf_kv), (int64_t)i) >= 0)
             FAIL("gguf: duplicate key '%s' at offset %llu", str_show(kv->key),
                  (unsigned long long)kv->offset);
@@ -337,10 +332,7 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
     /* tensor infos */
     cap = pow2_at_least(f->n_tensors * 2 + 1);
     idx = kvf_malloc(cap * sizeof(int64_t));
-    if (!idx) {
-        kvf_set_error(KVF_E_NOMEM, "gguf: out of memory");
-        goto fail;
-    }
+    if (!idx) FAIL_NOMEM();
     memset(idx, 0xff, cap * sizeof(int64_t));
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_tensor *t = &f->tensors[i];
@@ -419,7 +411,7 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out) {
 fail:
     kvf_free(idx);
     gguf_close(f);
-    return KVF_E_FORMAT;
+    return st;
 }
 
 kvf_status gguf_open(const char *path, gguf_file **out) {

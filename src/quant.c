@@ -262,24 +262,40 @@ void kvf_dequantize(uint32_t type, const void *src, float *dst, int64_t n) {
 
 /* ---- activation quantisation ----------------------------------------------------------- */
 
-void kvf_quantize_row_q8_ref(const float *x, int64_t n, int8_t *q, float *d, float *s16) {
+void kvf_quantize_row_q8_ref(const float *x, int64_t n, int8_t *q, float *d, float *s16,
+                             int32_t *qsum, int8_t *ql, float *dlo, int32_t *qsuml) {
     for (int64_t b = 0; b < n / KVF_QK; b++) {
         const float *xb   = x + b * KVF_QK;
         float        amax = 0.0f;
         for (int i = 0; i < KVF_QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
-        float db = amax / 127.0f;
-        float id = db != 0.0f ? 1.0f / db : 0.0f;
-        int   sum[2] = {0, 0};
+        float db  = amax / 127.0f;
+        float id  = db != 0.0f ? 1.0f / db : 0.0f;
+        float dl  = db / 254.0f;
+        float idl = dl != 0.0f ? 1.0f / dl : 0.0f;
+        int   sum[2] = {0, 0}, suml[2] = {0, 0};
         for (int i = 0; i < KVF_QK; i++) {
             float v = nearbyintf(xb[i] * id);
             v       = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-            int8_t c = (int8_t)v;
-            q[b * KVF_QK + i] = c;
-            sum[i >> 4] += c;
+            q[b * KVF_QK + i] = (int8_t)v;
+            sum[i >> 4] += (int)v;
+            if (ql) {
+                float r = fmaf(-v, db, xb[i]);
+                float w = nearbyintf(r * idl);
+                w       = w > 127.0f ? 127.0f : w < -127.0f ? -127.0f : w;
+                ql[b * KVF_QK + i] = (int8_t)w;
+                suml[i >> 4] += (int)w;
+            }
         }
-        d[b]               = db;
-        s16[2 * b]         = db * (float)sum[0];
-        s16[2 * b + 1]     = db * (float)sum[1];
+        d[b] = db;
+        if (ql) dlo[b] = dl;
+        for (int h = 0; h < 2; h++) {
+            s16[2 * b + h]  = db * (float)sum[h];
+            qsum[2 * b + h] = sum[h];
+            if (ql) {
+                s16[2 * b + h] += dl * (float)suml[h];
+                qsuml[2 * b + h] = suml[h];
+            }
+        }
     }
 }
 

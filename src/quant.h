@@ -50,10 +50,14 @@ float    kvf_fp16_to_fp32(uint16_t h);
 uint16_t kvf_fp32_to_fp16(float f); /* round to nearest even */
 float    kvf_bf16_to_fp32(uint16_t h);
 
-/* Activation quantisation, reference version: n (multiple of 32) floats to int8 codes q[n],
- * per-32 scales d[n/32] (d = max|x|/127, q = nearest-even(x/d)) and per-16 scaled sums
- * s16[n/16] (s16[j] = d[j/2] * sum of the 16 codes). */
-void kvf_quantize_row_q8_ref(const float *x, int64_t n, int8_t *q, float *d, float *s16);
+/* Activation quantisation, reference version. n (multiple of 32) floats become, per block of
+ * 32: d = max|x| / 127, codes q = nearest-even(x * (1/d)) clamped to +-127; per 16 inputs the
+ * integer sums qsum of q. With ql != NULL (two-level), the residual r = fmaf(-q, d, x) is
+ * quantised again with dl = d / 254 (stored in dl[]): ql = nearest-even(r * (1/dl)) clamped,
+ * sums in qsuml.
+ * s16 = d * sum16(q) (+ dl * sum16(ql)) is the scaled sum of the dequantised activations. */
+void kvf_quantize_row_q8_ref(const float *x, int64_t n, int8_t *q, float *d, float *s16,
+                             int32_t *qsum, int8_t *ql, float *dlo, int32_t *qsuml);
 
 /* Reference quantisers (test data and synthetic models): n floats to blocks of `type`
  * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32). Simple round-to-nearest

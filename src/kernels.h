@@ -1,0 +1,112 @@
+/* kernels.h - the compute kernels, one table per instruction set.
+ *
+ * Every table has the same entries: the reference table (kernels_ref.c, portable scalar C) is
+ * the specification; kernels_avx2.c and kernels_avx512.c are fast versions of the same
+ * functions, selected at run time (kvf_kernels_select) and tested against the reference.
+ *
+ * Weight panels. A matrix W[n_out][n_in] is stored as ceil(n_out/16) panels of 16 rows; a panel
+ * is n_in/32 blocks; a block holds 16 rows x 32 inputs:
+ *   U4    float scale[16], min[16]; uint8 qs[4][64]      (384 bytes)
+ *         qs[v][4*r + t]: low nibble = code(r, 8v + t), high nibble = code(r, 8v + 4 + t)
+ *   S8    float scale[16], min[16]; int8 q[8][64]        (640 bytes)
+ *         q[g][4*r + t] = code(r, 4g + t)
+ *   S8B16 float scale[2][16], min[2][16]; int8 q[8][64]  (768 bytes; [0] for inputs 0..15,
+ *         [1] for 16..31)
+ *   F32   float w[32][16]                                 (2048 bytes) w[k][r]
+ * and weight(r, k) = scale[r] * code(r, k) + min[r]. Rows past n_out have scale = min = 0.
+ * The 4-byte groups (4 inputs of one row) match VNNI's vpdpbusd: one broadcast of 4 activation
+ * bytes against 16 rows at once.
+ *
+ * Activations for the integer panels are quantised per row (kvf_act) in blocks of 32:
+ *   q[n_in] int8 codes, d[n_in/32] scales (d = max|x| / 127), qsum[n_in/16] sums of 16 codes;
+ * and, in two-level mode (ql != NULL), the rounding residual quantised again:
+ *   ql[n_in] int8 codes of x - d*q with scale dl = d / 254, qsuml[n_in/16] their sums;
+ * so x ~= d*q + dl*ql (about 15 significant bits instead of 8). s16[n_in/16] is the scaled sum
+ * of the dequantised activations of 16 inputs (d*sum(q) + dl*sum(ql)). For one panel block
+ * and row r, with the integer dot products isum = sum_k code(r,k) q(k) and isuml (exact):
+ *   acc = fmaf((float)isum, scale[r] * d, acc);
+ *   acc = fmaf((float)isuml, scale[r] * dl, acc);        (two-level mode only; dl = d / 254
+ *                                                          as stored by the quantiser)
+ *   acc = fmaf(min[r], s16[0] + s16[1], acc);
+ * (S8B16: the same per 16-input half). Every kernel table performs exactly these float
+ * operations in this order, so all instruction sets give bit-identical matmul results.
+ * F32 panels: acc = fmaf(w(r,k), x(k), acc) for k in order.
+ */
+#ifndef KVF_KERNELS_H
+#define KVF_KERNELS_H
+
+#include <stdint.h>
+
+#include "quant.h"
+
+#define KVF_PANEL_ROWS 16
+
+static inline int64_t kvf_panel_block_bytes(kvf_panel_kind k) {
+    switch (k) {
+    case KVF_PANEL_U4: return 384;
+    case KVF_PANEL_S8: return 640;
+    case KVF_PANEL_S8B16: return 768;
+    case KVF_PANEL_F32: return 2048;
+    }
+    return 0;
+}
+
+/* A batch of input rows for a matmul. Integer panels read q/d/s16; F32 panels read f. */
+typedef struct kvf_act {
+    int64_t      n_in;
+    int8_t      *q;   /* [rows][n_in] */
+    float       *d;   /* [rows][n_in/32] */
+    float       *s16;   /* [rows][n_in/16] */
+    int32_t     *qsum;  /* [rows][n_in/16] */
+    int8_t      *ql;    /* [rows][n_in] residual codes, or NULL (one-level) */
+    float       *dl;    /* [rows][n_in/32] residual scales d / 254 */
+    int32_t     *qsuml; /* [rows][n_in/16] */
+    const float *f;   /* [rows][ldf] */
+    int64_t      ldf;
+} kvf_act;
+
+/* y[c * ldy + r] (+)= sum_k W(r, k) * x_c(k) for the panel's rows r < nr and columns
+ * c in [c0, c0 + nc); `panel` points at the panel's first block, nb = n_in / 32.
+ * accumulate != 0 adds to y instead of overwriting it. */
+typedef void (*kvf_gemm_fn)(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                            int64_t nc, float *y, int64_t ldy, int nr, int accumulate);
+
+/* Attention of M query vectors against one KV head of a cache (exact softmax):
+ *   o_m = sum_{j < kv_end[m]} softmax_j(scale * q_m . k_j) v_j
+ * q[m] and o[m] point at head_dim floats; kt is the head's keys transposed, kt[i * ldk + j]
+ * = component i of key j; v[j * head_dim + i]. kv_end[m] >= 1. `work` has room for
+ * kvf_attn_work_floats(M) floats. */
+typedef void (*kvf_attn_fn)(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                            const float *kt, int64_t ldk, const float *v, int head_dim,
+                            float scale, float *work);
+#define KVF_ATTN_BK 64 /* keys per block */
+#define KVF_ATTN_MAX_M 64
+static inline int64_t kvf_attn_work_floats(int M) {
+    return (int64_t)M * (KVF_ATTN_BK + 4) + 64;
+}
+
+typedef struct kvf_kernels {
+    const char *name;
+    kvf_gemm_fn gemm[4]; /* indexed by kvf_panel_kind */
+    /* Quantise one row of n (multiple of 32) floats: see kvf_quantize_row_q8_ref. */
+    void (*quantize_row)(const float *x, int64_t n, int8_t *q, float *d, float *s16,
+                         int32_t *qsum, int8_t *ql, float *dl, int32_t *qsuml);
+    kvf_attn_fn attn;
+    /* y = x / sqrt(mean(x^2) + eps) * w */
+    void (*rmsnorm)(const float *x, const float *w, float *y, int64_t n, float eps);
+    /* out[i] = silu(g[i]) * u[i] */
+    void (*swiglu)(const float *g, const float *u, float *out, int64_t n);
+} kvf_kernels;
+
+extern const kvf_kernels kvf_kernels_ref;
+extern const kvf_kernels kvf_kernels_avx2;
+extern const kvf_kernels kvf_kernels_avx512;
+
+/* Pick a kernel table: NULL/"auto" = best supported by this CPU (overridable with the
+ * KVFUSE_ISA environment variable), or "ref", "avx2", "avx512". NULL (message set) if the
+ * requested set is unknown or this CPU lacks it. */
+const kvf_kernels *kvf_kernels_select(const char *isa);
+/* 1 if this CPU can run the named set. */
+int kvf_kernels_supported(const char *isa);
+
+#endif /* KVF_KERNELS_H */

@@ -1,0 +1,452 @@
+/* kernels_avx2.c - AVX2 + FMA kernels (compiled with -mavx2 -mfma -mf16c; selected at run
+ * time). A 16-row panel is processed as two halves of 8 rows (one ymm each).
+ *
+ * Integer dot products use vpmaddubsw (unsigned x signed bytes -> int16 pairs): U4 codes are
+ * unsigned and small, so eight groups can be summed in int16 without saturation (8 * 2 * 15 *
+ * 127 < 32767); S8 codes use the sign trick |w| x sign(a, w) and are widened per group. All
+ * integer sums are exact and the float steps mirror kernels_ref.c: bit-identical matmuls.
+ */
+#include "kernels.h"
+#include "common.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+
+static inline __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+static inline __m256i half_mask(int nr, int h) {
+    int n = nr - 8 * h; /* valid rows in this half */
+    n     = n < 0 ? 0 : n > 8 ? 8 : n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AI void store_acc(float *y, __m256 acc, int nr, int h, int accumulate) {
+    if (nr >= 8 * h + 8) {
+        if (accumulate) acc = _mm256_add_ps(_mm256_loadu_ps(y), acc);
+        _mm256_storeu_ps(y, acc);
+        return;
+    }
+    __m256i m = half_mask(nr, h);
+    if (accumulate) acc = _mm256_add_ps(_mm256_maskload_ps(y, m), acc);
+    _mm256_maskstore_ps(y, m, acc);
+}
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s        = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s        = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax256(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s        = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s        = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum256i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s         = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s         = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* ---- matmul tiles (one half of a panel, NC columns) ------------------------------------ */
+
+/* Float epilogue of one block (or half block) for one column, mirroring kernels_ref.c. */
+AI __m256 block_acc(__m256 acc, __m256i ia, __m256i ial, const int TWO, __m256 sc, __m256 mn,
+                    float d, float dl, float s) {
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(sc, _mm256_set1_ps(d)), acc);
+    if (TWO)
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ial), _mm256_mul_ps(sc, _mm256_set1_ps(dl)), acc);
+    return _mm256_fmadd_ps(mn, _mm256_set1_ps(s), acc);
+}
+
+/* U4 codes x activation bytes: eight 4-input groups summed in int16 (no saturation possible),
+ * then widened once */
+AI __m256i u4_dot(const __m256i *w, const int8_t *xq) {
+    __m256i i16 = _mm256_maddubs_epi16(w[0], bcast4(xq));
+    for (int g = 1; g < 8; g++)
+        i16 = _mm256_add_epi16(i16, _mm256_maddubs_epi16(w[g], bcast4(xq + 4 * g)));
+    return _mm256_madd_epi16(i16, _mm256_set1_epi16(1));
+}
+
+AI void u4_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256        acc[4];
+    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 384;
+        const __m256   sc  = _mm256_load_ps((const float *)blk + 8 * h);
+        const __m256   mn  = _mm256_load_ps((const float *)blk + 16 + 8 * h);
+        __m256i        w[8];
+        for (int v = 0; v < 4; v++) {
+            __m256i raw  = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * v + 32 * h));
+            w[2 * v]     = _mm256_and_si256(raw, m4);
+            w[2 * v + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NC; i++) {
+            __m256i      ia  = u4_dot(w, x->q + (c + i) * K + b * KVF_QK);
+            __m256i      ial = TWO ? u4_dot(w, x->ql + (c + i) * K + b * KVF_QK) : ia;
+            const float *s   = x->s16 + (c + i) * KS + 2 * b;
+            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+        }
+    }
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+}
+
+/* isum of 4-input groups g0..g0+ng-1 with the sign trick, widened to int32 per group */
+AI __m256i s8_groups(const __m256i *wa, const __m256i *ws, const int8_t *xq, int g0, int ng) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i       ia   = _mm256_setzero_si256();
+    for (int g = g0; g < g0 + ng; g++) {
+        __m256i a = _mm256_sign_epi8(bcast4(xq + 4 * g), ws[g]);
+        ia        = _mm256_add_epi32(ia, _mm256_madd_epi16(_mm256_maddubs_epi16(wa[g], a), ones));
+    }
+    return ia;
+}
+
+AI void s8_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    __m256        acc[4];
+    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 640;
+        const __m256   sc  = _mm256_load_ps((const float *)blk + 8 * h);
+        const __m256   mn  = _mm256_load_ps((const float *)blk + 16 + 8 * h);
+        __m256i        ws[8], wa[8];
+        for (int g = 0; g < 8; g++) {
+            ws[g] = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * g + 32 * h));
+            wa[g] = _mm256_abs_epi8(ws[g]);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NC; i++) {
+            __m256i      ia  = s8_groups(wa, ws, x->q + (c + i) * K + b * KVF_QK, 0, 8);
+            __m256i      ial = TWO ? s8_groups(wa, ws, x->ql + (c + i) * K + b * KVF_QK, 0, 8) : ia;
+            const float *s   = x->s16 + (c + i) * KS + 2 * b;
+            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+        }
+    }
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+}
+
+AI void s8b16_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                   const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    __m256        acc[4];
+    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 768;
+        __m256i        ws[8], wa[8];
+        for (int g = 0; g < 8; g++) {
+            ws[g] = _mm256_load_si256((const __m256i *)(blk + 256 + 64 * g + 32 * h));
+            wa[g] = _mm256_abs_epi8(ws[g]);
+        }
+        for (int hh = 0; hh < 2; hh++) {
+            const __m256 sc = _mm256_load_ps((const float *)blk + 16 * hh + 8 * h);
+            const __m256 mn = _mm256_load_ps((const float *)blk + 32 + 16 * hh + 8 * h);
+    #pragma GCC unroll 4
+        for (int i = 0; i < NC; i++) {
+                const int8_t *xq  = x->q + (c + i) * K + b * KVF_QK;
+                __m256i       ia  = s8_groups(wa, ws, xq, 4 * hh, 4);
+                __m256i       ial = TWO ? s8_groups(wa, ws, x->ql + (c + i) * K + b * KVF_QK, 4 * hh, 4) : ia;
+                acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                                   TWO ? x->dl[(c + i) * KB + b] : 0.0f,
+                                   x->s16[(c + i) * KS + 2 * b + hh]);
+            }
+        }
+    }
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+}
+
+AI void f32_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                 const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
+    KVF_UNUSED(TWO);
+    __m256 acc[4];
+    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const float *w = (const float *)(panel + b * 2048) + 8 * h;
+        for (int k = 0; k < KVF_QK; k++) {
+            __m256 wk = _mm256_load_ps(w + 16 * k);
+            for (int i = 0; i < NC; i++)
+                acc[i] = _mm256_fmadd_ps(
+                    wk, _mm256_set1_ps(x->f[(c + i) * x->ldf + b * KVF_QK + k]), acc[i]);
+        }
+    }
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+}
+
+#define GEMM_COLS(HALF, TWO)                                                                   \
+    do {                                                                                       \
+        for (int h = 0; h < 2 && 8 * h < nr; h++) {                                            \
+            int64_t c = c0, end = c0 + nc;                                                     \
+            for (; c + 4 <= end; c += 4) HALF(panel, nb, x, c, 4, TWO, y, ldy, nr, h, accumulate); \
+            switch (end - c) {                                                                 \
+            case 3: HALF(panel, nb, x, c, 3, TWO, y, ldy, nr, h, accumulate); break;           \
+            case 2: HALF(panel, nb, x, c, 2, TWO, y, ldy, nr, h, accumulate); break;           \
+            case 1: HALF(panel, nb, x, c, 1, TWO, y, ldy, nr, h, accumulate); break;           \
+            default: break;                                                                    \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
+#define DEFINE_GEMM(NAME, HALF)                                                                \
+    static void NAME(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,           \
+                     int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {              \
+        if (x->ql)                                                                             \
+            GEMM_COLS(HALF, 1);                                                                \
+        else                                                                                   \
+            GEMM_COLS(HALF, 0);                                                                \
+    }
+
+DEFINE_GEMM(gemm_u4, u4_half)
+DEFINE_GEMM(gemm_s8, s8_half)
+DEFINE_GEMM(gemm_s8b16, s8b16_half)
+
+static void gemm_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                     float *y, int64_t ldy, int nr, int accumulate) {
+    GEMM_COLS(f32_half, 0);
+}
+
+/* ---- activation quantisation (bit-identical to the reference) -------------------------- */
+
+/* round to nearest even, clamp to +-127, convert (exact) */
+static inline __m256i round_clamp(__m256 v) {
+    v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm256_max_ps(_mm256_min_ps(v, _mm256_set1_ps(127.0f)), _mm256_set1_ps(-127.0f));
+    return _mm256_cvtps_epi32(v);
+}
+
+/* 32 int32 codes (values within +-127) to 32 bytes in order */
+static inline void store_codes(int8_t *dst, const __m256i *iv) {
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i p01 = _mm256_packs_epi32(iv[0], iv[1]), p23 = _mm256_packs_epi32(iv[2], iv[3]);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), perm));
+}
+
+static void quantize_row(const float *x, int64_t n, int8_t *q, float *d, float *s16,
+                         int32_t *qsum, int8_t *ql, float *dlo, int32_t *qsuml) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / KVF_QK; b++) {
+        __m256 v[4], am = _mm256_setzero_ps();
+        for (int t = 0; t < 4; t++) {
+            v[t] = _mm256_loadu_ps(x + 32 * b + 8 * t);
+            am   = _mm256_max_ps(am, _mm256_and_ps(v[t], absmask));
+        }
+        float   amax = hmax256(am);
+        float   db   = amax / 127.0f;
+        float   id   = db != 0.0f ? 1.0f / db : 0.0f;
+        float   dl   = db / 254.0f;
+        float   idl  = dl != 0.0f ? 1.0f / dl : 0.0f;
+        __m256i iv[4], il[4];
+        for (int t = 0; t < 4; t++) {
+            iv[t] = round_clamp(_mm256_mul_ps(v[t], _mm256_set1_ps(id)));
+            if (ql) {
+                __m256 r = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(iv[t]), _mm256_set1_ps(db), v[t]);
+                il[t]    = round_clamp(_mm256_mul_ps(r, _mm256_set1_ps(idl)));
+            }
+        }
+        store_codes(q + 32 * b, iv);
+        d[b] = db;
+        for (int h = 0; h < 2; h++) {
+            int sh          = hsum256i(_mm256_add_epi32(iv[2 * h], iv[2 * h + 1]));
+            qsum[2 * b + h] = sh;
+            s16[2 * b + h]  = db * (float)sh;
+        }
+        if (ql) {
+            dlo[b] = dl;
+            store_codes(ql + 32 * b, il);
+            for (int h = 0; h < 2; h++) {
+                int sl           = hsum256i(_mm256_add_epi32(il[2 * h], il[2 * h + 1]));
+                qsuml[2 * b + h] = sl;
+                s16[2 * b + h] += dl * (float)sl;
+            }
+        }
+    }
+}
+
+/* ---- exp: same range reduction and polynomial as the AVX-512 version; 2^n built in the
+ * exponent bits (x is clamped to [-87, 88] so n stays a normal exponent). ---------------- */
+
+static inline __m256 exp256(__m256 x) {
+    x        = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    x        = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r        = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.3981999507e-3f);
+    p        = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p        = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p        = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p        = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p        = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* ---- attention ------------------------------------------------------------------------- */
+
+/* S[m][kofs .. kofs+32) for R rows (3 x 4 accumulators fit in 16 registers) */
+AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int64_t ldk,
+                int64_t j, int kofs, int hd, float scale, float *S) {
+    __m256 acc[3][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        const float *kr = kt + (int64_t)i * ldk + j;
+        __m256       k0 = _mm256_load_ps(kr), k1 = _mm256_load_ps(kr + 8);
+        __m256       k2 = _mm256_load_ps(kr + 16), k3 = _mm256_load_ps(kr + 24);
+        for (int r = 0; r < R; r++) {
+            __m256 qv = _mm256_broadcast_ss(&q[m0 + r][i]);
+            acc[r][0] = _mm256_fmadd_ps(qv, k0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(qv, k1, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(qv, k2, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(qv, k3, acc[r][3]);
+        }
+    }
+    __m256 vs = _mm256_set1_ps(scale);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++)
+            _mm256_store_ps(S + (int64_t)(m0 + r) * KVF_ATTN_BK + kofs + 8 * t,
+                            _mm256_mul_ps(acc[r][t], vs));
+}
+
+/* o_m[d0 .. d0+32) = o * alpha + P v for R rows */
+AI void pv_rows(float *const *o, int m0, const int R, const float *P, const float *alpha,
+                const float *v, int64_t j0, int jn, int hd, int d0) {
+    __m256 acc[2][4];
+    for (int r = 0; r < R; r++) {
+        __m256 a = _mm256_set1_ps(alpha[m0 + r]);
+        for (int t = 0; t < 4; t++)
+            acc[r][t] = _mm256_mul_ps(_mm256_loadu_ps(o[m0 + r] + d0 + 8 * t), a);
+    }
+    for (int j = 0; j < jn; j++) {
+        const float *vr = v + (j0 + j) * hd + d0;
+        __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+        __m256 v2 = _mm256_loadu_ps(vr + 16), v3 = _mm256_loadu_ps(vr + 24);
+        for (int r = 0; r < R; r++) {
+            __m256 p  = _mm256_broadcast_ss(&P[(int64_t)(m0 + r) * KVF_ATTN_BK + j]);
+            acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(p, v1, acc[r][1]);
+            acc[r][2] = _mm256_fmadd_ps(p, v2, acc[r][2]);
+            acc[r][3] = _mm256_fmadd_ps(p, v3, acc[r][3]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++) _mm256_storeu_ps(o[m0 + r] + d0 + 8 * t, acc[r][t]);
+}
+
+static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                 const float *kt, int64_t ldk, const float *v, int hd, float scale,
+                 float *work) {
+    KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 32 == 0);
+    float *S = work, *mrow = S + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M, *alpha = lrow + M;
+    int    n_max = 0;
+    for (int m = 0; m < M; m++) {
+        n_max   = KVF_MAX(n_max, kv_end[m]);
+        mrow[m] = -INFINITY;
+        lrow[m] = 0.0f;
+        memset(o[m], 0, sizeof(float) * (size_t)hd);
+    }
+    for (int64_t j0 = 0; j0 < n_max; j0 += KVF_ATTN_BK) {
+        int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
+        for (int kofs = 0; kofs < KVF_ATTN_BK; kofs += 32) {
+            int m = 0;
+            for (; m + 3 <= M; m += 3) qk_rows(q, m, 3, kt, ldk, j0 + kofs, kofs, hd, scale, S);
+            for (; m < M; m++) qk_rows(q, m, 1, kt, ldk, j0 + kofs, kofs, hd, scale, S);
+        }
+        for (int m = 0; m < M; m++) {
+            float  *s   = S + (int64_t)m * KVF_ATTN_BK;
+            int64_t vis = kv_end[m] - j0;
+            if (vis <= 0) {
+                memset(s, 0, sizeof(float) * KVF_ATTN_BK);
+                alpha[m] = 1.0f;
+                continue;
+            }
+            if (vis < KVF_ATTN_BK)
+                for (int64_t j = vis; j < KVF_ATTN_BK; j++) s[j] = -INFINITY;
+            __m256 mx = _mm256_set1_ps(-INFINITY);
+            for (int t = 0; t < 8; t++) mx = _mm256_max_ps(mx, _mm256_load_ps(s + 8 * t));
+            float m_new = fmaxf(mrow[m], hmax256(mx));
+            alpha[m]    = expf(mrow[m] - m_new);
+            mrow[m]     = m_new;
+            __m256 vm = _mm256_set1_ps(m_new), sum = _mm256_setzero_ps();
+            for (int t = 0; t < 8; t++) {
+                __m256 sv   = _mm256_load_ps(s + 8 * t);
+                __m256 live = _mm256_cmp_ps(sv, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                __m256 p    = _mm256_and_ps(live, exp256(_mm256_sub_ps(sv, vm)));
+                sum         = _mm256_add_ps(sum, p);
+                _mm256_store_ps(s + 8 * t, p);
+            }
+            lrow[m] = lrow[m] * alpha[m] + hsum256(sum);
+        }
+        for (int d0 = 0; d0 < hd; d0 += 32) {
+            int m = 0;
+            for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, S, alpha, v, j0, jn, hd, d0);
+            for (; m < M; m++) pv_rows(o, m, 1, S, alpha, v, j0, jn, hd, d0);
+        }
+    }
+    for (int m = 0; m < M; m++) {
+        __m256 inv = _mm256_set1_ps(1.0f / lrow[m]);
+        for (int t = 0; t < hd / 8; t++)
+            _mm256_storeu_ps(o[m] + 8 * t, _mm256_mul_ps(_mm256_loadu_ps(o[m] + 8 * t), inv));
+    }
+}
+
+/* ---- small ops ------------------------------------------------------------------------- */
+
+static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    __m256  acc = _mm256_setzero_ps();
+    int64_t i   = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        acc      = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = hsum256(acc);
+    for (; i < n; i++) ss += x[i] * x[i];
+    float  r  = 1.0f / sqrtf(ss / (float)n + eps);
+    __m256 vr = _mm256_set1_ps(r);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr),
+                                              _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static void swiglu(const float *g, const float *u, float *out, int64_t n) {
+    int64_t      i   = 0;
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 e  = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)),
+                                                _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+const kvf_kernels kvf_kernels_avx2 = {
+    .name         = "avx2",
+    .gemm         = {[KVF_PANEL_U4] = gemm_u4,
+                     [KVF_PANEL_S8] = gemm_s8,
+                     [KVF_PANEL_S8B16] = gemm_s8b16,
+                     [KVF_PANEL_F32] = gemm_f32},
+    .quantize_row = quantize_row,
+    .attn         = attn,
+    .rmsnorm      = rmsnorm,
+    .swiglu       = swiglu,
+};

@@ -1,0 +1,458 @@
+/* kernels_avx512.c - AVX-512 (F, BW, VL, DQ) + VNNI kernels. Compiled with -mavx512* flags
+ * and only called after kvf_kernels_select() has checked the CPU.
+ *
+ * Matmuls: one zmm holds one 4-input group of all 16 panel rows, so vpdpbusd multiplies it
+ * by a broadcast 4-byte group of an activation row. VNNI wants unsigned x signed bytes: U4
+ * codes are unsigned already; S8 codes are biased by +128 (xor 0x80) and the bias is taken
+ * back exactly with the activation's integer sums. Float steps mirror kernels_ref.c, so the
+ * results are bit-identical to the reference.
+ */
+#include "kernels.h"
+#include "common.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+
+static inline __m512i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+static inline __mmask16 row_mask(int nr) {
+    return nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+}
+
+AI void store_acc(float *y, __m512 acc, __mmask16 m, int accumulate) {
+    if (accumulate) acc = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y), acc);
+    _mm512_mask_storeu_ps(y, m, acc);
+}
+
+/* Float epilogue of one block (or half block) for one column, mirroring kernels_ref.c. */
+AI __m512 block_acc(__m512 acc, __m512i ia, __m512i ial, const int TWO, __m512 sc, __m512 mn,
+                    float d, float dl, float s) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), _mm512_mul_ps(sc, _mm512_set1_ps(d)), acc);
+    if (TWO)
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ial), _mm512_mul_ps(sc, _mm512_set1_ps(dl)), acc);
+    return _mm512_fmadd_ps(mn, _mm512_set1_ps(s), acc);
+}
+
+/* ---- U4 -------------------------------------------------------------------------------- */
+
+AI void u4_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512        acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 384;
+        const __m512   sc  = _mm512_load_ps(blk);
+        const __m512   mn  = _mm512_load_ps(blk + 64);
+        __m512i        w[8];
+        for (int v = 0; v < 4; v++) {
+            __m512i raw  = _mm512_load_si512(blk + 128 + 64 * v);
+            w[2 * v]     = _mm512_and_si512(raw, m4);
+            w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < NC; i++) {
+            const int8_t *xq = x->q + (c + i) * K + b * KVF_QK;
+            __m512i       ia = _mm512_setzero_si512(), ial = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) ia = _mm512_dpbusd_epi32(ia, w[g], bcast4(xq + 4 * g));
+            if (TWO) {
+                const int8_t *xl = x->ql + (c + i) * K + b * KVF_QK;
+    #pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) ial = _mm512_dpbusd_epi32(ial, w[g], bcast4(xl + 4 * g));
+            }
+            const float *s = x->s16 + (c + i) * KS + 2 * b;
+            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+        }
+    }
+    __mmask16 m = row_mask(nr);
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
+}
+
+/* ---- S8 (codes biased by 128 for vpdpbusd; bias removed with exact integer sums) -------- */
+
+AI void s8_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512        acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 640;
+        const __m512   sc  = _mm512_load_ps(blk);
+        const __m512   mn  = _mm512_load_ps(blk + 64);
+        __m512i        w[8];
+        for (int g = 0; g < 8; g++)
+            w[g] = _mm512_xor_si512(_mm512_load_si512(blk + 128 + 64 * g), bias);
+#pragma GCC unroll 8
+        for (int i = 0; i < NC; i++) {
+            const int8_t  *xq = x->q + (c + i) * K + b * KVF_QK;
+            const int32_t *qs = x->qsum + (c + i) * KS + 2 * b;
+            __m512i        ia = _mm512_set1_epi32(-128 * (qs[0] + qs[1])), ial = ia;
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) ia = _mm512_dpbusd_epi32(ia, w[g], bcast4(xq + 4 * g));
+            if (TWO) {
+                const int8_t  *xl  = x->ql + (c + i) * K + b * KVF_QK;
+                const int32_t *qsl = x->qsuml + (c + i) * KS + 2 * b;
+                ial                = _mm512_set1_epi32(-128 * (qsl[0] + qsl[1]));
+    #pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) ial = _mm512_dpbusd_epi32(ial, w[g], bcast4(xl + 4 * g));
+            }
+            const float *s = x->s16 + (c + i) * KS + 2 * b;
+            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+        }
+    }
+    __mmask16 m = row_mask(nr);
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
+}
+
+AI void s8b16_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                   const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
+    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512        acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = panel + b * 768;
+        __m512i        w[8];
+        for (int g = 0; g < 8; g++)
+            w[g] = _mm512_xor_si512(_mm512_load_si512(blk + 256 + 64 * g), bias);
+        for (int h = 0; h < 2; h++) {
+            const __m512 sc = _mm512_load_ps(blk + 64 * h);
+            const __m512 mn = _mm512_load_ps(blk + 128 + 64 * h);
+    #pragma GCC unroll 8
+        for (int i = 0; i < NC; i++) {
+                const int8_t *xq = x->q + (c + i) * K + b * KVF_QK + 16 * h;
+                __m512i       ia = _mm512_set1_epi32(-128 * x->qsum[(c + i) * KS + 2 * b + h]);
+                __m512i       ial = ia;
+                for (int g = 0; g < 4; g++)
+                    ia = _mm512_dpbusd_epi32(ia, w[4 * h + g], bcast4(xq + 4 * g));
+                if (TWO) {
+                    const int8_t *xl = x->ql + (c + i) * K + b * KVF_QK + 16 * h;
+                    ial = _mm512_set1_epi32(-128 * x->qsuml[(c + i) * KS + 2 * b + h]);
+                    for (int g = 0; g < 4; g++)
+                        ial = _mm512_dpbusd_epi32(ial, w[4 * h + g], bcast4(xl + 4 * g));
+                }
+                acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
+                                   TWO ? x->dl[(c + i) * KB + b] : 0.0f,
+                                   x->s16[(c + i) * KS + 2 * b + h]);
+            }
+        }
+    }
+    __mmask16 m = row_mask(nr);
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
+}
+
+/* ---- F32 ------------------------------------------------------------------------------- */
+
+AI void f32_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                 const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
+    KVF_UNUSED(TWO);
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const float *w = (const float *)(panel + b * 2048);
+        for (int k = 0; k < KVF_QK; k++) {
+            __m512 wk = _mm512_load_ps(w + 16 * k);
+            for (int i = 0; i < NC; i++)
+                acc[i] = _mm512_fmadd_ps(
+                    wk, _mm512_set1_ps(x->f[(c + i) * x->ldf + b * KVF_QK + k]), acc[i]);
+        }
+    }
+    __mmask16 m = row_mask(nr);
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
+}
+
+/* Column loop: full tiles of 8 columns, then one tile of the remainder (each size is its own
+ * instantiation, so the accumulators stay in registers); one- and two-level activations are
+ * separate instantiations too. */
+#define GEMM_COLS(TILE, TWO)                                                                   \
+    do {                                                                                       \
+        int64_t c = c0, end = c0 + nc;                                                         \
+        for (; c + 8 <= end; c += 8) TILE(panel, nb, x, c, 8, TWO, y, ldy, nr, accumulate);    \
+        switch (end - c) {                                                                     \
+        case 7: TILE(panel, nb, x, c, 7, TWO, y, ldy, nr, accumulate); break;                  \
+        case 6: TILE(panel, nb, x, c, 6, TWO, y, ldy, nr, accumulate); break;                  \
+        case 5: TILE(panel, nb, x, c, 5, TWO, y, ldy, nr, accumulate); break;                  \
+        case 4: TILE(panel, nb, x, c, 4, TWO, y, ldy, nr, accumulate); break;                  \
+        case 3: TILE(panel, nb, x, c, 3, TWO, y, ldy, nr, accumulate); break;                  \
+        case 2: TILE(panel, nb, x, c, 2, TWO, y, ldy, nr, accumulate); break;                  \
+        case 1: TILE(panel, nb, x, c, 1, TWO, y, ldy, nr, accumulate); break;                  \
+        default: break;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+#define DEFINE_GEMM(NAME, TILE)                                                                \
+    static void NAME(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,           \
+                     int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {              \
+        if (x->ql)                                                                             \
+            GEMM_COLS(TILE, 1);                                                                \
+        else                                                                                   \
+            GEMM_COLS(TILE, 0);                                                                \
+    }
+
+DEFINE_GEMM(gemm_u4, u4_tile)
+DEFINE_GEMM(gemm_s8, s8_tile)
+DEFINE_GEMM(gemm_s8b16, s8b16_tile)
+static void gemm_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                     float *y, int64_t ldy, int nr, int accumulate) {
+    GEMM_COLS(f32_tile, 0);
+}
+
+/* ---- activation quantisation (bit-identical to kvf_quantize_row_q8_ref) ---------------- */
+
+static void quantize_row(const float *x, int64_t n, int8_t *q, float *d, float *s16,
+                         int32_t *qsum, int8_t *ql, float *dlo, int32_t *qsuml) {
+    const __m512  absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512  lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+    for (int64_t b = 0; b < n / KVF_QK; b++) {
+        __m512 xv[2] = {_mm512_loadu_ps(x + 32 * b), _mm512_loadu_ps(x + 32 * b + 16)};
+        __m512 am    = _mm512_max_ps(_mm512_and_ps(xv[0], absmask), _mm512_and_ps(xv[1], absmask));
+        float  amax  = _mm512_reduce_max_ps(am);
+        float  db    = amax / 127.0f;
+        float  id    = db != 0.0f ? 1.0f / db : 0.0f;
+        float  dl    = db / 254.0f;
+        float  idl   = dl != 0.0f ? 1.0f / dl : 0.0f;
+        d[b]         = db;
+        if (ql) dlo[b] = dl;
+        for (int h = 0; h < 2; h++) {
+            /* round to nearest even (as nearbyintf), clamp, then convert exactly */
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(xv[h], _mm512_set1_ps(id)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v        = _mm512_max_ps(_mm512_min_ps(v, lim), nlim);
+            __m512i iv = _mm512_cvtps_epi32(v);
+            _mm_storeu_si128((__m128i *)(q + 32 * b + 16 * h), _mm512_cvtepi32_epi8(iv));
+            int sh = _mm512_reduce_add_epi32(iv);
+            qsum[2 * b + h] = sh;
+            s16[2 * b + h]  = db * (float)sh;
+            if (ql) {
+                __m512 r = _mm512_fnmadd_ps(v, _mm512_set1_ps(db), xv[h]);
+                __m512 w = _mm512_roundscale_ps(_mm512_mul_ps(r, _mm512_set1_ps(idl)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                w          = _mm512_max_ps(_mm512_min_ps(w, lim), nlim);
+                __m512i iw = _mm512_cvtps_epi32(w);
+                _mm_storeu_si128((__m128i *)(ql + 32 * b + 16 * h), _mm512_cvtepi32_epi8(iw));
+                int sl           = _mm512_reduce_add_epi32(iw);
+                qsuml[2 * b + h] = sl;
+                s16[2 * b + h] += dl * (float)sl;
+            }
+        }
+    }
+}
+
+/* ---- exp ------------------------------------------------------------------------------- */
+
+/* e^x for a vector: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, then scale by
+ * 2^n with vscalefps (which also handles overflow to inf and underflow to 0). Max relative
+ * error ~2 ulp over the float range; exp(-inf) = 0. */
+static inline __m512 exp512(__m512 x) {
+    const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 ln2hi = _mm512_set1_ps(0.693359375f);
+    const __m512 ln2lo = _mm512_set1_ps(-2.12194440e-4f);
+    x                  = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); /* e^-104 underflows */
+    x                  = _mm512_min_ps(x, _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, ln2hi, x);
+    r        = _mm512_fnmadd_ps(n, ln2lo, r);
+    __m512 p = _mm512_set1_ps(1.3981999507e-3f);
+    p        = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p        = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p        = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p        = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p        = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* ---- attention (flash-style: key blocks of 64, online softmax) ------------------------- */
+
+/* S[m][0..64) = scale * q_m . k_{j0..j0+64} for R rows starting at m0 */
+AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int64_t ldk,
+                int64_t j0, int hd, float scale, float *S) {
+    __m512 acc[6][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int i = 0; i < hd; i++) {
+        const float *kr = kt + (int64_t)i * ldk + j0;
+        __m512       k0 = _mm512_load_ps(kr), k1 = _mm512_load_ps(kr + 16);
+        __m512       k2 = _mm512_load_ps(kr + 32), k3 = _mm512_load_ps(kr + 48);
+        for (int r = 0; r < R; r++) {
+            __m512 qv = _mm512_set1_ps(q[m0 + r][i]);
+            acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(qv, k2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(qv, k3, acc[r][3]);
+        }
+    }
+    __m512 vs = _mm512_set1_ps(scale);
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++)
+            _mm512_store_ps(S + (int64_t)(m0 + r) * KVF_ATTN_BK + 16 * t,
+                            _mm512_mul_ps(acc[r][t], vs));
+}
+
+/* o_m = o_m * alpha_m + sum_j P[m][j] v_j for R rows, hd = 16 * HV */
+AI void pv_rows(float *const *o, int m0, const int R, const float *P, const float *alpha,
+                const float *v, int64_t j0, int jn, const int HV) {
+    __m512 acc[4][8];
+    for (int r = 0; r < R; r++) {
+        __m512 a = _mm512_set1_ps(alpha[m0 + r]);
+        for (int t = 0; t < HV; t++) acc[r][t] = _mm512_mul_ps(_mm512_loadu_ps(o[m0 + r] + 16 * t), a);
+    }
+    for (int j = 0; j < jn; j++) {
+        const float *vr = v + (j0 + j) * (16 * HV);
+        __m512       vv[8];
+        for (int t = 0; t < HV; t++) vv[t] = _mm512_loadu_ps(vr + 16 * t);
+        for (int r = 0; r < R; r++) {
+            __m512 p = _mm512_set1_ps(P[(int64_t)(m0 + r) * KVF_ATTN_BK + j]);
+            for (int t = 0; t < HV; t++) acc[r][t] = _mm512_fmadd_ps(p, vv[t], acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < HV; t++) _mm512_storeu_ps(o[m0 + r] + 16 * t, acc[r][t]);
+}
+
+static void pv_block(float *const *o, int M, const float *P, const float *alpha, const float *v,
+                     int64_t j0, int jn, int hd) {
+    int m = 0;
+    /* 4 rows at a time while 4*HV accumulators fit in the 32 registers, else 2 */
+#define PV_CASE(HV)                                                                            \
+    case HV:                                                                                   \
+        if (HV <= 4)                                                                           \
+            for (; m + 4 <= M; m += 4) pv_rows(o, m, 4, P, alpha, v, j0, jn, HV);              \
+        for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, P, alpha, v, j0, jn, HV);                  \
+        for (; m < M; m++) pv_rows(o, m, 1, P, alpha, v, j0, jn, HV);                          \
+        break;
+    switch (hd / 16) {
+        PV_CASE(1) PV_CASE(2) PV_CASE(3) PV_CASE(4) PV_CASE(5) PV_CASE(6) PV_CASE(7) PV_CASE(8)
+    default: KVF_ASSERT(0);
+    }
+#undef PV_CASE
+}
+
+static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                 const float *kt, int64_t ldk, const float *v, int hd, float scale,
+                 float *work) {
+    KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 16 == 0 && hd <= 128);
+    float *S     = work;                        /* [M][64], 64-byte aligned by the caller */
+    float *mrow  = S + (int64_t)M * KVF_ATTN_BK; /* [M] */
+    float *lrow  = mrow + M;
+    float *alpha = lrow + M;
+    int    n_max = 0;
+    for (int m = 0; m < M; m++) {
+        n_max   = KVF_MAX(n_max, kv_end[m]);
+        mrow[m] = -INFINITY;
+        lrow[m] = 0.0f;
+        memset(o[m], 0, sizeof(float) * (size_t)hd);
+    }
+    for (int64_t j0 = 0; j0 < n_max; j0 += KVF_ATTN_BK) {
+        int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
+        int m  = 0;
+        for (; m + 6 <= M; m += 6) qk_rows(q, m, 6, kt, ldk, j0, hd, scale, S);
+        switch (M - m) {
+        case 5: qk_rows(q, m, 5, kt, ldk, j0, hd, scale, S); break;
+        case 4: qk_rows(q, m, 4, kt, ldk, j0, hd, scale, S); break;
+        case 3: qk_rows(q, m, 3, kt, ldk, j0, hd, scale, S); break;
+        case 2: qk_rows(q, m, 2, kt, ldk, j0, hd, scale, S); break;
+        case 1: qk_rows(q, m, 1, kt, ldk, j0, hd, scale, S); break;
+        default: break;
+        }
+        for (m = 0; m < M; m++) {
+            float  *s    = S + (int64_t)m * KVF_ATTN_BK;
+            int64_t vis  = kv_end[m] - j0; /* visible keys of this block */
+            if (vis <= 0) {                 /* nothing visible: leave this row unchanged */
+                memset(s, 0, sizeof(float) * KVF_ATTN_BK);
+                alpha[m] = 1.0f;
+                continue;
+            }
+            __m512 sv[4], mx = _mm512_set1_ps(-INFINITY);
+            for (int t = 0; t < 4; t++) {
+                int64_t   lo   = 16 * t;
+                __mmask16 keep = vis >= lo + 16 ? 0xFFFF
+                                 : vis <= lo    ? 0
+                                                : (__mmask16)((1u << (vis - lo)) - 1);
+                sv[t]          = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY),
+                                                      _mm512_load_ps(s + lo));
+                mx             = _mm512_max_ps(mx, sv[t]);
+            }
+            float m_new = fmaxf(mrow[m], _mm512_reduce_max_ps(mx));
+            alpha[m]    = expf(mrow[m] - m_new); /* 0 on the first block (-inf) */
+            mrow[m]     = m_new;
+            __m512 vm = _mm512_set1_ps(m_new), sum = _mm512_setzero_ps();
+            for (int t = 0; t < 4; t++) {
+                /* masked keys get exactly 0 (their score is -inf) */
+                __mmask16 live = _mm512_cmp_ps_mask(sv[t], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+                __m512    p    = _mm512_maskz_mov_ps(live, exp512(_mm512_sub_ps(sv[t], vm)));
+                sum            = _mm512_add_ps(sum, p);
+                _mm512_store_ps(s + 16 * t, p);
+            }
+            lrow[m] = lrow[m] * alpha[m] + _mm512_reduce_add_ps(sum);
+        }
+        pv_block(o, M, S, alpha, v, j0, jn, hd);
+    }
+    for (int m = 0; m < M; m++) {
+        __m512 inv = _mm512_set1_ps(1.0f / lrow[m]);
+        for (int t = 0; t < hd / 16; t++)
+            _mm512_storeu_ps(o[m] + 16 * t, _mm512_mul_ps(_mm512_loadu_ps(o[m] + 16 * t), inv));
+    }
+}
+
+/* ---- small ops ------------------------------------------------------------------------- */
+
+static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    __m512  acc = _mm512_setzero_ps();
+    int64_t i   = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        acc      = _mm512_fmadd_ps(v, v, acc);
+    }
+    float ss = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++) ss += x[i] * x[i];
+    float  r  = 1.0f / sqrtf(ss / (float)n + eps);
+    __m512 vr = _mm512_set1_ps(r);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vr),
+                                              _mm512_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static void swiglu(const float *g, const float *u, float *out, int64_t n) {
+    int64_t      i   = 0;
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 gv = _mm512_loadu_ps(g + i);
+        __m512 e  = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        __m512 s  = _mm512_div_ps(gv, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+const kvf_kernels kvf_kernels_avx512 = {
+    .name         = "avx512",
+    .gemm         = {[KVF_PANEL_U4] = gemm_u4,
+                     [KVF_PANEL_S8] = gemm_s8,
+                     [KVF_PANEL_S8B16] = gemm_s8b16,
+                     [KVF_PANEL_F32] = gemm_f32},
+    .quantize_row = quantize_row,
+    .attn         = attn,
+    .rmsnorm      = rmsnorm,
+    .swiglu       = swiglu,
+};

@@ -1,0 +1,147 @@
+/* kernels_ref.c - the portable scalar kernels: the specification every SIMD table must match
+ * (matmuls bit for bit, the rest within float tolerance) and the fallback on any CPU. */
+#include "kernels.h"
+#include "common.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- matmul panels --------------------------------------------------------------------- */
+
+static inline void store_row(float *y, int64_t c, int64_t ldy, int r, float v, int accumulate) {
+    float *p = y + c * ldy + r;
+    *p       = accumulate ? *p + v : v;
+}
+
+/* code(r, k) of a block of each integer panel kind */
+static inline int code_u4(const uint8_t *blk, int r, int k) {
+    uint8_t byte = blk[128 + 64 * (k / 8) + 4 * r + (k % 4)];
+    return (k % 8) < 4 ? (byte & 15) : (byte >> 4);
+}
+
+static inline int code_s8(const uint8_t *blk, int hdr, int r, int k) {
+    return ((const int8_t *)blk)[hdr + 64 * (k / 4) + 4 * r + (k % 4)];
+}
+
+/* One panel kind: block bytes, header bytes (scales/mins), inputs per scale (32 or 16). */
+static void gemm_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate,
+                         kvf_panel_kind kind) {
+    const int64_t K    = x->n_in;
+    const int     bb   = (int)kvf_panel_block_bytes(kind);
+    const int     sub  = kind == KVF_PANEL_S8B16 ? 16 : 32;
+    const int     nsub = KVF_QK / sub;
+    for (int64_t c = c0; c < c0 + nc; c++) {
+        const int8_t *xq = x->q + c * K, *xl = x->ql ? x->ql + c * K : NULL;
+        const float  *xd = x->d + c * (K / KVF_QK), *xs = x->s16 + c * (K / 16);
+        for (int r = 0; r < nr; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = panel + b * bb;
+                const float   *sc = (const float *)blk, *mn = sc + 16 * nsub;
+                float          dl = xl ? x->dl[c * (K / KVF_QK) + b] : 0.0f;
+                for (int h = 0; h < nsub; h++) {
+                    int32_t isum = 0, isuml = 0;
+                    for (int k = h * sub; k < (h + 1) * sub; k++) {
+                        int code = kind == KVF_PANEL_U4 ? code_u4(blk, r, k)
+                                                        : code_s8(blk, 32 * 4 * nsub, r, k);
+                        isum += code * xq[b * KVF_QK + k];
+                        if (xl) isuml += code * xl[b * KVF_QK + k];
+                    }
+                    acc = fmaf((float)isum, sc[16 * h + r] * xd[b], acc);
+                    if (xl) acc = fmaf((float)isuml, sc[16 * h + r] * dl, acc);
+                    acc = fmaf(mn[16 * h + r], nsub == 2 ? xs[2 * b + h] : xs[2 * b] + xs[2 * b + 1], acc);
+                }
+            }
+            store_row(y, c, ldy, r, acc, accumulate);
+        }
+    }
+}
+
+static void gemm_u4_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
+}
+
+static void gemm_s8_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
+}
+
+static void gemm_s8b16_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                           int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
+}
+
+static void gemm_f32_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    for (int64_t c = c0; c < c0 + nc; c++) {
+        const float *xf = x->f + c * x->ldf;
+        for (int r = 0; r < nr; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const float *w = (const float *)(panel + b * 2048);
+                for (int k = 0; k < KVF_QK; k++)
+                    acc = fmaf(w[k * KVF_PANEL_ROWS + r], xf[b * KVF_QK + k], acc);
+            }
+            store_row(y, c, ldy, r, acc, accumulate);
+        }
+    }
+}
+
+/* ---- attention ------------------------------------------------------------------------- */
+
+/* Two passes per query: scores and max, then exp-weighted sum of values. */
+static void attn_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                     const float *kt, int64_t ldk, const float *v, int hd, float scale,
+                     float *work) {
+    KVF_UNUSED(work);
+    for (int m = 0; m < M; m++) {
+        int   n  = kv_end[m];
+        float mx = -INFINITY;
+        /* first pass: the maximum score (scores are recomputed in the second pass) */
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++) s += q[m][i] * kt[i * ldk + j];
+            s *= scale;
+            if (s > mx) mx = s;
+        }
+        float sum = 0.0f;
+        float acc[256];
+        KVF_ASSERT(hd <= 256);
+        memset(acc, 0, sizeof(float) * (size_t)hd);
+        for (int j = 0; j < n; j++) {
+            float s = 0.0f;
+            for (int i = 0; i < hd; i++) s += q[m][i] * kt[i * ldk + j];
+            float p = expf(s * scale - mx);
+            sum += p;
+            for (int i = 0; i < hd; i++) acc[i] += p * v[(int64_t)j * hd + i];
+        }
+        for (int i = 0; i < hd; i++) o[m][i] = acc[i] / sum;
+    }
+}
+
+/* ---- small ops ------------------------------------------------------------------------- */
+
+static void rmsnorm_ref(const float *x, const float *w, float *y, int64_t n, float eps) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * r * w[i];
+}
+
+static void swiglu_ref(const float *g, const float *u, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+const kvf_kernels kvf_kernels_ref = {
+    .name         = "ref",
+    .gemm         = {[KVF_PANEL_U4] = gemm_u4_ref,
+                     [KVF_PANEL_S8] = gemm_s8_ref,
+                     [KVF_PANEL_S8B16] = gemm_s8b16_ref,
+                     [KVF_PANEL_F32] = gemm_f32_ref},
+    .quantize_row = kvf_quantize_row_q8_ref,
+    .attn         = attn_ref,
+    .rmsnorm      = rmsnorm_ref,
+    .swiglu       = swiglu_ref,
+};

@@ -1,0 +1,337 @@
+/* matmul.c - packing GGUF weights into panels, activation quantisation, and the threaded
+ * driver that hands (panel group x row group) work items to the kernels. */
+#include "matmul.h"
+#include "common.h"
+
+#include <string.h>
+
+/* ---- packing --------------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t                type;
+    const kvf_quant_traits *qt;
+    const uint8_t          *src;
+    int64_t                 row_bytes;
+    kvf_weight             *w;
+    atomic_int_fast64_t     next;
+    atomic_int              failed;
+} pack_ctx;
+
+/* Write row `r` of a panel from decoded codes/scales of one 32-input block `b`. */
+static void put_block(const kvf_weight *w, uint8_t *blk, int r, const int8_t *codes,
+                      const float *scale, const float *min, int code_lo) {
+    float *sc = (float *)blk, *mn = sc + (w->kind == KVF_PANEL_S8B16 ? 32 : 16);
+    switch (w->kind) {
+    case KVF_PANEL_U4: {
+        sc[r]       = scale[0];
+        mn[r]       = min[0] + (float)code_lo * scale[0];
+        uint8_t *qs = blk + 128;
+        for (int v = 0; v < 4; v++)
+            for (int t = 0; t < 4; t++) {
+                int lo = codes[8 * v + t] - code_lo, hi = codes[8 * v + 4 + t] - code_lo;
+                qs[64 * v + 4 * r + t] = (uint8_t)(lo | (hi << 4));
+            }
+        break;
+    }
+    case KVF_PANEL_S8:
+    case KVF_PANEL_S8B16: {
+        if (w->kind == KVF_PANEL_S8) {
+            sc[r] = scale[0];
+            mn[r] = min[0];
+        } else {
+            sc[r] = scale[0], sc[16 + r] = scale[1];
+            mn[r] = min[0], mn[16 + r] = min[1];
+        }
+        int8_t *q = (int8_t *)blk + (w->kind == KVF_PANEL_S8 ? 128 : 256);
+        for (int g = 0; g < 8; g++)
+            for (int t = 0; t < 4; t++) q[64 * g + 4 * r + t] = codes[4 * g + t];
+        break;
+    }
+    case KVF_PANEL_F32: KVF_ASSERT(0);
+    }
+}
+
+static void pack_panel(pack_ctx *c, int64_t p, float *tmp) {
+    kvf_weight *w   = c->w;
+    uint8_t    *dst = w->data + p * w->panel_bytes;
+    int64_t     nb  = w->n_in / KVF_QK;
+    int64_t     bb  = kvf_panel_block_bytes(w->kind);
+    memset(dst, 0, (size_t)w->panel_bytes);
+    for (int r = 0; r < KVF_PANEL_ROWS; r++) {
+        int64_t row = p * KVF_PANEL_ROWS + r;
+        if (row >= w->n_out) break;
+        const uint8_t *src = c->src + row * c->row_bytes;
+        if (w->kind == KVF_PANEL_F32) { /* any type, dequantised to floats */
+            kvf_dequantize(c->type, src, tmp, w->n_in);
+            for (int64_t b = 0; b < nb; b++) {
+                float *blk = (float *)(dst + b * bb);
+                for (int k = 0; k < KVF_QK; k++) blk[k * KVF_PANEL_ROWS + r] = tmp[b * KVF_QK + k];
+            }
+            continue;
+        }
+        const kvf_quant_traits *qt = c->qt;
+        int8_t                  codes[256];
+        float                   scale[16], min[16];
+        int64_t                 per = qt->block / KVF_QK; /* panel blocks per type block */
+        for (int64_t tb = 0; tb < w->n_in / qt->block; tb++) {
+            qt->unpack(src + tb * qt->bytes, codes, scale, min);
+            for (int64_t j = 0; j < per; j++) {
+                int64_t b   = tb * per + j;
+                int     sub = (int)(j * KVF_QK / qt->sub); /* first sub-block of this 32 */
+                put_block(w, dst + b * bb, r, codes + j * KVF_QK, scale + sub, min + sub,
+                          w->kind == KVF_PANEL_U4 ? qt->code_lo : 0);
+            }
+        }
+    }
+}
+
+static void pack_task(void *ctx, int ith, int nth) {
+    KVF_UNUSED(ith), KVF_UNUSED(nth);
+    pack_ctx *c   = ctx;
+    float    *tmp = NULL;
+    if (c->w->kind == KVF_PANEL_F32 && !(tmp = kvf_malloc(sizeof(float) * (size_t)c->w->n_in))) {
+        atomic_store(&c->failed, 1);
+        return;
+    }
+    for (int64_t p; (p = kvf_claim(&c->next, c->w->n_panels)) >= 0;) pack_panel(c, p, tmp);
+    kvf_free(tmp);
+}
+
+kvf_status kvf_weight_pack_raw(uint32_t type, const void *data, int64_t n_out, int64_t n_in,
+                               kvf_pool *pool, int force_f32, kvf_weight *out) {
+    memset(out, 0, sizeof *out);
+    const kvf_quant_traits *qt = kvf_quant_get(type);
+    if (!qt)
+        return kvf_set_error(KVF_E_UNSUPPORTED, "weight type %s is not supported",
+                             kvf_type_name(type));
+    if (n_out <= 0 || n_in <= 0 || n_in % KVF_QK != 0 || n_in % qt->block != 0)
+        return kvf_set_error(KVF_E_FORMAT,
+                             "matrix %lld x %lld of type %s: the row length must be a positive "
+                             "multiple of %u",
+                             (long long)n_out, (long long)n_in, qt->name,
+                             KVF_MAX(qt->block, (uint32_t)KVF_QK));
+    out->kind        = force_f32 ? KVF_PANEL_F32 : qt->panel;
+    out->src_type    = type;
+    out->n_out       = n_out;
+    out->n_in        = n_in;
+    out->n_panels    = (n_out + KVF_PANEL_ROWS - 1) / KVF_PANEL_ROWS;
+    out->panel_bytes = n_in / KVF_QK * kvf_panel_block_bytes(out->kind);
+    size_t total;
+    if (kvf_mul_size((size_t)out->n_panels, (size_t)out->panel_bytes, &total))
+        return kvf_set_error(KVF_E_FORMAT, "matrix too large");
+    out->data = kvf_alloc_aligned(total);
+    if (!out->data)
+        return kvf_set_error(KVF_E_NOMEM, "out of memory packing a %lld x %lld matrix",
+                             (long long)n_out, (long long)n_in);
+    pack_ctx c = {.type = type, .qt = qt, .src = data, .w = out};
+    c.row_bytes = n_in / qt->block * qt->bytes;
+    atomic_init(&c.next, 0);
+    atomic_init(&c.failed, 0);
+    kvf_pool_run(pool, pack_task, &c);
+    if (atomic_load(&c.failed)) {
+        kvf_weight_free(out);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory packing a matrix");
+    }
+    return KVF_OK;
+}
+
+kvf_status kvf_weight_pack(const gguf_tensor *t, kvf_pool *pool, int force_f32, kvf_weight *out) {
+    if (t->n_dims != 2 || t->ne[2] != 1 || t->ne[3] != 1) {
+        memset(out, 0, sizeof *out);
+        return kvf_set_error(KVF_E_FORMAT, "tensor '%.*s' must be 2-D (has %u dims)",
+                             (int)t->name.n, t->name.s, t->n_dims);
+    }
+    kvf_status s = kvf_weight_pack_raw(t->type, t->data, t->ne[1], t->ne[0], pool, force_f32, out);
+    if (s != KVF_OK) kvf_error_prefix("tensor '%.*s': ", (int)t->name.n, t->name.s);
+    return s;
+}
+
+void kvf_weight_free(kvf_weight *w) {
+    if (!w) return;
+    kvf_free_aligned(w->data);
+    memset(w, 0, sizeof *w);
+}
+
+void kvf_weight_row(const kvf_weight *w, int64_t row, float *out) {
+    int64_t        p = row / KVF_PANEL_ROWS, r = row % KVF_PANEL_ROWS, bb;
+    const uint8_t *panel = w->data + p * w->panel_bytes;
+    bb                   = kvf_panel_block_bytes(w->kind);
+    for (int64_t b = 0; b < w->n_in / KVF_QK; b++) {
+        const uint8_t *blk = panel + b * bb;
+        const float   *sc = (const float *)blk;
+        float         *o  = out + b * KVF_QK;
+        for (int k = 0; k < KVF_QK; k++) {
+            switch (w->kind) {
+            case KVF_PANEL_U4: {
+                uint8_t byte = blk[128 + 64 * (k / 8) + 4 * r + (k % 4)];
+                int     code = (k % 8) < 4 ? (byte & 15) : (byte >> 4);
+                o[k]         = sc[r] * (float)code + sc[16 + r];
+                break;
+            }
+            case KVF_PANEL_S8: {
+                int8_t code = (int8_t)blk[128 + 64 * (k / 4) + 4 * r + (k % 4)];
+                o[k]        = sc[r] * (float)code + sc[16 + r];
+                break;
+            }
+            case KVF_PANEL_S8B16: {
+                int8_t code = (int8_t)blk[256 + 64 * (k / 4) + 4 * r + (k % 4)];
+                int    h    = k / 16;
+                o[k]        = sc[16 * h + r] * (float)code + sc[32 + 16 * h + r];
+                break;
+            }
+            case KVF_PANEL_F32: o[k] = ((const float *)blk)[k * KVF_PANEL_ROWS + r]; break;
+            }
+        }
+    }
+}
+
+/* ---- activations ----------------------------------------------------------------------- */
+
+kvf_status kvf_actbuf_init(kvf_actbuf *a, int64_t max_rows, int64_t max_in) {
+    memset(a, 0, sizeof *a);
+    a->max_rows = max_rows;
+    a->max_in   = max_in;
+    a->q        = kvf_alloc_aligned((size_t)(max_rows * max_in));
+    a->d        = kvf_alloc_aligned((size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float));
+    a->s16      = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(float));
+    a->qsum     = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(int32_t));
+    a->ql       = kvf_alloc_aligned((size_t)(max_rows * max_in));
+    a->dl       = kvf_alloc_aligned((size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float));
+    a->qsuml    = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(int32_t));
+    if (!a->q || !a->d || !a->s16 || !a->qsum || !a->ql || !a->dl || !a->qsuml) {
+        kvf_actbuf_free(a);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory for activation buffers");
+    }
+    return KVF_OK;
+}
+
+void kvf_actbuf_free(kvf_actbuf *a) {
+    kvf_free_aligned(a->q);
+    kvf_free_aligned(a->d);
+    kvf_free_aligned(a->s16);
+    kvf_free_aligned(a->qsum);
+    kvf_free_aligned(a->ql);
+    kvf_free_aligned(a->dl);
+    kvf_free_aligned(a->qsuml);
+    memset(a, 0, sizeof *a);
+}
+
+typedef struct {
+    const kvf_kernels  *K;
+    const float        *x;
+    int64_t             n, n_in, ldx;
+    const kvf_act      *act;
+    atomic_int_fast64_t next;
+} quant_ctx;
+
+#define QUANT_CHUNK 8 /* rows per work item */
+
+static void quant_task(void *ctx, int ith, int nth) {
+    KVF_UNUSED(ith), KVF_UNUSED(nth);
+    quant_ctx *c  = ctx;
+    int64_t    ni = (c->n + QUANT_CHUNK - 1) / QUANT_CHUNK;
+    for (int64_t it; (it = kvf_claim(&c->next, ni)) >= 0;)
+        for (int64_t r = it * QUANT_CHUNK; r < KVF_MIN(c->n, (it + 1) * QUANT_CHUNK); r++)
+            c->K->quantize_row(c->x + r * c->ldx, c->n_in, c->act->q + r * c->n_in,
+                               c->act->d + r * (c->n_in / KVF_QK), c->act->s16 + r * (c->n_in / 16),
+                               c->act->qsum + r * (c->n_in / 16),
+                               c->act->ql ? c->act->ql + r * c->n_in : NULL,
+                               c->act->ql ? c->act->dl + r * (c->n_in / KVF_QK) : NULL,
+                               c->act->ql ? c->act->qsuml + r * (c->n_in / 16) : NULL);
+}
+
+kvf_act kvf_act_view(const kvf_actbuf *a, int64_t n_in, int two_level, const float *f, int64_t ldf) {
+    kvf_act act = {.n_in = n_in, .q = a->q, .d = a->d, .s16 = a->s16, .qsum = a->qsum,
+                   .ql = two_level ? a->ql : NULL, .dl = two_level ? a->dl : NULL,
+                   .qsuml = two_level ? a->qsuml : NULL,
+                   .f = f, .ldf = ldf};
+    return act;
+}
+
+void kvf_quantize_rows(kvf_pool *pool, const kvf_kernels *K, const float *x, int64_t n,
+                       int64_t n_in, int64_t ldx, int two_level, kvf_actbuf *a, kvf_act *act) {
+    KVF_ASSERT(n <= a->max_rows && n_in <= a->max_in && n_in % KVF_QK == 0);
+    *act        = kvf_act_view(a, n_in, two_level, x, ldx);
+    quant_ctx c = {.K = K, .x = x, .n = n, .n_in = n_in, .ldx = ldx, .act = act};
+    atomic_init(&c.next, 0);
+    if (n < 4)
+        quant_task(&c, 0, 1);
+    else
+        kvf_pool_run(pool, quant_task, &c);
+}
+
+/* ---- the multiply ---------------------------------------------------------------------- */
+
+#define MM_MAX 4
+
+typedef struct {
+    const kvf_kernels  *K;
+    const kvf_mm       *mm;
+    int                 n_mm;
+    const kvf_act      *x;
+    int64_t             n;
+    int64_t             col_chunk;           /* rows of X per item */
+    int64_t             n_col_chunks;
+    int64_t             panel_group[MM_MAX]; /* panels per item, per weight */
+    int64_t             items_before[MM_MAX + 1];
+    atomic_int_fast64_t next;
+} mm_ctx;
+
+static void mm_task(void *ctx, int ith, int nth) {
+    KVF_UNUSED(ith), KVF_UNUSED(nth);
+    mm_ctx *c     = ctx;
+    int64_t total = c->items_before[c->n_mm];
+    for (int64_t it; (it = kvf_claim(&c->next, total)) >= 0;) {
+        int m = 0;
+        while (it >= c->items_before[m + 1]) m++;
+        int64_t           local = it - c->items_before[m];
+        const kvf_mm     *mm    = &c->mm[m];
+        const kvf_weight *w     = mm->w;
+        int64_t           cc    = local % c->n_col_chunks;
+        int64_t           pg    = local / c->n_col_chunks;
+        int64_t           c0    = cc * c->col_chunk;
+        int64_t           nc    = KVF_MIN(c->col_chunk, c->n - c0);
+        int64_t           p0    = pg * c->panel_group[m];
+        int64_t           p1    = KVF_MIN(p0 + c->panel_group[m], w->n_panels);
+        kvf_gemm_fn       fn    = c->K->gemm[w->kind];
+        for (int64_t p = p0; p < p1; p++) {
+            int nr = (int)KVF_MIN((int64_t)KVF_PANEL_ROWS, w->n_out - p * KVF_PANEL_ROWS);
+            fn(w->data + p * w->panel_bytes, w->n_in / KVF_QK, c->x, c0, nc,
+               mm->y + p * KVF_PANEL_ROWS, mm->ldy, nr, mm->accumulate);
+        }
+    }
+}
+
+void kvf_matmul_multi(kvf_pool *pool, const kvf_kernels *K, const kvf_mm *mm, int n_mm,
+                      const kvf_act *x, int64_t n) {
+    KVF_ASSERT(n_mm >= 1 && n_mm <= MM_MAX);
+    if (n <= 0) return;
+    int    nth = kvf_pool_size(pool);
+    mm_ctx c   = {.K = K, .mm = mm, .n_mm = n_mm, .x = x, .n = n};
+    /* Row chunks of 64 keep a chunk of X in L2 while a panel stays in L1. */
+    c.col_chunk    = n < 64 ? n : 64;
+    c.n_col_chunks = (n + c.col_chunk - 1) / c.col_chunk;
+    int64_t panels = 0;
+    for (int i = 0; i < n_mm; i++) {
+        KVF_ASSERT(mm[i].w->n_in == x->n_in);
+        panels += mm[i].w->n_panels;
+    }
+    /* aim for >= 8 items per thread, but at most 8 panels (128 rows) per item */
+    int64_t want = (int64_t)nth * 8;
+    int64_t pg   = panels * c.n_col_chunks / (want > 0 ? want : 1);
+    pg           = pg < 1 ? 1 : pg > 8 ? 8 : pg;
+    c.items_before[0] = 0;
+    for (int i = 0; i < n_mm; i++) {
+        c.panel_group[i]      = pg;
+        int64_t groups        = (mm[i].w->n_panels + pg - 1) / pg;
+        c.items_before[i + 1] = c.items_before[i] + groups * c.n_col_chunks;
+    }
+    atomic_init(&c.next, 0);
+    kvf_pool_run(pool, mm_task, &c);
+}
+
+void kvf_matmul(kvf_pool *pool, const kvf_kernels *K, const kvf_weight *w, const kvf_act *x,
+                int64_t n, float *y, int64_t ldy, int accumulate) {
+    kvf_mm mm = {w, y, ldy, accumulate};
+    kvf_matmul_multi(pool, K, &mm, 1, x, n);
+}

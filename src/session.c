@@ -1,0 +1,203 @@
+/* session.c - kvf_session: KV cache allocation, batched evaluation of new tokens in
+ * micro-batches, logits bookkeeping, truncation. The forward steps are in forward.c. */
+#include "common.h"
+#include "session.h"
+
+#include <string.h>
+
+kvf_session_params kvf_session_default_params(void) {
+    kvf_session_params p = {.n_ctx = 0, .n_threads = 0, .n_ubatch = 0, .kv_type = KVF_KV_F32};
+    return p;
+}
+
+void kvf_session_free(kvf_session *s) {
+    if (!s) return;
+    if (s->kt)
+        for (int l = 0; l < s->m->hp.n_layer; l++) kvf_free_aligned(s->kt[l]);
+    if (s->vc)
+        for (int l = 0; l < s->m->hp.n_layer; l++) kvf_free_aligned(s->vc[l]);
+    kvf_free(s->kt), kvf_free(s->vc);
+    kvf_free(s->cell_pos), kvf_free(s->cell_tok);
+    float *bufs[] = {s->x,    s->xb,   s->q,         s->kb,      s->vb,     s->att, s->hb,
+                     s->hb2,  s->rcos, s->rsin,      s->attn_work, s->split_o, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvf_free_aligned(bufs[i]);
+    kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
+    kvf_actbuf_free(&s->act);
+    kvf_pool_free(s->pool);
+    kvf_free(s);
+}
+
+static float *alloc_f(int64_t n, int *fail) {
+    float *p = kvf_alloc_aligned(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!p) *fail = 1;
+    return p;
+}
+
+kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
+                           kvf_session **out) {
+    if (!out) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: out is NULL");
+    *out = NULL;
+    if (!m) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: model is NULL");
+    kvf_session_params p = params ? *params : kvf_session_default_params();
+    if (p.kv_type != KVF_KV_F32)
+        return kvf_set_error(KVF_E_UNSUPPORTED, "only the f32 session KV cache is implemented");
+    if (p.n_ctx < 0 || p.n_ubatch < 0 || p.n_threads < 0)
+        return kvf_set_error(KVF_E_INVAL, "negative session parameter");
+    const kvf_hparams *hp = &m->hp;
+    if (p.n_ctx == 0) p.n_ctx = hp->n_ctx_train;
+    if (p.n_ctx > (1 << 22)) return kvf_set_error(KVF_E_INVAL, "n_ctx %d is too large", p.n_ctx);
+    if (p.n_ubatch == 0) p.n_ubatch = 256;
+    if (p.n_ubatch > p.n_ctx) p.n_ubatch = p.n_ctx;
+
+    kvf_session *s = kvf_calloc(1, sizeof *s);
+    if (!s) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+    s->m     = m;
+    s->p     = p;
+    s->K     = m->K;
+    s->two_level = m->precision == KVF_PREC_Q16;
+    /* the AVX2 attention needs head_dim % 32 == 0; use the reference otherwise */
+    s->attn  = (s->K == &kvf_kernels_avx2 && hp->head_dim % 32) ? kvf_kernels_ref.attn : s->K->attn;
+    s->n_ctx = p.n_ctx;
+    s->ldk   = ((int64_t)p.n_ctx + 63) / 64 * 64;
+    s->U     = p.n_ubatch;
+    kvf_status st = kvf_pool_new(p.n_threads, &s->pool);
+    if (st != KVF_OK) {
+        kvf_free(s);
+        return st;
+    }
+    int     fail = 0;
+    int64_t kvd  = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t qd   = (int64_t)hp->n_head * hp->head_dim;
+    s->kt        = kvf_calloc((size_t)hp->n_layer, sizeof(float *));
+    s->vc        = kvf_calloc((size_t)hp->n_layer, sizeof(float *));
+    if (!s->kt || !s->vc) fail = 1;
+    for (int l = 0; !fail && l < hp->n_layer; l++) {
+        s->kt[l] = alloc_f(kvd * s->ldk, &fail);
+        s->vc[l] = alloc_f(kvd * s->ldk, &fail);
+    }
+    s->cell_pos = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
+    s->cell_tok = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
+    if (!s->cell_pos || !s->cell_tok) fail = 1;
+    int64_t U = s->U;
+    s->x      = alloc_f(U * hp->n_embd, &fail);
+    s->xb     = alloc_f(U * hp->n_embd, &fail);
+    s->q      = alloc_f(U * qd, &fail);
+    s->att    = alloc_f(U * qd, &fail);
+    s->kb     = alloc_f(U * kvd, &fail);
+    s->vb     = alloc_f(U * kvd, &fail);
+    s->hb     = alloc_f(U * hp->n_ff, &fail);
+    s->hb2    = alloc_f(U * hp->n_ff, &fail);
+    s->rcos   = alloc_f(U * (hp->n_rot / 2), &fail);
+    s->rsin   = alloc_f(U * (hp->n_rot / 2), &fail);
+    s->attn_work_stride = (kvf_attn_work_floats(KVF_ATTN_MAX_M) + 15) / 16 * 16;
+    s->attn_work = alloc_f(s->attn_work_stride * kvf_pool_size(s->pool), &fail);
+    s->split_cap = (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M *
+                   (hp->head_dim + 2);
+    s->split_o   = alloc_f(s->split_cap, &fail);
+    s->logits_cap = 1;
+    s->logits     = alloc_f(hp->n_vocab, &fail);
+    s->b_pos      = kvf_malloc(sizeof(int32_t) * (size_t)U);
+    s->b_cell     = kvf_malloc(sizeof(int32_t) * (size_t)U);
+    s->b_end      = kvf_malloc(sizeof(int32_t) * (size_t)U);
+    if (!s->b_pos || !s->b_cell || !s->b_end) fail = 1;
+    int64_t max_in = KVF_MAX(KVF_MAX((int64_t)hp->n_embd, (int64_t)hp->n_ff), qd);
+    if (!fail && kvf_actbuf_init(&s->act, U, max_in) != KVF_OK) fail = 1;
+    if (fail) {
+        kvf_session_free(s);
+        return kvf_set_error(KVF_E_NOMEM,
+                             "out of memory creating a session (n_ctx %d needs %.1f MiB of KV "
+                             "cache)",
+                             p.n_ctx, (double)(2 * kvd * s->ldk * 4 * hp->n_layer) / 1048576.0);
+    }
+    *out = s;
+    return KVF_OK;
+}
+
+int32_t kvf_session_n_past(const kvf_session *s) {
+    return s->n_past;
+}
+
+int32_t kvf_session_threads(const kvf_session *s) {
+    return kvf_pool_size(s->pool);
+}
+
+kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep) {
+    if (n_keep < 0 || n_keep > s->n_past)
+        return kvf_set_error(KVF_E_INVAL, "truncate to %d: the session holds %d tokens", n_keep,
+                             s->n_past);
+    /* cells are in position order unless eviction compacted them: keep cells below n_keep */
+    int32_t c = 0;
+    while (c < s->n_cells && s->cell_pos[c] < n_keep) c++;
+    s->n_cells     = c;
+    s->n_past      = n_keep;
+    s->n_logits    = 0;
+    s->last_eval_n = 0;
+    return KVF_OK;
+}
+
+static kvf_status ensure_logits(kvf_session *s, int64_t rows) {
+    if (rows <= s->logits_cap) return KVF_OK;
+    float *p = kvf_alloc_aligned(sizeof(float) * (size_t)(rows * s->m->hp.n_vocab));
+    if (!p)
+        return kvf_set_error(KVF_E_NOMEM, "out of memory for logits of %lld tokens",
+                             (long long)rows);
+    kvf_free_aligned(s->logits);
+    s->logits     = p;
+    s->logits_cap = rows;
+    return KVF_OK;
+}
+
+kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, uint32_t flags) {
+    if (!s || (!tokens && n > 0) || n < 0) return kvf_set_error(KVF_E_INVAL, "kvf_session_eval: bad arguments");
+    if (n == 0) return KVF_OK;
+    const kvf_hparams *hp = &s->m->hp;
+    if ((int64_t)s->n_cells + n > s->n_ctx)
+        return kvf_set_error(KVF_E_CTX_FULL,
+                             "%d new tokens do not fit: the session holds %d of %d tokens", n,
+                             s->n_cells, s->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return kvf_set_error(KVF_E_INVAL, "token id %d at index %d is outside 0..%d",
+                                 tokens[i], i, hp->n_vocab - 1);
+    int all = (flags & KVF_EVAL_ALL_LOGITS) != 0;
+    kvf_status st = ensure_logits(s, all ? n : 1);
+    if (st != KVF_OK) return st;
+
+    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, n - i0);
+        for (int32_t i = 0; i < u; i++) {
+            s->b_pos[i]  = s->n_past + i;
+            s->b_cell[i] = s->n_cells + i;
+            s->b_end[i]  = s->n_cells + i + 1;
+        }
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_fwd_embed(s, tokens + i0, u, s->x);
+        kvf_fwd_rope_tables(s, &b);
+        for (int l = 0; l < hp->n_layer; l++) {
+            kvf_fwd_attn(s, l, s->x, &b);
+            kvf_fwd_mlp(s, l, s->x, u);
+        }
+        for (int32_t i = 0; i < u; i++) {
+            s->cell_pos[s->n_cells + i] = s->n_past + i;
+            s->cell_tok[s->n_cells + i] = tokens[i0 + i];
+        }
+        s->n_cells += u;
+        s->n_past += u;
+        if (all)
+            kvf_fwd_logits(s, s->x, u, hp->n_embd, s->logits + (int64_t)i0 * hp->n_vocab);
+        else if (i0 + u == n)
+            kvf_fwd_logits(s, s->x + (int64_t)(u - 1) * hp->n_embd, 1, hp->n_embd, s->logits);
+    }
+    s->last_eval_n = n;
+    s->n_logits    = all ? n : 1;
+    s->logits_row0 = all ? 0 : n - 1;
+    return KVF_OK;
+}
+
+const float *kvf_session_logits(const kvf_session *s, int32_t i) {
+    if (!s || s->last_eval_n == 0) return NULL;
+    if (i < 0) i = s->last_eval_n - 1;
+    int32_t r = i - s->logits_row0;
+    if (r < 0 || r >= s->n_logits) return NULL;
+    return s->logits + (int64_t)r * s->m->hp.n_vocab;
+}

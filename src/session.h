@@ -1,0 +1,92 @@
+/* session.h - private layout of kvf_session and the forward-pass steps (forward.c).
+ *
+ * The KV cache is a set of cells. Each cell holds, per layer, the key (RoPE applied) and value
+ * of one token, and records that token's position and id. A forward step processes a batch of
+ * rows; row i has a RoPE position pos[i], writes its K/V into cell[i], and attends to cells
+ * [0, kv_end[i]). Plain generation uses cell == position and kv_end = position + 1 (causal);
+ * fusion recomputes arbitrary subsets of rows against a fully populated cache with the same
+ * steps, and eviction compacts cells while positions keep their original values.
+ *
+ * Layout per layer: keys transposed, kt[h][i][cell] (head h, component i; row stride ldk), so
+ * attention streams 16 keys per vector; values v[h][cell][i]. ldk = n_ctx rounded up to 64.
+ */
+#ifndef KVF_SESSION_H
+#define KVF_SESSION_H
+
+#include "kvfuse.h"
+#include "matmul.h"
+#include "model.h"
+#include "threadpool.h"
+
+typedef struct kvf_batch {
+    int32_t        n;
+    const int32_t *pos;    /* [n] RoPE positions */
+    const int32_t *cell;   /* [n] cache cells written */
+    const int32_t *kv_end; /* [n] attention sees cells [0, kv_end) */
+} kvf_batch;
+
+struct kvf_session {
+    const kvf_model   *m;
+    kvf_session_params p;
+    kvf_pool          *pool;
+    const kvf_kernels *K;
+    kvf_attn_fn        attn;
+    int                two_level; /* KVF_PREC_Q16: two-level activation quantisation */
+
+    /* KV cache */
+    int32_t  n_ctx;       /* cells */
+    int64_t  ldk;         /* row stride of kt and cell capacity of v (n_ctx rounded to 64) */
+    float  **kt, **vc;    /* [n_layer] -> see above */
+    int32_t *cell_pos;    /* [n_ctx] position of the token in each cell */
+    int32_t *cell_tok;    /* [n_ctx] its token id */
+    int32_t  n_cells;     /* cells in use: 0 .. n_cells-1 */
+    int32_t  n_past;      /* position of the next token */
+
+    /* scratch for up to U rows */
+    int32_t    U;
+    float     *x, *xb, *q, *kb, *vb, *att, *hb, *hb2; /* row-major [U][...] */
+    float     *rcos, *rsin;                          /* [U][n_rot/2] for the current batch */
+    kvf_actbuf act;                                  /* quantised rows, up to max(n_embd, n_ff) */
+    float     *attn_work;                            /* [threads][attn_work_stride] */
+    int64_t    attn_work_stride;
+    float     *split_o; /* decode split-K partials: [items][head_dim + 2] */
+    int64_t    split_cap;
+    int32_t   *b_pos, *b_cell, *b_end; /* [U] batch description for eval */
+
+    /* logits of the last eval */
+    float  *logits;
+    int64_t logits_cap; /* rows allocated */
+    int32_t n_logits;   /* rows kept */
+    int32_t logits_row0; /* eval row index of logits row 0 */
+    int32_t last_eval_n;
+};
+
+/* Forward steps (forward.c). x is [n][n_embd] row-major, the residual stream. */
+void kvf_fwd_embed(kvf_session *s, const int32_t *tokens, int32_t n, float *x);
+/* Per-batch RoPE tables for b->pos (call before the layers of a batch). */
+void kvf_fwd_rope_tables(kvf_session *s, const kvf_batch *b);
+/* Attention block of layer l: norm, Q/K/V, RoPE, write K/V to the cells, attention, output
+ * projection added to x. */
+void kvf_fwd_attn(kvf_session *s, int l, float *x, const kvf_batch *b);
+/* The parts of kvf_fwd_attn, for callers that need Q (scoring) or the pre-RoPE K:
+ * qkv leaves post-RoPE queries in s->q ([n][n_head*head_dim]); if k_raw/v_raw are given, the
+ * pre-RoPE keys and the values are copied there ([n][n_head_kv*head_dim]). */
+void kvf_fwd_qkv(kvf_session *s, int l, const float *x, const kvf_batch *b, float *k_raw,
+                 float *v_raw);
+void kvf_fwd_attn_out(kvf_session *s, int l, float *x, const kvf_batch *b);
+/* MLP block of layer l, added to x. */
+void kvf_fwd_mlp(kvf_session *s, int l, float *x, int32_t n);
+/* Final norm and output projection of n rows of x (stride ldx) into out [n][n_vocab]. */
+void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, float *out);
+/* Apply RoPE at `pos` to n_rows vectors of head_dim floats starting at v (stride hd). */
+void kvf_rope_apply(const kvf_model *m, float *v, int n_vec, int32_t pos);
+
+/* Cache cell addressing. */
+static inline float *kvf_kt_at(const kvf_session *s, int l, int h) {
+    return s->kt[l] + (int64_t)h * s->m->hp.head_dim * s->ldk;
+}
+static inline float *kvf_v_at(const kvf_session *s, int l, int h) {
+    return s->vc[l] + (int64_t)h * s->ldk * s->m->hp.head_dim;
+}
+
+#endif /* KVF_SESSION_H */

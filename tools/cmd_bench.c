@@ -1,0 +1,177 @@
+/* cmd_bench.c - `kvfuse bench`: prompt processing (prefill) and generation (decode) speed,
+ * measured like llama-bench so the two can be compared: prefill = one batched evaluation of
+ * N prompt tokens in an empty session; decode = N single-token steps starting from an empty
+ * session. Tokenization and sampling are not timed. One warm-up run precedes the repetitions. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void help(void) {
+    printf("usage: kvfuse bench [-m MODEL] [-p N[,N...]] [-n N] [-r R] [options]\n"
+           "\n"
+           "  -m, --model PATH    GGUF model (default: $KVFUSE_MODEL or %s)\n"
+           "  -p, --prompt N,...  prompt lengths to prefill (default 512)\n"
+           "  -n, --gen N         tokens to decode one at a time (default 128; 0 = skip)\n"
+           "  -r, --reps R        repetitions after one warm-up (default 5)\n"
+           "  -t, --threads N     compute threads (default: all CPUs)\n"
+           "  -u, --ubatch N      tokens per forward micro-batch (default 256)\n"
+           "      --json          one JSON object per prompt length: prefill_tok_s,\n"
+           "                      prefill_tok_s_sd, decode_tok_s, decode_tok_s_sd, ...\n"
+           "      --isa NAME      kernels: auto, ref, avx2, avx512\n"
+           "      --precision P   matmul arithmetic: q16 (default), q8, f32\n",
+           KVF_DEFAULT_MODEL);
+}
+
+/* deterministic pseudo-random prompt ids in [16, n_vocab) */
+static void fill_ids(int32_t *ids, int32_t n, int32_t n_vocab) {
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    for (int32_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        ids[i] = 16 + (int32_t)(x % (uint64_t)(n_vocab - 16));
+    }
+}
+
+static int run_prefill(kvf_session *s, const int32_t *ids, int32_t n, double *ms) {
+    kvf_session_truncate(s, 0);
+    double t0 = now_ms();
+    if (kvf_session_eval(s, ids, n, 0) != KVF_OK) return -1;
+    *ms = now_ms() - t0;
+    return 0;
+}
+
+static int run_decode(kvf_session *s, const int32_t *ids, int32_t n, double *ms) {
+    kvf_session_truncate(s, 0);
+    double t0 = now_ms();
+    for (int32_t i = 0; i < n; i++)
+        if (kvf_session_eval(s, &ids[i], 1, 0) != KVF_OK) return -1;
+    *ms = now_ms() - t0;
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"gen", required_argument, 0, 'n'},   {"reps", required_argument, 0, 'r'},
+        {"threads", required_argument, 0, 't'}, {"ubatch", required_argument, 0, 'u'},
+        {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
+        {"precision", required_argument, 0, 'X'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    const char *model = NULL, *plist = "512", *isa = NULL;
+    long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0;
+    bool        json = false;
+    kvf_precision prec = KVF_PREC_Q16;
+    int         c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': plist = optarg; break;
+        case 'n': n_gen = cli_int("bench", "-n", optarg, 0, 1 << 20); break;
+        case 'r': reps = cli_int("bench", "-r", optarg, 1, 1000); break;
+        case 't': n_threads = cli_int("bench", "--threads", optarg, 0, 1024); break;
+        case 'u': ubatch = cli_int("bench", "--ubatch", optarg, 0, 1 << 16); break;
+        case 'J': json = true; break;
+        case 'I': isa = optarg; break;
+        case 'X': prec = cli_precision("bench", optarg); break;
+        case 'h': help(); return 0;
+        default: help(); return 2;
+        }
+    }
+    if (optind < argc) return cli_fail("bench", "unexpected argument '%s'", argv[optind]);
+    long  plens[64];
+    int   np = 0;
+    char *dup = strdup(plist), *save = NULL;
+    for (char *t = strtok_r(dup, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (np == 64) return free(dup), cli_fail("bench", "too many prompt lengths");
+        plens[np++] = cli_int("bench", "-p", t, 0, 1 << 22);
+    }
+    free(dup);
+    if (np == 0) return cli_fail("bench", "-p needs at least one length");
+
+    const char *path = cli_model_path(model);
+    kvf_model  *m    = cli_load_model(path, isa, (int)n_threads, prec);
+    if (!m) return 1;
+    kvf_model_info info;
+    kvf_model_get_info(m, &info);
+    int rc = 0;
+    if (!json)
+        printf("model %s (%s, %s), kernels %s, precision %s\n%8s %8s %8s %20s %20s\n", path,
+               info.arch, info.ftype, info.isa, info.precision, "threads", "prompt", "gen",
+               "prefill tok/s", "decode tok/s");
+    for (int pi = 0; pi < np && rc == 0; pi++) {
+        int32_t            n_p  = (int32_t)plens[pi];
+        int32_t            need = (int32_t)(n_p > n_gen ? n_p : n_gen) + 1;
+        kvf_session_params sp   = kvf_session_default_params();
+        sp.n_ctx                = need;
+        sp.n_threads            = (int32_t)n_threads;
+        sp.n_ubatch             = (int32_t)ubatch;
+        if (need > info.n_ctx_train)
+            fprintf(stderr, "kvfuse bench: note: %d tokens exceed the model's training context "
+                            "(%d); speed is still measured\n",
+                    need, info.n_ctx_train);
+        kvf_session *s;
+        if (kvf_session_new(m, &sp, &s) != KVF_OK) {
+            rc = cli_fail("bench", "%s", kvf_errmsg());
+            break;
+        }
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)need);
+        fill_ids(ids, need, info.n_vocab);
+        double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
+        double  ms;
+        /* warm-up: touches every weight page and the KV cache */
+        fprintf(stderr, "bench: p=%d warm-up...", n_p);
+        if ((n_p && run_prefill(s, ids, n_p, &ms)) || (n_gen && run_decode(s, ids, n_gen < 16 ? (int32_t)n_gen : 16, &ms))) {
+            rc = cli_fail("bench", "%s", kvf_errmsg());
+        }
+        for (long r = 0; r < reps && rc == 0; r++) {
+            fprintf(stderr, "\rbench: p=%d rep %ld/%ld   ", n_p, r + 1, reps);
+            if (n_p) {
+                if (run_prefill(s, ids, n_p, &ms)) rc = cli_fail("bench", "%s", kvf_errmsg());
+                pp[r] = n_p / ms * 1e3;
+            }
+            if (n_gen && rc == 0) {
+                if (run_decode(s, ids, (int32_t)n_gen, &ms)) rc = cli_fail("bench", "%s", kvf_errmsg());
+                tg[r] = n_gen / ms * 1e3;
+            }
+        }
+        fprintf(stderr, "\r%60s\r", "");
+        if (rc == 0) {
+            double pm, psd, tm, tsd;
+            cli_stats(pp, (int)reps, &pm, &psd);
+            cli_stats(tg, (int)reps, &tm, &tsd);
+            if (json) {
+                printf("{\"model\": ");
+                json_str(stdout, path, strlen(path));
+                printf(", \"arch\": \"%s\", \"ftype\": \"%s\", \"isa\": \"%s\", \"precision\": \"%s\", \"threads\": %d, "
+                       "\"n_prompt\": %d, \"n_gen\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
+                       "\"prefill_tok_s_sd\": %.3f, \"decode_tok_s\": %.3f, \"decode_tok_s_sd\": "
+                       "%.3f, \"prefill_runs\": [",
+                       info.arch, info.ftype, info.isa, info.precision,
+                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, reps, pm,
+                       psd, tm, tsd);
+                for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", pp[r]);
+                printf("], \"decode_runs\": [");
+                for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", tg[r]);
+                printf("]}\n");
+            } else {
+                printf("%8d %8d %8ld %12.1f ± %5.1f %12.1f ± %5.1f\n",
+                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, pm, psd,
+                       tm, tsd);
+            }
+            fflush(stdout);
+        }
+        free(pp), free(tg), free(ids);
+        kvf_session_free(s);
+    }
+    kvf_model_free(m);
+    return rc;
+}

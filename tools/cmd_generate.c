@@ -1,0 +1,193 @@
+/* cmd_generate.c - `kvfuse generate`: prompt in, streamed text out, timings on request. */
+#include "cli.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void help(void) {
+    printf("usage: kvfuse generate [-m MODEL] -p PROMPT [options]\n"
+           "\n"
+           "  -m, --model PATH     GGUF model (default: $KVFUSE_MODEL or %s)\n"
+           "  -p, --prompt TEXT    the prompt (or -f FILE)\n"
+           "  -f, --file PATH      read the prompt from a file\n"
+           "      --chat           wrap the prompt in the model's chat template\n"
+           "      --system TEXT    system message (with --chat)\n"
+           "  -n, --n-predict N    tokens to generate at most (default 128)\n"
+           "      --temp T         temperature; 0 = greedy (default 0)\n"
+           "      --top-p P        nucleus sampling (default 1 = off)\n"
+           "      --top-k K        top-k sampling (default 0 = off)\n"
+           "      --seed S         sampling seed (default 0)\n"
+           "  -t, --threads N      compute threads (default: all CPUs)\n"
+           "  -c, --ctx N          context size (default: prompt + n, at most the model's)\n"
+           "      --json           print one JSON object at the end instead of streaming:\n"
+           "                       text, tokens, prompt_tokens, prefill_ms, ttft_ms,\n"
+           "                       decode_tok_s, stop\n"
+           "      --isa NAME       kernels: auto, ref, avx2, avx512\n"
+           "      --precision P    matmul arithmetic: q16 (default; ~f32 accuracy), q8\n"
+           "                       (int8 activations like llama.cpp; fastest), f32 (reference)\n",
+           KVF_DEFAULT_MODEL);
+}
+
+int cmd_generate(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"prompt", required_argument, 0, 'p'},
+        {"file", required_argument, 0, 'f'},   {"chat", no_argument, 0, 'C'},
+        {"system", required_argument, 0, 'S'}, {"n-predict", required_argument, 0, 'n'},
+        {"temp", required_argument, 0, 'T'},   {"top-p", required_argument, 0, 'P'},
+        {"top-k", required_argument, 0, 'K'},  {"seed", required_argument, 0, 's'},
+        {"threads", required_argument, 0, 't'}, {"ctx", required_argument, 0, 'c'},
+        {"json", no_argument, 0, 'J'},         {"isa", required_argument, 0, 'I'},
+        {"precision", required_argument, 0, 'X'},      {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char        *model = NULL, *prompt = NULL, *file = NULL, *system = NULL, *isa = NULL;
+    bool               chat = false, json = false;
+    kvf_precision      prec = KVF_PREC_Q16;
+    long               n_predict = 128, n_threads = 0, n_ctx = 0;
+    kvf_sampler_params sp        = kvf_sampler_default_params();
+    int                c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'f': file = optarg; break;
+        case 'C': chat = true; break;
+        case 'S': system = optarg; break;
+        case 'n': n_predict = cli_int("generate", "-n", optarg, 0, 1 << 24); break;
+        case 'T': sp.temp = (float)cli_float("generate", "--temp", optarg, 0, 100); break;
+        case 'P': sp.top_p = (float)cli_float("generate", "--top-p", optarg, 0, 1); break;
+        case 'K': sp.top_k = (int32_t)cli_int("generate", "--top-k", optarg, 0, 1 << 24); break;
+        case 's': sp.seed = (uint64_t)cli_int("generate", "--seed", optarg, 0, 0x7fffffffffffffffL); break;
+        case 't': n_threads = cli_int("generate", "--threads", optarg, 0, 1024); break;
+        case 'c': n_ctx = cli_int("generate", "--ctx", optarg, 0, 1 << 22); break;
+        case 'J': json = true; break;
+        case 'I': isa = optarg; break;
+        case 'X': prec = cli_precision("generate", optarg); break;
+        case 'h': help(); return 0;
+        default: help(); return 2;
+        }
+    }
+    if (optind < argc) return cli_fail("generate", "unexpected argument '%s'", argv[optind]);
+    char *file_text = NULL;
+    if (file) {
+        if (prompt) return cli_fail("generate", "give -p or -f, not both");
+        if (!(file_text = cli_read_file(file, NULL)))
+            return cli_fail("generate", "cannot read '%s'", file);
+        prompt = file_text;
+    }
+    if (!prompt) {
+        help();
+        return cli_fail("generate", "a prompt is required (-p TEXT or -f FILE)");
+    }
+    kvf_model *m = cli_load_model(cli_model_path(model), isa, (int)n_threads, prec);
+    if (!m) return free(file_text), 1;
+
+    double   t0 = now_ms();
+    int32_t  n_prompt;
+    int32_t *ids = cli_tokenize_prompt("generate", m, prompt, chat, system, &n_prompt);
+    free(file_text);
+    if (!ids) return kvf_model_free(m), 1;
+    if (n_prompt == 0) {
+        free(ids);
+        kvf_model_free(m);
+        return cli_fail("generate", "the prompt is empty");
+    }
+    int32_t ctx_max = kvf_model_n_ctx_train(m);
+    if (n_ctx == 0) n_ctx = n_prompt + n_predict < ctx_max ? n_prompt + n_predict : ctx_max;
+    if (n_prompt >= n_ctx) {
+        free(ids);
+        kvf_model_free(m);
+        return cli_fail("generate", "the prompt has %d tokens; the context holds %ld", n_prompt,
+                        n_ctx);
+    }
+    kvf_session_params sprm = kvf_session_default_params();
+    sprm.n_ctx              = (int32_t)n_ctx;
+    sprm.n_threads          = (int32_t)n_threads;
+    kvf_session *s;
+    if (kvf_session_new(m, &sprm, &s) != KVF_OK) {
+        free(ids);
+        kvf_model_free(m);
+        return cli_fail("generate", "%s", kvf_errmsg());
+    }
+    kvf_sampler *smp = kvf_sampler_new(&sp);
+    double       t1  = now_ms();
+    if (kvf_session_eval(s, ids, n_prompt, 0) != KVF_OK) {
+        int rc = cli_fail("generate", "%s", kvf_errmsg());
+        kvf_sampler_free(smp), kvf_session_free(s), free(ids), kvf_model_free(m);
+        return rc;
+    }
+    double  t2      = now_ms();
+    int32_t n_vocab = kvf_model_n_vocab(m);
+    int32_t tok     = kvf_sampler_sample(smp, kvf_session_logits(s, -1), n_vocab);
+    double  t_first = now_ms();
+
+    size_t      cap = 4096, len = 0;
+    char       *text = malloc(cap);
+    int32_t     n_gen = 0, n_steps = 0; /* tokens emitted, decode forward steps */
+    const char *stop  = "length";
+    double      t_dec0 = t_first, t_end = t_first;
+    char        piece[256];
+    while (n_gen < n_predict) {
+        if (kvf_token_is_eog(m, tok)) {
+            stop = "eos";
+            break;
+        }
+        n_gen++;
+        /* append the token's bytes to text (growing it), then stream them */
+        int32_t k = kvf_token_to_piece(m, tok, piece, sizeof piece, false);
+        if (k < 0 && k != INT32_MIN) {
+            if (len + (size_t)-k + 1 > cap) text = realloc(text, cap = 2 * (cap + (size_t)-k));
+            k = kvf_token_to_piece(m, tok, text + len, -k, false);
+            if (k > 0 && !json) fwrite(text + len, 1, (size_t)k, stdout), fflush(stdout);
+            if (k > 0) len += (size_t)k;
+        } else if (k > 0) {
+            if (!json) fwrite(piece, 1, (size_t)k, stdout), fflush(stdout);
+            if (len + (size_t)k + 1 > cap) text = realloc(text, cap = 2 * (cap + (size_t)k));
+            memcpy(text + len, piece, (size_t)k);
+            len += (size_t)k;
+        }
+        if (n_gen == n_predict) break;
+        if (kvf_session_n_past(s) >= n_ctx) {
+            stop = "context";
+            break;
+        }
+        if (kvf_session_eval(s, &tok, 1, 0) != KVF_OK) {
+            fprintf(stderr, "\nkvfuse generate: %s\n", kvf_errmsg());
+            stop = "error";
+            break;
+        }
+        tok   = kvf_sampler_sample(smp, kvf_session_logits(s, -1), n_vocab);
+        t_end = now_ms();
+        n_steps++;
+    }
+    /* decode rate: forward steps after the first token, each producing one token */
+    double dec_ms    = t_end - t_dec0;
+    double dec_tok_s = n_steps > 0 && dec_ms > 0 ? n_steps / dec_ms * 1e3 : 0;
+    if (json) {
+        printf("{\"text\": ");
+        json_str(stdout, text, len);
+        printf(", \"tokens\": %d, \"prompt_tokens\": %d, \"prefill_ms\": %.3f, \"ttft_ms\": "
+               "%.3f, \"decode_ms\": %.3f, \"decode_tok_s\": %.3f, \"stop\": \"%s\"}\n",
+               n_gen, n_prompt, t2 - t1, t_first - t0, dec_ms, dec_tok_s, stop);
+    } else {
+        printf("\n");
+        fprintf(stderr, "[%d prompt tokens, prefill %.1f ms (%.1f tok/s), first token %.1f ms, "
+                        "%d tokens at %.1f tok/s, stop: %s]\n",
+                n_prompt, t2 - t1, n_prompt / (t2 - t1) * 1e3, t_first - t0, n_gen, dec_tok_s,
+                stop);
+    }
+    free(text);
+    kvf_sampler_free(smp);
+    kvf_session_free(s);
+    free(ids);
+    kvf_model_free(m);
+    return strcmp(stop, "error") == 0;
+}

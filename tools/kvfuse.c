@@ -1,0 +1,47 @@
+/* kvfuse.c - entry point of the kvfuse command-line tool: dispatches to a subcommand. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "kvfuse %s - fast RAG inference on the CPU with KV cache fusion\n"
+            "\n"
+            "usage: kvfuse <command> [options]   (kvfuse <command> --help for details)\n"
+            "\n"
+            "commands:\n"
+            "  generate   generate text from a prompt (streams; --json for a summary object)\n"
+            "  bench      prefill and decode tokens/s, mean +- sd over repetitions\n"
+            "  logits     write the logits of every prompt position to a file\n"
+            "  tokenize   print the token ids of a text\n"
+            "  info       describe a model file\n"
+            "\n"
+            "The model is -m PATH, else $KVFUSE_MODEL, else %s\n"
+            "(`make model` downloads it).\n",
+            kvf_version(), KVF_DEFAULT_MODEL);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "-h") || !strcmp(c, "--help") || !strcmp(c, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(c, "--version") || !strcmp(c, "version")) {
+        printf("kvfuse %s\n", kvf_version());
+        return 0;
+    }
+    if (!strcmp(c, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(c, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(c, "logits")) return cmd_logits(argc - 1, argv + 1);
+    if (!strcmp(c, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(c, "info")) return cmd_info(argc - 1, argv + 1);
+    fprintf(stderr, "kvfuse: unknown command '%s'\n\n", c);
+    usage(stderr);
+    return 2;
+}
