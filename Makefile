@@ -13,7 +13,7 @@ WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpoi
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
-LDLIBS  := -lm -pthread
+LDLIBS  := -lcjson -lm -pthread
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -35,7 +35,7 @@ TEST_BIN += $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_TEST_SRC))
 LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
-.PHONY: all lib cli tests test test-unit test-integration asan demo model python-deps \
+.PHONY: all lib cli tests test test-unit test-integration asan demo model python-deps deps \
         bench bench-peer fuzz clean format help
 
 all: cli tests ## build the library, the CLI and the tests
@@ -44,13 +44,13 @@ lib: $(LIB)
 cli: $(CLI)
 tests: $(TEST_BIN)
 
-$(BUILD)/obj/%_avx2.o: src/%_avx2.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+$(BUILD)/obj/%_avx2.o: src/%_avx2.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
 	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX2) -c $< -o $@
 
-$(BUILD)/obj/%_avx512.o: src/%_avx512.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+$(BUILD)/obj/%_avx512.o: src/%_avx512.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
 	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX512) -c $< -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
@@ -65,10 +65,17 @@ $(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB) | $(BUILD)/tests
 $(BUILD)/obj $(BUILD)/tests:
 	mkdir -p $@
 
+# Debian packages the build needs (scripts/deps.sh installs what is missing, once).
+$(BUILD)/.deps-ok: scripts/deps.sh | $(BUILD)/obj
+	scripts/deps.sh && touch $@
+
 model: $(MODEL) ## download the default model (SmolLM2-135M-Instruct Q4_1) into models/
 
 $(MODEL):
 	scripts/get-model.sh $@
+
+deps: ## install the Debian packages the build needs (idempotent)
+	scripts/deps.sh
 
 python-deps: ## install the Python oracles used by the integration tests into .venv
 	scripts/python-deps.sh

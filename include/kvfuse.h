@@ -207,6 +207,99 @@ KVF_API int32_t kvf_session_threads(const kvf_session *s);
 /* Forget every token from position n_keep on (0 clears the session). */
 KVF_API kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep);
 
+/* ---- KV cache fusion ----------------------------------------------------------------- */
+
+/* A retrieval-augmented prompt is split into segments: segment 0 is the system prefix (its KV
+ * is reused exactly), segments 1..n-2 are documents (chunks whose KV is precomputed once and
+ * reused in any order), segment n-1 is the question (always computed). Each segment is
+ * tokenized on its own (no BOS inside documents); the fused prompt's ids are the concatenation,
+ * and `full` prefills exactly those ids, so every method sees the same tokens. */
+
+typedef enum {
+    KVF_METHOD_FULL = 0,   /* full prefill of every token: the reference */
+    KVF_METHOD_PREFIX,     /* reuse the longest exactly cached prefix, compute the rest */
+    KVF_METHOD_REUSE,      /* reuse every document's KV; recompute the question only */
+    KVF_METHOD_EPIC,       /* recompute the first k tokens of each document + the question */
+    KVF_METHOD_CACHEBLEND, /* recompute the tokens whose layer-1 V deviates most */
+    KVF_METHOD_A3,         /* recompute the tokens the question attends to most (A^3) */
+    KVF_METHOD_COUNT
+} kvf_method;
+
+KVF_API const char *kvf_method_name(kvf_method m); /* "full", "prefix", ... */
+/* Method by name; -1 if unknown. */
+KVF_API int kvf_method_from_name(const char *name);
+
+typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING } kvf_evict;
+
+typedef enum { KVF_CHUNK_F16 = 0, KVF_CHUNK_F32 = 1 } kvf_chunk_dtype;
+
+typedef struct kvf_fuse_params {
+    kvf_method      method;
+    float           ratio;       /* recompute budget k = floor((T - q) * ratio); default 0.15 */
+    int32_t         epic_k;      /* epic: tokens recomputed at the start of each document (16) */
+    int32_t         score_layer; /* a3/cacheblend: layer that selects the tokens (1); layers
+                                    below it are recomputed in full */
+    bool            a3_per_head; /* a3: softmax per head then mean (default: heads merged
+                                    before the softmax) */
+    bool            blend_on_k;  /* cacheblend: deviation of K instead of V (as LMCache) */
+    int32_t         pool;        /* a3: average-pool window over the scores (5; 1 = none) */
+    kvf_evict       evict;       /* after the fused prefill, shrink the cache (for decoding) */
+    int32_t         budget;      /* eviction budget in tokens per KV head (1024) */
+    kvf_chunk_dtype dtype;       /* storage of precomputed chunk KV (f16) */
+    bool            chunk_alone; /* precompute documents at position 0 without the prefix
+                                    (default: after the system prefix, as in the prompt) */
+} kvf_fuse_params;
+
+KVF_API kvf_fuse_params kvf_fuse_default_params(void);
+
+typedef struct kvf_fuse_stats {
+    int32_t total_tokens;      /* T */
+    int32_t prefix_tokens;     /* P */
+    int32_t question_tokens;   /* q */
+    int32_t recomputed_tokens; /* rows recomputed beyond the selection layer (|I|) */
+    int32_t reused_tokens;     /* tokens whose cached KV was used */
+    int32_t chunk_hits, chunk_misses;
+    double  precompute_ms;     /* computing missing chunks (not part of TTFT) */
+    double  load_ms;           /* fetching chunk KV from the cache */
+    double  rope_ms;           /* RoPE recovery and building the fused cache */
+    double  recompute_ms;      /* the forward work (selection included) */
+    double  first_token_ms;    /* final norm and output projection of the last token */
+    double  ttft_ms;           /* load + rope + recompute + first token */
+    int64_t kv_bytes_loaded;
+    int32_t kept_after_evict;  /* cache tokens per KV head after eviction (0 = none) */
+} kvf_fuse_stats;
+
+/* Precomputed chunk KV, reference counted. */
+typedef struct kvf_chunk kvf_chunk;
+KVF_API void    kvf_chunk_release(kvf_chunk *c); /* drop one reference; NULL ok */
+KVF_API int32_t kvf_chunk_n_tokens(const kvf_chunk *c);
+KVF_API size_t  kvf_chunk_bytes(const kvf_chunk *c);
+
+/* The chunk cache fusion reads from and writes missing chunks to. kvf_chunk_cache_new_memory
+ * makes an in-memory LRU cache bounded by budget_bytes (0 = unbounded). */
+typedef struct kvf_chunk_cache kvf_chunk_cache;
+KVF_API kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out);
+KVF_API void       kvf_chunk_cache_free(kvf_chunk_cache *c);
+
+typedef struct kvf_segment {
+    const int32_t *ids; /* borrowed */
+    int32_t        n;
+} kvf_segment;
+
+/* Fused prefill of a segmented prompt into session s (which is cleared first): afterwards
+ * kvf_session_logits(s, -1) holds the first-token logits and decoding continues with
+ * kvf_session_eval. `cache` may be NULL only for KVF_METHOD_FULL. Misses are computed with the
+ * session and stored in the cache (their time is stats->precompute_ms). `stats` may be NULL.
+ * n_segs >= 2 (segment 0 may be empty; the question segment must not be). */
+KVF_API kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache,
+                                    const kvf_segment *segs, int32_t n_segs,
+                                    const kvf_fuse_params *params, kvf_fuse_stats *stats);
+/* Precompute and cache the KV of documents segs[1..n_segs-2] (and the prefix) without
+ * answering; stats as above (precompute_ms, chunk_hits/misses). */
+KVF_API kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache,
+                                          const kvf_segment *segs, int32_t n_segs,
+                                          const kvf_fuse_params *params, kvf_fuse_stats *stats);
+
 /* ---- sampling ------------------------------------------------------------------------ */
 
 typedef struct kvf_sampler kvf_sampler;
@@ -222,7 +315,7 @@ KVF_API kvf_sampler_params kvf_sampler_default_params(void);
 /* NULL params = greedy. Returns NULL only when out of memory. Free with kvf_sampler_free. */
 KVF_API kvf_sampler *kvf_sampler_new(const kvf_sampler_params *params);
 KVF_API void         kvf_sampler_free(kvf_sampler *smp);
-/* Pick a token from `logits` (n_vocab floats, not modified). */
+/* Pick a token from `logits` (n_vocab floats, not modified). smp == NULL picks greedily. */
 KVF_API int32_t kvf_sampler_sample(kvf_sampler *smp, const float *logits, int32_t n_vocab);
 
 #ifdef __cplusplus

@@ -90,18 +90,21 @@ static kvf_act norm_quant(kvf_session *s, const float *x, int64_t ldx, int32_t n
 /* ---- RoPE ------------------------------------------------------------------------------ */
 
 void kvf_fwd_rope_tables(kvf_session *s, const kvf_batch *b) {
-    const kvf_model *m    = s->m;
-    int              half = m->hp.n_rot / 2;
+    int half = s->m->hp.n_rot / 2;
     for (int32_t r = 0; r < b->n; r++)
-        for (int i = 0; i < half; i++) {
-            double th                        = (double)b->pos[r] * (double)m->inv_freq[i];
-            s->rcos[(int64_t)r * half + i] = (float)cos(th);
-            s->rsin[(int64_t)r * half + i] = (float)sin(th);
-        }
+        kvf_rope_table(s->m, b->pos[r], s->rcos + (int64_t)r * half, s->rsin + (int64_t)r * half);
+}
+
+void kvf_rope_table(const kvf_model *m, int32_t pos, float *c, float *sn) {
+    for (int i = 0; i < m->hp.n_rot / 2; i++) {
+        double th = (double)pos * (double)m->inv_freq[i];
+        c[i]      = (float)cos(th);
+        sn[i]     = (float)sin(th);
+    }
 }
 
 /* Rotate n_vec head vectors of one row with precomputed cos/sin. */
-static void rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn) {
+void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn) {
     int half = hp->n_rot / 2, hd = hp->head_dim;
     for (int h = 0; h < n_vec; h++) {
         float *x = v + (int64_t)h * hd;
@@ -119,18 +122,6 @@ static void rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c,
             }
         }
     }
-}
-
-void kvf_rope_apply(const kvf_model *m, float *v, int n_vec, int32_t pos) {
-    int   half = m->hp.n_rot / 2;
-    float c[512], sn[512];
-    KVF_ASSERT(half <= 512);
-    for (int i = 0; i < half; i++) {
-        double th = (double)pos * (double)m->inv_freq[i];
-        c[i]      = (float)cos(th);
-        sn[i]     = (float)sin(th);
-    }
-    rope_row(&m->hp, v, n_vec, c, sn);
 }
 
 /* ---- attention block ------------------------------------------------------------------- */
@@ -157,8 +148,8 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         if (c->k_raw) memcpy(c->k_raw + r * kvd, k, sizeof(float) * (size_t)kvd);
         if (c->v_raw) memcpy(c->v_raw + r * kvd, v, sizeof(float) * (size_t)kvd);
         const float *cs = s->rcos + (int64_t)r * half, *sn = s->rsin + (int64_t)r * half;
-        rope_row(hp, q, hp->n_head, cs, sn);
-        rope_row(hp, k, hp->n_head_kv, cs, sn);
+        kvf_rope_row(hp, q, hp->n_head, cs, sn);
+        kvf_rope_row(hp, k, hp->n_head_kv, cs, sn);
         int32_t cell = c->b->cell[r];
         for (int h = 0; h < hp->n_head_kv; h++) {
             float *kt = kvf_kt_at(s, c->l, h) + cell;

@@ -8,6 +8,7 @@
  */
 #include "kernels.h"
 #include "common.h"
+#include "quant.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -439,6 +440,18 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n) {
     for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = kvf_fp16_to_fp32(src[i]);
+}
+
+static void f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = kvf_fp32_to_fp16(src[i]);
+}
+
 const kvf_kernels kvf_kernels_avx2 = {
     .name         = "avx2",
     .gemm         = {[KVF_PANEL_U4] = gemm_u4,
@@ -449,4 +462,6 @@ const kvf_kernels kvf_kernels_avx2 = {
     .attn         = attn,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
+    .f16_to_f32   = f16_to_f32,
+    .f32_to_f16   = f32_to_f16,
 };

@@ -9,6 +9,7 @@
  */
 #include "kernels.h"
 #include "common.h"
+#include "quant.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -445,6 +446,18 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n) {
     for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    for (; i < n; i++) dst[i] = kvf_fp16_to_fp32(src[i]);
+}
+
+static void f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = kvf_fp32_to_fp16(src[i]);
+}
+
 const kvf_kernels kvf_kernels_avx512 = {
     .name         = "avx512",
     .gemm         = {[KVF_PANEL_U4] = gemm_u4,
@@ -455,4 +468,6 @@ const kvf_kernels kvf_kernels_avx512 = {
     .attn         = attn,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
+    .f16_to_f32   = f16_to_f32,
+    .f32_to_f16   = f32_to_f16,
 };

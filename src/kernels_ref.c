@@ -134,6 +134,14 @@ static void swiglu_ref(const float *g, const float *u, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void f16_to_f32_ref(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = kvf_fp16_to_fp32(src[i]);
+}
+
+static void f32_to_f16_ref(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = kvf_fp32_to_fp16(src[i]);
+}
+
 const kvf_kernels kvf_kernels_ref = {
     .name         = "ref",
     .gemm         = {[KVF_PANEL_U4] = gemm_u4_ref,
@@ -144,4 +152,6 @@ const kvf_kernels kvf_kernels_ref = {
     .attn         = attn_ref,
     .rmsnorm      = rmsnorm_ref,
     .swiglu       = swiglu_ref,
+    .f16_to_f32   = f16_to_f32_ref,
+    .f32_to_f16   = f32_to_f16_ref,
 };

@@ -8,6 +8,9 @@
 #include <math.h>
 #include <string.h>
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 kvf_model_params kvf_model_default_params(void) {
     kvf_model_params p = {.isa = NULL, .n_threads = 0, .precision = KVF_PREC_Q16};
     return p;
@@ -264,6 +267,38 @@ static kvf_status load_tensors(kvf_model *m, kvf_pool *pool) {
     return KVF_OK;
 }
 
+/* ---- identity -------------------------------------------------------------------------- */
+
+/* Fingerprint: the tensor data section, the tokenizer's tokens and merges and the
+ * architecture (not the file name or general.name), so a renamed or copied file keeps its
+ * identity and a re-quantised one does not. */
+static void compute_fingerprint(kvf_model *m) {
+    const gguf_file *f = m->gguf;
+    XXH3_state_t     st;
+    XXH3_128bits_reset(&st);
+    XXH3_128bits_update(&st, m->arch_name, strlen(m->arch_name) + 1);
+    if (f->data_offset < f->len)
+        XXH3_128bits_update(&st, f->buf + f->data_offset, f->len - f->data_offset);
+    const char *keys[] = {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"};
+    for (int k = 0; k < 2; k++) {
+        const gguf_kv *kv = gguf_find_kv(f, keys[k]);
+        if (!kv || kv->arr_type != GGUF_T_STRING) continue;
+        for (uint64_t i = 0; i < kv->n; i++) {
+            XXH3_128bits_update(&st, &kv->strs[i].n, sizeof kv->strs[i].n);
+            XXH3_128bits_update(&st, kv->strs[i].s, (size_t)kv->strs[i].n);
+        }
+    }
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(&st));
+    memcpy(m->fingerprint, c.digest, 16);
+    XXH3_128bits_reset(&st);
+    XXH3_128bits_update(&st, m->fingerprint, 16);
+    uint32_t prec = (uint32_t)m->precision;
+    XXH3_128bits_update(&st, &prec, 4);
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(&st));
+    memcpy(m->cache_id, c.digest, 16);
+}
+
 /* ---- load / free ----------------------------------------------------------------------- */
 
 void kvf_model_free(kvf_model *m) {
@@ -324,6 +359,7 @@ kvf_status kvf_model_load(const char *path, const kvf_model_params *params, kvf_
         goto fail;
     }
     kvf_pool_free(pool);
+    compute_fingerprint(m);
     *out = m;
     return KVF_OK;
 fail:

@@ -41,6 +41,10 @@ struct kvf_model {
     char                 *arch_name, *name;
     uint32_t              ftype;      /* most common matmul weight type */
     uint64_t              n_params, weight_bytes;
+    uint8_t               fingerprint[16]; /* XXH3-128 of tensor data and tokenizer: the
+                                              model's identity in chunk-cache keys */
+    uint8_t               cache_id[16];    /* fingerprint + precision: what computed KV
+                                              depends on */
     float               **owned;      /* converted norm vectors etc. */
     int                   n_owned;
 };

@@ -62,7 +62,7 @@ int32_t kvf_sampler_sample(kvf_sampler *smp, const float *logits, int32_t n_voca
     int32_t best = 0;
     for (int32_t i = 1; i < n_vocab; i++)
         if (logits[i] > logits[best]) best = i;
-    if (smp->p.temp <= 0.0f || n_vocab <= 1) return best;
+    if (!smp || smp->p.temp <= 0.0f || n_vocab <= 1) return best;
     if (smp->cand_cap < n_vocab) {
         struct cand *c = kvf_realloc(smp->cand, sizeof(struct cand) * (size_t)n_vocab);
         if (!c) return best; /* out of memory: fall back to greedy rather than fail */

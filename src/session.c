@@ -22,6 +22,7 @@ void kvf_session_free(kvf_session *s) {
                      s->hb2,  s->rcos, s->rsin,      s->attn_work, s->split_o, s->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvf_free_aligned(bufs[i]);
     kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
+    kvf_free(s->fuse_rows);
     kvf_actbuf_free(&s->act);
     kvf_pool_free(s->pool);
     kvf_free(s);
@@ -125,6 +126,15 @@ kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep) {
     if (n_keep < 0 || n_keep > s->n_past)
         return kvf_set_error(KVF_E_INVAL, "truncate to %d: the session holds %d tokens", n_keep,
                              s->n_past);
+    if (s->evicted && n_keep != 0 && n_keep != s->n_past)
+        return kvf_set_error(KVF_E_UNSUPPORTED,
+                             "truncate to %d: the cache was evicted (compacted per head); only "
+                             "0 (clear) is possible",
+                             n_keep);
+    if (s->evicted) {
+        if (n_keep == s->n_past) return KVF_OK;
+        s->evicted = 0;
+    }
     /* cells are in position order unless eviction compacted them: keep cells below n_keep */
     int32_t c = 0;
     while (c < s->n_cells && s->cell_pos[c] < n_keep) c++;

@@ -40,6 +40,9 @@ struct kvf_session {
     int32_t *cell_pos;    /* [n_ctx] position of the token in each cell */
     int32_t *cell_tok;    /* [n_ctx] its token id */
     int32_t  n_cells;     /* cells in use: 0 .. n_cells-1 */
+    int      evicted;     /* cells were compacted per head (kvf_session_fuse eviction): cell
+                             index no longer maps to one position, so only a full reset or
+                             appending is allowed */
     int32_t  n_past;      /* position of the next token */
 
     /* scratch for up to U rows */
@@ -52,6 +55,10 @@ struct kvf_session {
     float     *split_o; /* decode split-K partials: [items][head_dim + 2] */
     int64_t    split_cap;
     int32_t   *b_pos, *b_cell, *b_end; /* [U] batch description for eval */
+
+    /* rows recomputed by the last kvf_session_fuse (sorted positions), for inspection */
+    int32_t *fuse_rows;
+    int32_t  n_fuse_rows;
 
     /* logits of the last eval */
     float  *logits;
@@ -78,8 +85,10 @@ void kvf_fwd_attn_out(kvf_session *s, int l, float *x, const kvf_batch *b);
 void kvf_fwd_mlp(kvf_session *s, int l, float *x, int32_t n);
 /* Final norm and output projection of n rows of x (stride ldx) into out [n][n_vocab]. */
 void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, float *out);
-/* Apply RoPE at `pos` to n_rows vectors of head_dim floats starting at v (stride hd). */
-void kvf_rope_apply(const kvf_model *m, float *v, int n_vec, int32_t pos);
+/* RoPE: cos/sin of position pos ([n_rot/2] each), and the rotation of n_vec consecutive head
+ * vectors (head_dim floats each) with such a table. */
+void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
+void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
 
 /* Cache cell addressing. */
 static inline float *kvf_kt_at(const kvf_session *s, int l, int h) {

@@ -396,6 +396,39 @@ static void test_threadpool(void) {
     kvf_pool_free(NULL);
 }
 
+/* half-precision conversions: every half value, and floats around every rounding case */
+static void test_f16(void) {
+    uint16_t *h  = malloc(sizeof(uint16_t) * 65536), *h2 = malloc(sizeof(uint16_t) * 65536);
+    float    *f0 = malloc(sizeof(float) * 65536), *f1 = malloc(sizeof(float) * 65536);
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    kvf_kernels_ref.f16_to_f32(h, f0, 65536);
+    for (int k = 1; k < n_isas; k++) {
+        isas[k]->f16_to_f32(h, f1, 65536);
+        int bad = 0;
+        for (int i = 0; i < 65536; i++) bad += memcmp(&f0[i], &f1[i], 4) != 0 && !(isnan(f0[i]) && isnan(f1[i]));
+        CHECK_MSG(bad == 0, "%s f16_to_f32: %d values differ", isas[k]->name, bad);
+    }
+    /* floats: random magnitudes across the half range, ties, subnormals, overflow, inf */
+    for (int i = 0; i < 65536; i++) {
+        float v = ldexpf(t_randf(), (int)(t_rand64() % 48) - 30);
+        if (i % 7 == 0) v = f0[(i * 31) % 65536] + ldexpf(1.0f, -11) * f0[(i * 31) % 65536] * 0.5f;
+        if (isnan(v)) v = 1.0f;
+        f1[i] = v;
+    }
+    f1[0] = 0.0f, f1[1] = -0.0f, f1[2] = 65504.0f, f1[3] = 65520.0f, f1[4] = 1e9f, f1[5] = -INFINITY;
+    f1[6] = 5.96e-8f, f1[7] = 2.98e-8f, f1[8] = 1e-10f;
+    kvf_kernels_ref.f32_to_f16(f1, h, 65536);
+    for (int k = 1; k < n_isas; k++) {
+        isas[k]->f32_to_f16(f1, h2, 65536);
+        int bad = 0;
+        for (int i = 0; i < 65536; i++) bad += h[i] != h2[i];
+        CHECK_MSG(bad == 0, "%s f32_to_f16: %d values differ", isas[k]->name, bad);
+    }
+    CHECK_EQ(h[2], 0x7bff);
+    CHECK_EQ(h[3], 0x7c00); /* rounds to infinity */
+    free(h), free(h2), free(f0), free(f1);
+}
+
 static void test_select(void) {
     CHECK(kvf_kernels_select("ref") == &kvf_kernels_ref);
     CHECK(kvf_kernels_select("bogus") == NULL);
@@ -415,5 +448,6 @@ int main(void) {
     RUN(test_attention_large_logits);
     RUN(test_small_ops);
     RUN(test_threadpool);
+    RUN(test_f16);
     return TEST_REPORT();
 }

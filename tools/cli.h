@@ -16,6 +16,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_ask(int argc, char **argv);
 
 /* -m value, else $KVFUSE_MODEL, else the default model path. */
 const char *cli_model_path(const char *opt);

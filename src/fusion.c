@@ -1,0 +1,712 @@
+/* fusion.c - KV cache fusion (../shared/docs/fusion.md): chunk precompute, RoPE recovery,
+ * token selection for each method, and exact selective recompute.
+ *
+ * A fused prefill of prefix ++ docs ++ question (T tokens) runs in four steps:
+ *   1. load: each segment's chunk KV comes from the chunk cache (misses are computed with the
+ *      session first and stored);
+ *   2. rope: the session cache is filled with the chunks' values and their keys rotated to
+ *      the chunk's positions in this prompt (cells 0..T-1, cell == position);
+ *   3. recompute: a set of rows I is recomputed with the ordinary forward steps (forward.c);
+ *      row t attends to cells 0..t (exact causal mask by position) and its fresh K, V overwrite
+ *      its cell. Rows are processed in position order in micro-batches, each through all
+ *      remaining layers, which is exactly equivalent to processing all of I layer by layer.
+ *      a3/cacheblend first run layers below the selection layer for every non-prefix row, then
+ *      compute that layer's Q/K/V for all of them (fresh K/V into the cache), score, select I,
+ *      and continue with the rows of I only (their residual stream is kept);
+ *   4. first token: the last row's logits.
+ * Optionally the cache is then shrunk for decoding (SnapKV or streaming eviction).
+ */
+#include "chunk.h"
+#include "common.h"
+#include "session.h"
+
+#include <math.h>
+#include <string.h>
+
+static const char *const method_names[KVF_METHOD_COUNT] = {"full", "prefix",     "reuse",
+                                                           "epic", "cacheblend", "a3"};
+
+const char *kvf_method_name(kvf_method m) {
+    return (unsigned)m < KVF_METHOD_COUNT ? method_names[m] : "unknown";
+}
+
+int kvf_method_from_name(const char *name) {
+    for (int i = 0; i < KVF_METHOD_COUNT; i++)
+        if (strcmp(name, method_names[i]) == 0) return i;
+    return -1;
+}
+
+kvf_fuse_params kvf_fuse_default_params(void) {
+    kvf_fuse_params p = {.method      = KVF_METHOD_A3,
+                         .ratio       = 0.15f,
+                         .epic_k      = 16,
+                         .score_layer = 1,
+                         .a3_per_head = false,
+                         .blend_on_k  = false,
+                         .pool        = 5,
+                         .evict       = KVF_EVICT_NONE,
+                         .budget      = 1024,
+                         .dtype       = KVF_CHUNK_F16,
+                         .chunk_alone = false};
+    return p;
+}
+
+/* ---- request state --------------------------------------------------------------------- */
+
+typedef struct {
+    kvf_session           *s;
+    const kvf_model       *m;
+    kvf_chunk_cache       *cache;
+    const kvf_fuse_params *fp;
+    kvf_fuse_stats        *st;
+    int32_t                n_segs, T, P, q;
+    int32_t               *ids;       /* [T] */
+    int32_t               *seg_start; /* [n_segs + 1] */
+    kvf_chunk            **chunks;    /* [n_segs]: chunk of each segment (question: NULL) */
+    float                 *rcos, *rsin; /* [T][n_rot/2] RoPE tables of the prompt */
+    /* eviction (SnapKV): queries of the observation window, per layer [w][n_head*hd] */
+    int32_t                win;       /* window rows (0 = no capture) */
+    float                 *winq;      /* [n_layer][win][qd] */
+} fuse_ctx;
+
+static int seg_of(const fuse_ctx *c, int32_t pos) {
+    int lo = 0, hi = c->n_segs - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (c->seg_start[mid] <= pos) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* ---- chunk precompute ------------------------------------------------------------------ */
+
+/* Run rows [p0, p0 + n) of s (tokens ids, cells == positions, causal) through every layer,
+ * copying each layer's pre-RoPE keys and values of those rows into chunk c (rows r0..). The
+ * last layer's attention output and MLP are skipped: nothing reads them. */
+static kvf_status prefill_capture(kvf_session *s, const int32_t *ids, int32_t p0, int32_t n,
+                                  kvf_chunk *c) {
+    const kvf_hparams *hp  = &s->m->hp;
+    int64_t            kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    float *kr = kvf_malloc(sizeof(float) * (size_t)(s->U * kvd));
+    float *vr = kvf_malloc(sizeof(float) * (size_t)(s->U * kvd));
+    if (!kr || !vr) {
+        kvf_free(kr), kvf_free(vr);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory computing a chunk");
+    }
+    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, n - i0);
+        for (int32_t i = 0; i < u; i++) {
+            s->b_pos[i]  = p0 + i0 + i;
+            s->b_cell[i] = p0 + i0 + i;
+            s->b_end[i]  = p0 + i0 + i + 1;
+        }
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_fwd_embed(s, ids + i0, u, s->x);
+        kvf_fwd_rope_tables(s, &b);
+        for (int l = 0; l < hp->n_layer; l++) {
+            kvf_fwd_qkv(s, l, s->x, &b, kr, vr);
+            kvf_chunk_write(s->K, c, l, 0, i0, u, kr);
+            kvf_chunk_write(s->K, c, l, 1, i0, u, vr);
+            if (l == hp->n_layer - 1) break;
+            kvf_fwd_attn_out(s, l, s->x, &b);
+            kvf_fwd_mlp(s, l, s->x, u);
+        }
+    }
+    kvf_free(kr), kvf_free(vr);
+    s->n_cells = s->n_past = p0 + n;
+    return KVF_OK;
+}
+
+/* Compute the chunk of `ids` after context `ctx` with session s (whose cache it overwrites). */
+static kvf_status compute_chunk(kvf_session *s, const int32_t *ctx, int32_t n_ctx,
+                                const int32_t *ids, int32_t n, kvf_chunk_dtype dt,
+                                kvf_chunk **out) {
+    const kvf_hparams *hp = &s->m->hp;
+    *out                  = NULL;
+    if ((int64_t)n_ctx + n > s->n_ctx)
+        return kvf_set_error(KVF_E_CTX_FULL, "a chunk of %d tokens after %d of context does not "
+                                             "fit the session's %d tokens",
+                             n, n_ctx, s->n_ctx);
+    kvf_chunk *c = kvf_chunk_alloc(dt, n, hp->n_layer, hp->n_head_kv * hp->head_dim, ids, n_ctx);
+    if (!c) return kvf_set_error(KVF_E_NOMEM, "out of memory for a chunk of %d tokens", n);
+    kvf_session_truncate(s, 0);
+    kvf_status st = KVF_OK;
+    if (n_ctx > 0) st = kvf_session_eval(s, ctx, n_ctx, 0);
+    if (st == KVF_OK) st = prefill_capture(s, ids, n_ctx, n, c);
+    kvf_session_truncate(s, 0);
+    if (st != KVF_OK) {
+        kvf_chunk_release(c);
+        return st;
+    }
+    *out = c;
+    return KVF_OK;
+}
+
+/* Chunk of segment i: from the cache, else computed and stored. */
+static kvf_status get_chunk(fuse_ctx *c, int i) {
+    const int32_t *ids   = c->ids + c->seg_start[i];
+    int32_t        n     = c->seg_start[i + 1] - c->seg_start[i];
+    int            alone = i == 0 || c->fp->chunk_alone;
+    const int32_t *ctx   = alone ? NULL : c->ids;
+    int32_t        n_ctx = alone ? 0 : c->P;
+    kvf_chunk_key  key   = kvf_chunk_key_make(c->m->cache_id, c->fp->dtype, ctx, n_ctx, ids, n);
+    double         t0    = kvf_time_ms();
+    kvf_chunk     *ch    = c->cache->ops->get(c->cache, &key);
+    if (ch && (ch->n_tokens != n || ch->n_layer != c->m->hp.n_layer ||
+               ch->kvd != c->m->hp.n_head_kv * c->m->hp.head_dim || ch->dtype != c->fp->dtype ||
+               memcmp(ch->ids, ids, sizeof(int32_t) * (size_t)n) != 0)) {
+        kvf_log(KVF_LOG_WARN, "chunk cache returned a mismatching entry; recomputing it");
+        kvf_chunk_release(ch);
+        ch = NULL;
+    }
+    if (ch) {
+        c->st->chunk_hits++;
+        c->st->load_ms += kvf_time_ms() - t0;
+        c->st->kv_bytes_loaded += (int64_t)ch->bytes;
+    } else {
+        c->st->chunk_misses++;
+        t0            = kvf_time_ms();
+        kvf_status st = compute_chunk(c->s, ctx, n_ctx, ids, n, c->fp->dtype, &ch);
+        if (st != KVF_OK) return st;
+        ch->key = key;
+        if ((st = c->cache->ops->put(c->cache, &key, ch)) != KVF_OK)
+            kvf_log(KVF_LOG_WARN, "could not store a chunk: %s", kvf_errmsg());
+        c->st->precompute_ms += kvf_time_ms() - t0;
+    }
+    c->chunks[i] = ch;
+    return KVF_OK;
+}
+
+/* ---- building the fused cache ---------------------------------------------------------- */
+
+typedef struct {
+    fuse_ctx           *c;
+    int32_t             n_load; /* segments 0 .. n_load-1 are loaded */
+    atomic_int_fast64_t next;
+    atomic_int          failed;
+} build_ctx;
+
+#define BUILD_ROWS 64
+
+/* work item = (layer, segment): K rows rotated to their positions, V copied */
+static void build_task(void *p, int ith, int nth) {
+    KVF_UNUSED(ith), KVF_UNUSED(nth);
+    build_ctx         *bc = p;
+    fuse_ctx          *c  = bc->c;
+    kvf_session       *s  = c->s;
+    const kvf_hparams *hp = &c->m->hp;
+    int                hd = hp->head_dim, half = hp->n_rot / 2;
+    int64_t            kvd = (int64_t)hp->n_head_kv * hd;
+    float             *buf = kvf_malloc(sizeof(float) * (size_t)(BUILD_ROWS * kvd));
+    if (!buf) {
+        atomic_store(&bc->failed, 1);
+        return;
+    }
+    int64_t n_items = (int64_t)hp->n_layer * bc->n_load;
+    for (int64_t it; (it = kvf_claim(&bc->next, n_items)) >= 0;) {
+        int        l = (int)(it / bc->n_load), seg = (int)(it % bc->n_load);
+        kvf_chunk *ch = c->chunks[seg];
+        if (!ch) continue;
+        int32_t p0 = c->seg_start[seg];
+        for (int32_t r0 = 0; r0 < ch->n_tokens; r0 += BUILD_ROWS) {
+            int32_t n = KVF_MIN(BUILD_ROWS, ch->n_tokens - r0);
+            kvf_chunk_read(s->K, ch, l, 0, r0, n, buf);
+            for (int32_t r = 0; r < n; r++) {
+                int32_t pos = p0 + r0 + r;
+                float  *k   = buf + r * kvd;
+                kvf_rope_row(hp, k, hp->n_head_kv, c->rcos + (int64_t)pos * half,
+                             c->rsin + (int64_t)pos * half);
+                for (int h = 0; h < hp->n_head_kv; h++) {
+                    float *kt = kvf_kt_at(s, l, h) + pos;
+                    for (int i = 0; i < hd; i++) kt[(int64_t)i * s->ldk] = k[h * hd + i];
+                }
+            }
+            kvf_chunk_read(s->K, ch, l, 1, r0, n, buf);
+            for (int32_t r = 0; r < n; r++) {
+                int32_t pos = p0 + r0 + r;
+                for (int h = 0; h < hp->n_head_kv; h++)
+                    memcpy(kvf_v_at(s, l, h) + (int64_t)pos * hd, buf + r * kvd + h * hd,
+                           sizeof(float) * (size_t)hd);
+            }
+        }
+    }
+    kvf_free(buf);
+}
+
+static kvf_status build_cache(fuse_ctx *c, int32_t n_load) {
+    build_ctx bc = {.c = c, .n_load = n_load};
+    atomic_init(&bc.next, 0);
+    atomic_init(&bc.failed, 0);
+    kvf_pool_run(c->s->pool, build_task, &bc);
+    if (atomic_load(&bc.failed)) return kvf_set_error(KVF_E_NOMEM, "out of memory building the cache");
+    return KVF_OK;
+}
+
+/* ---- recompute ------------------------------------------------------------------------- */
+
+/* Copy the window rows' queries of this batch (post-RoPE) for SnapKV. */
+static void capture_window(fuse_ctx *c, int l, const kvf_batch *b) {
+    if (!c->win) return;
+    const kvf_hparams *hp = &c->m->hp;
+    int64_t            qd = (int64_t)hp->n_head * hp->head_dim;
+    for (int32_t r = 0; r < b->n; r++) {
+        int32_t w = b->pos[r] - (c->T - c->win);
+        if (w >= 0)
+            memcpy(c->winq + ((int64_t)l * c->win + w) * qd, c->s->q + r * qd,
+                   sizeof(float) * (size_t)qd);
+    }
+}
+
+/* Recompute rows rows[0..n) (sorted positions) from layer l0 to the end. For l0 > 0 the
+ * rows' residual streams at l0 come from x_in ([n][n_embd]). Leaves the last row's logits. */
+static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
+                            const float *x_in) {
+    kvf_session       *s  = c->s;
+    const kvf_hparams *hp = &c->m->hp;
+    double             t0 = kvf_time_ms();
+    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, n - i0);
+        int32_t tok[1024];
+        KVF_ASSERT(s->U <= 1024);
+        for (int32_t i = 0; i < u; i++) {
+            int32_t p    = rows[i0 + i];
+            s->b_pos[i]  = p;
+            s->b_cell[i] = p;
+            s->b_end[i]  = p + 1;
+            tok[i]       = c->ids[p];
+        }
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        if (l0 == 0)
+            kvf_fwd_embed(s, tok, u, s->x);
+        else
+            memcpy(s->x, x_in + (int64_t)i0 * hp->n_embd, sizeof(float) * (size_t)(u * hp->n_embd));
+        kvf_fwd_rope_tables(s, &b);
+        for (int l = l0; l < hp->n_layer; l++) {
+            kvf_fwd_qkv(s, l, s->x, &b, NULL, NULL);
+            capture_window(c, l, &b);
+            kvf_fwd_attn_out(s, l, s->x, &b);
+            kvf_fwd_mlp(s, l, s->x, u);
+        }
+        if (i0 + u == n) {
+            double t1 = kvf_time_ms();
+            c->st->recompute_ms += t1 - t0;
+            kvf_fwd_logits(s, s->x + (int64_t)(u - 1) * hp->n_embd, 1, hp->n_embd, s->logits);
+            c->st->first_token_ms += kvf_time_ms() - t1;
+        }
+    }
+    s->last_eval_n = 1;
+    s->n_logits    = 1;
+    s->logits_row0 = 0;
+    return KVF_OK;
+}
+
+/* a3 / cacheblend: layers below the selection layer for every non-prefix row, then the
+ * selection layer's Q/K/V for all of them; scores per document position; then I. */
+typedef struct {
+    float  *score;   /* [T] (document positions only) */
+    float  *x_sel;   /* [T - P][n_embd] residual stream entering the selection layer */
+    float  *q_quest; /* [q][qd] queries of the question rows at the selection layer */
+} select_state;
+
+static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
+    kvf_session       *s  = c->s;
+    const kvf_hparams *hp = &c->m->hp;
+    int                sl = c->fp->score_layer;
+    int64_t qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    int32_t            n  = c->T - c->P, q0 = c->T - c->q;
+    float *kr = kvf_malloc(sizeof(float) * (size_t)(s->U * kvd));
+    float *vr = kvf_malloc(sizeof(float) * (size_t)(s->U * kvd));
+    float *old = kvf_malloc(sizeof(float) * (size_t)kvd);
+    if (!kr || !vr || !old) {
+        kvf_free(kr), kvf_free(vr), kvf_free(old);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory selecting tokens");
+    }
+    int blend = c->fp->method == KVF_METHOD_CACHEBLEND;
+    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, n - i0);
+        for (int32_t i = 0; i < u; i++) {
+            int32_t p    = c->P + i0 + i;
+            s->b_pos[i]  = p;
+            s->b_cell[i] = p;
+            s->b_end[i]  = p + 1;
+        }
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_fwd_embed(s, c->ids + c->P + i0, u, s->x);
+        kvf_fwd_rope_tables(s, &b);
+        for (int l = 0; l < sl; l++) {
+            kvf_fwd_attn(s, l, s->x, &b);
+            kvf_fwd_mlp(s, l, s->x, u);
+        }
+        memcpy(ss->x_sel + (int64_t)i0 * hp->n_embd, s->x, sizeof(float) * (size_t)(u * hp->n_embd));
+        kvf_fwd_qkv(s, sl, s->x, &b, blend ? kr : NULL, blend ? vr : NULL);
+        for (int32_t i = 0; i < u; i++) {
+            int32_t p = c->P + i0 + i;
+            if (p >= q0) {
+                memcpy(ss->q_quest + (int64_t)(p - q0) * qd, s->q + i * qd, sizeof(float) * (size_t)qd);
+                continue;
+            }
+            if (!blend) continue;
+            /* squared distance between the fresh and the cached (chunk) value or key */
+            int        seg = seg_of(c, p);
+            kvf_chunk *ch  = c->chunks[seg];
+            kvf_chunk_read(s->K, ch, sl, c->fp->blend_on_k ? 0 : 1, p - c->seg_start[seg], 1, old);
+            const float *fresh = (c->fp->blend_on_k ? kr : vr) + i * kvd;
+            double       d2    = 0;
+            for (int64_t j = 0; j < kvd; j++) d2 += (double)(fresh[j] - old[j]) * (fresh[j] - old[j]);
+            ss->score[p] = (float)d2;
+        }
+    }
+    kvf_free(kr), kvf_free(vr), kvf_free(old);
+    if (blend) return KVF_OK;
+
+    /* a3: attention of the question rows to the document columns at the selection layer */
+    int     g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
+    int32_t ncol = c->T - c->P;
+    float  *lg   = kvf_malloc(sizeof(float) * (size_t)ncol);
+    float  *qs   = kvf_malloc(sizeof(float) * (size_t)kvd);
+    if (!lg || !qs) {
+        kvf_free(lg), kvf_free(qs);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory scoring tokens");
+    }
+    for (int32_t j = c->P; j < q0; j++) ss->score[j] = 0.0f;
+    int n_pass = c->fp->a3_per_head ? hp->n_head : 1;
+    for (int32_t i = 0; i < c->q; i++) {
+        int32_t last = q0 + i; /* causal: columns P .. last */
+        for (int hp_i = 0; hp_i < n_pass; hp_i++) {
+            float scale;
+            if (c->fp->a3_per_head) {
+                /* one head: q_h . k_{h/g}, scaled by 1/sqrt(hd) */
+                int h = hp_i, kh = h / g;
+                memset(qs, 0, sizeof(float) * (size_t)kvd);
+                memcpy(qs + (int64_t)kh * hd, ss->q_quest + (int64_t)i * qd + (int64_t)h * hd,
+                       sizeof(float) * (size_t)hd);
+                scale = 1.0f / sqrtf((float)hd);
+            } else {
+                /* heads merged before the softmax: sum the queries sharing a KV head */
+                memset(qs, 0, sizeof(float) * (size_t)kvd);
+                for (int h = 0; h < hp->n_head; h++)
+                    for (int d = 0; d < hd; d++)
+                        qs[(h / g) * hd + d] += ss->q_quest[(int64_t)i * qd + (int64_t)h * hd + d];
+                scale = 1.0f / sqrtf((float)(hp->n_head * hd));
+            }
+            float mx = -INFINITY;
+            for (int32_t j = c->P; j <= last; j++) {
+                double dot = 0;
+                for (int kh = 0; kh < hp->n_head_kv; kh++) {
+                    const float *kt = kvf_kt_at(s, sl, kh);
+                    for (int d = 0; d < hd; d++) dot += (double)qs[kh * hd + d] * kt[(int64_t)d * s->ldk + j];
+                }
+                lg[j - c->P] = (float)dot * scale;
+                mx           = fmaxf(mx, lg[j - c->P]);
+            }
+            double sum = 0;
+            for (int32_t j = c->P; j <= last; j++) sum += exp((double)(lg[j - c->P] - mx));
+            for (int32_t j = c->P; j < q0; j++)
+                ss->score[j] += (float)(exp((double)(lg[j - c->P] - mx)) / sum / n_pass);
+        }
+    }
+    kvf_free(lg), kvf_free(qs);
+    /* average pool, window `pool`, stride 1, zero padding counted */
+    int w = c->fp->pool < 1 ? 1 : c->fp->pool;
+    if (w > 1 && q0 > c->P) {
+        float *tmp = kvf_malloc(sizeof(float) * (size_t)(q0 - c->P));
+        if (!tmp) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+        for (int32_t j = c->P; j < q0; j++) {
+            double acc = 0;
+            for (int t = -(w / 2); t <= (w - 1) / 2; t++)
+                if (j + t >= c->P && j + t < q0) acc += ss->score[j + t];
+            tmp[j - c->P] = (float)(acc / w);
+        }
+        memcpy(ss->score + c->P, tmp, sizeof(float) * (size_t)(q0 - c->P));
+        kvf_free(tmp);
+    }
+    return KVF_OK;
+}
+
+/* rows = top k document positions by score (ties: earlier position) + the question, sorted */
+static const float *g_sort_score;
+static int by_score(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float   sx = g_sort_score[x], sy = g_sort_score[y];
+    if (sx != sy) return sx < sy ? 1 : -1;
+    return x - y;
+}
+static int by_pos(const void *a, const void *b) {
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+static int32_t select_topk(const fuse_ctx *c, const float *score, int32_t k, int32_t *rows) {
+    int32_t q0 = c->T - c->q, nd = q0 - c->P, n = 0;
+    for (int32_t j = c->P; j < q0; j++) rows[n++] = j;
+    g_sort_score = score; /* (qsort has no context argument; fusion is not reentrant here) */
+    qsort(rows, (size_t)nd, sizeof(int32_t), by_score);
+    n = KVF_MIN(k, nd);
+    qsort(rows, (size_t)n, sizeof(int32_t), by_pos);
+    for (int32_t j = q0; j < c->T; j++) rows[n++] = j;
+    return n;
+}
+
+/* ---- eviction -------------------------------------------------------------------------- */
+
+/* Keep `keep` (sorted cell indices) of layer l, head h at the front of the cache. */
+static void compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n) {
+    int    hd = s->m->hp.head_dim;
+    float *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t j = keep[i];
+        if (j == i) continue;
+        for (int d = 0; d < hd; d++) kt[(int64_t)d * s->ldk + i] = kt[(int64_t)d * s->ldk + j];
+        memmove(v + (int64_t)i * hd, v + (int64_t)j * hd, sizeof(float) * (size_t)hd);
+    }
+}
+
+static kvf_status evict(fuse_ctx *c) {
+    kvf_session       *s = c->s;
+    const kvf_hparams *hp = &c->m->hp;
+    int32_t            B = c->fp->budget, T = c->T;
+    if (c->fp->evict == KVF_EVICT_NONE || B <= 0 || T <= B) return KVF_OK;
+    int32_t *keep = kvf_malloc(sizeof(int32_t) * (size_t)T);
+    float   *sc   = kvf_malloc(sizeof(float) * (size_t)T * 2);
+    if (!keep || !sc) {
+        kvf_free(keep), kvf_free(sc);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory evicting");
+    }
+    if (c->fp->evict == KVF_EVICT_STREAMING) {
+        int32_t P = KVF_MIN(c->P, B), n = 0;
+        for (int32_t j = 0; j < P; j++) keep[n++] = j;
+        for (int32_t j = T - (B - P); j < T; j++) keep[n++] = j;
+        for (int l = 0; l < hp->n_layer; l++)
+            for (int h = 0; h < hp->n_head_kv; h++) compact_head(s, l, h, keep, n);
+    } else { /* SnapKV */
+        int     w = c->win, g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
+        int64_t qd    = (int64_t)hp->n_head * hd;
+        int32_t nkeep = B - w, nc = T - w; /* candidates: cells 0 .. T-w-1 */
+        float   scale = 1.0f / sqrtf((float)hd);
+        float  *lg    = sc + T;
+        for (int l = 0; l < hp->n_layer; l++)
+            for (int kh = 0; kh < hp->n_head_kv; kh++) {
+                const float *kt = kvf_kt_at(s, l, kh);
+                for (int32_t j = 0; j < nc; j++) sc[j] = 0.0f;
+                for (int i = 0; i < w; i++)
+                    for (int gi = 0; gi < g; gi++) {
+                        const float *q    = c->winq + ((int64_t)l * w + i) * qd + (int64_t)(kh * g + gi) * hd;
+                        int32_t      last = T - w + i;
+                        float        mx   = -INFINITY;
+                        for (int32_t j = 0; j <= last; j++) {
+                            float dot = 0;
+                            for (int d = 0; d < hd; d++) dot += q[d] * kt[(int64_t)d * s->ldk + j];
+                            lg[j] = dot * scale;
+                            mx    = fmaxf(mx, lg[j]);
+                        }
+                        double sum = 0;
+                        for (int32_t j = 0; j <= last; j++) sum += exp((double)(lg[j] - mx));
+                        for (int32_t j = 0; j < nc; j++) sc[j] += (float)(exp((double)(lg[j] - mx)) / sum);
+                    }
+                /* pool (window 5), then the top nkeep candidates and the window */
+                float *pooled = lg;
+                for (int32_t j = 0; j < nc; j++) {
+                    double acc = 0;
+                    for (int t = -2; t <= 2; t++)
+                        if (j + t >= 0 && j + t < nc) acc += sc[j + t];
+                    pooled[j] = (float)(acc / 5);
+                }
+                int32_t n = 0;
+                for (int32_t j = 0; j < nc; j++) keep[n++] = j;
+                g_sort_score = pooled;
+                qsort(keep, (size_t)nc, sizeof(int32_t), by_score);
+                n = nkeep;
+                qsort(keep, (size_t)n, sizeof(int32_t), by_pos);
+                for (int32_t j = nc; j < T; j++) keep[n++] = j;
+                compact_head(s, l, kh, keep, n);
+            }
+    }
+    s->n_cells = B;
+    s->evicted = 1;
+    c->st->kept_after_evict = B;
+    kvf_free(keep), kvf_free(sc);
+    return KVF_OK;
+}
+
+/* ---- the request ----------------------------------------------------------------------- */
+
+static void ctx_free(fuse_ctx *c) {
+    if (c->chunks)
+        for (int i = 0; i < c->n_segs; i++) kvf_chunk_release(c->chunks[i]);
+    kvf_free(c->chunks);
+    kvf_free(c->ids);
+    kvf_free(c->seg_start);
+    kvf_free_aligned(c->rcos);
+    kvf_free_aligned(c->rsin);
+    kvf_free_aligned(c->winq);
+}
+
+static kvf_status ctx_init(fuse_ctx *c, kvf_session *s, kvf_chunk_cache *cache,
+                           const kvf_segment *segs, int32_t n_segs, const kvf_fuse_params *fp,
+                           kvf_fuse_stats *st) {
+    memset(c, 0, sizeof *c);
+    c->s = s, c->m = s->m, c->cache = cache, c->fp = fp, c->st = st, c->n_segs = n_segs;
+    if (n_segs < 2) return kvf_set_error(KVF_E_INVAL, "fusion needs a prefix and a question segment (n_segs >= 2)");
+    if ((unsigned)fp->method >= KVF_METHOD_COUNT) return kvf_set_error(KVF_E_INVAL, "unknown fusion method %d", (int)fp->method);
+    if (!(fp->ratio >= 0.0f && fp->ratio <= 1.0f)) return kvf_set_error(KVF_E_INVAL, "ratio %g is outside [0, 1]", (double)fp->ratio);
+    if (fp->score_layer < 1 || fp->score_layer >= s->m->hp.n_layer)
+        return kvf_set_error(KVF_E_INVAL, "score layer %d must be in 1..%d", fp->score_layer, s->m->hp.n_layer - 1);
+    if (fp->epic_k < 0 || fp->pool < 1 || fp->pool > 101 || fp->budget < 0)
+        return kvf_set_error(KVF_E_INVAL, "bad fusion parameter (epic_k %d, pool %d, budget %d)", fp->epic_k, fp->pool, fp->budget);
+    if (fp->method != KVF_METHOD_FULL && !cache)
+        return kvf_set_error(KVF_E_INVAL, "method %s needs a chunk cache", kvf_method_name(fp->method));
+    int64_t T = 0;
+    for (int32_t i = 0; i < n_segs; i++) {
+        if (segs[i].n < 0 || (segs[i].n > 0 && !segs[i].ids)) return kvf_set_error(KVF_E_INVAL, "segment %d is malformed", i);
+        if (i > 0 && segs[i].n == 0) return kvf_set_error(KVF_E_INVAL, "segment %d is empty (only the prefix may be)", i);
+        T += segs[i].n;
+    }
+    if (T > s->n_ctx) return kvf_set_error(KVF_E_CTX_FULL, "the prompt has %lld tokens; the session holds %d", (long long)T, s->n_ctx);
+    c->T         = (int32_t)T;
+    c->P         = segs[0].n;
+    c->q         = segs[n_segs - 1].n;
+    c->ids       = kvf_malloc(sizeof(int32_t) * (size_t)T);
+    c->seg_start = kvf_malloc(sizeof(int32_t) * (size_t)(n_segs + 1));
+    c->chunks    = kvf_calloc((size_t)n_segs, sizeof(kvf_chunk *));
+    int half     = s->m->hp.n_rot / 2;
+    c->rcos      = kvf_alloc_aligned(sizeof(float) * (size_t)T * (size_t)half);
+    c->rsin      = kvf_alloc_aligned(sizeof(float) * (size_t)T * (size_t)half);
+    if (!c->ids || !c->seg_start || !c->chunks || !c->rcos || !c->rsin) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+    for (int32_t i = 0, p = 0; i < n_segs; p += segs[i].n, i++) {
+        c->seg_start[i] = p;
+        if (segs[i].n) memcpy(c->ids + p, segs[i].ids, sizeof(int32_t) * (size_t)segs[i].n);
+    }
+    c->seg_start[n_segs] = (int32_t)T;
+    for (int64_t i = 0; i < T; i++)
+        if (c->ids[i] < 0 || c->ids[i] >= s->m->hp.n_vocab) return kvf_set_error(KVF_E_INVAL, "token id %d at position %lld is out of range", c->ids[i], (long long)i);
+    for (int32_t p = 0; p < c->T; p++) kvf_rope_table(s->m, p, c->rcos + (int64_t)p * half, c->rsin + (int64_t)p * half);
+    if (fp->evict == KVF_EVICT_SNAPKV && fp->budget > 0 && c->T > fp->budget) {
+        c->win  = KVF_MAX(1, KVF_MIN(c->q, fp->budget / 2));
+        c->winq = kvf_alloc_aligned(sizeof(float) * (size_t)s->m->hp.n_layer * (size_t)c->win * (size_t)(s->m->hp.n_head * s->m->hp.head_dim));
+        if (!c->winq) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+    }
+    return KVF_OK;
+}
+
+static kvf_status load_chunks(fuse_ctx *c, int32_t n_load) {
+    for (int i = 0; i < n_load && i < c->n_segs - 1; i++) {
+        if (c->seg_start[i + 1] == c->seg_start[i]) continue; /* empty prefix */
+        kvf_status st = get_chunk(c, i);
+        if (st != KVF_OK) return st;
+    }
+    return KVF_OK;
+}
+
+kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache, const kvf_segment *segs,
+                                  int32_t n_segs, const kvf_fuse_params *params,
+                                  kvf_fuse_stats *stats) {
+    kvf_fuse_params fp = params ? *params : kvf_fuse_default_params();
+    kvf_fuse_stats  local;
+    if (!stats) stats = &local;
+    memset(stats, 0, sizeof *stats);
+    if (!cache) return kvf_set_error(KVF_E_INVAL, "precompute needs a chunk cache");
+    fuse_ctx   c;
+    kvf_status st = ctx_init(&c, s, cache, segs, n_segs, &fp, stats);
+    if (st == KVF_OK) st = load_chunks(&c, n_segs - 1);
+    ctx_free(&c);
+    kvf_session_truncate(s, 0);
+    return st;
+}
+
+kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache, const kvf_segment *segs,
+                            int32_t n_segs, const kvf_fuse_params *params, kvf_fuse_stats *stats) {
+    if (!s) return kvf_set_error(KVF_E_INVAL, "kvf_session_fuse: session is NULL");
+    kvf_fuse_params fp = params ? *params : kvf_fuse_default_params();
+    kvf_fuse_stats  local;
+    if (!stats) stats = &local;
+    memset(stats, 0, sizeof *stats);
+    fuse_ctx   c;
+    kvf_status st = ctx_init(&c, s, cache, segs, n_segs, &fp, stats);
+    int32_t   *rows = NULL;
+    select_state ss = {0};
+    if (st != KVF_OK) goto done;
+    stats->total_tokens    = c.T;
+    stats->prefix_tokens   = c.P;
+    stats->question_tokens = c.q;
+    rows = kvf_malloc(sizeof(int32_t) * (size_t)c.T);
+    if (!rows) {
+        st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    int32_t q0 = c.T - c.q, n_rows = 0, l0 = 0, n_load = 0;
+    switch (fp.method) {
+    case KVF_METHOD_FULL: n_load = 0; break;
+    case KVF_METHOD_PREFIX:
+        /* the prefix is exact; so is the first document when it was computed after it */
+        n_load = 1 + (!fp.chunk_alone && n_segs > 2);
+        break;
+    default: n_load = n_segs - 1;
+    }
+    if ((st = load_chunks(&c, n_load)) != KVF_OK) goto done;
+
+    /* the fused cache: every loaded chunk at its positions */
+    kvf_session_truncate(s, 0);
+    double t0 = kvf_time_ms();
+    if ((st = build_cache(&c, n_load)) != KVF_OK) goto done;
+    for (int32_t p = 0; p < c.T; p++) s->cell_pos[p] = p, s->cell_tok[p] = c.ids[p];
+    s->n_cells = s->n_past = c.T;
+    stats->rope_ms = kvf_time_ms() - t0;
+
+    int32_t start = n_load > 0 ? c.seg_start[n_load] : 0; /* exact cached prefix length */
+    switch (fp.method) {
+    case KVF_METHOD_FULL:
+    case KVF_METHOD_PREFIX:
+        for (int32_t p = start; p < c.T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_REUSE:
+        for (int32_t p = q0; p < c.T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_EPIC:
+        for (int i = 1; i < n_segs - 1; i++)
+            for (int32_t p = c.seg_start[i]; p < KVF_MIN(c.seg_start[i + 1], c.seg_start[i] + fp.epic_k); p++)
+                rows[n_rows++] = p;
+        for (int32_t p = q0; p < c.T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_CACHEBLEND:
+    case KVF_METHOD_A3: {
+        int64_t qd = (int64_t)s->m->hp.n_head * s->m->hp.head_dim;
+        ss.score   = kvf_calloc((size_t)c.T, sizeof(float));
+        ss.x_sel   = kvf_malloc(sizeof(float) * (size_t)(c.T - c.P) * (size_t)s->m->hp.n_embd);
+        ss.q_quest = kvf_malloc(sizeof(float) * (size_t)c.q * (size_t)qd);
+        if (!ss.score || !ss.x_sel || !ss.q_quest) {
+            st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+            goto done;
+        }
+        t0 = kvf_time_ms();
+        if ((st = select_pass(&c, &ss)) != KVF_OK) goto done;
+        int32_t k = (int32_t)floor((double)(c.T - c.q) * fp.ratio);
+        n_rows    = select_topk(&c, ss.score, k, rows);
+        stats->recompute_ms += kvf_time_ms() - t0;
+        /* residual streams of the selected rows entering the selection layer */
+        for (int32_t i = 0; i < n_rows; i++)
+            memmove(ss.x_sel + (int64_t)i * s->m->hp.n_embd,
+                    ss.x_sel + (int64_t)(rows[i] - c.P) * s->m->hp.n_embd,
+                    sizeof(float) * (size_t)s->m->hp.n_embd);
+        l0 = fp.score_layer;
+        break;
+    }
+    default: break;
+    }
+    stats->recomputed_tokens = n_rows;
+    stats->reused_tokens     = fp.method == KVF_METHOD_FULL     ? 0
+                               : fp.method == KVF_METHOD_PREFIX ? start
+                                                                : c.T - n_rows;
+    if ((st = recompute(&c, rows, n_rows, l0, ss.x_sel)) != KVF_OK) goto done;
+    kvf_free(s->fuse_rows);
+    s->fuse_rows   = rows;
+    s->n_fuse_rows = n_rows;
+    rows           = NULL;
+    stats->ttft_ms = stats->load_ms + stats->rope_ms + stats->recompute_ms + stats->first_token_ms;
+    st             = evict(&c);
+done:
+    kvf_free(ss.score), kvf_free(ss.x_sel), kvf_free(ss.q_quest);
+    kvf_free(rows);
+    ctx_free(&c);
+    if (st != KVF_OK) kvf_session_truncate(s, 0);
+    return st;
+}

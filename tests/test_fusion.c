@@ -1,0 +1,503 @@
+/* test_fusion.c - KV cache fusion on tiny synthetic models: the invariants of
+ * ../shared/docs/fusion.md section 3 (ratio 1.0 == full prefill; prefix-cache equivalence;
+ * RoPE recovery at layer 0, and the equivalent "rotate post-RoPE keys by the delta" form), the
+ * cacheblend selection against top-k by V deviation computed here independently, the epic set,
+ * eviction budgets, chunk cache behaviour, determinism and argument errors. */
+#include "harness.h"
+#include "synth.h"
+
+#include "chunk.h"
+#include "common.h"
+#include "session.h"
+
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+static char       tmpdir[256];
+static kvf_model *g_model;
+static int32_t    g_nv;
+
+static int32_t *make_ids(int n, uint64_t seed) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        seed   = seed * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((seed >> 33) % (uint64_t)(g_nv - 3));
+    }
+    return ids;
+}
+
+/* prompt: prefix (P), docs of the given lengths, question (q) */
+typedef struct {
+    int          n_segs;
+    kvf_segment  segs[16];
+    int32_t     *ids[16];
+    int32_t     *all; /* concatenation */
+    int32_t      T;
+} prompt;
+
+static void make_prompt(prompt *p, int P, const int *docs, int n_docs, int q, uint64_t seed) {
+    memset(p, 0, sizeof *p);
+    p->n_segs = n_docs + 2;
+    int lens[16];
+    lens[0] = P;
+    for (int i = 0; i < n_docs; i++) lens[i + 1] = docs[i];
+    lens[n_docs + 1] = q;
+    for (int i = 0; i < p->n_segs; i++) {
+        p->ids[i]     = make_ids(lens[i] ? lens[i] : 1, seed + (uint64_t)i * 977);
+        p->segs[i].ids = p->ids[i];
+        p->segs[i].n   = lens[i];
+        p->T += lens[i];
+    }
+    p->all = malloc(sizeof(int32_t) * (size_t)p->T);
+    for (int i = 0, o = 0; i < p->n_segs; o += lens[i], i++)
+        memcpy(p->all + o, p->ids[i], sizeof(int32_t) * (size_t)lens[i]);
+}
+
+static void free_prompt(prompt *p) {
+    for (int i = 0; i < p->n_segs; i++) free(p->ids[i]);
+    free(p->all);
+}
+
+static kvf_session *new_session(int n_ctx) {
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = n_ctx;
+    sp.n_threads          = 2;
+    kvf_session *s        = NULL;
+    CHECK_EQ(kvf_session_new(g_model, &sp, &s), KVF_OK);
+    return s;
+}
+
+/* logits of the last token of a plain prefill */
+static float *full_logits(const int32_t *ids, int n) {
+    kvf_session *s = new_session(n + 8);
+    float       *l = malloc(sizeof(float) * (size_t)g_nv);
+    kvf_session_eval(s, ids, n, 0);
+    memcpy(l, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv);
+    kvf_session_free(s);
+    return l;
+}
+
+static double max_diff(const float *a, const float *b, int n, double *mag) {
+    double d = 0;
+    *mag     = 0;
+    for (int i = 0; i < n; i++) d = fmax(d, fabs(a[i] - b[i])), *mag = fmax(*mag, fabs(b[i]));
+    return d;
+}
+
+static int argmax(const float *l) {
+    int b = 0;
+    for (int i = 1; i < g_nv; i++)
+        if (l[i] > l[b]) b = i;
+    return b;
+}
+
+/* greedy continuation of n tokens from the session's current logits */
+static void greedy(kvf_session *s, int n, int32_t *out) {
+    for (int i = 0; i < n; i++) {
+        out[i] = argmax(kvf_session_logits(s, -1));
+        kvf_session_eval(s, &out[i], 1, 0);
+    }
+}
+
+static kvf_fuse_params params(kvf_method m, float ratio, kvf_chunk_dtype dt) {
+    kvf_fuse_params fp = kvf_fuse_default_params();
+    fp.method          = m;
+    fp.ratio           = ratio;
+    fp.dtype           = dt;
+    return fp;
+}
+
+/* ratio 1.0 reproduces full prefill: logits within float tolerance, same greedy tokens */
+static void test_ratio_one_equals_full(void) {
+    int    docs[3] = {40, 77, 23};
+    prompt p;
+    make_prompt(&p, 12, docs, 3, 9, 1);
+    float           *ref = full_logits(p.all, p.T);
+    kvf_session     *s   = new_session(p.T + 16);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_session *sf = new_session(p.T + 16);
+    kvf_session_eval(sf, p.all, p.T, 0);
+    int32_t ref_tok[6];
+    greedy(sf, 6, ref_tok);
+    kvf_session_free(sf);
+    kvf_method ms[] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND, KVF_METHOD_FULL, KVF_METHOD_PREFIX};
+    for (int dt = 0; dt < 2; dt++)
+        for (int i = 0; i < 4; i++) {
+            kvf_fuse_params fp = params(ms[i], 1.0f, dt ? KVF_CHUNK_F32 : KVF_CHUNK_F16);
+            kvf_fuse_stats  st;
+            CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+            double mag, d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
+            /* f32 chunks: the same arithmetic as full prefill; f16: the prefix KV is rounded */
+            double tol = dt ? 1e-5 : 2e-3;
+            CHECK_MSG(d <= tol * (1 + mag), "%s r=1 (%s): logits differ from full by %.3g",
+                      kvf_method_name(ms[i]), dt ? "f32" : "f16", d);
+            int32_t tok[6];
+            greedy(s, 6, tok);
+            CHECK_MSG(memcmp(tok, ref_tok, sizeof tok) == 0, "%s r=1: greedy tokens differ",
+                      kvf_method_name(ms[i]));
+            if (ms[i] == KVF_METHOD_A3 || ms[i] == KVF_METHOD_CACHEBLEND)
+                CHECK_EQ(st.recomputed_tokens, p.T - p.segs[0].n);
+            CHECK_EQ(st.total_tokens, p.T);
+        }
+    free(ref);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    free_prompt(&p);
+}
+
+/* prefix ++ chunk ++ question with the chunk computed after the same prefix: reuse == full */
+static void test_prefix_cache_equivalence(void) {
+    int    docs[1] = {53};
+    prompt p;
+    make_prompt(&p, 17, docs, 1, 8, 2);
+    float           *ref = full_logits(p.all, p.T);
+    kvf_session     *s   = new_session(p.T + 4);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_REUSE, 0.15f, KVF_CHUNK_F32);
+    kvf_fuse_stats  st;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    double mag, d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
+    CHECK_MSG(d <= 1e-5 * (1 + mag), "reuse after the same prefix differs from full by %.3g", d);
+    CHECK_EQ(st.recomputed_tokens, 8);
+    CHECK_EQ(st.chunk_misses, 2); /* prefix + document, computed on the first request */
+    /* a second request hits the cache and gives the same logits */
+    float first[64];
+    memcpy(first, kvf_session_logits(s, -1), sizeof first);
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    CHECK_EQ(st.chunk_hits, 2);
+    CHECK_EQ(st.chunk_misses, 0);
+    CHECK(memcmp(first, kvf_session_logits(s, -1), sizeof first) == 0);
+    /* the prefix method reuses prefix + first document exactly */
+    fp.method = KVF_METHOD_PREFIX;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
+    CHECK_MSG(d <= 1e-5 * (1 + mag), "prefix method differs from full by %.3g", d);
+    CHECK_EQ(st.reused_tokens, 17 + 53);
+    free(ref);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    free_prompt(&p);
+}
+
+/* RoPE recovery at layer 0: a chunk computed alone at positions 0..n-1 and placed at k..k+n-1
+ * has the keys that a prefill computes there; rotating post-RoPE keys by the position delta
+ * gives the same keys within float tolerance */
+static void test_rope_recovery(void) {
+    int    docs[1] = {30};
+    prompt p;
+    make_prompt(&p, 21, docs, 1, 5, 3);
+    const kvf_hparams *hp = &g_model->hp;
+    int                hd = hp->head_dim, kvd = hp->n_head_kv * hd, half = hp->n_rot / 2;
+    kvf_session       *full = new_session(p.T);
+    kvf_session_eval(full, p.all, p.T, 0);
+    kvf_session     *s = new_session(p.T);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_REUSE, 0.15f, KVF_CHUNK_F32);
+    fp.chunk_alone     = true;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+    int    k = p.segs[0].n, bad = 0;
+    double worst_delta = 0;
+    float *pre = malloc(sizeof(float) * (size_t)kvd), *post = malloc(sizeof(float) * (size_t)kvd);
+    float  c[256], sn[256];
+    /* the chunk as stored: pre-RoPE keys at layer 0 */
+    kvf_chunk_key key = kvf_chunk_key_make(g_model->cache_id, KVF_CHUNK_F32, NULL, 0, p.segs[1].ids, p.segs[1].n);
+    kvf_chunk    *ch  = cache->ops->get(cache, &key);
+    CHECK(ch != NULL);
+    for (int t = 0; ch && t < p.segs[1].n; t++) {
+        int pos = k + t;
+        for (int h = 0; h < hp->n_head_kv; h++)
+            for (int i = 0; i < hd; i++)
+                bad += kvf_kt_at(s, 0, h)[(int64_t)i * s->ldk + pos] !=
+                       kvf_kt_at(full, 0, h)[(int64_t)i * full->ldk + pos];
+        /* the alternative: post-RoPE at the old position t, rotated by the delta k */
+        kvf_chunk_read(NULL, ch, 0, 0, t, 1, pre);
+        memcpy(post, pre, sizeof(float) * (size_t)kvd);
+        kvf_rope_table(g_model, t, c, sn);
+        kvf_rope_row(hp, post, hp->n_head_kv, c, sn);
+        kvf_rope_table(g_model, k, c, sn);
+        kvf_rope_row(hp, post, hp->n_head_kv, c, sn);
+        for (int h = 0; h < hp->n_head_kv; h++)
+            for (int i = 0; i < hd; i++)
+                worst_delta = fmax(worst_delta, fabs(post[h * hd + i] - kvf_kt_at(full, 0, h)[(int64_t)i * full->ldk + pos]));
+    }
+    KVF_UNUSED(half);
+    CHECK_MSG(bad == 0, "%d layer-0 keys differ after RoPE recovery", bad);
+    CHECK_MSG(worst_delta < 1e-4, "rotating post-RoPE keys by the delta differs by %.3g", worst_delta);
+    kvf_chunk_release(ch);
+    free(pre), free(post);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s), kvf_session_free(full);
+    free_prompt(&p);
+}
+
+/* cacheblend's selection == top-k by ||V1_fresh - V1_cached||^2 computed independently:
+ * fresh = layer-1 values of a full prefill; cached = layer-1 values of prefix ++ document */
+static void test_cacheblend_selection(void) {
+    int    docs[3] = {31, 45, 27};
+    prompt p;
+    make_prompt(&p, 10, docs, 3, 6, 4);
+    const kvf_hparams *hp  = &g_model->hp;
+    int                hd  = hp->head_dim;
+    kvf_session       *full = new_session(p.T);
+    kvf_session_eval(full, p.all, p.T, 0);
+    float *dev = calloc((size_t)p.T, sizeof(float));
+    for (int d = 1; d <= 3; d++) {
+        int32_t      n = p.segs[d].n, start = 0;
+        int32_t     *ids = malloc(sizeof(int32_t) * (size_t)(10 + n));
+        memcpy(ids, p.segs[0].ids, sizeof(int32_t) * 10);
+        memcpy(ids + 10, p.segs[d].ids, sizeof(int32_t) * (size_t)n);
+        for (int i = 0; i < d; i++) start += p.segs[i].n;
+        kvf_session *alone = new_session(10 + n);
+        kvf_session_eval(alone, ids, 10 + n, 0);
+        for (int t = 0; t < n; t++) {
+            double s2 = 0;
+            for (int h = 0; h < hp->n_head_kv; h++)
+                for (int i = 0; i < hd; i++) {
+                    double a = kvf_v_at(full, 1, h)[(int64_t)(start + t) * hd + i];
+                    double b = kvf_v_at(alone, 1, h)[(int64_t)(10 + t) * hd + i];
+                    s2 += (a - b) * (a - b);
+                }
+            dev[start + t] = (float)s2;
+        }
+        kvf_session_free(alone);
+        free(ids);
+    }
+    int32_t k = (int32_t)floor((double)(p.T - 6) * 0.2), nd = p.T - 6 - 10;
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)nd);
+    for (int i = 0; i < nd; i++) order[i] = 10 + i;
+    for (int i = 0; i < nd; i++) /* selection sort, descending deviation */
+        for (int j = i + 1; j < nd; j++)
+            if (dev[order[j]] > dev[order[i]]) {
+                int32_t t = order[i];
+                order[i]  = order[j], order[j] = t;
+            }
+    char *want = calloc((size_t)p.T, 1);
+    for (int i = 0; i < k; i++) want[order[i]] = 1;
+    for (int j = p.T - 6; j < p.T; j++) want[j] = 1;
+    kvf_session     *s = new_session(p.T);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_CACHEBLEND, 0.2f, KVF_CHUNK_F32);
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+    CHECK_EQ(s->n_fuse_rows, k + 6);
+    int mismatch = 0;
+    for (int i = 0; i < s->n_fuse_rows; i++) mismatch += !want[s->fuse_rows[i]];
+    CHECK_MSG(mismatch == 0, "%d selected rows are not in the independent top-%d", mismatch, k);
+    for (int i = 1; i < s->n_fuse_rows; i++) CHECK(s->fuse_rows[i] > s->fuse_rows[i - 1]);
+    free(order), free(want), free(dev);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s), kvf_session_free(full);
+    free_prompt(&p);
+}
+
+/* epic recomputes exactly the first k tokens of every document and the question */
+static void test_epic_set(void) {
+    int    docs[3] = {20, 5, 33};
+    prompt p;
+    make_prompt(&p, 7, docs, 3, 4, 5);
+    kvf_session     *s = new_session(p.T);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_EPIC, 0.15f, KVF_CHUNK_F16);
+    fp.epic_k          = 8;
+    kvf_fuse_stats st;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    int32_t want[64], n = 0;
+    for (int d = 1, start = 7; d <= 3; start += docs[d - 1], d++)
+        for (int t = 0; t < (docs[d - 1] < 8 ? docs[d - 1] : 8); t++) want[n++] = start + t;
+    for (int j = p.T - 4; j < p.T; j++) want[n++] = j;
+    CHECK_EQ(s->n_fuse_rows, n);
+    CHECK(s->n_fuse_rows == n && memcmp(s->fuse_rows, want, sizeof(int32_t) * (size_t)n) == 0);
+    CHECK_EQ(st.recomputed_tokens, n);
+    /* reuse recomputes only the question */
+    fp.method = KVF_METHOD_REUSE;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    CHECK_EQ(s->n_fuse_rows, 4);
+    CHECK_EQ(s->fuse_rows[0], p.T - 4);
+    /* a3's selection: k document tokens + the question, sorted, inside the documents */
+    fp.method = KVF_METHOD_A3;
+    fp.ratio  = 0.25f;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    int32_t k = (int32_t)floor((p.T - 4) * 0.25);
+    CHECK_EQ(s->n_fuse_rows, k + 4);
+    int ok = 1;
+    for (int i = 0; i < k; i++) ok &= s->fuse_rows[i] >= 7 && s->fuse_rows[i] < p.T - 4;
+    CHECK(ok);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    free_prompt(&p);
+}
+
+/* eviction keeps exactly the budget; every kept key is one of the cache's keys; decoding goes on */
+static void test_eviction(void) {
+    int    docs[2] = {60, 70};
+    prompt p;
+    make_prompt(&p, 10, docs, 2, 12, 6);
+    int B = 64;
+    for (int mode = 0; mode < 2; mode++) {
+        kvf_session     *s = new_session(p.T + 8), *ref = new_session(p.T + 8);
+        kvf_chunk_cache *cache;
+        kvf_chunk_cache_new_memory(0, &cache);
+        kvf_fuse_params fp = params(KVF_METHOD_A3, 0.3f, KVF_CHUNK_F16);
+        kvf_fuse_stats  st;
+        CHECK_EQ(kvf_session_fuse(ref, cache, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+        fp.evict  = mode ? KVF_EVICT_STREAMING : KVF_EVICT_SNAPKV;
+        fp.budget = B;
+        CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+        CHECK_EQ(st.kept_after_evict, B);
+        CHECK_EQ(s->n_cells, B);
+        CHECK_EQ(kvf_session_n_past(s), p.T);
+        /* same first token: eviction happens after the prefill */
+        CHECK(memcmp(kvf_session_logits(s, -1), kvf_session_logits(ref, -1), sizeof(float) * (size_t)g_nv) == 0);
+        /* kept values are exactly cache cells of the un-evicted session, and the last
+         * (window) cells are kept in order */
+        const kvf_hparams *hp = &g_model->hp;
+        int                missing = 0, hd = hp->head_dim;
+        for (int l = 0; l < hp->n_layer; l++)
+            for (int h = 0; h < hp->n_head_kv; h++)
+                for (int i = 0; i < B; i++) {
+                    const float *v     = kvf_v_at(s, l, h) + (int64_t)i * hd;
+                    int          found = 0;
+                    for (int j = 0; j < p.T && !found; j++)
+                        found = memcmp(v, kvf_v_at(ref, l, h) + (int64_t)j * hd, sizeof(float) * (size_t)hd) == 0;
+                    missing += !found;
+                }
+        CHECK_MSG(missing == 0, "%s: %d kept values are not cache values", mode ? "streaming" : "snapkv", missing);
+        CHECK(memcmp(kvf_v_at(s, 0, 0) + (int64_t)(B - 1) * hd, kvf_v_at(ref, 0, 0) + (int64_t)(p.T - 1) * hd, sizeof(float) * (size_t)hd) == 0);
+        int32_t tok[5];
+        greedy(s, 5, tok);
+        CHECK_EQ(kvf_session_n_past(s), p.T + 5);
+        CHECK_EQ(s->n_cells, B + 5);
+        CHECK_EQ(kvf_session_truncate(s, 3), KVF_E_UNSUPPORTED);
+        CHECK_EQ(kvf_session_truncate(s, 0), KVF_OK);
+        kvf_chunk_cache_free(cache);
+        kvf_session_free(s), kvf_session_free(ref);
+    }
+    free_prompt(&p);
+}
+
+static void test_determinism_and_threads(void) {
+    int    docs[2] = {50, 41};
+    prompt p;
+    make_prompt(&p, 9, docs, 2, 7, 7);
+    float *first = NULL;
+    for (int t = 1; t <= 3; t++) {
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx              = p.T;
+        sp.n_threads          = t;
+        kvf_session *s;
+        kvf_session_new(g_model, &sp, &s);
+        kvf_chunk_cache *cache;
+        kvf_chunk_cache_new_memory(0, &cache);
+        kvf_fuse_params fp = params(KVF_METHOD_A3, 0.2f, KVF_CHUNK_F16);
+        CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+        if (!first) {
+            first = malloc(sizeof(float) * (size_t)g_nv);
+            memcpy(first, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv);
+        } else {
+            CHECK_MSG(memcmp(first, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv) == 0,
+                      "a3 logits differ with %d threads", t);
+        }
+        kvf_chunk_cache_free(cache);
+        kvf_session_free(s);
+    }
+    free(first);
+    free_prompt(&p);
+}
+
+static void test_errors_and_cache(void) {
+    int    docs[1] = {10};
+    prompt p;
+    make_prompt(&p, 4, docs, 1, 3, 8);
+    kvf_session     *s = new_session(p.T);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_A3, 0.15f, KVF_CHUNK_F16);
+    CHECK_EQ(kvf_session_fuse(s, NULL, p.segs, p.n_segs, &fp, NULL), KVF_E_INVAL);
+    CHECK_CONTAINS(kvf_errmsg(), "chunk cache");
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, 1, &fp, NULL), KVF_E_INVAL);
+    fp.ratio = 1.5f;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_E_INVAL);
+    CHECK_CONTAINS(kvf_errmsg(), "ratio");
+    fp.ratio          = 0.15f;
+    kvf_segment empty = {p.segs[2].ids, 0}, saved = p.segs[2];
+    p.segs[2]         = empty;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_E_INVAL);
+    p.segs[2] = saved;
+    kvf_session *small = new_session(p.T - 1);
+    CHECK_EQ(kvf_session_fuse(small, cache, p.segs, p.n_segs, &fp, NULL), KVF_E_CTX_FULL);
+    kvf_session_free(small);
+    int32_t bad_id   = g_nv;
+    kvf_segment badq = {&bad_id, 1};
+    kvf_segment segs2[3] = {p.segs[0], p.segs[1], badq};
+    CHECK_EQ(kvf_session_fuse(s, cache, segs2, 3, &fp, NULL), KVF_E_INVAL);
+    CHECK_CONTAINS(kvf_errmsg(), "token id");
+    /* full works without a cache; an empty prefix is allowed */
+    fp.method = KVF_METHOD_FULL;
+    CHECK_EQ(kvf_session_fuse(s, NULL, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+    kvf_segment segs3[3] = {{NULL, 0}, p.segs[1], p.segs[2]};
+    fp.method            = KVF_METHOD_A3;
+    CHECK_EQ(kvf_session_fuse(s, cache, segs3, 3, &fp, NULL), KVF_OK);
+    CHECK(kvf_method_from_name("cacheblend") == KVF_METHOD_CACHEBLEND);
+    CHECK(kvf_method_from_name("nope") == -1);
+    /* content addresses: stable, and sensitive to every input */
+    uint8_t       fpr[16] = {1, 2, 3};
+    int32_t       a[3] = {5, 6, 7}, ctx[2] = {1, 2};
+    kvf_chunk_key k1 = kvf_chunk_key_make(fpr, KVF_CHUNK_F16, ctx, 2, a, 3);
+    kvf_chunk_key k2 = kvf_chunk_key_make(fpr, KVF_CHUNK_F16, ctx, 2, a, 3);
+    kvf_chunk_key k3 = kvf_chunk_key_make(fpr, KVF_CHUNK_F32, ctx, 2, a, 3);
+    kvf_chunk_key k4 = kvf_chunk_key_make(fpr, KVF_CHUNK_F16, ctx, 1, a, 3);
+    a[2]             = 8;
+    kvf_chunk_key k5 = kvf_chunk_key_make(fpr, KVF_CHUNK_F16, ctx, 2, a, 3);
+    CHECK(memcmp(&k1, &k2, 16) == 0);
+    CHECK(memcmp(&k1, &k3, 16) != 0 && memcmp(&k1, &k4, 16) != 0 && memcmp(&k1, &k5, 16) != 0);
+    /* a bounded memory cache evicts least recently used chunks */
+    kvf_chunk_cache *tiny;
+    kvf_chunk_cache_new_memory(3000, &tiny);
+    kvf_chunk     *c1 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, a, 0);
+    kvf_chunk     *c2 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, a, 0);
+    kvf_chunk_key ka = k1, kb = k3;
+    tiny->ops->put(tiny, &ka, c1); /* 2560 bytes each: the second evicts the first */
+    tiny->ops->put(tiny, &kb, c2);
+    kvf_chunk *g1 = tiny->ops->get(tiny, &ka), *g2 = tiny->ops->get(tiny, &kb);
+    CHECK(g1 == NULL && g2 == c2);
+    kvf_chunk_release(g2), kvf_chunk_release(c1), kvf_chunk_release(c2);
+    kvf_chunk_cache_free(tiny);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    free_prompt(&p);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvf-test-fusion-%d", (int)getpid());
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
+    if (system(cmd) != 0) return 1;
+    kvf_set_log_level(1);
+    /* 4 layers so that selection (layer 1) and later layers both exist; q16 arithmetic */
+    synth_cfg  cfg = {.wtype = KVF_TYPE_Q4_1, .etype = KVF_TYPE_Q8_0, .n_layer = 4, .n_ctx = 512, .seed = 11};
+    synth_info info;
+    char       path[400];
+    snprintf(path, sizeof path, "%s/fusion.gguf", tmpdir);
+    if (synth_model_file(&cfg, path, &info) != KVF_OK || kvf_model_load(path, NULL, &g_model) != KVF_OK) {
+        fprintf(stderr, "setup: %s\n", kvf_errmsg());
+        return 1;
+    }
+    g_nv = info.n_vocab;
+    RUN(test_ratio_one_equals_full);
+    RUN(test_prefix_cache_equivalence);
+    RUN(test_rope_recovery);
+    RUN(test_cacheblend_selection);
+    RUN(test_epic_set);
+    RUN(test_eviction);
+    RUN(test_determinism_and_threads);
+    RUN(test_errors_and_cache);
+    kvf_model_free(g_model);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    return TEST_REPORT();
+}
