@@ -231,7 +231,11 @@ KVF_API int kvf_method_from_name(const char *name);
 
 typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING } kvf_evict;
 
-typedef enum { KVF_CHUNK_F16 = 0, KVF_CHUNK_F32 = 1 } kvf_chunk_dtype;
+typedef enum {
+    KVF_CHUNK_F16 = 0,
+    KVF_CHUNK_F32 = 1,
+    KVF_CHUNK_Q8  = 2, /* per 32 values an f16 scale and 32 int8 codes (q8_0): 0.53x f16 */
+} kvf_chunk_dtype;
 
 typedef struct kvf_fuse_params {
     kvf_method      method;
@@ -294,11 +298,155 @@ typedef struct kvf_segment {
 KVF_API kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache,
                                     const kvf_segment *segs, int32_t n_segs,
                                     const kvf_fuse_params *params, kvf_fuse_stats *stats);
+/* Positions recomputed by the last kvf_session_fuse on s (sorted; *n set), or NULL. Borrowed:
+ * valid until the next fuse or kvf_session_free. */
+KVF_API const int32_t *kvf_session_fused_rows(const kvf_session *s, int32_t *n);
 /* Precompute and cache the KV of documents segs[1..n_segs-2] (and the prefix) without
  * answering; stats as above (precompute_ms, chunk_hits/misses). */
 KVF_API kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache,
                                           const kvf_segment *segs, int32_t n_segs,
                                           const kvf_fuse_params *params, kvf_fuse_stats *stats);
+
+/* ---- chunk store: persistent, tiered chunk KV cache ---------------------------------- */
+
+/* A kvf_chunk_cache backed by up to three tiers, each optional, stacked read-through and
+ * write-back: memory (in-process LRU with a byte budget and pinning) -> disk (LMDB: crash-safe,
+ * shared by every process on the machine, zero-copy reads from its memory map, LRU eviction
+ * by last access under a byte budget) -> remote (Redis through hiredis, shared by servers).
+ *
+ * Entries are content-addressed by the chunk key (XXH3-128 of the model's cache id, dtype,
+ * format version, context ids and chunk ids) and self-describing: a header (magic, versions,
+ * key, model id, dtype, layers, KV heads, head dim, token count, context length, sizes,
+ * checksums), the context and chunk token ids, a per-layer table (offset, size, codec, XXH3-64
+ * checksum), then per-layer K and V (optionally zstd-compressed). Every read verifies the
+ * checksums; a bad entry is logged, dropped from its tier and reported as a miss, so fusion
+ * recomputes it. Misses that fusion computes are put into the memory tier at once and written
+ * to the disk and remote tiers by a background writer thread (bounded queue), so requests do
+ * not wait for I/O. Hits in a lower tier are copied into the tiers above it.
+ *
+ * The handle is a kvf_chunk_cache: pass it to kvf_session_fuse / kvf_session_precompute and
+ * free it with kvf_chunk_cache_free (which flushes queued writes first). get/put are
+ * thread-safe; the maintenance functions may run concurrently with them and with other
+ * processes using the same directory. */
+
+typedef enum {
+    KVF_STORE_COMPRESS_NONE = 0,
+    KVF_STORE_COMPRESS_ZSTD = 1, /* zstd per layer (kept raw where it does not shrink) */
+} kvf_store_compress;
+
+typedef struct kvf_store_params {
+    const char        *dir;          /* disk tier directory (created if missing); NULL = none.
+                                        Copied. */
+    uint64_t           map_size;     /* LMDB map size (the most the file can hold); 0 = 16 GiB.
+                                        Another process's larger map is adopted. */
+    uint64_t           disk_budget;  /* evict least recently used entries to keep the disk
+                                        tier's entry bytes at most this; 0 = no budget (the
+                                        map size is the limit: a full map is an error) */
+    uint64_t           mem_budget;   /* bytes of the memory tier; 0 = no memory tier */
+    const char        *redis;        /* "HOST:PORT", "unix:/PATH" or "/PATH"; NULL = none.
+                                        Copied. A server that is down is retried later. */
+    int32_t            redis_timeout_ms; /* connect / command timeout; 0 = 1000 */
+    int32_t            redis_ttl_s;  /* expiry of Redis entries; 0 = none (rely on maxmemory) */
+    const char        *redis_prefix; /* key prefix; NULL = "kvf:" (key = prefix{32 hex}) */
+    kvf_store_compress compress;     /* of entries written by this handle (reads accept all) */
+    int32_t            zstd_level;   /* 0 = 3 */
+    uint64_t           queue_bytes;  /* chunk bytes the writer queue holds; 0 = 256 MiB */
+    int32_t            touch_interval_s; /* a disk hit updates the entry's last access time if
+                                        it is older than this; 0 = 60, < 0 = on every hit */
+    bool               drop_when_full; /* full queue: drop the write (counted) instead of
+                                        making put wait */
+    bool               no_meta_sync; /* LMDB MDB_NOMETASYNC: a system crash (not a process
+                                        crash) may undo the last commit; faster */
+    bool               verify_deferred; /* get_deferred returns zero-copy chunks whose layers
+                                        are verified by kvf_chunk_load_layer (pipelining) */
+} kvf_store_params;
+
+KVF_API kvf_store_params kvf_store_default_params(void);
+
+/* Open a store for `model` (borrowed: must outlive the store; its cache id is checked against
+ * every entry read). model == NULL opens a maintenance handle: stats, list, verify, gc and
+ * remove work, get always misses and put fails. At least one tier must be enabled. On success
+ * *out is a chunk cache (free with kvf_chunk_cache_free). Errors: KVF_E_INVAL (bad
+ * parameter), KVF_E_IO (directory or LMDB environment cannot be opened, with the reason). */
+KVF_API kvf_status kvf_store_open(const kvf_model *model, const kvf_store_params *params,
+                                  kvf_chunk_cache **out);
+/* True when c was made by kvf_store_open. The functions below return KVF_E_INVAL otherwise. */
+KVF_API bool kvf_chunk_cache_is_store(const kvf_chunk_cache *c);
+
+typedef enum { KVF_TIER_MEMORY = 0, KVF_TIER_DISK, KVF_TIER_REDIS, KVF_TIER_COUNT } kvf_store_tier;
+KVF_API const char *kvf_store_tier_name(kvf_store_tier t); /* "memory", "disk", "redis" */
+
+typedef struct kvf_store_tier_stats {
+    bool    enabled;
+    int64_t entries, bytes;      /* contents now (memory: this process; disk: the store;
+                                    redis: -1 unless counted by kvf_store_count_redis) */
+    int64_t hits, misses;        /* lookups through this handle */
+    int64_t writes, write_bytes; /* entries this handle stored in the tier */
+    int64_t evictions;           /* entries this handle evicted for the budget */
+    int64_t errors;              /* failed reads or writes (I/O, full, connection down) */
+    int64_t bad_entries;         /* corrupt entries detected and dropped */
+    int64_t read_bytes;          /* entry bytes of the hits */
+    double  read_ms;             /* time spent in lookups that hit (verification included) */
+    int64_t total_hits, total_misses; /* every process's lookups, persisted in the disk tier
+                                         (flushed by the writer; -1 without a disk tier) */
+} kvf_store_tier_stats;
+
+typedef struct kvf_store_stats {
+    kvf_store_tier_stats tier[KVF_TIER_COUNT];
+    int64_t              queued;        /* writes waiting in the queue */
+    int64_t              write_dropped; /* writes dropped because the queue was full */
+    uint64_t             map_size;      /* LMDB map size in use (0 without a disk tier) */
+    uint64_t             file_bytes;    /* size of the LMDB data file */
+    uint64_t             disk_budget;
+} kvf_store_stats;
+
+KVF_API kvf_status kvf_store_get_stats(kvf_chunk_cache *c, kvf_store_stats *out);
+/* Count the Redis tier's entries and bytes (SCAN over the key prefix: slow on big servers)
+ * into the next kvf_store_get_stats. */
+KVF_API kvf_status kvf_store_count_redis(kvf_chunk_cache *c);
+/* Wait until every queued write is done. Returns KVF_OK, or the first write error since the
+ * last flush (e.g. KVF_E_FULL "LMDB map is full ..."; nothing stored before is lost). */
+KVF_API kvf_status kvf_store_flush(kvf_chunk_cache *c);
+/* Like flush without waiting: the first write error so far (cleared), or KVF_OK. */
+KVF_API kvf_status kvf_store_write_status(kvf_chunk_cache *c);
+/* Pin (or unpin) the memory-tier entry of a key: pinned entries are never evicted (they still
+ * count against the budget). KVF_E_NOTFOUND if the key is not in the memory tier. */
+KVF_API kvf_status kvf_store_pin(kvf_chunk_cache *c, const uint8_t key[16], bool pin);
+
+/* One stored entry (maintenance). */
+typedef struct kvf_store_entry {
+    uint8_t            key[16];
+    uint8_t            model_id[16]; /* the model's cache id */
+    bool               header_ok;    /* false: the header is unreadable (fields below zero) */
+    kvf_chunk_dtype    dtype;
+    kvf_store_compress compress;     /* of at least one layer */
+    int32_t            n_layer, n_head_kv, head_dim, n_tokens, n_ctx;
+    uint64_t           bytes;        /* stored entry size */
+    uint64_t           kv_bytes;     /* uncompressed K and V */
+    int64_t            last_access;  /* Unix time in ns (0 unknown) */
+} kvf_store_entry;
+
+/* Visit every disk-tier entry in key order; fn returns nonzero to stop. Entry data is not
+ * verified (see kvf_store_verify). */
+typedef int (*kvf_store_visit_fn)(const kvf_store_entry *e, const char *problem, void *user);
+KVF_API kvf_status kvf_store_list(kvf_chunk_cache *c, kvf_store_visit_fn fn, void *user);
+
+typedef struct kvf_store_verify_report {
+    int64_t checked, bad, removed;
+    uint64_t bytes;                  /* entry bytes read */
+    bool    index_ok;                /* LRU index and counters agree with the entries */
+} kvf_store_verify_report;
+/* Read every disk-tier entry and check all checksums, the key (recomputed from the stored ids)
+ * and the LRU index. fn (may be NULL) is called for each bad entry with the problem. With
+ * remove_bad, bad entries are deleted and the index repaired. KVF_OK when nothing was bad. */
+KVF_API kvf_status kvf_store_verify(kvf_chunk_cache *c, bool remove_bad, kvf_store_visit_fn fn,
+                                    void *user, kvf_store_verify_report *out);
+/* Evict least recently used disk entries until the entry bytes are at most target_bytes
+ * (0: the disk budget; no budget and 0: evict nothing), repair the index and counters. */
+KVF_API kvf_status kvf_store_gc(kvf_chunk_cache *c, uint64_t target_bytes, int64_t *evicted,
+                                uint64_t *freed);
+/* Remove a key from every tier. KVF_E_NOTFOUND if no tier had it. */
+KVF_API kvf_status kvf_store_remove(kvf_chunk_cache *c, const uint8_t key[16]);
 
 /* ---- sampling ------------------------------------------------------------------------ */
 

@@ -597,6 +597,11 @@ static kvf_status load_chunks(fuse_ctx *c, int32_t n_load) {
     return KVF_OK;
 }
 
+const int32_t *kvf_session_fused_rows(const kvf_session *s, int32_t *n) {
+    *n = s->fuse_rows ? s->n_fuse_rows : 0;
+    return s->fuse_rows;
+}
+
 kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache, const kvf_segment *segs,
                                   int32_t n_segs, const kvf_fuse_params *params,
                                   kvf_fuse_stats *stats) {

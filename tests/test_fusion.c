@@ -409,6 +409,85 @@ static void test_determinism_and_threads(void) {
     free_prompt(&p);
 }
 
+/* a3 selects the tokens the question attends to. SmolLM2-135M's layer-1 attention is mostly
+ * on punctuation, so this is tested on a model whose layer-1 attention is semantic by
+ * construction: layer 0 is the identity (zero output projections), layer 1 has Wq = Wk = I (a
+ * duplicate-token head: a query attends to earlier occurrences of its own token) and only two
+ * rotary dimensions. A needle token planted in a document and repeated in the question must be
+ * selected; without it in the question it is not. */
+static void test_a3_selects_needle(void) {
+    synth_cfg  cfg = {.wtype = KVF_TYPE_F32, .etype = KVF_TYPE_F32, .n_layer = 2, .n_embd = 64,
+                      .n_head = 4, .n_head_kv = 4, .n_ctx = 512, .seed = 21};
+    synth_info info;
+    sg_writer *w;
+    if (synth_build(&cfg, &w, &info) != KVF_OK) {
+        T_FAILMSG("synth_build: %s", kvf_errmsg());
+        return;
+    }
+    const char *zero[] = {"blk.0.attn_output.weight", "blk.0.ffn_down.weight"};
+    for (int i = 0; i < 2; i++) {
+        sg_tensor *t = sg_find_tensor(w, zero[i]);
+        memset(t->data, 0, t->nbytes);
+    }
+    const char *ident[] = {"blk.1.attn_q.weight", "blk.1.attn_k.weight"};
+    for (int i = 0; i < 2; i++) {
+        sg_tensor *t = sg_find_tensor(w, ident[i]);
+        float     *f = (float *)t->data;
+        memset(f, 0, t->nbytes);
+        for (int r = 0; r < 64; r++) f[r * 64 + r] = 1.0f;
+    }
+    uint32_t two = 2;
+    sg_remove_kv(w, "llama.rope.dimension_count");
+    sg_add_scalar(w, "llama.rope.dimension_count", GGUF_T_UINT32, &two);
+    char path[400];
+    snprintf(path, sizeof path, "%s/needle.gguf", tmpdir);
+    sg_write_file(w, path);
+    sg_free(w);
+    kvf_model *m;
+    if (kvf_model_load(path, NULL, &m) != KVF_OK) {
+        T_FAILMSG("load: %s", kvf_errmsg());
+        return;
+    }
+    /* documents use the lower half of the vocabulary, the question the upper half, so the
+     * needle is the only token they share */
+    int      nv = info.n_vocab, half = (nv - 3) / 2, needle = 100;
+    int      lens[5] = {8, 60, 60, 60, 6};
+    int32_t  ids[5][64];
+    uint64_t x = 5;
+    for (int sgi = 0; sgi < 5; sgi++)
+        for (int i = 0; i < lens[sgi]; i++) {
+            do {
+                x           = x * 6364136223846793005ull + 1442695040888963407ull;
+                ids[sgi][i] = (int32_t)((x >> 33) % (uint64_t)half) + (sgi == 4 ? half : 0);
+            } while (ids[sgi][i] == needle);
+        }
+    ids[2][37] = needle;           /* the needle, in the second document */
+    int needle_pos = 8 + 60 + 37;
+    kvf_segment segs[5];
+    for (int i = 0; i < 5; i++) segs[i].ids = ids[i], segs[i].n = lens[i];
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = 256;
+    kvf_session     *s;
+    kvf_chunk_cache *cache;
+    kvf_session_new(m, &sp, &s);
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_A3, 0.05f, KVF_CHUNK_F16);
+    for (int asks = 0; asks < 2; asks++) {
+        ids[4][2] = asks ? needle : ids[4][3]; /* the question mentions the needle or not */
+        for (int pool = 1; pool <= 5; pool += 4) {
+            fp.pool = pool;
+            CHECK_EQ(kvf_session_fuse(s, cache, segs, 5, &fp, NULL), KVF_OK);
+            int found = 0;
+            for (int i = 0; i < s->n_fuse_rows; i++) found |= s->fuse_rows[i] == needle_pos;
+            CHECK_MSG(found == asks, "pool %d: needle %s (question %s it)", pool,
+                      found ? "selected" : "not selected", asks ? "mentions" : "does not mention");
+        }
+    }
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
 static void test_errors_and_cache(void) {
     int    docs[1] = {10};
     prompt p;
@@ -496,6 +575,7 @@ int main(void) {
     RUN(test_eviction);
     RUN(test_determinism_and_threads);
     RUN(test_errors_and_cache);
+    RUN(test_a3_selects_needle);
     kvf_model_free(g_model);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

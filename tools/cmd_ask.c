@@ -43,6 +43,8 @@ static void help(void) {
         "      --budget N         eviction budget in tokens per KV head (default 1024)\n"
         "  -n, --n-predict N      answer tokens at most (default 32; greedy)\n"
         "  -t, --threads N        compute threads\n"
+        "      --rows             with --json, also list the recomputed positions (\"rows\")\n"
+        "                         and each segment's [start, length] (\"segments\")\n"
         "      --json             one JSON object per method: method, ratio, text, tokens,\n"
         "                         total_tokens, recomputed_tokens, ttft_ms, load_ms, rope_ms,\n"
         "                         recompute_ms, first_token_ms, decode_tok_s, ...\n"
@@ -112,13 +114,14 @@ int cmd_ask(int argc, char **argv) {
         {"evict", required_argument, 0, 'E'},     {"budget", required_argument, 0, 'b'},
         {"n-predict", required_argument, 0, 'n'}, {"threads", required_argument, 0, 't'},
         {"json", no_argument, 0, 'J'},            {"isa", required_argument, 0, 'I'},
+        {"rows", no_argument, 0, 'R'},
         {"precision", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char     *model = NULL, *docs_json = NULL, *question = NULL, *system = NULL,
                *prefix = NULL, *isa = NULL, *method = "a3";
     const char     *doc_files[256];
     int             n_doc_files = 0;
-    bool            musique = false, json = false;
+    bool            musique = false, json = false, show_rows = false;
     long            n_predict = 32, n_threads = 0;
     kvf_precision   prec      = KVF_PREC_Q16;
     kvf_fuse_params fp        = kvf_fuse_default_params();
@@ -159,6 +162,7 @@ int cmd_ask(int argc, char **argv) {
         case 'n': n_predict = cli_int("ask", "-n", optarg, 1, 1 << 20); break;
         case 't': n_threads = cli_int("ask", "--threads", optarg, 0, 1024); break;
         case 'J': json = true; break;
+        case 'R': show_rows = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("ask", optarg); break;
         case 'h': help(); return 0;
@@ -260,11 +264,23 @@ int cmd_ask(int argc, char **argv) {
                    "\"question_tokens\": %d, \"recomputed_tokens\": %d, \"reused_tokens\": %d, "
                    "\"ttft_ms\": %.3f, \"load_ms\": %.3f, \"rope_ms\": %.3f, \"recompute_ms\": %.3f, "
                    "\"first_token_ms\": %.3f, \"decode_tok_s\": %.2f, \"kv_bytes_loaded\": %lld, "
-                   "\"chunk_hits\": %d, \"chunk_misses\": %d, \"kept_after_evict\": %d}\n",
+                   "\"chunk_hits\": %d, \"chunk_misses\": %d, \"kept_after_evict\": %d",
                    n_tok, st.total_tokens, st.prefix_tokens, st.question_tokens,
                    st.recomputed_tokens, st.reused_tokens, st.ttft_ms, st.load_ms, st.rope_ms,
                    st.recompute_ms, st.first_token_ms, tok_s, (long long)st.kv_bytes_loaded,
                    st.chunk_hits, st.chunk_misses, st.kept_after_evict);
+            if (show_rows) {
+                printf(", \"segments\": [");
+                for (int32_t i = 0, o = 0; i < req.n_segs; o += req.segs[i].n, i++)
+                    printf("%s[%d, %d]", i ? ", " : "", o, req.segs[i].n);
+                printf("]");
+                int32_t        nr;
+                const int32_t *rows = kvf_session_fused_rows(s, &nr);
+                printf(", \"rows\": [");
+                for (int32_t i = 0; i < nr; i++) printf("%s%d", i ? ", " : "", rows[i]);
+                printf("]");
+            }
+            printf("}\n");
         } else {
             printf("[%s] %s\n", kvf_method_name(fp.method), text);
             fprintf(stderr,
