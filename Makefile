@@ -13,7 +13,7 @@ WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpoi
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
-LDLIBS  := -lcjson -lm -pthread
+LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lm -pthread
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -32,17 +32,20 @@ TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # tests/tool_*.c: helper programs that integration scripts drive (not run on their own)
 TOOL_TEST_SRC := $(sort $(wildcard tests/tool_*.c))
 TEST_BIN += $(patsubst tests/%.c,$(BUILD)/tests/%,$(TOOL_TEST_SRC))
+BENCH_SRC := $(sort $(wildcard bench/*.c))
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
-.PHONY: all lib cli tests test test-unit test-integration asan demo model python-deps deps \
+.PHONY: all lib cli tests benches test test-unit test-integration asan demo model python-deps deps \
         bench bench-peer fuzz clean format help
 
-all: cli tests ## build the library, the CLI and the tests
+all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
 lib: $(LIB)
 cli: $(CLI)
 tests: $(TEST_BIN)
+benches: $(BENCH_BIN)
 
 $(BUILD)/obj/%_avx2.o: src/%_avx2.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
 	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX2) -c $< -o $@
@@ -62,7 +65,10 @@ $(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
 $(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB) | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/obj $(BUILD)/tests:
+$(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
+	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
 	mkdir -p $@
 
 # Debian packages the build needs (scripts/deps.sh installs what is missing, once).
