@@ -197,6 +197,15 @@ KVF_API void kvf_session_free(kvf_session *s);
  * KVF_E_CTX_FULL if they do not fit; the session is unchanged on any error. */
 KVF_API kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n,
                                     uint32_t flags);
+/* Decode one token for each of n sessions of the same model in a single forward pass: the
+ * weights are read once for all of them (decode is memory-bound, so serving n requests costs
+ * far less than n separate steps). tokens[i] is appended to sessions[i]; afterwards each
+ * session's kvf_session_logits(s, -1) holds its next-token logits, as after kvf_session_eval.
+ * The computation uses sessions[0]'s threads and scratch: n <= its micro-batch size. The
+ * sessions must be distinct. On error (full context, bad token, distinct models) no session
+ * changes. */
+KVF_API kvf_status kvf_decode_batch(kvf_session *const *sessions, const int32_t *tokens,
+                                    int32_t n);
 /* Logits of row i of the last eval (i = -1: its last token). Borrowed from the session; valid
  * until the next eval. NULL if that row was not kept. */
 KVF_API const float *kvf_session_logits(const kvf_session *s, int32_t i);

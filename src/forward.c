@@ -150,11 +150,12 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         const float *cs = s->rcos + (int64_t)r * half, *sn = s->rsin + (int64_t)r * half;
         kvf_rope_row(hp, q, hp->n_head, cs, sn);
         kvf_rope_row(hp, k, hp->n_head_kv, cs, sn);
-        int32_t cell = c->b->cell[r];
+        int32_t      cell = c->b->cell[r];
+        kvf_session *ts   = c->b->sess ? c->b->sess[r] : s; /* whose cache */
         for (int h = 0; h < hp->n_head_kv; h++) {
-            float *kt = kvf_kt_at(s, c->l, h) + cell;
-            for (int i = 0; i < hd; i++) kt[(int64_t)i * s->ldk] = k[h * hd + i];
-            memcpy(kvf_v_at(s, c->l, h) + (int64_t)cell * hd, v + h * hd, sizeof(float) * (size_t)hd);
+            float *kt = kvf_kt_at(ts, c->l, h) + cell;
+            for (int i = 0; i < hd; i++) kt[(int64_t)i * ts->ldk] = k[h * hd + i];
+            memcpy(kvf_v_at(ts, c->l, h) + (int64_t)cell * hd, v + h * hd, sizeof(float) * (size_t)hd);
         }
     }
 }
@@ -181,6 +182,7 @@ typedef struct {
     int                 l;
     const kvf_batch    *b;
     int                 TR, n_tiles, n_chunks; /* n_chunks > 1: split-K mode */
+    int                 Mmax;                  /* query vectors per item: TR * group size */
     int64_t             n_items;
     atomic_int_fast64_t next;
 } attn_ctx;
@@ -209,15 +211,16 @@ static void attn_task(void *p, int ith, int nth) {
                 qp[M] = s->q + r * qd + (int64_t)(h * g + gi) * hd;
                 if (c->n_chunks > 1) {
                     /* partial result slot: [o (hd) | m | l] */
-                    op[M]  = s->split_o + ((it * KVF_ATTN_MAX_M) + M) * (hd + 2);
+                    op[M]  = s->split_o + ((it * c->Mmax) + M) * (hd + 2);
                     end[M] = (int32_t)KVF_MIN((int64_t)SPLIT_KEYS, c->b->kv_end[r] - j0);
                 } else {
                     op[M]  = s->att + r * qd + (int64_t)(h * g + gi) * hd;
                     end[M] = c->b->kv_end[r];
                 }
             }
-        const float *kt = kvf_kt_at(s, c->l, h) + j0;
-        const float *v  = kvf_v_at(s, c->l, h) + j0 * hd;
+        kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
+        const float *kt = kvf_kt_at(ts, c->l, h) + j0;
+        const float *v  = kvf_v_at(ts, c->l, h) + j0 * hd;
         if (c->n_chunks > 1) {
             /* rows whose keys end before this chunk contribute nothing: mark them */
             int any = 0;
@@ -229,7 +232,7 @@ static void attn_task(void *p, int ith, int nth) {
             for (int m = 0; m < M; m++)
                 if (end[m] < 1) end[m] = 1; /* computed but discarded below */
         }
-        s->attn(qp, op, end, M, kt, s->ldk, v, hd, scale, work);
+        s->attn(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
         if (c->n_chunks > 1) {
             const float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
             for (int m = 0, r = r0; r < r1; r++)
@@ -255,14 +258,14 @@ static void attn_merge(kvf_session *s, const attn_ctx *c) {
                     float mx = -INFINITY;
                     for (int ch = 0; ch < c->n_chunks; ch++) {
                         int64_t it = ((int64_t)ch * c->n_tiles + tile) * hp->n_head_kv + h;
-                        mx = fmaxf(mx, s->split_o[(it * KVF_ATTN_MAX_M + m) * (hd + 2) + hd]);
+                        mx = fmaxf(mx, s->split_o[(it * c->Mmax + m) * (hd + 2) + hd]);
                     }
                     float *o   = s->att + r * qd + (int64_t)(h * g + gi) * hd;
                     float  den = 0.0f;
                     memset(o, 0, sizeof(float) * (size_t)hd);
                     for (int ch = 0; ch < c->n_chunks; ch++) {
                         int64_t it = ((int64_t)ch * c->n_tiles + tile) * hp->n_head_kv + h;
-                        const float *po = s->split_o + (it * KVF_ATTN_MAX_M + m) * (hd + 2);
+                        const float *po = s->split_o + (it * c->Mmax + m) * (hd + 2);
                         if (po[hd] == -INFINITY) continue;
                         float w = expf(po[hd] - mx) * po[hd + 1];
                         den += w;
@@ -277,16 +280,17 @@ static void attention(kvf_session *s, int l, const kvf_batch *b) {
     const kvf_hparams *hp = &s->m->hp;
     int                g  = hp->n_head / hp->n_head_kv;
     attn_ctx           c  = {.s = s, .l = l, .b = b};
-    c.TR                  = KVF_MAX(1, KVF_MIN(16, KVF_ATTN_MAX_M / g));
+    c.TR                  = b->sess ? 1 : KVF_MAX(1, KVF_MIN(16, KVF_ATTN_MAX_M / g));
+    c.Mmax                = c.TR * g;
     c.n_tiles             = (b->n + c.TR - 1) / c.TR;
     int32_t max_end       = 0;
     for (int32_t r = 0; r < b->n; r++) max_end = KVF_MAX(max_end, b->kv_end[r]);
     c.n_chunks = 1;
     int64_t base_items = (int64_t)hp->n_head_kv * c.n_tiles;
-    if (base_items < 2 * kvf_pool_size(s->pool) && max_end > SPLIT_KEYS && b->n <= 4)
+    if (base_items < 2 * kvf_pool_size(s->pool) && max_end > SPLIT_KEYS && (b->n <= 4 || b->sess))
         c.n_chunks = (max_end + SPLIT_KEYS - 1) / SPLIT_KEYS;
-    if (c.n_chunks > 1 && base_items * c.n_chunks * KVF_ATTN_MAX_M * (hp->head_dim + 2) > s->split_cap)
-        c.n_chunks = 1; /* (not expected: split_cap is sized for n_ctx) */
+    if (c.n_chunks > 1 && base_items * c.n_chunks * c.Mmax * (hp->head_dim + 2) > s->split_cap)
+        c.n_chunks = 1; /* no room for the partials (kvf_decode_batch sizes it first) */
     c.n_items = base_items * c.n_chunks;
     atomic_init(&c.next, 0);
     kvf_pool_run(s->pool, attn_task, &c);

@@ -101,7 +101,7 @@ static kvf_status prefill_capture(kvf_session *s, const int32_t *ids, int32_t p0
             s->b_cell[i] = p0 + i0 + i;
             s->b_end[i]  = p0 + i0 + i + 1;
         }
-        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
         kvf_fwd_embed(s, ids + i0, u, s->x);
         kvf_fwd_rope_tables(s, &b);
         for (int l = 0; l < hp->n_layer; l++) {
@@ -276,7 +276,7 @@ static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
             s->b_end[i]  = p + 1;
             tok[i]       = c->ids[p];
         }
-        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
         if (l0 == 0)
             kvf_fwd_embed(s, tok, u, s->x);
         else
@@ -331,7 +331,7 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
             s->b_cell[i] = p;
             s->b_end[i]  = p + 1;
         }
-        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
         kvf_fwd_embed(s, c->ids + c->P + i0, u, s->x);
         kvf_fwd_rope_tables(s, &b);
         for (int l = 0; l < sl; l++) {

@@ -19,7 +19,8 @@ void kvf_session_free(kvf_session *s) {
     kvf_free(s->kt), kvf_free(s->vc);
     kvf_free(s->cell_pos), kvf_free(s->cell_tok);
     float *bufs[] = {s->x,    s->xb,   s->q,         s->kb,      s->vb,     s->att, s->hb,
-                     s->hb2,  s->rcos, s->rsin,      s->attn_work, s->split_o, s->logits};
+                     s->hb2,  s->rcos, s->rsin,      s->attn_work, s->split_o, s->logits,
+                     s->batch_logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvf_free_aligned(bufs[i]);
     kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
     kvf_free(s->fuse_rows);
@@ -180,7 +181,7 @@ kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, ui
             s->b_cell[i] = s->n_cells + i;
             s->b_end[i]  = s->n_cells + i + 1;
         }
-        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end};
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
         kvf_fwd_embed(s, tokens + i0, u, s->x);
         kvf_fwd_rope_tables(s, &b);
         for (int l = 0; l < hp->n_layer; l++) {
@@ -201,6 +202,67 @@ kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, ui
     s->last_eval_n = n;
     s->n_logits    = all ? n : 1;
     s->logits_row0 = all ? 0 : n - 1;
+    return KVF_OK;
+}
+
+kvf_status kvf_decode_batch(kvf_session *const *sessions, const int32_t *tokens, int32_t n) {
+    if (!sessions || !tokens || n < 1 || !sessions[0])
+        return kvf_set_error(KVF_E_INVAL, "kvf_decode_batch: bad arguments");
+    kvf_session       *lead = sessions[0];
+    const kvf_hparams *hp   = &lead->m->hp;
+    if (n > lead->U)
+        return kvf_set_error(KVF_E_INVAL, "kvf_decode_batch: %d sessions exceed the micro-batch "
+                                          "size %d of the first session", n, lead->U);
+    int32_t max_end = 0;
+    for (int32_t i = 0; i < n; i++) {
+        kvf_session *s = sessions[i];
+        if (!s || s->m != lead->m)
+            return kvf_set_error(KVF_E_INVAL, "kvf_decode_batch: session %d is NULL or uses another model", i);
+        for (int32_t j = 0; j < i; j++)
+            if (sessions[j] == s) return kvf_set_error(KVF_E_INVAL, "kvf_decode_batch: session %d appears twice", i);
+        if (s->n_cells >= s->n_ctx)
+            return kvf_set_error(KVF_E_CTX_FULL, "kvf_decode_batch: session %d is full (%d tokens)", i, s->n_ctx);
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return kvf_set_error(KVF_E_INVAL, "kvf_decode_batch: token id %d (session %d) is outside 0..%d",
+                                 tokens[i], i, hp->n_vocab - 1);
+        max_end = KVF_MAX(max_end, s->n_cells + 1);
+    }
+    /* room for split-K partials (one query row per item) and for the logits of every row */
+    int64_t g = hp->n_head / hp->n_head_kv;
+    int64_t need = (int64_t)hp->n_head_kv * n * ((max_end + 255) / 256) * g * (hp->head_dim + 2);
+    if (need > lead->split_cap) {
+        float *p = kvf_alloc_aligned(sizeof(float) * (size_t)need);
+        if (!p) return kvf_set_error(KVF_E_NOMEM, "out of memory for batched decode");
+        kvf_free_aligned(lead->split_o);
+        lead->split_o = p, lead->split_cap = need;
+    }
+    if (n > lead->batch_logits_cap) {
+        float *p = kvf_alloc_aligned(sizeof(float) * (size_t)n * (size_t)hp->n_vocab);
+        if (!p) return kvf_set_error(KVF_E_NOMEM, "out of memory for batched decode");
+        kvf_free_aligned(lead->batch_logits);
+        lead->batch_logits = p, lead->batch_logits_cap = n;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        lead->b_pos[i]  = sessions[i]->n_past;
+        lead->b_cell[i] = sessions[i]->n_cells;
+        lead->b_end[i]  = sessions[i]->n_cells + 1;
+    }
+    kvf_batch b = {n, lead->b_pos, lead->b_cell, lead->b_end, sessions};
+    kvf_fwd_embed(lead, tokens, n, lead->x);
+    kvf_fwd_rope_tables(lead, &b);
+    for (int l = 0; l < hp->n_layer; l++) {
+        kvf_fwd_attn(lead, l, lead->x, &b);
+        kvf_fwd_mlp(lead, l, lead->x, n);
+    }
+    kvf_fwd_logits(lead, lead->x, n, hp->n_embd, lead->batch_logits);
+    for (int32_t i = 0; i < n; i++) {
+        kvf_session *s           = sessions[i];
+        s->cell_pos[s->n_cells] = s->n_past;
+        s->cell_tok[s->n_cells] = tokens[i];
+        s->n_cells++, s->n_past++;
+        memcpy(s->logits, lead->batch_logits + (int64_t)i * hp->n_vocab, sizeof(float) * (size_t)hp->n_vocab);
+        s->last_eval_n = 1, s->n_logits = 1, s->logits_row0 = 0;
+    }
     return KVF_OK;
 }
 

@@ -23,6 +23,8 @@ typedef struct kvf_batch {
     const int32_t *pos;    /* [n] RoPE positions */
     const int32_t *cell;   /* [n] cache cells written */
     const int32_t *kv_end; /* [n] attention sees cells [0, kv_end) */
+    kvf_session *const *sess; /* [n] whose KV cache each row uses (batched decode across
+                                 sessions), or NULL: all rows use the computing session */
 } kvf_batch;
 
 struct kvf_session {
@@ -52,8 +54,10 @@ struct kvf_session {
     kvf_actbuf act;                                  /* quantised rows, up to max(n_embd, n_ff) */
     float     *attn_work;                            /* [threads][attn_work_stride] */
     int64_t    attn_work_stride;
-    float     *split_o; /* decode split-K partials: [items][head_dim + 2] */
+    float     *split_o; /* decode split-K partials: [items][rows per item][head_dim + 2] */
     int64_t    split_cap;
+    float     *batch_logits; /* kvf_decode_batch: [rows][n_vocab] */
+    int64_t    batch_logits_cap;
     int32_t   *b_pos, *b_cell, *b_end; /* [U] batch description for eval */
 
     /* rows recomputed by the last kvf_session_fuse (sorted positions), for inspection */

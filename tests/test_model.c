@@ -368,6 +368,64 @@ static void test_split_k_decode(void) {
     kvf_model_free(m);
 }
 
+/* kvf_decode_batch == separate decode steps, for sessions at different depths */
+static void test_decode_batch(void) {
+    synth_cfg  cfg = {.wtype = KVF_TYPE_Q4_1, .etype = KVF_TYPE_Q8_0, .n_layer = 2, .n_ctx = 2048, .seed = 13};
+    synth_info info;
+    const char *path = tmp_path("batch.gguf");
+    CHECK_EQ(synth_model_file(&cfg, path, &info), KVF_OK);
+    kvf_model *m = load(path, NULL, KVF_PREC_Q16);
+    if (!m) return;
+    int                nv = info.n_vocab, lens[3] = {20, 150, 700};
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = 1024;
+    kvf_session *bat[3], *one[3];
+    int32_t     *ids[3];
+    for (int i = 0; i < 3; i++) {
+        ids[i] = malloc(sizeof(int32_t) * (size_t)(lens[i] + 8));
+        make_ids(ids[i], lens[i] + 8, nv, 40 + (uint64_t)i);
+        kvf_session_new(m, &sp, &bat[i]);
+        kvf_session_new(m, &sp, &one[i]);
+        kvf_session_eval(bat[i], ids[i], lens[i], 0);
+        kvf_session_eval(one[i], ids[i], lens[i], 0);
+    }
+    for (int step = 0; step < 4; step++) {
+        int32_t tok[3];
+        for (int i = 0; i < 3; i++) tok[i] = ids[i][lens[i] + step];
+        CHECK_EQ(kvf_decode_batch(bat, tok, 3), KVF_OK);
+        for (int i = 0; i < 3; i++) {
+            kvf_session_eval(one[i], &tok[i], 1, 0);
+            const float *a = kvf_session_logits(bat[i], -1), *b = kvf_session_logits(one[i], -1);
+            double       d = 0, mag = 0;
+            for (int t = 0; t < nv; t++) d = fmax(d, fabs(a[t] - b[t])), mag = fmax(mag, fabs(b[t]));
+            /* short contexts: the same arithmetic; 700 keys: the single step splits the keys */
+            CHECK_MSG(i < 2 ? d == 0 : d <= 1e-4 * (1 + mag), "session %d step %d: batched differs by %.3g", i, step, d);
+            CHECK_EQ(kvf_session_n_past(bat[i]), lens[i] + step + 1);
+        }
+    }
+    /* errors leave every session unchanged */
+    int32_t      tok[3] = {1, 2, 3};
+    kvf_session *dup[2] = {bat[0], bat[0]};
+    CHECK_EQ(kvf_decode_batch(dup, tok, 2), KVF_E_INVAL);
+    CHECK_CONTAINS(kvf_errmsg(), "twice");
+    tok[1] = nv;
+    CHECK_EQ(kvf_decode_batch(bat, tok, 3), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_n_past(bat[0]), lens[0] + 4);
+    kvf_session_params tiny = kvf_session_default_params();
+    tiny.n_ctx              = 2;
+    kvf_session *full;
+    kvf_session_new(m, &tiny, &full);
+    int32_t two[2] = {1, 2};
+    CHECK_EQ(kvf_session_eval(full, two, 2, 0), KVF_OK);
+    kvf_session *mix[2] = {bat[0], full};
+    tok[1]              = 5;
+    CHECK_EQ(kvf_decode_batch(mix, tok, 2), KVF_E_CTX_FULL);
+    CHECK_EQ(kvf_session_n_past(bat[0]), lens[0] + 4);
+    kvf_session_free(full);
+    for (int i = 0; i < 3; i++) kvf_session_free(bat[i]), kvf_session_free(one[i]), free(ids[i]);
+    kvf_model_free(m);
+}
+
 static void test_session_errors(void) {
     synth_cfg  cfg = {.n_layer = 1, .seed = 1};
     synth_info info;
@@ -506,6 +564,7 @@ int main(void) {
     RUN(test_against_reference);
     RUN(test_determinism_and_batching);
     RUN(test_split_k_decode);
+    RUN(test_decode_batch);
     RUN(test_session_errors);
     RUN(test_bad_models);
     RUN(test_sampler);

@@ -24,6 +24,8 @@ static void help(void) {
            "  -r, --reps R        repetitions after one warm-up (default 5)\n"
            "  -t, --threads N     compute threads (default: all CPUs)\n"
            "  -u, --ubatch N      tokens per forward micro-batch (default 256)\n"
+           "  -b, --batch N       decode N sessions together (kvf_decode_batch); decode tok/s\n"
+           "                      is then the aggregate over all N (default 1)\n"
            "      --json          one JSON object per prompt length: prefill_tok_s,\n"
            "                      prefill_tok_s_sd, decode_tok_s, decode_tok_s_sd, ...\n"
            "      --isa NAME      kernels: auto, ref, avx2, avx512\n"
@@ -57,21 +59,35 @@ static int run_decode(kvf_session *s, const int32_t *ids, int32_t n, double *ms)
     return 0;
 }
 
+/* n tokens decoded in each of nb sessions together (aggregate rate = nb * n / time) */
+static int run_decode_batch(kvf_session **ss, int nb, const int32_t *ids, int32_t n, double *ms) {
+    int32_t tok[256];
+    for (int i = 0; i < nb; i++) kvf_session_truncate(ss[i], 0);
+    double t0 = now_ms();
+    for (int32_t k = 0; k < n; k++) {
+        for (int i = 0; i < nb; i++) tok[i] = ids[(k + 7 * i) % n];
+        if (kvf_decode_batch(ss, tok, nb) != KVF_OK) return -1;
+    }
+    *ms = now_ms() - t0;
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'},   {"reps", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'}, {"ubatch", required_argument, 0, 'u'},
+        {"batch", required_argument, 0, 'b'},
         {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *plist = "512", *isa = NULL;
-    long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0;
+    long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1;
     bool        json = false;
     kvf_precision prec = KVF_PREC_Q16;
     int         c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:b:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'p': plist = optarg; break;
@@ -79,6 +95,7 @@ int cmd_bench(int argc, char **argv) {
         case 'r': reps = cli_int("bench", "-r", optarg, 1, 1000); break;
         case 't': n_threads = cli_int("bench", "--threads", optarg, 0, 1024); break;
         case 'u': ubatch = cli_int("bench", "--ubatch", optarg, 0, 1 << 16); break;
+        case 'b': batch = cli_int("bench", "--batch", optarg, 1, 256); break;
         case 'J': json = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("bench", optarg); break;
@@ -123,6 +140,12 @@ int cmd_bench(int argc, char **argv) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
             break;
         }
+        kvf_session *extra[256] = {s};
+        for (long i = 1; i < batch && rc == 0; i++) {
+            kvf_session_params bp = sp;
+            bp.n_ctx              = (int32_t)n_gen + 1;
+            if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK) rc = cli_fail("bench", "%s", kvf_errmsg());
+        }
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)need);
         fill_ids(ids, need, info.n_vocab);
         double *pp = calloc((size_t)reps, sizeof(double)), *tg = calloc((size_t)reps, sizeof(double));
@@ -139,8 +162,10 @@ int cmd_bench(int argc, char **argv) {
                 pp[r] = n_p / ms * 1e3;
             }
             if (n_gen && rc == 0) {
-                if (run_decode(s, ids, (int32_t)n_gen, &ms)) rc = cli_fail("bench", "%s", kvf_errmsg());
-                tg[r] = n_gen / ms * 1e3;
+                int bad = batch > 1 ? run_decode_batch(extra, (int)batch, ids, (int32_t)n_gen, &ms)
+                                    : run_decode(s, ids, (int32_t)n_gen, &ms);
+                if (bad) rc = cli_fail("bench", "%s", kvf_errmsg());
+                tg[r] = (double)batch * n_gen / ms * 1e3;
             }
         }
         fprintf(stderr, "\r%60s\r", "");
@@ -152,11 +177,11 @@ int cmd_bench(int argc, char **argv) {
                 printf("{\"model\": ");
                 json_str(stdout, path, strlen(path));
                 printf(", \"arch\": \"%s\", \"ftype\": \"%s\", \"isa\": \"%s\", \"precision\": \"%s\", \"threads\": %d, "
-                       "\"n_prompt\": %d, \"n_gen\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
+                       "\"n_prompt\": %d, \"n_gen\": %ld, \"batch\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
                        "\"prefill_tok_s_sd\": %.3f, \"decode_tok_s\": %.3f, \"decode_tok_s_sd\": "
                        "%.3f, \"prefill_runs\": [",
                        info.arch, info.ftype, info.isa, info.precision,
-                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, reps, pm,
+                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, batch, reps, pm,
                        psd, tm, tsd);
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", pp[r]);
                 printf("], \"decode_runs\": [");
@@ -170,6 +195,7 @@ int cmd_bench(int argc, char **argv) {
             fflush(stdout);
         }
         free(pp), free(tg), free(ids);
+        for (long i = 1; i < batch; i++) kvf_session_free(extra[i]);
         kvf_session_free(s);
     }
     kvf_model_free(m);
