@@ -13,7 +13,7 @@ WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpoi
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
-LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lm -pthread
+LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lm -pthread
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -62,7 +62,7 @@ $(LIB): $(LIB_OBJ)
 $(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
 	$(CC) $(ALL_CFLAGS) -Itools $(TOOL_SRC) $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/tests/%: tests/%.c tests/harness.h $(LIB) | $(BUILD)/tests
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB) | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
 
 $(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
@@ -107,6 +107,31 @@ bench-peer: cli model ## kvfuse vs llama.cpp (built from llama-cpp-python's sdis
 
 fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay
+
+# ---- evaluation (kvfuse eval; tools/cmd_eval.c) -------------------------------------------
+# Long runs (hours on a 2-core CPU) that reproduce the README's headline tables. Each writes
+# $(EVAL_OUT)/<name>/{results.jsonl,summary.json,summary.md,report.md,report.html,*.svg} and is
+# resumable: run the same target again to continue where it stopped.
+SHARED    ?= ../shared
+EVAL_OUT  ?= eval-out
+EVAL_ARGS ?=
+EVAL      := $(CLI) eval -m $(MODEL)
+.PHONY: eval eval-sweep eval-needle
+
+eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (hours)
+	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
+	    --methods full,prefix,reuse,epic,cacheblend,a3 --ratios 0.15 --limit 100 \
+	    --out $(EVAL_OUT)/musique $(EVAL_ARGS)
+
+eval-sweep: cli model ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval-out/musique-sweep (hours)
+	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
+	    --methods full,reuse,epic,cacheblend,a3 --ratios 0.05,0.1,0.15,0.3 --limit 50 \
+	    --out $(EVAL_OUT)/musique-sweep $(EVAL_ARGS)
+
+eval-needle: cli model ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
+	$(EVAL) --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
+	    --methods full,cacheblend,a3 --ratios 0.15 --lengths 1024,2048,4096,8192 \
+	    --depths 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 --out $(EVAL_OUT)/needle $(EVAL_ARGS)
 
 clean:
 	rm -rf build

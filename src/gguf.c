@@ -548,6 +548,9 @@ kvf_status gguf_get_f32(const gguf_file *f, const char *key, float *out) {
     if (kv->type == GGUF_T_FLOAT64) {
         double d;
         memcpy(&d, kv->data, 8);
+        if (d == d && (d > 3.4028234663852886e38 || d < -3.4028234663852886e38))
+            return kvf_set_error(KVF_E_FORMAT, "gguf: key '%s' value %g does not fit a float",
+                                 key, d);
         *out = (float)d;
         return KVF_OK;
     }

@@ -1,7 +1,8 @@
 /* cmd_bench.c - `kvfuse bench`: prompt processing (prefill) and generation (decode) speed,
  * measured like llama-bench so the two can be compared: prefill = one batched evaluation of
- * N prompt tokens in an empty session; decode = N single-token steps starting from an empty
- * session. Tokenization and sampling are not timed. One warm-up run precedes the repetitions. */
+ * P prompt tokens in an empty session; decode = G single-token steps with D tokens already in
+ * the cache (D = P by default: the decode that follows the prompt; llama-bench -d P).
+ * Tokenization and sampling are not timed. One warm-up run precedes the repetitions. */
 #include "cli.h"
 
 #include <getopt.h>
@@ -21,6 +22,8 @@ static void help(void) {
            "  -m, --model PATH    GGUF model (default: $KVFUSE_MODEL or %s)\n"
            "  -p, --prompt N,...  prompt lengths to prefill (default 512)\n"
            "  -n, --gen N         tokens to decode one at a time (default 128; 0 = skip)\n"
+           "  -d, --depth D       tokens in the cache before decoding (default: the prompt\n"
+           "                      length, i.e. decode right after the prefill; 0 = empty)\n"
            "  -r, --reps R        repetitions after one warm-up (default 5)\n"
            "  -t, --threads N     compute threads (default: all CPUs)\n"
            "  -u, --ubatch N      tokens per forward micro-batch (default 256)\n"
@@ -50,8 +53,10 @@ static int run_prefill(kvf_session *s, const int32_t *ids, int32_t n, double *ms
     return 0;
 }
 
-static int run_decode(kvf_session *s, const int32_t *ids, int32_t n, double *ms) {
+static int run_decode(kvf_session *s, const int32_t *ids, int32_t depth, int32_t n, double *ms) {
     kvf_session_truncate(s, 0);
+    if (depth > 0 && kvf_session_eval(s, ids, depth, 0) != KVF_OK) return -1;
+    ids += depth;
     double t0 = now_ms();
     for (int32_t i = 0; i < n; i++)
         if (kvf_session_eval(s, &ids[i], 1, 0) != KVF_OK) return -1;
@@ -60,9 +65,14 @@ static int run_decode(kvf_session *s, const int32_t *ids, int32_t n, double *ms)
 }
 
 /* n tokens decoded in each of nb sessions together (aggregate rate = nb * n / time) */
-static int run_decode_batch(kvf_session **ss, int nb, const int32_t *ids, int32_t n, double *ms) {
+static int run_decode_batch(kvf_session **ss, int nb, const int32_t *ids, int32_t depth, int32_t n,
+                            double *ms) {
     int32_t tok[256];
-    for (int i = 0; i < nb; i++) kvf_session_truncate(ss[i], 0);
+    for (int i = 0; i < nb; i++) {
+        kvf_session_truncate(ss[i], 0);
+        if (depth > 0 && kvf_session_eval(ss[i], ids, depth, 0) != KVF_OK) return -1;
+    }
+    ids += depth;
     double t0 = now_ms();
     for (int32_t k = 0; k < n; k++) {
         for (int i = 0; i < nb; i++) tok[i] = ids[(k + 7 * i) % n];
@@ -77,17 +87,17 @@ int cmd_bench(int argc, char **argv) {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'n'},   {"reps", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'}, {"ubatch", required_argument, 0, 'u'},
-        {"batch", required_argument, 0, 'b'},
+        {"batch", required_argument, 0, 'b'},   {"depth", required_argument, 0, 'd'},
         {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *plist = "512", *isa = NULL;
-    long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1;
+    long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1, depth_opt = -1;
     bool        json = false;
     kvf_precision prec = KVF_PREC_Q16;
     int         c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:b:d:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'p': plist = optarg; break;
@@ -96,6 +106,7 @@ int cmd_bench(int argc, char **argv) {
         case 't': n_threads = cli_int("bench", "--threads", optarg, 0, 1024); break;
         case 'u': ubatch = cli_int("bench", "--ubatch", optarg, 0, 1 << 16); break;
         case 'b': batch = cli_int("bench", "--batch", optarg, 1, 256); break;
+        case 'd': depth_opt = cli_int("bench", "--depth", optarg, 0, 1 << 22); break;
         case 'J': json = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("bench", optarg); break;
@@ -125,8 +136,9 @@ int cmd_bench(int argc, char **argv) {
                info.arch, info.ftype, info.isa, info.precision, "threads", "prompt", "gen",
                "prefill tok/s", "decode tok/s");
     for (int pi = 0; pi < np && rc == 0; pi++) {
-        int32_t            n_p  = (int32_t)plens[pi];
-        int32_t            need = (int32_t)(n_p > n_gen ? n_p : n_gen) + 1;
+        int32_t            n_p   = (int32_t)plens[pi];
+        int32_t            depth = depth_opt >= 0 ? (int32_t)depth_opt : n_p;
+        int32_t            need  = (int32_t)(n_p > depth + n_gen ? n_p : depth + n_gen) + 1;
         kvf_session_params sp   = kvf_session_default_params();
         sp.n_ctx                = need;
         sp.n_threads            = (int32_t)n_threads;
@@ -143,7 +155,7 @@ int cmd_bench(int argc, char **argv) {
         kvf_session *extra[256] = {s};
         for (long i = 1; i < batch && rc == 0; i++) {
             kvf_session_params bp = sp;
-            bp.n_ctx              = (int32_t)n_gen + 1;
+            bp.n_ctx              = depth + (int32_t)n_gen + 1;
             if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK) rc = cli_fail("bench", "%s", kvf_errmsg());
         }
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)need);
@@ -152,7 +164,8 @@ int cmd_bench(int argc, char **argv) {
         double  ms;
         /* warm-up: touches every weight page and the KV cache */
         fprintf(stderr, "bench: p=%d warm-up...", n_p);
-        if ((n_p && run_prefill(s, ids, n_p, &ms)) || (n_gen && run_decode(s, ids, n_gen < 16 ? (int32_t)n_gen : 16, &ms))) {
+        if ((n_p && run_prefill(s, ids, n_p, &ms)) ||
+            (n_gen && run_decode(s, ids, 0, n_gen < 16 ? (int32_t)n_gen : 16, &ms))) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
         }
         for (long r = 0; r < reps && rc == 0; r++) {
@@ -162,8 +175,8 @@ int cmd_bench(int argc, char **argv) {
                 pp[r] = n_p / ms * 1e3;
             }
             if (n_gen && rc == 0) {
-                int bad = batch > 1 ? run_decode_batch(extra, (int)batch, ids, (int32_t)n_gen, &ms)
-                                    : run_decode(s, ids, (int32_t)n_gen, &ms);
+                int bad = batch > 1 ? run_decode_batch(extra, (int)batch, ids, depth, (int32_t)n_gen, &ms)
+                                    : run_decode(s, ids, depth, (int32_t)n_gen, &ms);
                 if (bad) rc = cli_fail("bench", "%s", kvf_errmsg());
                 tg[r] = (double)batch * n_gen / ms * 1e3;
             }
@@ -177,11 +190,11 @@ int cmd_bench(int argc, char **argv) {
                 printf("{\"model\": ");
                 json_str(stdout, path, strlen(path));
                 printf(", \"arch\": \"%s\", \"ftype\": \"%s\", \"isa\": \"%s\", \"precision\": \"%s\", \"threads\": %d, "
-                       "\"n_prompt\": %d, \"n_gen\": %ld, \"batch\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
+                       "\"n_prompt\": %d, \"n_gen\": %ld, \"depth\": %d, \"batch\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
                        "\"prefill_tok_s_sd\": %.3f, \"decode_tok_s\": %.3f, \"decode_tok_s_sd\": "
                        "%.3f, \"prefill_runs\": [",
                        info.arch, info.ftype, info.isa, info.precision,
-                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, batch, reps, pm,
+                       n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, depth, batch, reps, pm,
                        psd, tm, tsd);
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", pp[r]);
                 printf("], \"decode_runs\": [");
