@@ -398,6 +398,7 @@ typedef struct kvf_store_tier_stats {
     double  read_ms;             /* time spent in lookups that hit (verification included) */
     int64_t total_hits, total_misses; /* every process's lookups, persisted in the disk tier
                                          (flushed by the writer; -1 without a disk tier) */
+    int64_t total_bad_entries, total_evictions; /* likewise: every process's drops, evictions */
 } kvf_store_tier_stats;
 
 typedef struct kvf_store_stats {

@@ -153,9 +153,9 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         int32_t      cell = c->b->cell[r];
         kvf_session *ts   = c->b->sess ? c->b->sess[r] : s; /* whose cache */
         for (int h = 0; h < hp->n_head_kv; h++) {
-            float *kt = kvf_kt_at(ts, c->l, h) + cell;
-            for (int i = 0; i < hd; i++) kt[(int64_t)i * ts->ldk] = k[h * hd + i];
-            memcpy(kvf_v_at(ts, c->l, h) + (int64_t)cell * hd, v + h * hd, sizeof(float) * (size_t)hd);
+            void *kt = kvf_kt_at(ts, c->l, h);
+            for (int i = 0; i < hd; i++) kvf_kv_put(ts, kt, (int64_t)i * ts->ldk + cell, k[h * hd + i]);
+            kvf_kv_put_row(ts, kvf_v_at(ts, c->l, h), (int64_t)cell * hd, v + h * hd, hd);
         }
     }
 }
@@ -219,8 +219,8 @@ static void attn_task(void *p, int ith, int nth) {
                 }
             }
         kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
-        const float *kt = kvf_kt_at(ts, c->l, h) + j0;
-        const float *v  = kvf_v_at(ts, c->l, h) + j0 * hd;
+        const void *kt = (const char *)kvf_kt_at(ts, c->l, h) + j0 * (int64_t)kvf_kv_esize(ts);
+        const void *v  = (const char *)kvf_v_at(ts, c->l, h) + j0 * hd * (int64_t)kvf_kv_esize(ts);
         if (c->n_chunks > 1) {
             /* rows whose keys end before this chunk contribute nothing: mark them */
             int any = 0;
@@ -232,7 +232,10 @@ static void attn_task(void *p, int ith, int nth) {
             for (int m = 0; m < M; m++)
                 if (end[m] < 1) end[m] = 1; /* computed but discarded below */
         }
-        s->attn(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
+        if (ts->kv_f16)
+            s->attn_K->attn_f16(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
+        else
+            s->attn_K->attn(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
         if (c->n_chunks > 1) {
             const float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
             for (int m = 0, r = r0; r < r1; r++)

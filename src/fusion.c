@@ -218,16 +218,15 @@ static void build_task(void *p, int ith, int nth) {
                 kvf_rope_row(hp, k, hp->n_head_kv, c->rcos + (int64_t)pos * half,
                              c->rsin + (int64_t)pos * half);
                 for (int h = 0; h < hp->n_head_kv; h++) {
-                    float *kt = kvf_kt_at(s, l, h) + pos;
-                    for (int i = 0; i < hd; i++) kt[(int64_t)i * s->ldk] = k[h * hd + i];
+                    void *kt = kvf_kt_at(s, l, h);
+                    for (int i = 0; i < hd; i++) kvf_kv_put(s, kt, (int64_t)i * s->ldk + pos, k[h * hd + i]);
                 }
             }
             kvf_chunk_read(s->K, ch, l, 1, r0, n, buf);
             for (int32_t r = 0; r < n; r++) {
                 int32_t pos = p0 + r0 + r;
                 for (int h = 0; h < hp->n_head_kv; h++)
-                    memcpy(kvf_v_at(s, l, h) + (int64_t)pos * hd, buf + r * kvd + h * hd,
-                           sizeof(float) * (size_t)hd);
+                    kvf_kv_put_row(s, kvf_v_at(s, l, h), (int64_t)pos * hd, buf + r * kvd + h * hd, hd);
             }
         }
     }
@@ -394,8 +393,9 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
             for (int32_t j = c->P; j <= last; j++) {
                 double dot = 0;
                 for (int kh = 0; kh < hp->n_head_kv; kh++) {
-                    const float *kt = kvf_kt_at(s, sl, kh);
-                    for (int d = 0; d < hd; d++) dot += (double)qs[kh * hd + d] * kt[(int64_t)d * s->ldk + j];
+                    const void *kt = kvf_kt_at(s, sl, kh);
+                    for (int d = 0; d < hd; d++)
+                        dot += (double)qs[kh * hd + d] * kvf_kv_get(s, kt, (int64_t)d * s->ldk + j);
                 }
                 lg[j - c->P] = (float)dot * scale;
                 mx           = fmaxf(mx, lg[j - c->P]);
@@ -452,12 +452,14 @@ static int32_t select_topk(const fuse_ctx *c, const float *score, int32_t k, int
 /* Keep `keep` (sorted cell indices) of layer l, head h at the front of the cache. */
 static void compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n) {
     int    hd = s->m->hp.head_dim;
-    float *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
+    size_t es = kvf_kv_esize(s);
+    char  *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
     for (int32_t i = 0; i < n; i++) {
         int32_t j = keep[i];
         if (j == i) continue;
-        for (int d = 0; d < hd; d++) kt[(int64_t)d * s->ldk + i] = kt[(int64_t)d * s->ldk + j];
-        memmove(v + (int64_t)i * hd, v + (int64_t)j * hd, sizeof(float) * (size_t)hd);
+        for (int d = 0; d < hd; d++)
+            memcpy(kt + ((int64_t)d * s->ldk + i) * es, kt + ((int64_t)d * s->ldk + j) * es, es);
+        memmove(v + (int64_t)i * hd * es, v + (int64_t)j * hd * es, es * (size_t)hd);
     }
 }
 
@@ -486,7 +488,7 @@ static kvf_status evict(fuse_ctx *c) {
         float  *lg    = sc + T;
         for (int l = 0; l < hp->n_layer; l++)
             for (int kh = 0; kh < hp->n_head_kv; kh++) {
-                const float *kt = kvf_kt_at(s, l, kh);
+                const void *kt = kvf_kt_at(s, l, kh);
                 for (int32_t j = 0; j < nc; j++) sc[j] = 0.0f;
                 for (int i = 0; i < w; i++)
                     for (int gi = 0; gi < g; gi++) {
@@ -495,7 +497,7 @@ static kvf_status evict(fuse_ctx *c) {
                         float        mx   = -INFINITY;
                         for (int32_t j = 0; j <= last; j++) {
                             float dot = 0;
-                            for (int d = 0; d < hd; d++) dot += q[d] * kt[(int64_t)d * s->ldk + j];
+                            for (int d = 0; d < hd; d++) dot += q[d] * kvf_kv_get(s, kt, (int64_t)d * s->ldk + j);
                             lg[j] = dot * scale;
                             mx    = fmaxf(mx, lg[j]);
                         }

@@ -74,11 +74,17 @@ typedef void (*kvf_gemm_fn)(const uint8_t *panel, int64_t nb, const kvf_act *x, 
 /* Attention of M query vectors against one KV head of a cache (exact softmax):
  *   o_m = sum_{j < kv_end[m]} softmax_j(scale * q_m . k_j) v_j
  * q[m] and o[m] point at head_dim floats; kt is the head's keys transposed, kt[i * ldk + j]
- * = component i of key j; v[j * head_dim + i]. kv_end[m] >= 1. `work` has room for
- * kvf_attn_work_floats(M) floats. */
+ * = component i of key j; v[j * head_dim + i]. kv_end[m] >= 1. `work` (64-byte aligned) has
+ * room for kvf_attn_work_floats(M) floats. On return work[M*KVF_ATTN_BK + m] holds row m's
+ * maximum score and work[M*KVF_ATTN_BK + M + m] the sum of exp(score - maximum): the softmax
+ * state that split-K decoding merges across key chunks. */
 typedef void (*kvf_attn_fn)(const float *const *q, float *const *o, const int32_t *kv_end, int M,
                             const float *kt, int64_t ldk, const float *v, int head_dim,
                             float scale, float *work);
+/* The same with keys and values stored as IEEE halves (f16 KV cache). */
+typedef void (*kvf_attn_f16_fn)(const float *const *q, float *const *o, const int32_t *kv_end,
+                                int M, const uint16_t *kt, int64_t ldk, const uint16_t *v,
+                                int head_dim, float scale, float *work);
 #define KVF_ATTN_BK 64 /* keys per block */
 #define KVF_ATTN_MAX_M 64
 static inline int64_t kvf_attn_work_floats(int M) {
@@ -91,7 +97,8 @@ typedef struct kvf_kernels {
     /* Quantise one row of n (multiple of 32) floats: see kvf_quantize_row_q8_ref. */
     void (*quantize_row)(const float *x, int64_t n, int8_t *q, float *d, float *s16,
                          int32_t *qsum, int8_t *ql, float *dl, int32_t *qsuml);
-    kvf_attn_fn attn;
+    kvf_attn_fn     attn;
+    kvf_attn_f16_fn attn_f16;
     /* y = x / sqrt(mean(x^2) + eps) * w */
     void (*rmsnorm)(const float *x, const float *w, float *y, int64_t n, float eps);
     /* out[i] = silu(g[i]) * u[i] */

@@ -302,16 +302,22 @@ static inline __m256 exp256(__m256 x) {
 
 /* ---- attention ------------------------------------------------------------------------- */
 
+/* 8 keys or value components at element index i, from an f32 or f16 cache */
+AI __m256 ld8(const void *p, int64_t i, const int F16) {
+    return F16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+               : _mm256_loadu_ps((const float *)p + i);
+}
+
 /* S[m][kofs .. kofs+32) for R rows (3 x 4 accumulators fit in 16 registers) */
-AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int64_t ldk,
-                int64_t j, int kofs, int hd, float scale, float *S) {
+AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t ldk,
+                int64_t j, int kofs, int hd, float scale, float *S, const int F16) {
     __m256 acc[3][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
     for (int i = 0; i < hd; i++) {
-        const float *kr = kt + (int64_t)i * ldk + j;
-        __m256       k0 = _mm256_load_ps(kr), k1 = _mm256_load_ps(kr + 8);
-        __m256       k2 = _mm256_load_ps(kr + 16), k3 = _mm256_load_ps(kr + 24);
+        int64_t kr = (int64_t)i * ldk + j;
+        __m256  k0 = ld8(kt, kr, F16), k1 = ld8(kt, kr + 8, F16);
+        __m256  k2 = ld8(kt, kr + 16, F16), k3 = ld8(kt, kr + 24, F16);
         for (int r = 0; r < R; r++) {
             __m256 qv = _mm256_broadcast_ss(&q[m0 + r][i]);
             acc[r][0] = _mm256_fmadd_ps(qv, k0, acc[r][0]);
@@ -329,7 +335,7 @@ AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int
 
 /* o_m[d0 .. d0+32) = o * alpha + P v for R rows */
 AI void pv_rows(float *const *o, int m0, const int R, const float *P, const float *alpha,
-                const float *v, int64_t j0, int jn, int hd, int d0) {
+                const void *v, int64_t j0, int jn, int hd, int d0, const int F16) {
     __m256 acc[2][4];
     for (int r = 0; r < R; r++) {
         __m256 a = _mm256_set1_ps(alpha[m0 + r]);
@@ -337,9 +343,9 @@ AI void pv_rows(float *const *o, int m0, const int R, const float *P, const floa
             acc[r][t] = _mm256_mul_ps(_mm256_loadu_ps(o[m0 + r] + d0 + 8 * t), a);
     }
     for (int j = 0; j < jn; j++) {
-        const float *vr = v + (j0 + j) * hd + d0;
-        __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
-        __m256 v2 = _mm256_loadu_ps(vr + 16), v3 = _mm256_loadu_ps(vr + 24);
+        int64_t vr = (j0 + j) * hd + d0;
+        __m256  v0 = ld8(v, vr, F16), v1 = ld8(v, vr + 8, F16);
+        __m256  v2 = ld8(v, vr + 16, F16), v3 = ld8(v, vr + 24, F16);
         for (int r = 0; r < R; r++) {
             __m256 p  = _mm256_broadcast_ss(&P[(int64_t)(m0 + r) * KVF_ATTN_BK + j]);
             acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
@@ -352,9 +358,9 @@ AI void pv_rows(float *const *o, int m0, const int R, const float *P, const floa
         for (int t = 0; t < 4; t++) _mm256_storeu_ps(o[m0 + r] + d0 + 8 * t, acc[r][t]);
 }
 
-static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                 const float *kt, int64_t ldk, const float *v, int hd, float scale,
-                 float *work) {
+AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                  const void *kt, int64_t ldk, const void *v, int hd, float scale, float *work,
+                  const int F16) {
     KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 32 == 0);
     float *S = work, *mrow = S + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M, *alpha = lrow + M;
     int    n_max = 0;
@@ -368,8 +374,8 @@ static void attn(const float *const *q, float *const *o, const int32_t *kv_end, 
         int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
         for (int kofs = 0; kofs < KVF_ATTN_BK; kofs += 32) {
             int m = 0;
-            for (; m + 3 <= M; m += 3) qk_rows(q, m, 3, kt, ldk, j0 + kofs, kofs, hd, scale, S);
-            for (; m < M; m++) qk_rows(q, m, 1, kt, ldk, j0 + kofs, kofs, hd, scale, S);
+            for (; m + 3 <= M; m += 3) qk_rows(q, m, 3, kt, ldk, j0 + kofs, kofs, hd, scale, S, F16);
+            for (; m < M; m++) qk_rows(q, m, 1, kt, ldk, j0 + kofs, kofs, hd, scale, S, F16);
         }
         for (int m = 0; m < M; m++) {
             float  *s   = S + (int64_t)m * KVF_ATTN_BK;
@@ -398,8 +404,8 @@ static void attn(const float *const *q, float *const *o, const int32_t *kv_end, 
         }
         for (int d0 = 0; d0 < hd; d0 += 32) {
             int m = 0;
-            for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, S, alpha, v, j0, jn, hd, d0);
-            for (; m < M; m++) pv_rows(o, m, 1, S, alpha, v, j0, jn, hd, d0);
+            for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, S, alpha, v, j0, jn, hd, d0, F16);
+            for (; m < M; m++) pv_rows(o, m, 1, S, alpha, v, j0, jn, hd, d0, F16);
         }
     }
     for (int m = 0; m < M; m++) {
@@ -407,6 +413,17 @@ static void attn(const float *const *q, float *const *o, const int32_t *kv_end, 
         for (int t = 0; t < hd / 8; t++)
             _mm256_storeu_ps(o[m] + 8 * t, _mm256_mul_ps(_mm256_loadu_ps(o[m] + 8 * t), inv));
     }
+}
+
+static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                 const float *kt, int64_t ldk, const float *v, int hd, float scale, float *work) {
+    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 0);
+}
+
+static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                     const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                     float *work) {
+    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 1);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */
@@ -460,6 +477,7 @@ const kvf_kernels kvf_kernels_avx2 = {
                      [KVF_PANEL_F32] = gemm_f32},
     .quantize_row = quantize_row,
     .attn         = attn,
+    .attn_f16     = attn_f16,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
     .f16_to_f32   = f16_to_f32,

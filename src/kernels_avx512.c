@@ -284,16 +284,22 @@ static inline __m512 exp512(__m512 x) {
 
 /* ---- attention (flash-style: key blocks of 64, online softmax) ------------------------- */
 
+/* 16 keys or value components at p (element index), from an f32 or f16 cache */
+AI __m512 ld16(const void *p, int64_t i, const int F16) {
+    return F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i)))
+               : _mm512_loadu_ps((const float *)p + i);
+}
+
 /* S[m][0..64) = scale * q_m . k_{j0..j0+64} for R rows starting at m0 */
-AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int64_t ldk,
-                int64_t j0, int hd, float scale, float *S) {
+AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t ldk,
+                int64_t j0, int hd, float scale, float *S, const int F16) {
     __m512 acc[6][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
     for (int i = 0; i < hd; i++) {
-        const float *kr = kt + (int64_t)i * ldk + j0;
-        __m512       k0 = _mm512_load_ps(kr), k1 = _mm512_load_ps(kr + 16);
-        __m512       k2 = _mm512_load_ps(kr + 32), k3 = _mm512_load_ps(kr + 48);
+        int64_t kr = (int64_t)i * ldk + j0;
+        __m512  k0 = ld16(kt, kr, F16), k1 = ld16(kt, kr + 16, F16);
+        __m512  k2 = ld16(kt, kr + 32, F16), k3 = ld16(kt, kr + 48, F16);
         for (int r = 0; r < R; r++) {
             __m512 qv = _mm512_set1_ps(q[m0 + r][i]);
             acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
@@ -311,16 +317,16 @@ AI void qk_rows(const float *const *q, int m0, const int R, const float *kt, int
 
 /* o_m = o_m * alpha_m + sum_j P[m][j] v_j for R rows, hd = 16 * HV */
 AI void pv_rows(float *const *o, int m0, const int R, const float *P, const float *alpha,
-                const float *v, int64_t j0, int jn, const int HV) {
+                const void *v, int64_t j0, int jn, const int HV, const int F16) {
     __m512 acc[4][8];
     for (int r = 0; r < R; r++) {
         __m512 a = _mm512_set1_ps(alpha[m0 + r]);
         for (int t = 0; t < HV; t++) acc[r][t] = _mm512_mul_ps(_mm512_loadu_ps(o[m0 + r] + 16 * t), a);
     }
     for (int j = 0; j < jn; j++) {
-        const float *vr = v + (j0 + j) * (16 * HV);
-        __m512       vv[8];
-        for (int t = 0; t < HV; t++) vv[t] = _mm512_loadu_ps(vr + 16 * t);
+        int64_t vr = (j0 + j) * (16 * HV);
+        __m512  vv[8];
+        for (int t = 0; t < HV; t++) vv[t] = ld16(v, vr + 16 * t, F16);
         for (int r = 0; r < R; r++) {
             __m512 p = _mm512_set1_ps(P[(int64_t)(m0 + r) * KVF_ATTN_BK + j]);
             for (int t = 0; t < HV; t++) acc[r][t] = _mm512_fmadd_ps(p, vv[t], acc[r][t]);
@@ -330,16 +336,16 @@ AI void pv_rows(float *const *o, int m0, const int R, const float *P, const floa
         for (int t = 0; t < HV; t++) _mm512_storeu_ps(o[m0 + r] + 16 * t, acc[r][t]);
 }
 
-static void pv_block(float *const *o, int M, const float *P, const float *alpha, const float *v,
-                     int64_t j0, int jn, int hd) {
+AI void pv_block(float *const *o, int M, const float *P, const float *alpha, const void *v,
+                 int64_t j0, int jn, int hd, const int F16) {
     int m = 0;
     /* 4 rows at a time while 4*HV accumulators fit in the 32 registers, else 2 */
 #define PV_CASE(HV)                                                                            \
     case HV:                                                                                   \
         if (HV <= 4)                                                                           \
-            for (; m + 4 <= M; m += 4) pv_rows(o, m, 4, P, alpha, v, j0, jn, HV);              \
-        for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, P, alpha, v, j0, jn, HV);                  \
-        for (; m < M; m++) pv_rows(o, m, 1, P, alpha, v, j0, jn, HV);                          \
+            for (; m + 4 <= M; m += 4) pv_rows(o, m, 4, P, alpha, v, j0, jn, HV, F16);         \
+        for (; m + 2 <= M; m += 2) pv_rows(o, m, 2, P, alpha, v, j0, jn, HV, F16);             \
+        for (; m < M; m++) pv_rows(o, m, 1, P, alpha, v, j0, jn, HV, F16);                     \
         break;
     switch (hd / 16) {
         PV_CASE(1) PV_CASE(2) PV_CASE(3) PV_CASE(4) PV_CASE(5) PV_CASE(6) PV_CASE(7) PV_CASE(8)
@@ -348,9 +354,9 @@ static void pv_block(float *const *o, int M, const float *P, const float *alpha,
 #undef PV_CASE
 }
 
-static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                 const float *kt, int64_t ldk, const float *v, int hd, float scale,
-                 float *work) {
+AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                  const void *kt, int64_t ldk, const void *v, int hd, float scale, float *work,
+                  const int F16) {
     KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 16 == 0 && hd <= 128);
     float *S     = work;                        /* [M][64], 64-byte aligned by the caller */
     float *mrow  = S + (int64_t)M * KVF_ATTN_BK; /* [M] */
@@ -366,13 +372,13 @@ static void attn(const float *const *q, float *const *o, const int32_t *kv_end, 
     for (int64_t j0 = 0; j0 < n_max; j0 += KVF_ATTN_BK) {
         int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
         int m  = 0;
-        for (; m + 6 <= M; m += 6) qk_rows(q, m, 6, kt, ldk, j0, hd, scale, S);
+        for (; m + 6 <= M; m += 6) qk_rows(q, m, 6, kt, ldk, j0, hd, scale, S, F16);
         switch (M - m) {
-        case 5: qk_rows(q, m, 5, kt, ldk, j0, hd, scale, S); break;
-        case 4: qk_rows(q, m, 4, kt, ldk, j0, hd, scale, S); break;
-        case 3: qk_rows(q, m, 3, kt, ldk, j0, hd, scale, S); break;
-        case 2: qk_rows(q, m, 2, kt, ldk, j0, hd, scale, S); break;
-        case 1: qk_rows(q, m, 1, kt, ldk, j0, hd, scale, S); break;
+        case 5: qk_rows(q, m, 5, kt, ldk, j0, hd, scale, S, F16); break;
+        case 4: qk_rows(q, m, 4, kt, ldk, j0, hd, scale, S, F16); break;
+        case 3: qk_rows(q, m, 3, kt, ldk, j0, hd, scale, S, F16); break;
+        case 2: qk_rows(q, m, 2, kt, ldk, j0, hd, scale, S, F16); break;
+        case 1: qk_rows(q, m, 1, kt, ldk, j0, hd, scale, S, F16); break;
         default: break;
         }
         for (m = 0; m < M; m++) {
@@ -406,13 +412,24 @@ static void attn(const float *const *q, float *const *o, const int32_t *kv_end, 
             }
             lrow[m] = lrow[m] * alpha[m] + _mm512_reduce_add_ps(sum);
         }
-        pv_block(o, M, S, alpha, v, j0, jn, hd);
+        pv_block(o, M, S, alpha, v, j0, jn, hd, F16);
     }
     for (int m = 0; m < M; m++) {
         __m512 inv = _mm512_set1_ps(1.0f / lrow[m]);
         for (int t = 0; t < hd / 16; t++)
             _mm512_storeu_ps(o[m] + 16 * t, _mm512_mul_ps(_mm512_loadu_ps(o[m] + 16 * t), inv));
     }
+}
+
+static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                 const float *kt, int64_t ldk, const float *v, int hd, float scale, float *work) {
+    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 0);
+}
+
+static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                     const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                     float *work) {
+    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 1);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */
@@ -466,6 +483,7 @@ const kvf_kernels kvf_kernels_avx512 = {
                      [KVF_PANEL_F32] = gemm_f32},
     .quantize_row = quantize_row,
     .attn         = attn,
+    .attn_f16     = attn_f16,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
     .f16_to_f32   = f16_to_f32,

@@ -91,18 +91,23 @@ static void gemm_f32_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int
 
 /* ---- attention ------------------------------------------------------------------------- */
 
-/* Two passes per query: scores and max, then exp-weighted sum of values. */
-static void attn_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                     const float *kt, int64_t ldk, const float *v, int hd, float scale,
-                     float *work) {
-    KVF_UNUSED(work);
+/* Two passes per query: scores and max, then exp-weighted sum of values. Keys and values are
+ * read through ld() so f32 and f16 caches share the code. */
+static inline float ld_kv(const void *p, int64_t i, int f16) {
+    return f16 ? kvf_fp16_to_fp32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static void attn_ref_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                          const void *kt, int64_t ldk, const void *v, int hd, float scale,
+                          int f16, float *work) {
+    float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
     for (int m = 0; m < M; m++) {
         int   n  = kv_end[m];
         float mx = -INFINITY;
         /* first pass: the maximum score (scores are recomputed in the second pass) */
         for (int j = 0; j < n; j++) {
             float s = 0.0f;
-            for (int i = 0; i < hd; i++) s += q[m][i] * kt[i * ldk + j];
+            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, i * ldk + j, f16);
             s *= scale;
             if (s > mx) mx = s;
         }
@@ -112,13 +117,27 @@ static void attn_ref(const float *const *q, float *const *o, const int32_t *kv_e
         memset(acc, 0, sizeof(float) * (size_t)hd);
         for (int j = 0; j < n; j++) {
             float s = 0.0f;
-            for (int i = 0; i < hd; i++) s += q[m][i] * kt[i * ldk + j];
+            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, i * ldk + j, f16);
             float p = expf(s * scale - mx);
             sum += p;
-            for (int i = 0; i < hd; i++) acc[i] += p * v[(int64_t)j * hd + i];
+            for (int i = 0; i < hd; i++) acc[i] += p * ld_kv(v, (int64_t)j * hd + i, f16);
         }
         for (int i = 0; i < hd; i++) o[m][i] = acc[i] / sum;
+        mrow[m] = mx;
+        lrow[m] = sum;
     }
+}
+
+static void attn_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                     const float *kt, int64_t ldk, const float *v, int hd, float scale,
+                     float *work) {
+    attn_ref_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, 0, work);
+}
+
+static void attn_f16_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
+                         const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                         float *work) {
+    attn_ref_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, 1, work);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */
@@ -150,6 +169,7 @@ const kvf_kernels kvf_kernels_ref = {
                      [KVF_PANEL_F32] = gemm_f32_ref},
     .quantize_row = kvf_quantize_row_q8_ref,
     .attn         = attn_ref,
+    .attn_f16     = attn_f16_ref,
     .rmsnorm      = rmsnorm_ref,
     .swiglu       = swiglu_ref,
     .f16_to_f32   = f16_to_f32_ref,

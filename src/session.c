@@ -41,8 +41,8 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     *out = NULL;
     if (!m) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: model is NULL");
     kvf_session_params p = params ? *params : kvf_session_default_params();
-    if (p.kv_type != KVF_KV_F32)
-        return kvf_set_error(KVF_E_UNSUPPORTED, "only the f32 session KV cache is implemented");
+    if (p.kv_type != KVF_KV_F32 && p.kv_type != KVF_KV_F16)
+        return kvf_set_error(KVF_E_INVAL, "unknown KV cache type %d", (int)p.kv_type);
     if (p.n_ctx < 0 || p.n_ubatch < 0 || p.n_threads < 0)
         return kvf_set_error(KVF_E_INVAL, "negative session parameter");
     const kvf_hparams *hp = &m->hp;
@@ -58,7 +58,8 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->K     = m->K;
     s->two_level = m->precision == KVF_PREC_Q16;
     /* the AVX2 attention needs head_dim % 32 == 0; use the reference otherwise */
-    s->attn  = (s->K == &kvf_kernels_avx2 && hp->head_dim % 32) ? kvf_kernels_ref.attn : s->K->attn;
+    /* the AVX2 attention needs head_dim % 32 == 0: the reference kernels otherwise */
+    s->attn_K = (s->K == &kvf_kernels_avx2 && hp->head_dim % 32) ? &kvf_kernels_ref : s->K;
     s->n_ctx = p.n_ctx;
     s->ldk   = ((int64_t)p.n_ctx + 63) / 64 * 64;
     s->U     = p.n_ubatch;
@@ -70,12 +71,14 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     int     fail = 0;
     int64_t kvd  = (int64_t)hp->n_head_kv * hp->head_dim;
     int64_t qd   = (int64_t)hp->n_head * hp->head_dim;
-    s->kt        = kvf_calloc((size_t)hp->n_layer, sizeof(float *));
-    s->vc        = kvf_calloc((size_t)hp->n_layer, sizeof(float *));
+    s->kv_f16    = p.kv_type == KVF_KV_F16;
+    s->kt        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
+    s->vc        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
     if (!s->kt || !s->vc) fail = 1;
+    size_t kv_bytes = (size_t)(kvd * s->ldk) * kvf_kv_esize(s);
     for (int l = 0; !fail && l < hp->n_layer; l++) {
-        s->kt[l] = alloc_f(kvd * s->ldk, &fail);
-        s->vc[l] = alloc_f(kvd * s->ldk, &fail);
+        if (!(s->kt[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
+        if (!(s->vc[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
     }
     s->cell_pos = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
     s->cell_tok = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
@@ -109,7 +112,7 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
         return kvf_set_error(KVF_E_NOMEM,
                              "out of memory creating a session (n_ctx %d needs %.1f MiB of KV "
                              "cache)",
-                             p.n_ctx, (double)(2 * kvd * s->ldk * 4 * hp->n_layer) / 1048576.0);
+                             p.n_ctx, (double)(2 * kvd * s->ldk * (p.kv_type == KVF_KV_F16 ? 2 : 4) * hp->n_layer) / 1048576.0);
     }
     *out = s;
     return KVF_OK;

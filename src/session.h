@@ -15,6 +15,9 @@
 
 #include "kvfuse.h"
 #include "matmul.h"
+#include "quant.h"
+
+#include <string.h>
 #include "model.h"
 #include "threadpool.h"
 
@@ -32,13 +35,14 @@ struct kvf_session {
     kvf_session_params p;
     kvf_pool          *pool;
     const kvf_kernels *K;
-    kvf_attn_fn        attn;
+    const kvf_kernels *attn_K; /* kernel table used for attention */
     int                two_level; /* KVF_PREC_Q16: two-level activation quantisation */
 
     /* KV cache */
     int32_t  n_ctx;       /* cells */
     int64_t  ldk;         /* row stride of kt and cell capacity of v (n_ctx rounded to 64) */
-    float  **kt, **vc;    /* [n_layer] -> see above */
+    void   **kt, **vc;    /* [n_layer] -> see above; f32 or f16 elements (kv_f16) */
+    int      kv_f16;      /* cache elements are IEEE halves */
     int32_t *cell_pos;    /* [n_ctx] position of the token in each cell */
     int32_t *cell_tok;    /* [n_ctx] its token id */
     int32_t  n_cells;     /* cells in use: 0 .. n_cells-1 */
@@ -94,12 +98,34 @@ void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, floa
 void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
 void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
 
-/* Cache cell addressing. */
-static inline float *kvf_kt_at(const kvf_session *s, int l, int h) {
-    return s->kt[l] + (int64_t)h * s->m->hp.head_dim * s->ldk;
+/* Cache addressing. kvf_kt_at / kvf_v_at give the start of a head's keys / values; elements are
+ * addressed by index (keys: component * ldk + cell; values: cell * head_dim + component) and
+ * read or written with kvf_kv_get / kvf_kv_put, which convert f16 caches. */
+static inline size_t kvf_kv_esize(const kvf_session *s) {
+    return s->kv_f16 ? 2 : 4;
 }
-static inline float *kvf_v_at(const kvf_session *s, int l, int h) {
-    return s->vc[l] + (int64_t)h * s->ldk * s->m->hp.head_dim;
+static inline void *kvf_kt_at(const kvf_session *s, int l, int h) {
+    return (char *)s->kt[l] + (size_t)h * (size_t)s->m->hp.head_dim * (size_t)s->ldk * kvf_kv_esize(s);
+}
+static inline void *kvf_v_at(const kvf_session *s, int l, int h) {
+    return (char *)s->vc[l] + (size_t)h * (size_t)s->ldk * (size_t)s->m->hp.head_dim * kvf_kv_esize(s);
+}
+static inline float kvf_kv_get(const kvf_session *s, const void *base, int64_t i) {
+    return s->kv_f16 ? kvf_fp16_to_fp32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+static inline void kvf_kv_put(const kvf_session *s, void *base, int64_t i, float v) {
+    if (s->kv_f16)
+        ((uint16_t *)base)[i] = kvf_fp32_to_fp16(v);
+    else
+        ((float *)base)[i] = v;
+}
+/* Store n consecutive floats at element index i (values rows), converting for f16 caches. */
+static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, const float *src,
+                                  int n) {
+    if (s->kv_f16)
+        s->K->f32_to_f16(src, (uint16_t *)base + i, n);
+    else
+        memcpy((float *)base + i, src, sizeof(float) * (size_t)n);
 }
 
 #endif /* KVF_SESSION_H */

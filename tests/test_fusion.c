@@ -211,8 +211,8 @@ static void test_rope_recovery(void) {
         int pos = k + t;
         for (int h = 0; h < hp->n_head_kv; h++)
             for (int i = 0; i < hd; i++)
-                bad += kvf_kt_at(s, 0, h)[(int64_t)i * s->ldk + pos] !=
-                       kvf_kt_at(full, 0, h)[(int64_t)i * full->ldk + pos];
+                bad += kvf_kv_get(s, kvf_kt_at(s, 0, h), (int64_t)i * s->ldk + pos) !=
+                       kvf_kv_get(full, kvf_kt_at(full, 0, h), (int64_t)i * full->ldk + pos);
         /* the alternative: post-RoPE at the old position t, rotated by the delta k */
         kvf_chunk_read(NULL, ch, 0, 0, t, 1, pre);
         memcpy(post, pre, sizeof(float) * (size_t)kvd);
@@ -222,7 +222,7 @@ static void test_rope_recovery(void) {
         kvf_rope_row(hp, post, hp->n_head_kv, c, sn);
         for (int h = 0; h < hp->n_head_kv; h++)
             for (int i = 0; i < hd; i++)
-                worst_delta = fmax(worst_delta, fabs(post[h * hd + i] - kvf_kt_at(full, 0, h)[(int64_t)i * full->ldk + pos]));
+                worst_delta = fmax(worst_delta, fabs(post[h * hd + i] - kvf_kv_get(full, kvf_kt_at(full, 0, h), (int64_t)i * full->ldk + pos)));
     }
     KVF_UNUSED(half);
     CHECK_MSG(bad == 0, "%d layer-0 keys differ after RoPE recovery", bad);
@@ -257,8 +257,8 @@ static void test_cacheblend_selection(void) {
             double s2 = 0;
             for (int h = 0; h < hp->n_head_kv; h++)
                 for (int i = 0; i < hd; i++) {
-                    double a = kvf_v_at(full, 1, h)[(int64_t)(start + t) * hd + i];
-                    double b = kvf_v_at(alone, 1, h)[(int64_t)(10 + t) * hd + i];
+                    double a = kvf_kv_get(full, kvf_v_at(full, 1, h), (int64_t)(start + t) * hd + i);
+                    double b = kvf_kv_get(alone, kvf_v_at(alone, 1, h), (int64_t)(10 + t) * hd + i);
                     s2 += (a - b) * (a - b);
                 }
             dev[start + t] = (float)s2;
@@ -360,14 +360,14 @@ static void test_eviction(void) {
         for (int l = 0; l < hp->n_layer; l++)
             for (int h = 0; h < hp->n_head_kv; h++)
                 for (int i = 0; i < B; i++) {
-                    const float *v     = kvf_v_at(s, l, h) + (int64_t)i * hd;
+                    const float *v     = (const float *)kvf_v_at(s, l, h) + (int64_t)i * hd;
                     int          found = 0;
                     for (int j = 0; j < p.T && !found; j++)
-                        found = memcmp(v, kvf_v_at(ref, l, h) + (int64_t)j * hd, sizeof(float) * (size_t)hd) == 0;
+                        found = memcmp(v, (const float *)kvf_v_at(ref, l, h) + (int64_t)j * hd, sizeof(float) * (size_t)hd) == 0;
                     missing += !found;
                 }
         CHECK_MSG(missing == 0, "%s: %d kept values are not cache values", mode ? "streaming" : "snapkv", missing);
-        CHECK(memcmp(kvf_v_at(s, 0, 0) + (int64_t)(B - 1) * hd, kvf_v_at(ref, 0, 0) + (int64_t)(p.T - 1) * hd, sizeof(float) * (size_t)hd) == 0);
+        CHECK(memcmp((const float *)kvf_v_at(s, 0, 0) + (int64_t)(B - 1) * hd, (const float *)kvf_v_at(ref, 0, 0) + (int64_t)(p.T - 1) * hd, sizeof(float) * (size_t)hd) == 0);
         int32_t tok[5];
         greedy(s, 5, tok);
         CHECK_EQ(kvf_session_n_past(s), p.T + 5);
@@ -488,6 +488,41 @@ static void test_a3_selects_needle(void) {
     kvf_model_free(m);
 }
 
+/* fusion into an f16 session cache (RoPE recovery, selection, recompute, eviction) gives the
+ * same selection as an f32 cache and close logits */
+static void test_f16_session_cache(void) {
+    int    docs[2] = {50, 60};
+    prompt p;
+    make_prompt(&p, 9, docs, 2, 7, 12);
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = p.T + 8;
+    kvf_session *a, *b;
+    kvf_session_new(g_model, &sp, &a);
+    sp.kv_type = KVF_KV_F16;
+    kvf_session_new(g_model, &sp, &b);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_method ms[] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND, KVF_METHOD_REUSE};
+    for (int i = 0; i < 3; i++) {
+        kvf_fuse_params fp = params(ms[i], 0.2f, KVF_CHUNK_F16);
+        fp.evict           = KVF_EVICT_SNAPKV;
+        fp.budget          = 64;
+        kvf_fuse_stats sa, sb;
+        CHECK_EQ(kvf_session_fuse(a, cache, p.segs, p.n_segs, &fp, &sa), KVF_OK);
+        CHECK_EQ(kvf_session_fuse(b, cache, p.segs, p.n_segs, &fp, &sb), KVF_OK);
+        CHECK_EQ(sb.kept_after_evict, 64);
+        double mag, d = max_diff(kvf_session_logits(b, -1), kvf_session_logits(a, -1), g_nv, &mag);
+        CHECK_MSG(d <= 0.02 * (1 + mag), "%s: f16 session cache differs by %.3g", kvf_method_name(ms[i]), d);
+        int32_t ta[4], tb[4];
+        greedy(a, 4, ta);
+        greedy(b, 4, tb);
+        CHECK_EQ(kvf_session_n_past(b), p.T + 4);
+    }
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(a), kvf_session_free(b);
+    free_prompt(&p);
+}
+
 static void test_errors_and_cache(void) {
     int    docs[1] = {10};
     prompt p;
@@ -576,6 +611,7 @@ int main(void) {
     RUN(test_determinism_and_threads);
     RUN(test_errors_and_cache);
     RUN(test_a3_selects_needle);
+    RUN(test_f16_session_cache);
     kvf_model_free(g_model);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

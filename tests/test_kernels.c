@@ -270,6 +270,8 @@ static void test_attention(void) {
             float  scale = 1.0f / sqrtf((float)hd);
             kvf_kernels_ref.attn((const float *const *)qp, op[0], kv_end, M, kt, ldk, v, hd,
                                  scale, work);
+            float state[2 * 64];
+            memcpy(state, work + (int64_t)M * KVF_ATTN_BK, sizeof(float) * (size_t)(2 * M));
             for (int k = 1; k < n_isas; k++) {
                 if (hd > 128 || (isas[k] == &kvf_kernels_avx2 && hd % 32)) continue;
                 isas[k]->attn((const float *const *)qp, op[1], kv_end, M, kt, ldk, v, hd, scale,
@@ -279,6 +281,12 @@ static void test_attention(void) {
                     worst = fmax(worst, fabs(ob[0][i] - ob[1][i]));
                 CHECK_MSG(worst < 2e-5, "%s attention hd=%d M=%d: max diff %.3g",
                           isas[k]->name, hd, M, worst);
+                /* the softmax state (max, sum) that split-K merging reads */
+                double wm = 0;
+                for (int i = 0; i < 2 * M; i++)
+                    wm = fmax(wm, fabs(state[i] - work[(int64_t)M * KVF_ATTN_BK + i]) / (1 + fabs(state[i])));
+                CHECK_MSG(wm < 1e-5, "%s attention hd=%d M=%d: softmax state differs by %.3g",
+                          isas[k]->name, hd, M, wm);
             }
             /* the reference against a direct double-precision softmax for one row */
             {
@@ -304,6 +312,37 @@ static void test_attention(void) {
         kvf_free_aligned(kt);
         kvf_free_aligned(v);
     }
+}
+
+/* the f16-cache attention: every kernel set agrees with the reference on the same halves, and
+ * with the f32 attention on the converted values */
+static void test_attention_f16(void) {
+    int       hd = 64, M = 7;
+    int64_t   ldk = 192;
+    uint16_t *kt = kvf_alloc_aligned(2 * (size_t)(hd * ldk)), *v = kvf_alloc_aligned(2 * (size_t)(ldk * hd));
+    float    *ktf = kvf_alloc_aligned(4 * (size_t)(hd * ldk)), *vf = kvf_alloc_aligned(4 * (size_t)(ldk * hd));
+    for (int64_t i = 0; i < hd * ldk; i++) {
+        kt[i]  = kvf_fp32_to_fp16(t_randf());
+        v[i]   = kvf_fp32_to_fp16(t_randf());
+        ktf[i] = kvf_fp16_to_fp32(kt[i]);
+        vf[i]  = kvf_fp16_to_fp32(v[i]);
+    }
+    float   qb[7 * 64], o0[7 * 64], o1[7 * 64];
+    float  *qp[7], *op0[7], *op1[7];
+    int32_t end[7] = {1, 17, 64, 65, 100, 150, 190};
+    for (int i = 0; i < 7 * 64; i++) qb[i] = t_randf();
+    for (int m = 0; m < M; m++) qp[m] = qb + m * hd, op0[m] = o0 + m * hd, op1[m] = o1 + m * hd;
+    float *work = kvf_alloc_aligned(sizeof(float) * (size_t)kvf_attn_work_floats(M));
+    kvf_kernels_ref.attn((const float *const *)qp, op0, end, M, ktf, ldk, vf, hd, 0.125f, work);
+    for (int k = 0; k < n_isas; k++) {
+        isas[k]->attn_f16((const float *const *)qp, op1, end, M, kt, ldk, v, hd, 0.125f, work);
+        double worst = 0;
+        for (int i = 0; i < M * hd; i++) worst = fmax(worst, fabs(o0[i] - o1[i]));
+        CHECK_MSG(worst < 2e-5, "%s attn_f16 differs from f32 attention on the same values by %.3g",
+                  isas[k]->name, worst);
+    }
+    kvf_free_aligned(kt), kvf_free_aligned(v), kvf_free_aligned(ktf), kvf_free_aligned(vf);
+    kvf_free_aligned(work);
 }
 
 /* huge scores must not overflow: the result is the value of the dominant key */
@@ -446,6 +485,7 @@ int main(void) {
     RUN(test_matmul_multi_threads);
     RUN(test_attention);
     RUN(test_attention_large_logits);
+    RUN(test_attention_f16);
     RUN(test_small_ops);
     RUN(test_threadpool);
     RUN(test_f16);

@@ -346,26 +346,34 @@ static void test_split_k_decode(void) {
     synth_info info;
     const char *path = tmp_path("split.gguf");
     CHECK_EQ(synth_model_file(&cfg, path, &info), KVF_OK);
-    kvf_model *m = load(path, NULL, KVF_PREC_Q16);
-    if (!m) return;
-    int      n   = 700, nv = info.n_vocab;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
-    make_ids(ids, n, nv, 5);
-    kvf_session_params sp = kvf_session_default_params();
-    sp.n_ctx              = 1024;
-    kvf_session *a, *b;
-    kvf_session_new(m, &sp, &a);
-    kvf_session_new(m, &sp, &b);
-    kvf_session_eval(a, ids, n, 0);              /* batched: 700th row inside a prefill */
-    kvf_session_eval(b, ids, n - 1, 0);
-    kvf_session_eval(b, &ids[n - 1], 1, 0);      /* decode step over 699 cached keys */
-    const float *la = kvf_session_logits(a, -1), *lb = kvf_session_logits(b, -1);
-    double       dmax = 0, mag = 0;
-    for (int t = 0; t < nv; t++) dmax = fmax(dmax, fabs(la[t] - lb[t])), mag = fmax(mag, fabs(la[t]));
-    CHECK_MSG(dmax <= 1e-3 * (1 + mag), "split-K decode differs from prefill by %.3g", dmax);
-    kvf_session_free(a), kvf_session_free(b);
-    free(ids);
-    kvf_model_free(m);
+    const char *isas[] = {NULL, "ref"};
+    for (int k = 0; k < 2; k++) {
+        kvf_model *m = load(path, isas[k], KVF_PREC_Q16);
+        if (!m) return;
+        int      n   = 700, nv = info.n_vocab;
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+        make_ids(ids, n, nv, 5);
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx              = 1024;
+        kvf_session *a, *b;
+        kvf_session_new(m, &sp, &a);
+        kvf_session_new(m, &sp, &b);
+        kvf_session_eval(a, ids, n, 0);         /* batched: the 700th row inside a prefill */
+        kvf_session_eval(b, ids, n - 1, 0);
+        kvf_session_eval(b, &ids[n - 1], 1, 0); /* decode step over 699 cached keys */
+        const float *la = kvf_session_logits(a, -1), *lb = kvf_session_logits(b, -1);
+        double       dmax = 0, mag = 0;
+        int          finite = 1;
+        for (int t = 0; t < nv; t++) {
+            finite &= isfinite(lb[t]);
+            dmax = fmax(dmax, fabs(la[t] - lb[t])), mag = fmax(mag, fabs(la[t]));
+        }
+        CHECK_MSG(finite && dmax <= 1e-3 * (1 + mag), "%s: split-K decode differs from prefill by %.3g",
+                  isas[k] ? isas[k] : "auto", dmax);
+        kvf_session_free(a), kvf_session_free(b);
+        free(ids);
+        kvf_model_free(m);
+    }
 }
 
 /* kvf_decode_batch == separate decode steps, for sessions at different depths */
@@ -426,6 +434,46 @@ static void test_decode_batch(void) {
     kvf_model_free(m);
 }
 
+/* an f16 KV cache gives logits close to the f32 cache (prefill and decode, every kernel set) */
+static void test_f16_cache(void) {
+    synth_cfg  cfg = {.wtype = KVF_TYPE_Q8_0, .n_layer = 2, .n_ctx = 1024, .seed = 17};
+    synth_info info;
+    const char *path = tmp_path("f16.gguf");
+    CHECK_EQ(synth_model_file(&cfg, path, &info), KVF_OK);
+    const char *isas[] = {NULL, "ref"};
+    for (int k = 0; k < 2; k++) {
+        kvf_model *m = load(path, isas[k], KVF_PREC_Q16);
+        if (!m) return;
+        int      n = 300, nv = info.n_vocab;
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n + 4));
+        make_ids(ids, n + 4, nv, 77);
+        kvf_session       *a, *b;
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx              = 512;
+        kvf_session_new(m, &sp, &a);
+        sp.kv_type = KVF_KV_F16;
+        CHECK_EQ(kvf_session_new(m, &sp, &b), KVF_OK);
+        kvf_session_eval(a, ids, n, 0);
+        kvf_session_eval(b, ids, n, 0);
+        for (int step = 0; step <= 4; step++) {
+            const float *la = kvf_session_logits(a, -1), *lb = kvf_session_logits(b, -1);
+            double       d = 0, mag = 0;
+            int          finite = 1;
+            for (int t = 0; t < nv; t++) {
+                finite &= isfinite(la[t]) && isfinite(lb[t]);
+                d = fmax(d, fabs(la[t] - lb[t])), mag = fmax(mag, fabs(la[t]));
+            }
+            CHECK_MSG(finite && d <= 0.02 * (1 + mag) && d > 0,
+                      "%s step %d: f16 cache differs by %.3g (max %.3g, finite %d)",
+                      isas[k] ? isas[k] : "auto", step, d, mag, finite);
+            if (step < 4) kvf_session_eval(a, &ids[n + step], 1, 0), kvf_session_eval(b, &ids[n + step], 1, 0);
+        }
+        kvf_session_free(a), kvf_session_free(b);
+        free(ids);
+        kvf_model_free(m);
+    }
+}
+
 static void test_session_errors(void) {
     synth_cfg  cfg = {.n_layer = 1, .seed = 1};
     synth_info info;
@@ -452,8 +500,8 @@ static void test_session_errors(void) {
     CHECK_EQ(kvf_session_truncate(s, 0), KVF_OK);
     CHECK_EQ(kvf_session_n_past(s), 0);
     kvf_session_free(s);
-    sp.kv_type = KVF_KV_F16;
-    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_E_UNSUPPORTED);
+    sp.kv_type = (kvf_kv_type)7;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_E_INVAL);
     CHECK(s == NULL);
     kvf_session_free(NULL);
     kvf_model_free(m);
@@ -565,6 +613,7 @@ int main(void) {
     RUN(test_determinism_and_batching);
     RUN(test_split_k_decode);
     RUN(test_decode_batch);
+    RUN(test_f16_cache);
     RUN(test_session_errors);
     RUN(test_bad_models);
     RUN(test_sampler);
