@@ -24,6 +24,13 @@ int cli_fail(const char *cmd, const char *fmt, ...) {
     return 1;
 }
 
+kvf_kv_type cli_kv_type(const char *cmd, const char *val) {
+    if (!strcmp(val, "f32")) return KVF_KV_F32;
+    if (!strcmp(val, "f16")) return KVF_KV_F16;
+    cli_fail(cmd, "--kv expects f32 or f16, got '%s'", val);
+    exit(2);
+}
+
 kvf_precision cli_precision(const char *cmd, const char *val) {
     if (!strcmp(val, "q16")) return KVF_PREC_Q16;
     if (!strcmp(val, "q8")) return KVF_PREC_Q8;

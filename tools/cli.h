@@ -17,11 +17,48 @@ int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_ask(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_ingest(int argc, char **argv);
+int cmd_store(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+
+/* Chunk store options shared by ask, ingest and store (implemented in tools/cmd_store.c).
+ * Add CLI_STORE_OPTIONS to a getopt_long table and call cli_store_opt() on every option code
+ * first: it returns 1 when it consumed the option (exiting with a message on a bad value). */
+#define CLI_STORE_OPT_BASE 1000
+#define CLI_STORE_OPTIONS                                                                      \
+    {"store", required_argument, 0, CLI_STORE_OPT_BASE + 0},                                   \
+        {"redis", required_argument, 0, CLI_STORE_OPT_BASE + 1},                               \
+        {"map-size", required_argument, 0, CLI_STORE_OPT_BASE + 2},                            \
+        {"disk-budget", required_argument, 0, CLI_STORE_OPT_BASE + 3},                         \
+        {"mem-budget", required_argument, 0, CLI_STORE_OPT_BASE + 4},                          \
+        {"compress", required_argument, 0, CLI_STORE_OPT_BASE + 5},                            \
+        {"redis-ttl", required_argument, 0, CLI_STORE_OPT_BASE + 6},                           \
+        {"redis-timeout", required_argument, 0, CLI_STORE_OPT_BASE + 7}
+#define CLI_STORE_HELP                                                                         \
+    "      --store DIR        chunk store directory (LMDB disk tier; created if missing)\n"      \
+    "      --redis HOST:PORT  Redis tier (also unix:/path.sock), shared by servers\n"          \
+    "      --map-size SIZE    LMDB map size, the most the store file can hold (16G)\n"          \
+    "      --disk-budget SIZE evict least recently used entries above SIZE (none)\n"           \
+    "      --mem-budget SIZE  in-process memory tier (ask: 0 = every lookup reads the\n"       \
+    "                         lower tiers; ingest: 64M)\n"                                     \
+    "      --compress C       entries written: none (default) or zstd\n"                       \
+    "      --redis-ttl SECS   expiry of Redis entries (none)\n"                                \
+    "      --redis-timeout MS connect / command timeout (1000)\n"                              \
+    "                         SIZE: bytes, or with K, M, G, T (powers of 1024)\n"
+int cli_store_opt(const char *cmd, int c, const char *arg, kvf_store_params *p);
+/* "16G" etc. to bytes; exits with a message when malformed. */
+uint64_t cli_size(const char *cmd, const char *opt, const char *val);
+/* Per-tier statistics of a store: a table on f, or a JSON object (no newline). */
+void cli_store_print_stats(FILE *f, kvf_chunk_cache *c, bool totals);
+void cli_store_json_stats(FILE *f, const kvf_store_stats *st);
 
 /* -m value, else $KVFUSE_MODEL, else the default model path. */
 const char *cli_model_path(const char *opt);
 /* Load a model, printing a clear message (with a hint for the default model) on failure. */
 kvf_model *cli_load_model(const char *path, const char *isa, int n_threads, kvf_precision prec);
+/* "f32" / "f16" to a session KV cache type; exits with a message when unknown. */
+kvf_kv_type cli_kv_type(const char *cmd, const char *val);
 /* "q16" / "q8" / "f32" to a precision; exits with a message when unknown. */
 kvf_precision cli_precision(const char *cmd, const char *val);
 /* Print "kvfuse <cmd>: <message>" to stderr (printf-style). Returns 1 (an exit status). */

@@ -32,7 +32,8 @@ static void help(void) {
            "      --json          one JSON object per prompt length: prefill_tok_s,\n"
            "                      prefill_tok_s_sd, decode_tok_s, decode_tok_s_sd, ...\n"
            "      --isa NAME      kernels: auto, ref, avx2, avx512\n"
-           "      --precision P   matmul arithmetic: q16 (default), q8, f32\n",
+           "      --precision P   matmul arithmetic: q16 (default), q8, f32\n"
+           "      --kv T          session KV cache: f32 (default) or f16\n",
            KVF_DEFAULT_MODEL);
 }
 
@@ -89,12 +90,13 @@ int cmd_bench(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"ubatch", required_argument, 0, 'u'},
         {"batch", required_argument, 0, 'b'},   {"depth", required_argument, 0, 'd'},
         {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
-        {"precision", required_argument, 0, 'X'},
+        {"precision", required_argument, 0, 'X'}, {"kv", required_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *plist = "512", *isa = NULL;
     long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1, depth_opt = -1;
     bool        json = false;
     kvf_precision prec = KVF_PREC_Q16;
+    kvf_kv_type   kv   = KVF_KV_F32;
     int         c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:b:d:h", opts, NULL)) != -1) {
@@ -110,6 +112,7 @@ int cmd_bench(int argc, char **argv) {
         case 'J': json = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("bench", optarg); break;
+        case 'V': kv = cli_kv_type("bench", optarg); break;
         case 'h': help(); return 0;
         default: help(); return 2;
         }
@@ -143,6 +146,7 @@ int cmd_bench(int argc, char **argv) {
         sp.n_ctx                = need;
         sp.n_threads            = (int32_t)n_threads;
         sp.n_ubatch             = (int32_t)ubatch;
+        sp.kv_type              = kv;
         if (need > info.n_ctx_train)
             fprintf(stderr, "kvfuse bench: note: %d tokens exceed the model's training context "
                             "(%d); speed is still measured\n",

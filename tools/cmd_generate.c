@@ -31,6 +31,7 @@ static void help(void) {
            "                       text, tokens, prompt_tokens, prefill_ms, ttft_ms,\n"
            "                       decode_tok_s, stop\n"
            "      --isa NAME       kernels: auto, ref, avx2, avx512\n"
+           "      --kv T           session KV cache: f32 (default) or f16 (half the memory)\n"
            "      --precision P    matmul arithmetic: q16 (default; ~f32 accuracy), q8\n"
            "                       (int8 activations like llama.cpp; fastest), f32 (reference)\n",
            KVF_DEFAULT_MODEL);
@@ -45,11 +46,12 @@ int cmd_generate(int argc, char **argv) {
         {"top-k", required_argument, 0, 'K'},  {"seed", required_argument, 0, 's'},
         {"threads", required_argument, 0, 't'}, {"ctx", required_argument, 0, 'c'},
         {"json", no_argument, 0, 'J'},         {"isa", required_argument, 0, 'I'},
-        {"precision", required_argument, 0, 'X'},      {"help", no_argument, 0, 'h'},
+        {"precision", required_argument, 0, 'X'}, {"kv", required_argument, 0, 'V'},      {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char        *model = NULL, *prompt = NULL, *file = NULL, *system = NULL, *isa = NULL;
     bool               chat = false, json = false;
     kvf_precision      prec = KVF_PREC_Q16;
+    kvf_kv_type        kv   = KVF_KV_F32;
     long               n_predict = 128, n_threads = 0, n_ctx = 0;
     kvf_sampler_params sp        = kvf_sampler_default_params();
     int                c;
@@ -71,6 +73,7 @@ int cmd_generate(int argc, char **argv) {
         case 'J': json = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("generate", optarg); break;
+        case 'V': kv = cli_kv_type("generate", optarg); break;
         case 'h': help(); return 0;
         default: help(); return 2;
         }
@@ -111,6 +114,7 @@ int cmd_generate(int argc, char **argv) {
     kvf_session_params sprm = kvf_session_default_params();
     sprm.n_ctx              = (int32_t)n_ctx;
     sprm.n_threads          = (int32_t)n_threads;
+    sprm.kv_type            = kv;
     kvf_session *s;
     if (kvf_session_new(m, &sprm, &s) != KVF_OK) {
         free(ids);
