@@ -359,54 +359,61 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
     kvf_free(kr), kvf_free(vr), kvf_free(old);
     if (blend) return KVF_OK;
 
-    /* a3: attention of the question rows to the document columns at the selection layer */
+    /* a3: attention of the question rows to the document columns at the selection layer.
+     * The layer's keys of columns P..T-1 are first copied into float rows kf[kh][d][col]
+     * (contiguous per key dimension), so each score row is a sum of axpy's over the query's
+     * components: lg[col] += q[d] * kf[kh][d][col]. */
     int     g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
     int32_t ncol = c->T - c->P;
     float  *lg   = kvf_malloc(sizeof(float) * (size_t)ncol);
     float  *qs   = kvf_malloc(sizeof(float) * (size_t)kvd);
-    if (!lg || !qs) {
-        kvf_free(lg), kvf_free(qs);
+    float  *kf   = kvf_malloc(sizeof(float) * (size_t)kvd * (size_t)ncol);
+    if (!lg || !qs || !kf) {
+        kvf_free(lg), kvf_free(qs), kvf_free(kf);
         return kvf_set_error(KVF_E_NOMEM, "out of memory scoring tokens");
+    }
+    for (int kh = 0; kh < hp->n_head_kv; kh++) {
+        const void *kt = kvf_kt_at(s, sl, kh);
+        for (int d = 0; d < hd; d++) {
+            float *row = kf + ((int64_t)kh * hd + d) * ncol;
+            if (s->kv_f16)
+                s->K->f16_to_f32((const uint16_t *)kt + (int64_t)d * s->ldk + c->P, row, ncol);
+            else
+                memcpy(row, (const float *)kt + (int64_t)d * s->ldk + c->P, sizeof(float) * (size_t)ncol);
+        }
     }
     for (int32_t j = c->P; j < q0; j++) ss->score[j] = 0.0f;
     int n_pass = c->fp->a3_per_head ? hp->n_head : 1;
     for (int32_t i = 0; i < c->q; i++) {
-        int32_t last = q0 + i; /* causal: columns P .. last */
+        int32_t nc = q0 + i - c->P + 1; /* causal: columns P .. q0 + i */
         for (int hp_i = 0; hp_i < n_pass; hp_i++) {
             float scale;
+            memset(qs, 0, sizeof(float) * (size_t)kvd);
             if (c->fp->a3_per_head) {
                 /* one head: q_h . k_{h/g}, scaled by 1/sqrt(hd) */
                 int h = hp_i, kh = h / g;
-                memset(qs, 0, sizeof(float) * (size_t)kvd);
                 memcpy(qs + (int64_t)kh * hd, ss->q_quest + (int64_t)i * qd + (int64_t)h * hd,
                        sizeof(float) * (size_t)hd);
                 scale = 1.0f / sqrtf((float)hd);
             } else {
                 /* heads merged before the softmax: sum the queries sharing a KV head */
-                memset(qs, 0, sizeof(float) * (size_t)kvd);
                 for (int h = 0; h < hp->n_head; h++)
                     for (int d = 0; d < hd; d++)
                         qs[(h / g) * hd + d] += ss->q_quest[(int64_t)i * qd + (int64_t)h * hd + d];
                 scale = 1.0f / sqrtf((float)(hp->n_head * hd));
             }
+            memset(lg, 0, sizeof(float) * (size_t)nc);
+            for (int64_t e = 0; e < kvd; e++)
+                if (qs[e] != 0.0f) s->K->axpy(qs[e] * scale, kf + e * ncol, lg, nc);
             float mx = -INFINITY;
-            for (int32_t j = c->P; j <= last; j++) {
-                double dot = 0;
-                for (int kh = 0; kh < hp->n_head_kv; kh++) {
-                    const void *kt = kvf_kt_at(s, sl, kh);
-                    for (int d = 0; d < hd; d++)
-                        dot += (double)qs[kh * hd + d] * kvf_kv_get(s, kt, (int64_t)d * s->ldk + j);
-                }
-                lg[j - c->P] = (float)dot * scale;
-                mx           = fmaxf(mx, lg[j - c->P]);
-            }
+            for (int32_t j = 0; j < nc; j++) mx = fmaxf(mx, lg[j]);
             double sum = 0;
-            for (int32_t j = c->P; j <= last; j++) sum += exp((double)(lg[j - c->P] - mx));
+            for (int32_t j = 0; j < nc; j++) sum += exp((double)(lg[j] - mx));
             for (int32_t j = c->P; j < q0; j++)
                 ss->score[j] += (float)(exp((double)(lg[j - c->P] - mx)) / sum / n_pass);
         }
     }
-    kvf_free(lg), kvf_free(qs);
+    kvf_free(lg), kvf_free(qs), kvf_free(kf);
     /* average pool, window `pool`, stride 1, zero padding counted */
     int w = c->fp->pool < 1 ? 1 : c->fp->pool;
     if (w > 1 && q0 > c->P) {

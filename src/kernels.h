@@ -103,6 +103,8 @@ typedef struct kvf_kernels {
     void (*rmsnorm)(const float *x, const float *w, float *y, int64_t n, float eps);
     /* out[i] = silu(g[i]) * u[i] */
     void (*swiglu)(const float *g, const float *u, float *out, int64_t n);
+    /* y[i] += a * x[i] */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
     /* IEEE half <-> float, round to nearest even (identical in every table) */
     void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
     void (*f32_to_f16)(const float *src, uint16_t *dst, int64_t n);

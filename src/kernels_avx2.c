@@ -457,6 +457,13 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n) {
     for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void axpy(float a, const float *x, float *y, int64_t n) {
+    int64_t i  = 0;
+    __m256  va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
 static void f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
@@ -480,6 +487,7 @@ const kvf_kernels kvf_kernels_avx2 = {
     .attn_f16     = attn_f16,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
+    .axpy         = axpy,
     .f16_to_f32   = f16_to_f32,
     .f32_to_f16   = f32_to_f16,
 };

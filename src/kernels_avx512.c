@@ -463,6 +463,13 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n) {
     for (; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void axpy(float a, const float *x, float *y, int64_t n) {
+    int64_t i  = 0;
+    __m512  va = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
 static void f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
@@ -486,6 +493,7 @@ const kvf_kernels kvf_kernels_avx512 = {
     .attn_f16     = attn_f16,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
+    .axpy         = axpy,
     .f16_to_f32   = f16_to_f32,
     .f32_to_f16   = f32_to_f16,
 };

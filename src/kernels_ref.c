@@ -153,6 +153,10 @@ static void swiglu_ref(const float *g, const float *u, float *out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+static void axpy_ref(float a, const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
 static void f16_to_f32_ref(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = kvf_fp16_to_fp32(src[i]);
 }
@@ -172,6 +176,7 @@ const kvf_kernels kvf_kernels_ref = {
     .attn_f16     = attn_f16_ref,
     .rmsnorm      = rmsnorm_ref,
     .swiglu       = swiglu_ref,
+    .axpy         = axpy_ref,
     .f16_to_f32   = f16_to_f32_ref,
     .f32_to_f16   = f32_to_f16_ref,
 };
