@@ -65,6 +65,7 @@ $(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB) | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
 
+
 $(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
 	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
@@ -117,6 +118,8 @@ EVAL_OUT  ?= eval-out
 EVAL_ARGS ?=
 EVAL      := $(CLI) eval -m $(MODEL)
 .PHONY: eval eval-sweep eval-needle
+# tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
+$(BUILD)/tests/test_eval: $(wildcard tools/eval_*.c tools/eval_*.h) tools/rag.c tools/rag.h
 
 eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (hours)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \

@@ -3,7 +3,7 @@
 # Idempotent: checks with dpkg first and does nothing when everything is present.
 # Runs apt-get as root (directly, or through sudo when available).
 set -euo pipefail
-PKGS=(libxxhash-dev libcjson-dev liblmdb-dev libhiredis-dev libzstd-dev)
+PKGS=(libxxhash-dev libcjson-dev liblmdb-dev libhiredis-dev libzstd-dev zlib1g-dev libmicrohttpd-dev curl)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,7 +38,7 @@ static void help(void) {
         "      --blend-key        cacheblend: K deviation instead of V\n"
         "      --pool W           a3: score smoothing window (default 5)\n"
         "      --chunk-alone      precompute documents at position 0, without the prefix\n"
-        "      --dtype T          chunk KV storage: f16 (default) or f32\n"
+        "      --dtype T          chunk KV storage: f16 (default), f32 or q8\n"
         "      --evict E          after the prefill: none (default), snapkv, streaming\n"
         "      --budget N         eviction budget in tokens per KV head (default 1024)\n"
         "  -n, --n-predict N      answer tokens at most (default 32; greedy)\n"
@@ -49,7 +49,11 @@ static void help(void) {
         "                         total_tokens, recomputed_tokens, ttft_ms, load_ms, rope_ms,\n"
         "                         recompute_ms, first_token_ms, decode_tok_s, ...\n"
         "      --isa NAME         kernels: auto, ref, avx2, avx512\n"
-        "      --precision P      q16 (default), q8, f32\n",
+        "      --precision P      q16 (default), q8, f32\n"
+        "\n"
+        "Chunk store (default: an in-memory cache for this run; with --store / --redis the\n"
+        "document KV is read from and written to a persistent store, see `kvfuse ingest`):\n"
+        CLI_STORE_HELP,
         KVF_DEFAULT_MODEL);
 }
 
@@ -116,7 +120,7 @@ int cmd_ask(int argc, char **argv) {
         {"json", no_argument, 0, 'J'},            {"isa", required_argument, 0, 'I'},
         {"rows", no_argument, 0, 'R'},
         {"precision", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        CLI_STORE_OPTIONS,                        {0, 0, 0, 0}};
     const char     *model = NULL, *docs_json = NULL, *question = NULL, *system = NULL,
                *prefix = NULL, *isa = NULL, *method = "a3";
     const char     *doc_files[256];
@@ -125,9 +129,11 @@ int cmd_ask(int argc, char **argv) {
     long            n_predict = 32, n_threads = 0;
     kvf_precision   prec      = KVF_PREC_Q16;
     kvf_fuse_params fp        = kvf_fuse_default_params();
+    kvf_store_params stp      = kvf_store_default_params();
     int             c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:d:q:n:t:h", opts, NULL)) != -1) {
+        if (cli_store_opt("ask", c, optarg, &stp)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'd':
@@ -150,7 +156,8 @@ int cmd_ask(int argc, char **argv) {
         case 'T':
             if (!strcmp(optarg, "f16")) fp.dtype = KVF_CHUNK_F16;
             else if (!strcmp(optarg, "f32")) fp.dtype = KVF_CHUNK_F32;
-            else return cli_fail("ask", "--dtype expects f16 or f32, got '%s'", optarg);
+            else if (!strcmp(optarg, "q8")) fp.dtype = KVF_CHUNK_Q8;
+            else return cli_fail("ask", "--dtype expects f16, f32 or q8, got '%s'", optarg);
             break;
         case 'E':
             if (!strcmp(optarg, "none")) fp.evict = KVF_EVICT_NONE;
@@ -203,6 +210,7 @@ int cmd_ask(int argc, char **argv) {
     rag_req    req;
     kvf_session     *s     = NULL;
     kvf_chunk_cache *cache = NULL;
+    bool             use_store = stp.dir || stp.redis;
     if (!m) { rc = 1; goto out_docs; }
     if (rag_tokenize(m, system, prefix ? prefix : musique ? RAG_MUSIQUE_PREFIX : NULL,
                      (const char *const *)docs, n_docs, qtext, &req, err, sizeof err) != 0) {
@@ -212,7 +220,8 @@ int cmd_ask(int argc, char **argv) {
     kvf_session_params sp = kvf_session_default_params();
     sp.n_threads          = (int32_t)n_threads;
     sp.n_ctx              = req.total + (int32_t)n_predict + 1;
-    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_chunk_cache_new_memory(0, &cache) != KVF_OK) {
+    if (kvf_session_new(m, &sp, &s) != KVF_OK ||
+        (use_store ? kvf_store_open(m, &stp, &cache) : kvf_chunk_cache_new_memory(0, &cache)) != KVF_OK) {
         rc = cli_fail("ask", "%s", kvf_errmsg());
         goto out_req;
     }
@@ -226,11 +235,14 @@ int cmd_ask(int argc, char **argv) {
         rc = cli_fail("ask", "%s", kvf_errmsg());
         goto out_req;
     }
-    fprintf(stderr, "ask: %d chunks computed in %.0f ms\n", pst.chunk_misses, pst.precompute_ms);
+    fprintf(stderr, "ask: %d chunks computed in %.0f ms%s\n", pst.chunk_misses, pst.precompute_ms,
+            use_store ? " (the others came from the store)" : "");
     int32_t n_vocab = kvf_model_n_vocab(m);
     for (int mi = 0; mi < n_methods && rc == 0; mi++) {
         fp.method = (kvf_method)methods[mi];
-        kvf_fuse_stats st;
+        kvf_fuse_stats  st;
+        kvf_store_stats st0, st1;
+        if (use_store) kvf_store_get_stats(cache, &st0);
         if (kvf_session_fuse(s, cache, req.segs, req.n_segs, &fp, &st) != KVF_OK) {
             rc = cli_fail("ask", "%s: %s", kvf_method_name(fp.method), kvf_errmsg());
             break;
@@ -269,6 +281,16 @@ int cmd_ask(int argc, char **argv) {
                    st.recomputed_tokens, st.reused_tokens, st.ttft_ms, st.load_ms, st.rope_ms,
                    st.recompute_ms, st.first_token_ms, tok_s, (long long)st.kv_bytes_loaded,
                    st.chunk_hits, st.chunk_misses, st.kept_after_evict);
+            if (use_store && kvf_store_get_stats(cache, &st1) == KVF_OK) { /* this method's lookups */
+                for (int t = 0; t < KVF_TIER_COUNT; t++) {
+                    kvf_store_tier_stats *a = &st1.tier[t], *b = &st0.tier[t];
+                    a->hits -= b->hits, a->misses -= b->misses, a->bad_entries -= b->bad_entries;
+                    a->errors -= b->errors, a->writes -= b->writes, a->read_ms -= b->read_ms;
+                    a->read_bytes -= b->read_bytes;
+                }
+                printf(", \"store\": ");
+                cli_store_json_stats(stdout, &st1);
+            }
             if (show_rows) {
                 printf(", \"segments\": [");
                 for (int32_t i = 0, o = 0; i < req.n_segs; o += req.segs[i].n, i++)
@@ -294,6 +316,11 @@ int cmd_ask(int argc, char **argv) {
         free(text);
     }
 out_req:
+    if (use_store && cache) {
+        if (kvf_store_flush(cache) != KVF_OK)
+            fprintf(stderr, "kvfuse ask: note: computed chunks were not all stored: %s\n", kvf_errmsg());
+        if (!json) cli_store_print_stats(stderr, cache, false);
+    }
     rag_free(&req);
 out_model:
     kvf_chunk_cache_free(cache);

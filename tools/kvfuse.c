@@ -13,6 +13,9 @@ static void usage(FILE *f) {
             "commands:\n"
             "  generate   generate text from a prompt (streams; --json for a summary object)\n"
             "  ask        answer a question over documents with KV cache fusion (A^3 etc.)\n"
+            "  ingest     precompute documents' chunk KV caches into a persistent store\n"
+            "  store      chunk store maintenance: stats, ls, verify, gc, rm\n"
+            "  eval       evaluate fusion methods on a benchmark: quality, fidelity, latency, plots\n"
             "  bench      prefill and decode tokens/s, mean +- sd over repetitions\n"
             "  logits     write the logits of every prompt position to a file\n"
             "  tokenize   print the token ids of a text\n"
@@ -40,6 +43,9 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(c, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(c, "ask")) return cmd_ask(argc - 1, argv + 1);
+    if (!strcmp(c, "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(c, "ingest")) return cmd_ingest(argc - 1, argv + 1);
+    if (!strcmp(c, "store")) return cmd_store(argc - 1, argv + 1);
     if (!strcmp(c, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(c, "info")) return cmd_info(argc - 1, argv + 1);
