@@ -366,7 +366,7 @@ typedef struct kvf_store_params {
                                         making put wait */
     bool               no_meta_sync; /* LMDB MDB_NOMETASYNC: a system crash (not a process
                                         crash) may undo the last commit; faster */
-    bool               verify_deferred; /* get_deferred returns zero-copy chunks whose layers
+    bool               verify_deferred; /* (default true) get_deferred returns zero-copy chunks whose layers
                                         are verified by kvf_chunk_load_layer (pipelining) */
 } kvf_store_params;
 

@@ -3,9 +3,13 @@
  *
  * A fused prefill of prefix ++ docs ++ question (T tokens) runs in four steps:
  *   1. load: each segment's chunk KV comes from the chunk cache (misses are computed with the
- *      session first and stored);
- *   2. rope: the session cache is filled with the chunks' values and their keys rotated to
- *      the chunk's positions in this prompt (cells 0..T-1, cell == position);
+ *      session first and stored). From a store, chunks come back unverified and a loader
+ *      thread reads and checks them layer by layer;
+ *   2. rope: layer by layer, just before the first computation that needs it, the session
+ *      cache is filled with the chunks' values and their keys rotated to the chunk's positions
+ *      in this prompt (cells 0..T-1, cell == position), so loading layer l+1 overlaps the
+ *      computation of layer l (pipelined loading). A chunk that fails verification is dropped,
+ *      recomputed and the request restarted: a corrupt entry is never used;
  *   3. recompute: a set of rows I is recomputed with the ordinary forward steps (forward.c);
  *      row t attends to cells 0..t (exact causal mask by position) and its fresh K, V overwrite
  *      its cell. Rows are processed in position order in micro-batches, each through all
@@ -19,6 +23,7 @@
 #include "chunk.h"
 #include "common.h"
 #include "session.h"
+#include "store.h"
 
 #include <math.h>
 #include <string.h>
@@ -67,6 +72,12 @@ typedef struct {
     /* eviction (SnapKV): queries of the observation window, per layer [w][n_head*hd] */
     int32_t                win;       /* window rows (0 = no capture) */
     float                 *winq;      /* [n_layer][win][qd] */
+    /* pipelined loading */
+    int32_t                n_load;    /* segments 0 .. n_load-1 come from the cache */
+    kvf_chunk_loader      *ld;        /* reads and verifies the chunks' layers in order */
+    uint8_t               *built;     /* [n_layer]: fused cache layer written */
+    int                    bad_seg;   /* segment whose chunk failed verification, or -1 */
+    double                 ensure_ms; /* time inside ensure_layer (kept out of recompute_ms) */
 } fuse_ctx;
 
 static int seg_of(const fuse_ctx *c, int32_t pos) {
@@ -143,16 +154,24 @@ static kvf_status compute_chunk(kvf_session *s, const int32_t *ctx, int32_t n_ct
     return KVF_OK;
 }
 
-/* Chunk of segment i: from the cache, else computed and stored. */
-static kvf_status get_chunk(fuse_ctx *c, int i) {
-    const int32_t *ids   = c->ids + c->seg_start[i];
-    int32_t        n     = c->seg_start[i + 1] - c->seg_start[i];
-    int            alone = i == 0 || c->fp->chunk_alone;
-    const int32_t *ctx   = alone ? NULL : c->ids;
-    int32_t        n_ctx = alone ? 0 : c->P;
-    kvf_chunk_key  key   = kvf_chunk_key_make(c->m->cache_id, c->fp->dtype, ctx, n_ctx, ids, n);
-    double         t0    = kvf_time_ms();
-    kvf_chunk     *ch    = c->cache->ops->get(c->cache, &key);
+/* Content address of segment i's chunk and the context it is computed after. */
+static kvf_chunk_key seg_key(const fuse_ctx *c, int i, const int32_t **ctx, int32_t *n_ctx) {
+    int alone = i == 0 || c->fp->chunk_alone;
+    *ctx      = alone ? NULL : c->ids;
+    *n_ctx    = alone ? 0 : c->P;
+    return kvf_chunk_key_make(c->m->cache_id, c->fp->dtype, *ctx, *n_ctx, c->ids + c->seg_start[i],
+                              c->seg_start[i + 1] - c->seg_start[i]);
+}
+
+/* Chunk of segment i: from the cache (deferred: verified later by the loader, unless eager),
+ * else computed and stored. */
+static kvf_status get_chunk(fuse_ctx *c, int i, int eager) {
+    const int32_t *ids = c->ids + c->seg_start[i], *ctx;
+    int32_t        n   = c->seg_start[i + 1] - c->seg_start[i], n_ctx;
+    kvf_chunk_key  key = seg_key(c, i, &ctx, &n_ctx);
+    double         t0  = kvf_time_ms();
+    kvf_chunk     *ch  = !eager && c->cache->ops->get_deferred ? c->cache->ops->get_deferred(c->cache, &key)
+                                                               : c->cache->ops->get(c->cache, &key);
     if (ch && (ch->n_tokens != n || ch->n_layer != c->m->hp.n_layer ||
                ch->kvd != c->m->hp.n_head_kv * c->m->hp.head_dim || ch->dtype != c->fp->dtype ||
                memcmp(ch->ids, ids, sizeof(int32_t) * (size_t)n) != 0)) {
@@ -183,13 +202,14 @@ static kvf_status get_chunk(fuse_ctx *c, int i) {
 typedef struct {
     fuse_ctx           *c;
     int32_t             n_load; /* segments 0 .. n_load-1 are loaded */
+    int                 layer;  /* the layer to build */
     atomic_int_fast64_t next;
     atomic_int          failed;
 } build_ctx;
 
 #define BUILD_ROWS 64
 
-/* work item = (layer, segment): K rows rotated to their positions, V copied */
+/* work item = segment of one layer: K rows rotated to their positions, V copied */
 static void build_task(void *p, int ith, int nth) {
     KVF_UNUSED(ith), KVF_UNUSED(nth);
     build_ctx         *bc = p;
@@ -203,9 +223,8 @@ static void build_task(void *p, int ith, int nth) {
         atomic_store(&bc->failed, 1);
         return;
     }
-    int64_t n_items = (int64_t)hp->n_layer * bc->n_load;
-    for (int64_t it; (it = kvf_claim(&bc->next, n_items)) >= 0;) {
-        int        l = (int)(it / bc->n_load), seg = (int)(it % bc->n_load);
+    for (int64_t it; (it = kvf_claim(&bc->next, bc->n_load)) >= 0;) {
+        int        l = bc->layer, seg = (int)it;
         kvf_chunk *ch = c->chunks[seg];
         if (!ch) continue;
         int32_t p0 = c->seg_start[seg];
@@ -233,13 +252,34 @@ static void build_task(void *p, int ith, int nth) {
     kvf_free(buf);
 }
 
-static kvf_status build_cache(fuse_ctx *c, int32_t n_load) {
-    build_ctx bc = {.c = c, .n_load = n_load};
+static kvf_status build_layer(fuse_ctx *c, int l) {
+    build_ctx bc = {.c = c, .n_load = c->n_load, .layer = l};
     atomic_init(&bc.next, 0);
     atomic_init(&bc.failed, 0);
     kvf_pool_run(c->s->pool, build_task, &bc);
     if (atomic_load(&bc.failed)) return kvf_set_error(KVF_E_NOMEM, "out of memory building the cache");
     return KVF_OK;
+}
+
+/* Make layer l of the fused cache ready: wait for the loader to have verified it in every
+ * chunk (the wait is load time not hidden behind computation), then write it. */
+static kvf_status ensure_layer(fuse_ctx *c, int l) {
+    if (c->built[l] || c->n_load == 0) return KVF_OK;
+    double t0 = kvf_time_ms();
+    if (c->ld) {
+        int        bad = -1;
+        kvf_status st  = kvf_chunk_loader_wait(c->ld, l, &bad);
+        if (st == KVF_E_CORRUPT) c->bad_seg = bad;
+        if (st != KVF_OK) return st;
+    }
+    double t1 = kvf_time_ms();
+    kvf_status st = build_layer(c, l);
+    double     t2 = kvf_time_ms();
+    c->st->load_ms += t1 - t0;
+    c->st->rope_ms += t2 - t1;
+    c->ensure_ms += t2 - t0;
+    if (st == KVF_OK) c->built[l] = 1;
+    return st;
 }
 
 /* ---- recompute ------------------------------------------------------------------------- */
@@ -263,7 +303,7 @@ static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
                             const float *x_in) {
     kvf_session       *s  = c->s;
     const kvf_hparams *hp = &c->m->hp;
-    double             t0 = kvf_time_ms();
+    double             t0 = kvf_time_ms(), e0 = c->ensure_ms;
     for (int32_t i0 = 0; i0 < n; i0 += s->U) {
         int32_t u = KVF_MIN(s->U, n - i0);
         int32_t tok[1024];
@@ -282,6 +322,8 @@ static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
             memcpy(s->x, x_in + (int64_t)i0 * hp->n_embd, sizeof(float) * (size_t)(u * hp->n_embd));
         kvf_fwd_rope_tables(s, &b);
         for (int l = l0; l < hp->n_layer; l++) {
+            kvf_status st = ensure_layer(c, l);
+            if (st != KVF_OK) return st;
             kvf_fwd_qkv(s, l, s->x, &b, NULL, NULL);
             capture_window(c, l, &b);
             kvf_fwd_attn_out(s, l, s->x, &b);
@@ -289,7 +331,7 @@ static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
         }
         if (i0 + u == n) {
             double t1 = kvf_time_ms();
-            c->st->recompute_ms += t1 - t0;
+            c->st->recompute_ms += t1 - t0 - (c->ensure_ms - e0);
             kvf_fwd_logits(s, s->x + (int64_t)(u - 1) * hp->n_embd, 1, hp->n_embd, s->logits);
             c->st->first_token_ms += kvf_time_ms() - t1;
         }
@@ -333,9 +375,16 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
         kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
         kvf_fwd_embed(s, c->ids + c->P + i0, u, s->x);
         kvf_fwd_rope_tables(s, &b);
-        for (int l = 0; l < sl; l++) {
+        kvf_status est = KVF_OK;
+        for (int l = 0; l < sl && est == KVF_OK; l++) {
+            if ((est = ensure_layer(c, l)) != KVF_OK) break;
             kvf_fwd_attn(s, l, s->x, &b);
             kvf_fwd_mlp(s, l, s->x, u);
+        }
+        if (est == KVF_OK) est = ensure_layer(c, sl);
+        if (est != KVF_OK) {
+            kvf_free(kr), kvf_free(vr), kvf_free(old);
+            return est;
         }
         memcpy(ss->x_sel + (int64_t)i0 * hp->n_embd, s->x, sizeof(float) * (size_t)(u * hp->n_embd));
         kvf_fwd_qkv(s, sl, s->x, &b, blend ? kr : NULL, blend ? vr : NULL);
@@ -540,6 +589,9 @@ static kvf_status evict(fuse_ctx *c) {
 /* ---- the request ----------------------------------------------------------------------- */
 
 static void ctx_free(fuse_ctx *c) {
+    kvf_chunk_loader_free(c->ld);
+    c->ld = NULL;
+    kvf_free(c->built);
     if (c->chunks)
         for (int i = 0; i < c->n_segs; i++) kvf_chunk_release(c->chunks[i]);
     kvf_free(c->chunks);
@@ -555,6 +607,7 @@ static kvf_status ctx_init(fuse_ctx *c, kvf_session *s, kvf_chunk_cache *cache,
                            kvf_fuse_stats *st) {
     memset(c, 0, sizeof *c);
     c->s = s, c->m = s->m, c->cache = cache, c->fp = fp, c->st = st, c->n_segs = n_segs;
+    c->bad_seg = -1;
     if (n_segs < 2) return kvf_set_error(KVF_E_INVAL, "fusion needs a prefix and a question segment (n_segs >= 2)");
     if ((unsigned)fp->method >= KVF_METHOD_COUNT) return kvf_set_error(KVF_E_INVAL, "unknown fusion method %d", (int)fp->method);
     if (!(fp->ratio >= 0.0f && fp->ratio <= 1.0f)) return kvf_set_error(KVF_E_INVAL, "ratio %g is outside [0, 1]", (double)fp->ratio);
@@ -577,10 +630,11 @@ static kvf_status ctx_init(fuse_ctx *c, kvf_session *s, kvf_chunk_cache *cache,
     c->ids       = kvf_malloc(sizeof(int32_t) * (size_t)T);
     c->seg_start = kvf_malloc(sizeof(int32_t) * (size_t)(n_segs + 1));
     c->chunks    = kvf_calloc((size_t)n_segs, sizeof(kvf_chunk *));
+    c->built     = kvf_calloc((size_t)s->m->hp.n_layer, 1);
     int half     = s->m->hp.n_rot / 2;
     c->rcos      = kvf_alloc_aligned(sizeof(float) * (size_t)T * (size_t)half);
     c->rsin      = kvf_alloc_aligned(sizeof(float) * (size_t)T * (size_t)half);
-    if (!c->ids || !c->seg_start || !c->chunks || !c->rcos || !c->rsin) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+    if (!c->ids || !c->seg_start || !c->chunks || !c->built || !c->rcos || !c->rsin) return kvf_set_error(KVF_E_NOMEM, "out of memory");
     for (int32_t i = 0, p = 0; i < n_segs; p += segs[i].n, i++) {
         c->seg_start[i] = p;
         if (segs[i].n) memcpy(c->ids + p, segs[i].ids, sizeof(int32_t) * (size_t)segs[i].n);
@@ -597,10 +651,25 @@ static kvf_status ctx_init(fuse_ctx *c, kvf_session *s, kvf_chunk_cache *cache,
     return KVF_OK;
 }
 
-static kvf_status load_chunks(fuse_ctx *c, int32_t n_load) {
-    for (int i = 0; i < n_load && i < c->n_segs - 1; i++) {
+/* Fetch the chunks of segments 0 .. n_load-1 (asking a store to start reading them all).
+ * eager: verify every layer now (precompute) instead of layer by layer during the fusion. */
+static kvf_status load_chunks(fuse_ctx *c, int32_t n_load, int eager) {
+    n_load = KVF_MIN(n_load, c->n_segs - 1);
+    if (n_load <= 0) return KVF_OK;
+    if (c->cache->ops->prefetch) {
+        kvf_chunk_key *keys = kvf_malloc(sizeof(kvf_chunk_key) * (size_t)n_load);
+        int            k    = 0;
+        for (int i = 0; keys && i < n_load; i++) {
+            const int32_t *ctx;
+            int32_t        n_ctx;
+            if (c->seg_start[i + 1] > c->seg_start[i]) keys[k++] = seg_key(c, i, &ctx, &n_ctx);
+        }
+        if (keys && k) c->cache->ops->prefetch(c->cache, keys, k);
+        kvf_free(keys);
+    }
+    for (int i = 0; i < n_load; i++) {
         if (c->seg_start[i + 1] == c->seg_start[i]) continue; /* empty prefix */
-        kvf_status st = get_chunk(c, i);
+        kvf_status st = get_chunk(c, i, eager);
         if (st != KVF_OK) return st;
     }
     return KVF_OK;
@@ -621,10 +690,75 @@ kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache, const 
     if (!cache) return kvf_set_error(KVF_E_INVAL, "precompute needs a chunk cache");
     fuse_ctx   c;
     kvf_status st = ctx_init(&c, s, cache, segs, n_segs, &fp, stats);
-    if (st == KVF_OK) st = load_chunks(&c, n_segs - 1);
+    if (st == KVF_OK) st = load_chunks(&c, n_segs - 1, 1);
     ctx_free(&c);
     kvf_session_truncate(s, 0);
     return st;
+}
+
+/* One attempt at the fused prefill from loaded chunks: fused cache layers (pipelined), row
+ * selection, recompute, first-token logits. KVF_E_CORRUPT with c->bad_seg set when a chunk
+ * fails verification on the way. */
+static kvf_status run_fused(fuse_ctx *c, int32_t *rows, int32_t *n_rows_out, select_state *ss) {
+    kvf_session           *s  = c->s;
+    const kvf_fuse_params *fp = c->fp;
+    kvf_fuse_stats        *st = c->st;
+    kvf_status             rc;
+    kvf_session_truncate(s, 0);
+    memset(c->built, 0, (size_t)s->m->hp.n_layer);
+    if (c->n_load > 0 && !c->ld &&
+        (rc = kvf_chunk_loader_start(c->chunks, c->n_load, s->m->hp.n_layer, 2, &c->ld)) != KVF_OK)
+        return rc;
+    for (int32_t p = 0; p < c->T; p++) s->cell_pos[p] = p, s->cell_tok[p] = c->ids[p];
+    s->n_cells = s->n_past = c->T;
+
+    int32_t q0 = c->T - c->q, n_rows = 0, l0 = 0;
+    int32_t start = c->n_load > 0 ? c->seg_start[c->n_load] : 0; /* exact cached prefix */
+    switch (fp->method) {
+    case KVF_METHOD_FULL:
+    case KVF_METHOD_PREFIX:
+        for (int32_t p = start; p < c->T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_REUSE:
+        for (int32_t p = q0; p < c->T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_EPIC:
+        for (int i = 1; i < c->n_segs - 1; i++)
+            for (int32_t p = c->seg_start[i];
+                 p < KVF_MIN(c->seg_start[i + 1], c->seg_start[i] + fp->epic_k); p++)
+                rows[n_rows++] = p;
+        for (int32_t p = q0; p < c->T; p++) rows[n_rows++] = p;
+        break;
+    case KVF_METHOD_CACHEBLEND:
+    case KVF_METHOD_A3: {
+        int64_t qd = (int64_t)s->m->hp.n_head * s->m->hp.head_dim;
+        if (!ss->score) {
+            ss->score   = kvf_calloc((size_t)c->T, sizeof(float));
+            ss->x_sel   = kvf_malloc(sizeof(float) * (size_t)(c->T - c->P) * (size_t)s->m->hp.n_embd);
+            ss->q_quest = kvf_malloc(sizeof(float) * (size_t)c->q * (size_t)qd);
+            if (!ss->score || !ss->x_sel || !ss->q_quest) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+        }
+        double t0 = kvf_time_ms(), e0 = c->ensure_ms;
+        if ((rc = select_pass(c, ss)) != KVF_OK) return rc;
+        int32_t k = (int32_t)floor((double)(c->T - c->q) * fp->ratio);
+        n_rows    = select_topk(c, ss->score, k, rows);
+        st->recompute_ms += kvf_time_ms() - t0 - (c->ensure_ms - e0);
+        /* residual streams of the selected rows entering the selection layer */
+        for (int32_t i = 0; i < n_rows; i++)
+            memmove(ss->x_sel + (int64_t)i * s->m->hp.n_embd,
+                    ss->x_sel + (int64_t)(rows[i] - c->P) * s->m->hp.n_embd,
+                    sizeof(float) * (size_t)s->m->hp.n_embd);
+        l0 = fp->score_layer;
+        break;
+    }
+    default: break;
+    }
+    st->recomputed_tokens = n_rows;
+    st->reused_tokens     = fp->method == KVF_METHOD_FULL     ? 0
+                            : fp->method == KVF_METHOD_PREFIX ? start
+                                                              : c->T - n_rows;
+    *n_rows_out = n_rows;
+    return recompute(c, rows, n_rows, l0, ss->x_sel);
 }
 
 kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache, const kvf_segment *segs,
@@ -647,7 +781,7 @@ kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache, const kvf_se
         st = kvf_set_error(KVF_E_NOMEM, "out of memory");
         goto done;
     }
-    int32_t q0 = c.T - c.q, n_rows = 0, l0 = 0, n_load = 0;
+    int32_t n_rows = 0, n_load = 0;
     switch (fp.method) {
     case KVF_METHOD_FULL: n_load = 0; break;
     case KVF_METHOD_PREFIX:
@@ -656,61 +790,25 @@ kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache, const kvf_se
         break;
     default: n_load = n_segs - 1;
     }
-    if ((st = load_chunks(&c, n_load)) != KVF_OK) goto done;
-
-    /* the fused cache: every loaded chunk at its positions */
-    kvf_session_truncate(s, 0);
-    double t0 = kvf_time_ms();
-    if ((st = build_cache(&c, n_load)) != KVF_OK) goto done;
-    for (int32_t p = 0; p < c.T; p++) s->cell_pos[p] = p, s->cell_tok[p] = c.ids[p];
-    s->n_cells = s->n_past = c.T;
-    stats->rope_ms = kvf_time_ms() - t0;
-
-    int32_t start = n_load > 0 ? c.seg_start[n_load] : 0; /* exact cached prefix length */
-    switch (fp.method) {
-    case KVF_METHOD_FULL:
-    case KVF_METHOD_PREFIX:
-        for (int32_t p = start; p < c.T; p++) rows[n_rows++] = p;
-        break;
-    case KVF_METHOD_REUSE:
-        for (int32_t p = q0; p < c.T; p++) rows[n_rows++] = p;
-        break;
-    case KVF_METHOD_EPIC:
-        for (int i = 1; i < n_segs - 1; i++)
-            for (int32_t p = c.seg_start[i]; p < KVF_MIN(c.seg_start[i + 1], c.seg_start[i] + fp.epic_k); p++)
-                rows[n_rows++] = p;
-        for (int32_t p = q0; p < c.T; p++) rows[n_rows++] = p;
-        break;
-    case KVF_METHOD_CACHEBLEND:
-    case KVF_METHOD_A3: {
-        int64_t qd = (int64_t)s->m->hp.n_head * s->m->hp.head_dim;
-        ss.score   = kvf_calloc((size_t)c.T, sizeof(float));
-        ss.x_sel   = kvf_malloc(sizeof(float) * (size_t)(c.T - c.P) * (size_t)s->m->hp.n_embd);
-        ss.q_quest = kvf_malloc(sizeof(float) * (size_t)c.q * (size_t)qd);
-        if (!ss.score || !ss.x_sel || !ss.q_quest) {
-            st = kvf_set_error(KVF_E_NOMEM, "out of memory");
-            goto done;
-        }
-        t0 = kvf_time_ms();
-        if ((st = select_pass(&c, &ss)) != KVF_OK) goto done;
-        int32_t k = (int32_t)floor((double)(c.T - c.q) * fp.ratio);
-        n_rows    = select_topk(&c, ss.score, k, rows);
-        stats->recompute_ms += kvf_time_ms() - t0;
-        /* residual streams of the selected rows entering the selection layer */
-        for (int32_t i = 0; i < n_rows; i++)
-            memmove(ss.x_sel + (int64_t)i * s->m->hp.n_embd,
-                    ss.x_sel + (int64_t)(rows[i] - c.P) * s->m->hp.n_embd,
-                    sizeof(float) * (size_t)s->m->hp.n_embd);
-        l0 = fp.score_layer;
-        break;
+    c.n_load = n_load;
+    if ((st = load_chunks(&c, n_load, 0)) != KVF_OK) goto done;
+    for (int attempt = 0;; attempt++) {
+        st = run_fused(&c, rows, &n_rows, &ss);
+        if (st != KVF_E_CORRUPT || c.bad_seg < 0 || attempt == 2) break;
+        /* a stored chunk failed its checksum: it is dropped by the store; recompute it and
+         * start over (the session cache was overwritten while recomputing) */
+        kvf_log(KVF_LOG_WARN, "the stored KV of segment %d failed verification; recomputing it",
+                c.bad_seg);
+        kvf_chunk_loader_free(c.ld);
+        c.ld = NULL;
+        stats->chunk_hits--; /* it was counted as a hit when fetched; it is a miss */
+        stats->kv_bytes_loaded -= (int64_t)c.chunks[c.bad_seg]->bytes;
+        kvf_chunk_release(c.chunks[c.bad_seg]);
+        c.chunks[c.bad_seg] = NULL;
+        if ((st = get_chunk(&c, c.bad_seg, 1)) != KVF_OK) break;
+        c.bad_seg = -1;
     }
-    default: break;
-    }
-    stats->recomputed_tokens = n_rows;
-    stats->reused_tokens     = fp.method == KVF_METHOD_FULL     ? 0
-                               : fp.method == KVF_METHOD_PREFIX ? start
-                                                                : c.T - n_rows;
-    if ((st = recompute(&c, rows, n_rows, l0, ss.x_sel)) != KVF_OK) goto done;
+    if (st != KVF_OK) goto done;
     kvf_free(s->fuse_rows);
     s->fuse_rows   = rows;
     s->n_fuse_rows = n_rows;

@@ -604,6 +604,9 @@ kvf_store_params kvf_store_default_params(void) {
     kvf_store_params p;
     memset(&p, 0, sizeof p);
     p.compress = KVF_STORE_COMPRESS_NONE;
+    /* fusion verifies each layer just before using it, overlapping disk reads and checksums
+     * with the computation of the layer before (pipelined loading) */
+    p.verify_deferred = true;
     return p;
 }
 
