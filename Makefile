@@ -13,7 +13,7 @@ WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpoi
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
-LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lm -pthread
+LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lmicrohttpd -lm -pthread
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -65,6 +65,8 @@ $(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB) | $(BUILD)/tests
 	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
 
+# the server's unit test compiles the server sources in (tools/server_*.c)
+$(BUILD)/tests/test_server_api: $(wildcard tools/server_*.c tools/server_*.h)
 
 $(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
 	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@

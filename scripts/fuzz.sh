@@ -15,7 +15,8 @@
 #
 # Targets are built with clang -fsanitize=fuzzer,address,undefined into $FUZZ_BUILD
 # (default build/fuzz) against the library sources compiled with the same sanitizers: those a
-# target names on a line "fuzz-sources: gguf common quant" (src/NAME.c), else all. Without a
+# target names on a line "fuzz-sources: gguf common quant" (src/NAME.c), else all; extra link
+# flags on a line "fuzz-libs: -lcjson" (e.g. fuzz_server). Without a
 # clang that has libFuzzer, `replay` falls back to $CC with -fsanitize=address,undefined and
 # fuzz/replay_main.c as the driver; `run` and `merge` need libFuzzer.
 # Environment: FUZZ_CC (clang), CC (cc, fallback), FUZZ_BUILD, FUZZ_NEW, FUZZ_JOBS (2).
@@ -42,6 +43,11 @@ have_libfuzzer() {
     local rc=$?
     rm -rf "$t"
     return $rc
+}
+
+# libs NAME: extra link flags of fuzz_NAME (its "fuzz-libs:" line, else none)
+libs() {
+    grep -m1 -o 'fuzz-libs:[a-zA-Z0-9_ -]*' "fuzz/fuzz_$1.c" | cut -d: -f2 | tr ' ' '\n' | grep -v '^$'
 }
 
 # sources NAME: the src/*.c files fuzz_NAME links (its "fuzz-sources:" line, else all)
@@ -92,8 +98,10 @@ build() {
         [ "$MODE" = replay-driver ] && extra=(fuzz/replay_main.c)
         mapfile -t srcs < <(sources "$n")
         build_lib "$lib" "$cc" "$flags" "${srcs[@]}"
+        local xlibs=()
+        mapfile -t xlibs < <(libs "$n")
         local link=("$cc" -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -O1 -g $SAN "fuzz/fuzz_$n.c"
-            "${extra[@]}" "$lib" -lm -pthread -o "$B/fuzz_$n")
+            "${extra[@]}" "$lib" "${xlibs[@]}" -lm -pthread -o "$B/fuzz_$n")
         if ! "${link[@]}" 2>"$B/link_$n.log"; then
             # the fuzz-sources line may be out of date: try the whole library
             echo "fuzz.sh: fuzz_$n does not link with its fuzz-sources; trying every src/*.c" >&2

@@ -20,6 +20,7 @@ int cmd_ask(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_store(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* Chunk store options shared by ask, ingest and store (implemented in tools/cmd_store.c).
  * Add CLI_STORE_OPTIONS to a getopt_long table and call cli_store_opt() on every option code

@@ -15,6 +15,7 @@ static void usage(FILE *f) {
             "  ask        answer a question over documents with KV cache fusion (A^3 etc.)\n"
             "  ingest     precompute documents' chunk KV caches into a persistent store\n"
             "  store      chunk store maintenance: stats, ls, verify, gc, rm\n"
+            "  serve      OpenAI-compatible HTTP server: documents fused, streaming, metrics, keys\n"
             "  eval       evaluate fusion methods on a benchmark: quality, fidelity, latency, plots\n"
             "  bench      prefill and decode tokens/s, mean +- sd over repetitions\n"
             "  logits     write the logits of every prompt position to a file\n"
@@ -46,6 +47,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(c, "ingest")) return cmd_ingest(argc - 1, argv + 1);
     if (!strcmp(c, "store")) return cmd_store(argc - 1, argv + 1);
+    if (!strcmp(c, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(c, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(c, "info")) return cmd_info(argc - 1, argv + 1);

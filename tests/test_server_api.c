@@ -1,0 +1,854 @@
+/* test_server_api.c - unit tests of `kvfuse serve` without sockets: UTF-8 handling, API keys,
+ * the document registry, request validation (one case per malformed field), prompt building
+ * (chat template + documents as fusion segments, no special-token injection), response and
+ * streaming JSON, metrics text, and the scheduler on a synthetic model (batched decoding equal
+ * to one-at-a-time decoding, fusion cache hits, tenant isolation of the caches, cancellation,
+ * timeouts, back-pressure). The server sources are compiled into this test. */
+#include "harness.h"
+#include "synth.h"
+
+#include "../tools/server_api.c"
+#include "../tools/server_docs.c"
+#include "../tools/server_metrics.c"
+#include "../tools/server_sched.c"
+
+#include <unistd.h>
+
+static char       tmpdir[256];
+static kvf_model *g_model;
+static synth_info g_info;
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+typedef struct call_out {
+    int      status;
+    cJSON   *json; /* parsed body (NULL if not JSON) */
+    char    *body;
+    srv_job *job;
+    int      retry_after;
+} call_out;
+
+static call_out call(srv_api *a, const char *method, const char *path, const char *auth, const char *body) {
+    call_out     o  = {0};
+    srv_response rs = {0};
+    srv_request  rq = {.method = method, .path = path, .auth = auth, .body = body ? body : "",
+                       .body_len = body ? strlen(body) : 0};
+    if (srv_api_handle(a, &rq, &rs, &o.job) == SRV_API_JOB) {
+        o.status = 0;
+        return o;
+    }
+    o.status      = rs.status;
+    o.retry_after = rs.retry_after;
+    o.body        = rs.body;
+    rs.body       = NULL;
+    o.json        = o.body ? cJSON_Parse(o.body) : NULL;
+    srv_response_clear(&rs);
+    return o;
+}
+
+static void call_free(call_out *o) {
+    cJSON_Delete(o->json);
+    free(o->body);
+    srv_job_release(o->job);
+    memset(o, 0, sizeof *o);
+}
+
+static const char *jstr(const cJSON *o, const char *path) {
+    /* "a.b.c" of objects */
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    const cJSON *x = o;
+    for (char *tok = strtok(buf, "."); tok && x; tok = strtok(NULL, ".")) x = cJSON_GetObjectItemCaseSensitive(x, tok);
+    return cJSON_IsString(x) ? x->valuestring : NULL;
+}
+
+static double jnum(const cJSON *o, const char *path) {
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    const cJSON *x = o;
+    for (char *tok = strtok(buf, "."); tok && x; tok = strtok(NULL, ".")) x = cJSON_GetObjectItemCaseSensitive(x, tok);
+    return cJSON_IsNumber(x) ? x->valuedouble : -1e300;
+}
+
+static srv_api *api_new(srv_tenants *t, srv_docs *d, srv_metrics *m, int32_t n_ctx) {
+    srv_api_config c = srv_api_default_config();
+    c.model_id       = "synth";
+    c.n_ctx          = n_ctx;
+    c.max_body       = 4096;
+    c.max_docs       = 4;
+    srv_api *a       = calloc(1, sizeof *a);
+    srv_api_init(a, g_model, &c, d, t, m);
+    return a;
+}
+
+/* ---- UTF-8 ----------------------------------------------------------------------------- */
+
+static void test_utf8(void) {
+    size_t bad = 99;
+    CHECK(srv_utf8_valid("hello", 5, &bad));
+    CHECK(srv_utf8_valid("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80", 15, &bad));
+    CHECK(!srv_utf8_valid("ab\xff", 3, &bad) && bad == 2);
+    CHECK(!srv_utf8_valid("\xc0\xaf", 2, &bad) && bad == 0);     /* overlong */
+    CHECK(!srv_utf8_valid("x\xed\xa0\x80", 4, &bad) && bad == 1); /* surrogate */
+    CHECK(!srv_utf8_valid("\xf4\x90\x80\x80", 4, &bad));          /* > U+10FFFF */
+    CHECK(!srv_utf8_valid("\xe2\x82", 2, &bad));                  /* cut */
+    CHECK_EQ(srv_utf8_incomplete_tail("ab\xe2\x82", 4), 2);
+    CHECK_EQ(srv_utf8_incomplete_tail("ab\xf0", 3), 1);
+    CHECK_EQ(srv_utf8_incomplete_tail("ab\xe2\x82\xac", 5), 0);
+    CHECK_EQ(srv_utf8_incomplete_tail("ab\xff", 3), 0); /* invalid, not unfinished */
+    CHECK_EQ(srv_utf8_incomplete_tail("", 0), 0);
+    size_t n;
+    char  *s = srv_utf8_sanitize("a\xff" "b\xe2\x82", 5, &n);
+    CHECK_STR(s, "a\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd");
+    CHECK(srv_utf8_valid(s, n, NULL));
+    free(s);
+}
+
+/* ---- API keys -------------------------------------------------------------------------- */
+
+static void test_tenants(void) {
+    char         err[200] = "";
+    const char  *txt      = "# keys\n\nkey-alpha-123 alpha\nkey-beta-4567 beta admin\nkey-alpha-999 alpha\n";
+    srv_tenants *t        = srv_tenants_parse(txt, strlen(txt), err, sizeof err);
+    CHECK(t != NULL);
+    if (!t) return;
+    CHECK_EQ(t->n, 3);
+    const srv_tenant *a = srv_tenants_find(t, "key-alpha-123", 13), *b = srv_tenants_find(t, "key-beta-4567", 13);
+    CHECK(a && b && !strcmp(a->ns, "t:alpha") && !a->admin && b->admin);
+    CHECK(srv_tenants_find(t, "key-alpha-12", 12) == NULL);
+    CHECK(srv_tenants_find(t, "key-alpha-1234", 14) == NULL);
+    CHECK(!strcmp(srv_tenants_find(t, "key-alpha-999", 13)->ns, "t:alpha")); /* two keys, one tenant */
+    srv_tenants_free(t);
+    static const char *const bad[][2] = {
+        {"short alpha\n", "line 1: the key must have 8"},
+        {"longenoughkey\n", "line 1: expected"},
+        {"# c\nlongenoughkey bad/name\n", "line 2: the tenant name"},
+        {"longenoughkey a root\n", "the third word"},
+        {"longenoughkey a\nlongenoughkey b\n", "line 2: the key appears twice"},
+        {"\n# nothing\n", "no keys"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        CHECK(srv_tenants_parse(bad[i][0], strlen(bad[i][0]), err, sizeof err) == NULL);
+        CHECK_CONTAINS(err, bad[i][1]);
+    }
+}
+
+/* ---- document registry ----------------------------------------------------------------- */
+
+static int32_t *toks(int n) {
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) t[i] = i + 1;
+    return t;
+}
+
+static void test_docs(void) {
+    srv_docs *d = srv_docs_new(3, 0);
+    srv_doc  *x, *y, *z;
+    bool      created;
+    CHECK_EQ(srv_docs_put(d, "t:a", false, "hello", 5, toks(2), 2, &x, &created), SRV_DOCS_OK);
+    CHECK(created && srv_doc_id_valid(x->id, strlen(x->id)));
+    CHECK_EQ(srv_docs_put(d, "t:a", false, "hello", 5, toks(2), 2, &y, &created), SRV_DOCS_OK);
+    CHECK(!created && x == y); /* same text, same tenant: same document */
+    srv_doc_release(y);
+    CHECK_EQ(srv_docs_put(d, "t:b", false, "hello", 5, toks(2), 2, &z, &created), SRV_DOCS_OK);
+    CHECK(created && strcmp(x->id, z->id) != 0); /* another tenant: another id */
+    CHECK(srv_docs_get(d, "t:b", x->id) == NULL); /* not visible to b */
+    srv_doc *g = srv_docs_get(d, "t:a", x->id);
+    CHECK(g == x);
+    srv_doc_release(g);
+    CHECK_EQ(srv_docs_delete(d, "t:b", x->id), -1);
+    srv_doc *s1;
+    CHECK_EQ(srv_docs_put(d, "t:a", true, "shared text", 11, toks(3), 3, &s1, &created), SRV_DOCS_OK);
+    g = srv_docs_get(d, "t:b", s1->id);
+    CHECK(g == s1); /* shared: visible to everyone */
+    srv_doc_release(g);
+    CHECK_EQ(srv_docs_delete(d, "t:b", s1->id), -2); /* but only its owner deletes it */
+    srv_doc *q;
+    CHECK_EQ(srv_docs_put(d, "t:a", false, "third", 5, toks(1), 1, &q, &created), SRV_DOCS_OK);
+    srv_doc_release(q);
+    CHECK_EQ(srv_docs_put(d, "t:a", false, "fourth", 6, toks(1), 1, &q, &created), SRV_DOCS_FULL);
+    CHECK_EQ(srv_docs_count(d), 4);
+    CHECK_EQ(srv_docs_delete(d, "t:a", x->id), 0);
+    CHECK(srv_docs_get(d, "t:a", x->id) == NULL);
+    CHECK(x->n_tok == 2 && x->text[0] == 'h'); /* still alive: we hold a reference */
+    CHECK_EQ(srv_docs_count(d), 3);
+    CHECK(!srv_doc_id_valid("doc-0123", 8) && !srv_doc_id_valid("doc-0123456789ABCDEF0123456789abcdef", 36));
+    srv_doc_release(x), srv_doc_release(z), srv_doc_release(s1);
+    srv_docs_free(d);
+}
+
+/* ---- stop strings and streaming hold-back ---------------------------------------------- */
+
+static void test_job_push(void) {
+    srv_job *j = srv_job_new();
+    snprintf(j->stop[0], sizeof j->stop[0], "END");
+    snprintf(j->stop[1], sizeof j->stop[1], "\n\n");
+    j->n_stop = 2;
+    CHECK(!srv_job_push(j, "Hello E", 7));
+    CHECK_EQ(j->ready, 6); /* "E" may start "END" */
+    CHECK(!srv_job_push(j, "N", 1));
+    CHECK_EQ(j->ready, 6);
+    CHECK(!srv_job_push(j, "x \xe2\x82", 4)); /* "ENx" is no stop; the euro sign is unfinished */
+    CHECK_EQ(j->ready, 10);
+    CHECK(!srv_job_push(j, "\xac", 1));
+    CHECK_EQ(j->ready, 13);
+    CHECK(srv_job_push(j, " and EN", 7) == false);
+    CHECK(srv_job_push(j, "D more", 6)); /* stop string across pieces: cut before it */
+    CHECK_STR(j->text, "Hello ENx \xe2\x82\xac and ");
+    srv_job_release(j);
+    j = srv_job_new();
+    CHECK(!srv_job_push(j, "abc", 3));
+    CHECK_EQ(j->ready, 3);
+    srv_job_release(j);
+}
+
+/* ---- requests -------------------------------------------------------------------------- */
+
+typedef struct bad_case {
+    const char *body;
+    int         status;
+    const char *param; /* expected "param" (NULL: none) */
+    const char *msg;   /* substring of the message */
+} bad_case;
+
+static void test_malformed(void) {
+    srv_docs    *d = srv_docs_new(0, 0);
+    srv_metrics *m = srv_metrics_new();
+    srv_api     *a = api_new(NULL, d, m, 200);
+    static const bad_case cases[] = {
+        {"", 400, NULL, "empty"},
+        {"{", 400, NULL, "not valid JSON"},
+        {"[1,2]", 400, NULL, "must be a JSON object"},
+        {"{} x", 400, NULL, "unexpected data"},
+        {"{\"messages\": \"hi\"}", 400, "messages", "must be an array"},
+        {"{}", 400, "messages", "required"},
+        {"{\"messages\": []}", 400, "messages", "must not be empty"},
+        {"{\"messages\": [5]}", 400, "messages[0]", "must be an object"},
+        {"{\"messages\": [{\"content\": \"x\"}]}", 400, "messages[0].role", "missing"},
+        {"{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}", 400, "messages[0].role", "robot"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": 5}]}", 400, "messages[0].content", "not a number"},
+        {"{\"messages\": [{\"role\": \"user\"}]}", 400, "messages[0].content", "missing"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", 400, "messages[0].content[0].type", "text"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\", \"tool_calls\": []}]}", 400, "messages[0]", "tool calls"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": \"5\"}", 400, "max_tokens", "integer"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 0}", 400, "max_tokens", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 1.5}", 400, "max_tokens", "integer"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 1e300}", 400, "max_tokens", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 190}", 400, "max_tokens", "context"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"temperature\": 3}", 400, "temperature", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"temperature\": true}", 400, "temperature", "number"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_p\": -1}", 400, "top_p", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"n\": 2}", 400, "n", "must be 1"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stream\": \"yes\"}", 400, "stream", "boolean"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stream_options\": 1}", 400, "stream_options", "object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop\": 5}", 400, "stop", "string"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop\": [\"a\", 1]}", 400, "stop[1]", "string"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop", "more than 4"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"stop\": \"\"}", 400, "stop", "empty"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"seed\": \"1\"}", 400, "seed", "integer"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", 400, "tools", "not supported"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true}", 400, "logprobs", "not supported"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_object\"}}", 400, "response_format.type", "json_object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": \"d\"}", 400, "documents", "array"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [5]}", 400, "documents[0]", "string"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [\"\"]}", 400, "documents[0]", "empty"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [{\"txt\": \"a\"}]}", 400, "documents[0]", "unknown field"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [{\"id\": \"nope\"}]}", 400, "documents[0].id", "not a document id"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [\"doc-0123456789abcdef0123456789abcdef\"]}", 404, "documents[0]", "no document"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "documents", "at most 4"},
+        {"{\"messages\": [{\"role\": \"assistant\", \"content\": \"x\"}], \"documents\": [\"a\"]}", 400, "messages", "last message"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": 1}", 400, "kvfuse", "object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"method\": \"magic\"}}", 400, "kvfuse.method", "magic"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"ratio\": 2}}", 400, "kvfuse.ratio", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"evict\": \"all\"}}", 400, "kvfuse.evict", "snapkv"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"colour\": 1}}", 400, "kvfuse", "kvfuse.colour"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"budget\": 1}}", 400, "kvfuse.budget", "between"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        call_out o = call(a, "POST", "/v1/chat/completions", NULL, cases[i].body);
+        CHECK_MSG(o.status == cases[i].status, "case %zu (%s): status %d, expected %d (%s)", i,
+                  cases[i].body, o.status, cases[i].status, o.body ? o.body : "");
+        const char *msg   = o.json ? jstr(o.json, "error.message") : NULL;
+        const char *param = o.json ? jstr(o.json, "error.param") : NULL;
+        CHECK_MSG(msg && strstr(msg, cases[i].msg), "case %zu: message \"%s\" lacks \"%s\"", i, msg ? msg : "(none)", cases[i].msg);
+        if (cases[i].param)
+            CHECK_MSG(param && !strcmp(param, cases[i].param), "case %zu: param %s, expected %s", i, param ? param : "null", cases[i].param);
+        call_free(&o);
+    }
+    /* the prompt does not fit */
+    char *big = malloc(3000);
+    snprintf(big, 3000, "{\"messages\": [{\"role\": \"user\", \"content\": \"");
+    for (int i = 0; i < 200; i++) strcat(big, "zq ");
+    strcat(big, "\"}]}");
+    call_out o = call(a, "POST", "/v1/chat/completions", NULL, big);
+    CHECK_EQ(o.status, 400);
+    CHECK(o.json && !strcmp(jstr(o.json, "error.code") ? jstr(o.json, "error.code") : "", "context_length_exceeded"));
+    call_free(&o);
+    free(big);
+    /* invalid UTF-8, body too large, methods and paths */
+    o = call(a, "POST", "/v1/chat/completions", NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"\xc3\x28\"}]}");
+    CHECK_EQ(o.status, 400);
+    CHECK_CONTAINS(o.body, "UTF-8");
+    call_free(&o);
+    srv_response rs = {0};
+    srv_job     *j  = NULL;
+    srv_request  rq = {.method = "POST", .path = "/v1/chat/completions", .body_too_large = true};
+    CHECK_EQ(srv_api_handle(a, &rq, &rs, &j), SRV_API_RESPONSE);
+    CHECK_EQ(rs.status, 413);
+    srv_response_clear(&rs);
+    o = call(a, "GET", "/v1/chat/completions", NULL, NULL);
+    CHECK_EQ(o.status, 405);
+    call_free(&o);
+    o = call(a, "POST", "/v2/anything", NULL, "{}");
+    CHECK_EQ(o.status, 404);
+    call_free(&o);
+    o = call(a, "GET", "/v1/models", NULL, NULL);
+    CHECK_EQ(o.status, 200);
+    CHECK_STR(o.json ? jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id") : NULL, "synth");
+    call_free(&o);
+    o = call(a, "GET", "/health", NULL, NULL);
+    CHECK_EQ(o.status, 200);
+    call_free(&o);
+    /* completions */
+    o = call(a, "POST", "/v1/completions", NULL, "{\"prompt\": [\"a\", \"b\"]}");
+    CHECK_EQ(o.status, 400);
+    CHECK_CONTAINS(o.body, "one string");
+    call_free(&o);
+    o = call(a, "POST", "/v1/completions", NULL, "{\"prompt\": 3}");
+    CHECK_EQ(o.status, 400);
+    call_free(&o);
+    o = call(a, "POST", "/v1/completions", NULL, "{\"prompt\": \"x\", \"echo\": true}");
+    CHECK_EQ(o.status, 400);
+    CHECK_CONTAINS(o.body, "echo");
+    call_free(&o);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
+static int count_tok(const srv_job *j, int32_t id) {
+    int n = 0;
+    for (int32_t s = 0; s < j->n_segs; s++)
+        for (int32_t i = 0; i < j->segs[s].n; i++) n += j->segs[s].ids[i] == id;
+    return n;
+}
+
+static void test_prompts(void) {
+    srv_docs    *d = srv_docs_new(0, 0);
+    srv_api     *a = api_new(NULL, d, NULL, 400);
+    /* plain chat: one segment; the user's "<|im_end|>" is text, not the control token */
+    call_out o = call(a, "POST", "/v1/chat/completions", NULL,
+                      "{\"model\": \"x\", \"messages\": [{\"role\": \"system\", \"content\": \"be brief\"}, "
+                      "{\"role\": \"user\", \"content\": \"hi <|im_end|> there\"}], \"stream\": true, "
+                      "\"stream_options\": {\"include_usage\": true}, \"stop\": \"zz\", \"seed\": 7, \"temperature\": 0.5}");
+    CHECK_EQ(o.status, 0);
+    if (o.job) {
+        CHECK_EQ(o.job->n_segs, 1);
+        CHECK(!o.job->fused && o.job->stream && o.job->include_usage && o.job->chat);
+        CHECK_EQ(count_tok(o.job, g_info.tok_im_end), 2);   /* system and user turns only */
+        CHECK_EQ(count_tok(o.job, g_info.tok_im_start), 3); /* system, user, assistant */
+        CHECK_EQ(o.job->max_tokens, 400 - o.job->n_prompt < 1024 ? 400 - o.job->n_prompt : 1024);
+        CHECK(o.job->n_stop == 1 && !strcmp(o.job->stop[0], "zz"));
+        CHECK(o.job->sp.seed == 7 && o.job->sp.temp == 0.5f);
+        CHECK(!strncmp(o.job->id, "chatcmpl-", 9));
+        CHECK_STR(o.job->model, "synth");
+    }
+    call_free(&o);
+    /* documents: registered (ingested) and inline, between the system turn and the question */
+    o = call(a, "POST", "/v1/documents", NULL, "{\"documents\": [\"the cat sat on the mat\", {\"title\": \"T\", \"text\": \"a dog\"}]}");
+    CHECK_EQ(o.status, 200);
+    const char *id0 = o.json ? jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id") : NULL;
+    CHECK(id0 && srv_doc_id_valid(id0, strlen(id0)));
+    char id[64] = "";
+    if (id0) snprintf(id, sizeof id, "%s", id0);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"messages\": [{\"role\": \"system\", \"content\": \"sys\"}, {\"role\": \"user\", \"content\": \"where?\"}], "
+             "\"documents\": [\"%s\", \"inline text\", {\"id\": \"%s\"}], \"kvfuse\": {\"method\": \"epic\", \"ratio\": 0.5, \"evict\": \"snapkv\", \"budget\": 64}}",
+             id, id);
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", NULL, body);
+    CHECK_EQ(o.status, 0);
+    if (o.job) {
+        srv_job *j = o.job;
+        CHECK(j->fused && j->n_segs == 5 && j->n_documents == 3 && j->n_docs == 2);
+        CHECK(j->fp.method == KVF_METHOD_EPIC && j->fp.ratio == 0.5f && j->fp.evict == KVF_EVICT_SNAPKV && j->fp.budget == 64);
+        /* prefix ends with "<|im_start|>user\n"; the question ends with the assistant opening */
+        int32_t      n0 = j->segs[0].n, nq = j->segs[4].n;
+        char         pre[256], q[256];
+        int32_t      k0 = kvf_detokenize(g_model, j->segs[0].ids, n0, pre, sizeof pre, true);
+        int32_t      kq = kvf_detokenize(g_model, j->segs[4].ids, nq, q, sizeof q, true);
+        CHECK(k0 > 0 && strstr(pre, "sys") && strstr(pre, "<|im_start|>user\n") && !strstr(pre, "where"));
+        CHECK(kq > 0 && !strncmp(q, "where?", 6) && strstr(q, "<|im_start|>assistant\n"));
+        char doc[128];
+        int32_t kd = kvf_detokenize(g_model, j->segs[1].ids, j->segs[1].n, doc, sizeof doc, true);
+        CHECK(kd > 0 && !strcmp(doc, "the cat sat on the mat\n\n")); /* a blank line ends a document */
+        CHECK_EQ(j->segs[1].n, j->segs[3].n);
+        CHECK_EQ(j->n_prompt, j->segs[0].n + j->segs[1].n + j->segs[2].n + j->segs[3].n + j->segs[4].n);
+    }
+    call_free(&o);
+    /* completions with documents: prefix is only BOS (if any), the prompt is the question */
+    o = call(a, "POST", "/v1/completions", NULL, "{\"prompt\": \"Q: who?\", \"documents\": [\"text one\"], \"max_tokens\": 3}");
+    CHECK_EQ(o.status, 0);
+    if (o.job) CHECK(o.job->fused && o.job->n_segs == 3 && o.job->max_tokens == 3 && !o.job->chat && !strncmp(o.job->id, "cmpl-", 5));
+    call_free(&o);
+    o = call(a, "POST", "/v1/completions", NULL, "{\"prompt\": \"Q: who?\"}");
+    CHECK(o.status == 0 && o.job && o.job->max_tokens == 16);
+    call_free(&o);
+    /* document endpoints */
+    o = call(a, "GET", "/v1/documents", NULL, NULL);
+    CHECK_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(o.json, "data")), 2);
+    call_free(&o);
+    snprintf(body, sizeof body, "/v1/documents/%s", id);
+    o = call(a, "GET", body, NULL, NULL);
+    CHECK_EQ(o.status, 200);
+    CHECK_STR(o.json ? jstr(o.json, "text") : NULL, "the cat sat on the mat");
+    call_free(&o);
+    o = call(a, "DELETE", body, NULL, NULL);
+    CHECK_EQ(o.status, 200);
+    call_free(&o);
+    o = call(a, "GET", body, NULL, NULL);
+    CHECK_EQ(o.status, 404);
+    call_free(&o);
+    o = call(a, "GET", "/v1/documents/doc-zz", NULL, NULL);
+    CHECK_EQ(o.status, 404);
+    call_free(&o);
+    static const char *const bad_ingest[] = {"{}", "{\"documents\": []}", "{\"documents\": [1]}",
+                                             "{\"documents\": [\"\"]}", "{\"text\": 5}", "{\"documents\": [\"a\"], \"x\": 1}",
+                                             "{\"documents\": [{\"id\": \"doc-1\", \"text\": \"a\"}]}", "{\"text\": \"a\", \"shared\": 1}"};
+    for (size_t i = 0; i < sizeof bad_ingest / sizeof bad_ingest[0]; i++) {
+        o = call(a, "POST", "/v1/documents", NULL, bad_ingest[i]);
+        CHECK_MSG(o.status == 400 && jstr(o.json, "error.message"), "ingest %s: %d", bad_ingest[i], o.status);
+        call_free(&o);
+    }
+    free(a);
+    srv_docs_free(d);
+}
+
+static void test_tenant_api(void) {
+    char         err[128];
+    const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\nkey-admin-890 ops admin\n";
+    srv_tenants *t    = srv_tenants_parse(keys, strlen(keys), err, sizeof err);
+    srv_docs    *d    = srv_docs_new(0, 0);
+    srv_metrics *m    = srv_metrics_new();
+    srv_api     *a    = api_new(t, d, m, 400);
+    call_out     o    = call(a, "GET", "/v1/models", NULL, NULL);
+    CHECK_EQ(o.status, 401);
+    CHECK_CONTAINS(o.body, "missing API key");
+    call_free(&o);
+    o = call(a, "GET", "/v1/models", "Bearer wrong-key-000", NULL);
+    CHECK_EQ(o.status, 401);
+    CHECK_CONTAINS(o.body, "invalid API key");
+    call_free(&o);
+    o = call(a, "GET", "/health", NULL, NULL); /* open */
+    CHECK_EQ(o.status, 200);
+    call_free(&o);
+    o = call(a, "POST", "/v1/documents", "Bearer key-alpha-123", "{\"text\": \"private alpha text\"}");
+    CHECK_EQ(o.status, 200);
+    char id[64] = "";
+    snprintf(id, sizeof id, "%s", jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id"));
+    call_free(&o);
+    char path[128], body[256];
+    snprintf(path, sizeof path, "/v1/documents/%s", id);
+    o = call(a, "GET", path, "Bearer key-beta-4567", NULL);
+    CHECK_EQ(o.status, 404); /* beta cannot see alpha's document */
+    call_free(&o);
+    snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"documents\": [\"%s\"]}", id);
+    o = call(a, "POST", "/v1/chat/completions", "Bearer key-beta-4567", body);
+    CHECK_EQ(o.status, 404); /* nor use it */
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", "Bearer key-alpha-123", body);
+    CHECK(o.status == 0 && o.job && !strcmp(o.job->ns, "t:alpha") && !o.job->fp.chunk_alone);
+    call_free(&o);
+    o = call(a, "GET", "/v1/documents", "Bearer key-beta-4567", NULL);
+    CHECK_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(o.json, "data")), 0);
+    call_free(&o);
+    /* shared documents: visible to all, computed without the prompt as context */
+    o = call(a, "POST", "/v1/documents", "Bearer key-alpha-123", "{\"text\": \"public text\", \"shared\": true}");
+    snprintf(id, sizeof id, "%s", jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id"));
+    call_free(&o);
+    snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"documents\": [\"%s\"]}", id);
+    o = call(a, "POST", "/v1/chat/completions", "Bearer key-beta-4567", body);
+    CHECK(o.status == 0 && o.job && o.job->fp.chunk_alone);
+    call_free(&o);
+    snprintf(path, sizeof path, "/v1/documents/%s", id);
+    o = call(a, "DELETE", path, "Bearer key-beta-4567", NULL);
+    CHECK_EQ(o.status, 403);
+    call_free(&o);
+    /* metrics: admin keys only */
+    o = call(a, "GET", "/metrics", "Bearer key-alpha-123", NULL);
+    CHECK_EQ(o.status, 403);
+    call_free(&o);
+    o = call(a, "GET", "/metrics", NULL, NULL);
+    CHECK_EQ(o.status, 401);
+    call_free(&o);
+    o = call(a, "GET", "/metrics", "Bearer key-admin-890", NULL);
+    CHECK_EQ(o.status, 200);
+    CHECK_CONTAINS(o.body, "kvfuse_queue_depth");
+    call_free(&o);
+    srv_request rq = {.method = "GET", .path = "/v1/models", .api_key = "key-beta-4567"};
+    srv_response rs = {0};
+    srv_job     *j  = NULL;
+    srv_api_handle(a, &rq, &rs, &j);
+    CHECK_EQ(rs.status, 200); /* X-Api-Key works too */
+    srv_response_clear(&rs);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+    srv_tenants_free(t);
+}
+
+/* ---- responses ------------------------------------------------------------------------- */
+
+static void test_responses(void) {
+    srv_job *j = srv_job_new();
+    j->chat    = true;
+    snprintf(j->id, sizeof j->id, "chatcmpl-1");
+    snprintf(j->model, sizeof j->model, "m");
+    j->n_prompt         = 50;
+    j->fused            = true;
+    j->n_documents      = 2;
+    j->fp.method        = KVF_METHOD_A3;
+    j->fst.total_tokens = 50;
+    j->fst.reused_tokens = 40;
+    j->fst.recomputed_tokens = 10;
+    j->cached_tokens    = 40;
+    j->ttft_ms          = 12.5;
+    pthread_mutex_lock(&j->mu);
+    srv_job_push(j, "Hi \xff!", 5); /* invalid byte from the model: U+FFFD in JSON */
+    j->n_gen = 2;
+    srv_job_done_locked(j, "stop", 0, NULL, "%s", "");
+    pthread_mutex_unlock(&j->mu);
+    srv_response rs = {0};
+    srv_job_response(j, &rs);
+    CHECK_EQ(rs.status, 200);
+    cJSON *o = cJSON_Parse(rs.body);
+    CHECK_STR(jstr(o, "object"), "chat.completion");
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    CHECK_STR(jstr(c0, "message.content"), "Hi \xef\xbf\xbd!");
+    CHECK_STR(jstr(c0, "finish_reason"), "stop");
+    CHECK_EQ(jnum(o, "usage.prompt_tokens"), 50);
+    CHECK_EQ(jnum(o, "usage.completion_tokens"), 2);
+    CHECK_EQ(jnum(o, "usage.total_tokens"), 52);
+    CHECK_EQ(jnum(o, "usage.prompt_tokens_details.cached_tokens"), 40);
+    CHECK_STR(jstr(o, "kvfuse.method"), "a3");
+    CHECK_EQ(jnum(o, "kvfuse.recomputed_tokens"), 10);
+    CHECK_EQ(jnum(o, "kvfuse.reused_tokens"), 40);
+    CHECK_NEAR(jnum(o, "kvfuse.ttft_ms"), 12.5, 1e-9);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "kvfuse"), "ttft_parts") != NULL);
+    cJSON_Delete(o);
+    srv_response_clear(&rs);
+    /* SSE chunks: "data: {json}\n\n" */
+    size_t n;
+    char  *s = srv_sse_delta(j, 0, 3, &n);
+    CHECK(s && n == strlen(s) && !strncmp(s, "data: ", 6) && !strcmp(s + n - 2, "\n\n"));
+    o = s ? cJSON_Parse(s + 6) : NULL;
+    CHECK_STR(jstr(o, "object"), "chat.completion.chunk");
+    CHECK_STR(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "delta.content"), "Hi ");
+    cJSON_Delete(o), free(s);
+    s = srv_sse_final(j, &n);
+    o = s ? cJSON_Parse(s + 6) : NULL;
+    CHECK_STR(jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "finish_reason"), "stop");
+    CHECK_STR(jstr(o, "kvfuse.method"), "a3");
+    cJSON_Delete(o), free(s);
+    s = srv_sse_usage(j, &n);
+    o = s ? cJSON_Parse(s + 6) : NULL;
+    CHECK_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")), 0);
+    CHECK_EQ(jnum(o, "usage.total_tokens"), 52);
+    cJSON_Delete(o), free(s);
+    s = srv_sse_done(&n);
+    CHECK_STR(s, "data: [DONE]\n\n");
+    free(s);
+    srv_job_release(j);
+    /* an error job */
+    j = srv_job_new();
+    pthread_mutex_lock(&j->mu);
+    srv_job_done_locked(j, NULL, 504, "timeout", "took %d s", 3);
+    pthread_mutex_unlock(&j->mu);
+    srv_job_response(j, &rs);
+    CHECK_EQ(rs.status, 504);
+    CHECK_CONTAINS(rs.body, "took 3 s");
+    srv_response_clear(&rs);
+    s = srv_sse_error(j, &n);
+    CHECK_CONTAINS(s, "\"error\"");
+    free(s);
+    srv_job_release(j);
+    srv_api_busy(&rs, false, 7);
+    CHECK(rs.status == 429 && rs.retry_after == 7);
+    srv_response_clear(&rs);
+    srv_api_busy(&rs, true, 0);
+    CHECK(rs.status == 503 && rs.retry_after >= 1);
+    srv_response_clear(&rs);
+}
+
+static void test_metrics(void) {
+    srv_metrics *m = srv_metrics_new();
+    srv_metrics_request(m, SRV_EP_CHAT, 200);
+    srv_metrics_request(m, SRV_EP_CHAT, 429);
+    srv_metrics_rejected(m, 429);
+    srv_job *j             = srv_job_new();
+    j->fused               = true;
+    j->fp.method           = KVF_METHOD_A3;
+    j->n_prompt            = 100;
+    j->n_gen               = 5;
+    j->ttft_ms             = 300;
+    j->fst.total_tokens    = 100;
+    j->fst.recomputed_tokens = 25;
+    j->fst.reused_tokens   = 75;
+    srv_metrics_job(m, j);
+    srv_metrics_cache(m, 3, 1);
+    srv_metrics_decode_step(m, 2, 10);
+    size_t n;
+    char  *t = srv_metrics_render(m, &n);
+    CHECK(t && n == strlen(t));
+    CHECK_CONTAINS(t, "kvfuse_http_requests_total{endpoint=\"chat_completions\",code=\"429\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_ttft_seconds_bucket{method=\"a3\",le=\"0.5\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_ttft_seconds_bucket{method=\"a3\",le=\"0.25\"} 0");
+    CHECK_CONTAINS(t, "kvfuse_ttft_seconds_count{method=\"a3\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_recomputed_fraction 0.25");
+    CHECK_CONTAINS(t, "kvfuse_prompt_tokens_total 100");
+    CHECK_CONTAINS(t, "kvfuse_completion_tokens_total 5");
+    CHECK_CONTAINS(t, "kvfuse_store_hits_total{tier=\"memory\"} 3");
+    CHECK_CONTAINS(t, "kvfuse_store_misses_total{tier=\"memory\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_rejected_total{reason=\"busy\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_queue_depth");
+    CHECK(srv_rss_bytes() > 0);
+    free(t);
+    srv_job_release(j);
+    srv_metrics_free(m);
+}
+
+/* ---- scheduler ------------------------------------------------------------------------- */
+
+static srv_job *make_job(srv_api *a, const char *auth, const char *body) {
+    call_out o = call(a, "POST", "/v1/chat/completions", auth, body);
+    if (o.status) fprintf(stderr, "make_job: %d %s\n", o.status, o.body ? o.body : "");
+    srv_job *j = o.job;
+    o.job      = NULL;
+    call_free(&o);
+    return j;
+}
+
+static void wait_done(srv_job *j) {
+    pthread_mutex_lock(&j->mu);
+    while (j->state != SRV_JOB_DONE) pthread_cond_wait(&j->cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+}
+
+static char *run_one(srv_sched *s, srv_job *j) {
+    int ra;
+    if (srv_sched_submit(s, j, &ra) != SRV_SUBMIT_OK) return NULL;
+    wait_done(j);
+    return j->err_status ? NULL : strndup(j->text ? j->text : "", j->len);
+}
+
+static void test_sched(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots          = 3;
+    sp.n_ctx            = 512;
+    sp.n_threads        = 1;
+    sp.max_queue        = 8;
+    sp.prefill_chunk    = 16; /* several prefill units per prompt */
+    sp.cache_bytes      = 64 << 20;
+    char       err[256];
+    srv_sched *s        = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char *const bodies[4] = {
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"the quick brown fox\"}], \"max_tokens\": 12}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a lazy dog sleeps in the sun all day long\"}], \"max_tokens\": 9}",
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"be kind\"}, {\"role\": \"user\", \"content\": \"hello\"}], \"max_tokens\": 15, \"temperature\": 0.9, \"seed\": 5}",
+        ("{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 10, "
+         "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}"),
+    };
+    /* one at a time, then all together: the same texts (greedy and seeded sampling) */
+    char *seq[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        srv_job *j = make_job(a, NULL, bodies[i]);
+        CHECK(j != NULL);
+        if (!j) continue;
+        seq[i] = run_one(s, j);
+        CHECK(seq[i] != NULL);
+        CHECK_EQ(j->state, SRV_JOB_DONE);
+        CHECK(j->n_gen > 0 && j->ttft_ms > 0);
+        if (i == 3) CHECK(j->fused && j->fst.chunk_misses == 3 && j->fst.total_tokens == j->n_prompt);
+        srv_job_release(j);
+    }
+    srv_job *js[4];
+    int      ra;
+    for (int i = 0; i < 4; i++) {
+        js[i] = make_job(a, NULL, bodies[i]);
+        CHECK(js[i] && srv_sched_submit(s, js[i], &ra) == SRV_SUBMIT_OK);
+    }
+    int batched = 0;
+    for (int i = 0; i < 4; i++) {
+        if (!js[i]) continue;
+        wait_done(js[i]);
+        CHECK_MSG(seq[i] && js[i]->text && !strcmp(seq[i], js[i]->text), "job %d: concurrent \"%s\" vs alone \"%s\"", i,
+                  js[i]->text ? js[i]->text : "", seq[i] ? seq[i] : "");
+        batched += js[i]->batch_max > 1;
+        if (i == 3) CHECK(js[i]->fst.chunk_hits == 3 && js[i]->fst.chunk_misses == 0); /* warm cache */
+        srv_job_release(js[i]);
+        free(seq[i]);
+    }
+    CHECK(batched > 0); /* decode steps were shared */
+    /* a repeated plain prompt reuses the slot's prefix */
+    srv_job *j = make_job(a, NULL, bodies[0]);
+    char    *t = run_one(s, j);
+    CHECK(j->cached_tokens > 0 && j->cached_tokens < j->n_prompt);
+    free(t);
+    srv_job_release(j);
+    /* cancellation of a running job */
+    j = make_job(a, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"go on\"}], \"max_tokens\": 400, \"stop\": \"\\u0001\"}");
+    CHECK(srv_sched_submit(s, j, &ra) == SRV_SUBMIT_OK);
+    for (int k = 0; k < 200; k++) {
+        pthread_mutex_lock(&j->mu);
+        bool going = j->n_gen > 2 || j->state == SRV_JOB_DONE;
+        pthread_mutex_unlock(&j->mu);
+        if (going) break;
+        usleep(5000);
+    }
+    srv_sched_cancel(s, j);
+    wait_done(j);
+    CHECK(j->err_status == 499 || (j->err_status == 0 && j->finish)); /* or it ended first */
+    srv_job_release(j);
+    /* a timeout */
+    j             = make_job(a, NULL, bodies[0]);
+    j->timeout_ms = 1e-3;
+    run_one(s, j);
+    CHECK_EQ(j->err_status, 504);
+    srv_job_release(j);
+    /* back-pressure: 3 slots + 8 queued at most. Holding the first job's lock stops the
+     * inference thread in admit() (deterministic: nothing finishes meanwhile). */
+    srv_job *many[16];
+    int      busy = 0, ok = 0;
+    many[0]       = make_job(a, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 30}");
+    pthread_mutex_lock(&many[0]->mu);
+    CHECK(srv_sched_submit(s, many[0], &ra) == SRV_SUBMIT_OK);
+    ok++;
+    for (int k = 0; k < 1000; k++) {
+        pthread_mutex_lock(&s->mu);
+        int nb = s->n_busy;
+        pthread_mutex_unlock(&s->mu);
+        if (nb == 1) break;
+        usleep(1000);
+    }
+    for (int i = 1; i < 16; i++) {
+        many[i] = make_job(a, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 30}");
+        srv_submit r = srv_sched_submit(s, many[i], &ra);
+        if (r == SRV_SUBMIT_BUSY) {
+            busy++;
+            CHECK(ra >= 1);
+            srv_job_release(many[i]);
+            many[i] = NULL;
+        } else {
+            ok++;
+        }
+    }
+    CHECK_EQ(busy, 5);
+    CHECK_EQ(ok, 11);
+    srv_status st;
+    srv_sched_status(s, &st);
+    CHECK(st.slots == 3 && st.queued == 10 && st.active == 1);
+    pthread_mutex_unlock(&many[0]->mu);
+    /* shutdown ends what is left with 503 */
+    srv_sched_shutdown(s);
+    for (int i = 0; i < 16; i++) {
+        if (!many[i]) continue;
+        wait_done(many[i]);
+        CHECK(many[i]->err_status == 0 || many[i]->err_status == 503);
+        srv_job_release(many[i]);
+    }
+    j = make_job(a, NULL, bodies[0]);
+    CHECK_EQ(srv_sched_submit(s, j, &ra), SRV_SUBMIT_SHUTDOWN);
+    srv_job_release(j);
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
+/* Tenants' chunk caches are separate; shared documents are cached once for everybody. */
+static void test_sched_tenants(void) {
+    char         err[256];
+    const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
+    srv_tenants *t    = srv_tenants_parse(keys, strlen(keys), err, sizeof err);
+    srv_docs    *d    = srv_docs_new(0, 0);
+    srv_api     *a    = api_new(t, d, NULL, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots        = 2;
+    sp.n_ctx          = 512;
+    sp.n_threads      = 1;
+    sp.cache_bytes    = 64 << 20;
+    sp.multi_tenant   = true;
+    srv_sched *s      = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    const char *body = "{\"messages\": [{\"role\": \"user\", \"content\": \"where?\"}], \"max_tokens\": 2, "
+                       "\"documents\": [\"the key is under the mat\", \"the sun is out\"]}";
+    const char *who[3] = {"Bearer key-alpha-123", "Bearer key-alpha-123", "Bearer key-beta-4567"};
+    int         hits[3], misses[3];
+    for (int i = 0; i < 3; i++) {
+        srv_job *j = make_job(a, who[i], body);
+        free(run_one(s, j));
+        hits[i] = j->fst.chunk_hits, misses[i] = j->fst.chunk_misses;
+        srv_job_release(j);
+    }
+    CHECK(misses[0] == 3 && hits[1] == 3 && misses[1] == 0);
+    CHECK_MSG(misses[2] == 3 && hits[2] == 0, "beta must not hit alpha's chunks: %d hits %d misses", hits[2], misses[2]);
+    /* a shared document: beta computes it once, alpha then hits it (the prefixes are their own) */
+    call_out o = call(a, "POST", "/v1/documents", "Bearer key-beta-4567", "{\"text\": \"a shared manual page\", \"shared\": true}");
+    char     b2[400];
+    snprintf(b2, sizeof b2, "{\"messages\": [{\"role\": \"user\", \"content\": \"what?\"}], \"max_tokens\": 2, \"documents\": [\"%s\"]}",
+             jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id"));
+    call_free(&o);
+    srv_job *j1 = make_job(a, "Bearer key-beta-4567", b2);
+    free(run_one(s, j1));
+    srv_job *j2 = make_job(a, "Bearer key-alpha-123", b2);
+    free(run_one(s, j2));
+    CHECK(j1->fst.chunk_misses == 1 && j1->fst.chunk_hits == 1); /* beta: its prefix is cached */
+    CHECK(j2->fst.chunk_hits == 2 && j2->fst.chunk_misses == 0); /* alpha: the document is shared */
+    srv_job_release(j1), srv_job_release(j2);
+    srv_gauges g;
+    memset(&g, 0, sizeof g);
+    srv_sched_gauges(s, &g);
+    CHECK_EQ(g.n_caches, 3); /* shared, alpha, beta */
+    srv_sched_free(s);
+    free(a);
+    srv_docs_free(d);
+    srv_tenants_free(t);
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/kvf-test-server-%d", (int)getpid());
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
+    if (system(cmd) != 0) return 1;
+    kvf_set_log_level(1);
+    synth_cfg cfg = {.wtype = KVF_TYPE_Q8_0, .n_layer = 2, .n_ctx = 1024, .seed = 21};
+    char      path[400];
+    snprintf(path, sizeof path, "%s/server.gguf", tmpdir);
+    if (synth_model_file(&cfg, path, &g_info) != KVF_OK || kvf_model_load(path, NULL, &g_model) != KVF_OK) {
+        fprintf(stderr, "setup: %s\n", kvf_errmsg());
+        return 1;
+    }
+    RUN(test_utf8);
+    RUN(test_tenants);
+    RUN(test_docs);
+    RUN(test_job_push);
+    RUN(test_malformed);
+    RUN(test_prompts);
+    RUN(test_tenant_api);
+    RUN(test_responses);
+    RUN(test_metrics);
+    RUN(test_sched);
+    RUN(test_sched_tenants);
+    kvf_model_free(g_model);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    return TEST_REPORT();
+}

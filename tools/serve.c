@@ -1,0 +1,278 @@
+/* serve.c - `kvfuse serve`: an OpenAI-compatible HTTP server (chat completions, completions,
+ * streaming) with document-aware KV cache fusion, a document registry, Prometheus metrics,
+ * API-key tenants and request hardening. Options, startup, and shutdown on SIGINT/SIGTERM;
+ * the parts live in server_api.c (requests), server_sched.c (the inference thread),
+ * server_http.c (libmicrohttpd), server_docs.c and server_metrics.c. */
+#include "cli.h"
+#include "server_api.h"
+#include "server_docs.h"
+#include "server_http.h"
+#include "server_metrics.h"
+#include "server_sched.h"
+
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void help(void) {
+    printf(
+        "usage: kvfuse serve [-m MODEL] [options]\n"
+        "\n"
+        "OpenAI-compatible HTTP server: POST /v1/chat/completions, /v1/completions (stream: true\n"
+        "for server-sent events), /v1/documents; GET /v1/documents/{id}, /v1/models, /health,\n"
+        "/metrics; DELETE /v1/documents/{id}. Requests may carry \"documents\" (texts or ids of\n"
+        "ingested documents), answered with KV cache fusion, and \"kvfuse\": {\"method\", \"ratio\",\n"
+        "\"evict\"}. Stops on SIGINT / SIGTERM.\n"
+        "\n"
+        "  -m, --model PATH        GGUF model (default: $KVFUSE_MODEL or %s)\n"
+        "      --host ADDR         address to listen on (default 127.0.0.1: this machine only)\n"
+        "      --port N            port (default 8080; 0 = any free port, see --port-file)\n"
+        "      --port-file FILE    write the port to FILE once listening\n"
+        "      --ctx N             tokens per request slot: prompt + answer (default 8192)\n"
+        "      --parallel N        request slots decoded together, 1..64 (default 4)\n"
+        "      --kv T              slots' KV cache: f32 (default) or f16 (half the memory)\n"
+        "      --queue N           requests that may wait for a slot; beyond: 429 with\n"
+        "                          Retry-After (default 16)\n"
+        "      --prefill-chunk N   tokens per prefill unit of a plain prompt (default 512)\n"
+        "      --prefill-per-step K  prefill units between two decode bursts (default 1)\n"
+        "      --decode-ratio R    after prefill units of P ms, decode running requests for up\n"
+        "                          to R * P ms (default 1; 0 = one decode step per unit)\n"
+        "      --timeout SECS      per request, queueing included (default 300; 0 = none)\n"
+        "      --idle-timeout SECS close idle or slow connections (default 30)\n"
+        "      --max-connections N simultaneous connections (default 256)\n"
+        "      --max-body BYTES    request body limit (default 8388608; larger: 413)\n"
+        "      --max-docs N        documents per request (default 64)\n"
+        "      --tenant-docs N     documents each tenant may ingest (default 10000)\n"
+        "      --tenant-doc-mb N   MiB of document text each tenant may ingest (default 1024)\n"
+        "      --max-tokens N      default answer limit of chat requests (default 1024)\n"
+        "      --method M          fusion method of document requests without one: full, prefix,\n"
+        "                          reuse, epic, cacheblend, a3 (default a3)\n"
+        "      --ratio R           default recompute ratio (default 0.15)\n"
+        "      --evict E           default eviction after fusion: none, snapkv, streaming\n"
+        "      --temp T            default temperature (default 0 = greedy; OpenAI's is 1)\n"
+        "      --cache-mb N        memory chunk cache per tenant, MiB (default 2048; 0 = no\n"
+        "                          limit); with --store/--redis: the memory tier unless\n"
+        "                          --mem-budget is given\n"
+        "      --api-keys FILE     require API keys: lines \"KEY TENANT [admin]\"; each tenant\n"
+        "                          has its own documents and caches; /metrics needs an admin key\n"
+        "      --public-metrics    serve /metrics without a key even with --api-keys\n"
+        "      --model-id NAME     model name in /v1/models (default: the file name)\n"
+        "  -t, --threads N         compute threads per slot\n"
+        "      --isa NAME          kernels: auto, ref, avx2, avx512\n"
+        "      --precision P       q16 (default), q8, f32\n"
+        "  -q, --quiet             no per-request log lines\n"
+        "  -v, --verbose           libmicrohttpd's messages too\n"
+        "\n"
+        "Chunk store (persistent, tiered; with --api-keys each tenant gets DIR/t-<hash> and its\n"
+        "own Redis key prefix):\n"
+        CLI_STORE_HELP
+        "\n"
+        "Example:\n"
+        "  kvfuse serve --port 8080 &\n"
+        "  curl -s localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\",\n"
+        "    \"content\": \"Who wrote it?\"}], \"documents\": [\"Dune is a novel by Frank Herbert.\"]}'\n",
+        KVF_DEFAULT_MODEL);
+}
+
+typedef struct serve_state {
+    srv_sched *sched;
+    srv_docs  *docs;
+} serve_state;
+
+static void status_cb(void *user, srv_status *out) {
+    serve_state *st = user;
+    srv_sched_status(st->sched, out);
+    out->documents = srv_docs_count(st->docs);
+}
+
+static void gauges_cb(void *user, srv_gauges *g) {
+    serve_state *st = user;
+    srv_sched_gauges(st->sched, g);
+    g->st.documents = srv_docs_count(st->docs);
+}
+
+static char *model_id_from_path(const char *path) {
+    const char *b = strrchr(path, '/');
+    b             = b ? b + 1 : path;
+    size_t n      = strlen(b);
+    if (n > 5 && !strcmp(b + n - 5, ".gguf")) n -= 5;
+    char *s = strndup(b, n);
+    for (char *p = s; p && *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"' || *p == '\\') *p = '_';
+    return s;
+}
+
+int cmd_serve(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"host", required_argument, 0, 'H'},
+        {"port", required_argument, 0, 'p'},       {"port-file", required_argument, 0, 'P'},
+        {"ctx", required_argument, 0, 'c'},        {"parallel", required_argument, 0, 'n'},
+        {"queue", required_argument, 0, 'Q'},      {"prefill-chunk", required_argument, 0, 'C'},
+        {"prefill-per-step", required_argument, 0, 'K'}, {"timeout", required_argument, 0, 'T'},
+        {"idle-timeout", required_argument, 0, 'i'}, {"max-connections", required_argument, 0, 'N'},
+        {"max-body", required_argument, 0, 'B'},   {"max-docs", required_argument, 0, 'D'},
+        {"tenant-docs", required_argument, 0, 'd'}, {"max-tokens", required_argument, 0, 'M'},
+        {"method", required_argument, 0, 'k'},     {"ratio", required_argument, 0, 'r'},
+        {"evict", required_argument, 0, 'E'},      {"temp", required_argument, 0, 'x'},
+        {"cache-mb", required_argument, 0, 'z'},   {"api-keys", required_argument, 0, 'A'},
+        {"public-metrics", no_argument, 0, 'O'},   {"model-id", required_argument, 0, 'I'},
+        {"threads", required_argument, 0, 't'},    {"isa", required_argument, 0, 'a'},
+        {"precision", required_argument, 0, 'X'},  {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
+        {"kv", required_argument, 0, 'V'},         {"decode-ratio", required_argument, 0, 'Y'},
+        {"tenant-doc-mb", required_argument, 0, 'b'},
+        CLI_STORE_OPTIONS,                         {0, 0, 0, 0}};
+    const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
+    srv_api_config   ac    = srv_api_default_config();
+    srv_sched_params sp    = srv_sched_default_params();
+    srv_http_params  hp    = {.host = "127.0.0.1", .port = 8080, .max_conns = 256, .idle_timeout_s = 30, .log_requests = true};
+    kvf_precision    prec  = KVF_PREC_Q16;
+    long             tenant_docs = 10000, tenant_doc_mb = 1024, cache_mb = 2048;
+    kvf_store_params store = kvf_store_default_params();
+    bool             mem_budget_set = false;
+    int              c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:t:qvh", opts, NULL)) != -1) {
+        if (c == CLI_STORE_OPT_BASE + 4) mem_budget_set = true;
+        if (cli_store_opt("serve", c, optarg, &store)) continue;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'H': hp.host = optarg; break;
+        case 'p': hp.port = (int)cli_int("serve", "--port", optarg, 0, 65535); break;
+        case 'P': port_file = optarg; break;
+        case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20); break;
+        case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
+        case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;
+        case 'C': sp.prefill_chunk = (int32_t)cli_int("serve", "--prefill-chunk", optarg, 16, 1 << 20); break;
+        case 'K': sp.prefill_units = (int32_t)cli_int("serve", "--prefill-per-step", optarg, 1, 64); break;
+        case 'Y': sp.decode_ratio = cli_float("serve", "--decode-ratio", optarg, 0, 1000); break;
+        case 'T': ac.timeout_ms = 1e3 * cli_float("serve", "--timeout", optarg, 0, 1e7); break;
+        case 'i': hp.idle_timeout_s = (int)cli_int("serve", "--idle-timeout", optarg, 1, 86400); break;
+        case 'N': hp.max_conns = (int)cli_int("serve", "--max-connections", optarg, 1, 100000); break;
+        case 'B': ac.max_body = (size_t)cli_int("serve", "--max-body", optarg, 1024, 1L << 30); break;
+        case 'D': ac.max_docs = (int32_t)cli_int("serve", "--max-docs", optarg, 1, 4096); break;
+        case 'd': tenant_docs = cli_int("serve", "--tenant-docs", optarg, 0, 1L << 30); break;
+        case 'b': tenant_doc_mb = cli_int("serve", "--tenant-doc-mb", optarg, 1, 1L << 24); break;
+        case 'M': ac.max_tokens = (int32_t)cli_int("serve", "--max-tokens", optarg, 1, 1 << 24); break;
+        case 'k': {
+            int k = kvf_method_from_name(optarg);
+            if (k < 0) return cli_fail("serve", "unknown --method '%s' (full, prefix, reuse, epic, cacheblend, a3)", optarg);
+            ac.fp.method = (kvf_method)k;
+            break;
+        }
+        case 'r': ac.fp.ratio = (float)cli_float("serve", "--ratio", optarg, 0, 1); break;
+        case 'E':
+            if (!strcmp(optarg, "none")) ac.fp.evict = KVF_EVICT_NONE;
+            else if (!strcmp(optarg, "snapkv")) ac.fp.evict = KVF_EVICT_SNAPKV;
+            else if (!strcmp(optarg, "streaming")) ac.fp.evict = KVF_EVICT_STREAMING;
+            else return cli_fail("serve", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            break;
+        case 'x': ac.temperature = (float)cli_float("serve", "--temp", optarg, 0, 2); break;
+        case 'z': cache_mb = cli_int("serve", "--cache-mb", optarg, 0, 1L << 24); break;
+        case 'A': keys_file = optarg; break;
+        case 'O': ac.public_metrics = true; break;
+        case 'I': model_id = optarg; break;
+        case 't': sp.n_threads = (int32_t)cli_int("serve", "--threads", optarg, 0, 1024); break;
+        case 'a': isa = optarg; break;
+        case 'X': prec = cli_precision("serve", optarg); break;
+        case 'V':
+            if (!strcmp(optarg, "f32")) sp.kv_type = KVF_KV_F32;
+            else if (!strcmp(optarg, "f16")) sp.kv_type = KVF_KV_F16;
+            else return cli_fail("serve", "--kv expects f32 or f16, got '%s'", optarg);
+            break;
+        case 'q': hp.log_requests = false; break;
+        case 'v': hp.verbose = true; break;
+        case 'h': help(); return 0;
+        default: help(); return 2;
+        }
+    }
+    if (optind < argc) return cli_fail("serve", "unexpected argument '%s'", argv[optind]);
+    sp.cache_bytes = (size_t)cache_mb << 20;
+    if (store.dir || store.redis) {
+        if (!mem_budget_set) store.mem_budget = sp.cache_bytes;
+        sp.store = &store;
+    }
+
+    /* signals: handled by sigwait in this thread; every thread started below inherits the mask */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char         err[512] = "";
+    srv_tenants *tenants  = NULL;
+    if (keys_file && !(tenants = srv_tenants_load(keys_file, err, sizeof err)))
+        return cli_fail("serve", "--api-keys %s", err);
+    sp.multi_tenant = tenants != NULL;
+
+    int          rc      = 1;
+    const char  *path    = cli_model_path(model);
+    kvf_model   *m       = cli_load_model(path, isa, sp.n_threads, prec);
+    char        *mid     = model_id ? strdup(model_id) : model_id_from_path(path);
+    srv_metrics *met     = srv_metrics_new();
+    srv_docs    *docs    = srv_docs_new(tenant_docs, (int64_t)tenant_doc_mb << 20);
+    srv_sched   *sched   = NULL;
+    srv_http    *http    = NULL;
+    srv_api     *api     = calloc(1, sizeof *api);
+    serve_state  st      = {0};
+    if (!m) goto out;
+    if (!met || !docs || !api || !mid) {
+        cli_fail("serve", "out of memory");
+        goto out;
+    }
+    if (sp.n_ctx > kvf_model_n_ctx_train(m))
+        fprintf(stderr, "kvfuse serve: note: --ctx %d is more than the model's training context (%d)\n",
+                sp.n_ctx, kvf_model_n_ctx_train(m));
+    ac.model_id = mid;
+    ac.n_ctx    = sp.n_ctx;
+    if (!(sched = srv_sched_new(m, &sp, met, err, sizeof err))) {
+        cli_fail("serve", "%s", err);
+        goto out;
+    }
+    st.sched = sched;
+    st.docs  = docs;
+    srv_api_init(api, m, &ac, docs, tenants, met);
+    api->status_fn   = status_cb;
+    api->status_user = &st;
+    srv_metrics_set_source(met, gauges_cb, &st);
+    if (!(http = srv_http_start(&hp, api, sched, met, err, sizeof err))) {
+        cli_fail("serve", "%s", err);
+        goto out;
+    }
+    int port = srv_http_port(http);
+    if (port_file) {
+        FILE *f = fopen(port_file, "w");
+        if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0) {
+            cli_fail("serve", "cannot write --port-file '%s'", port_file);
+            goto out;
+        }
+    }
+    fprintf(stderr,
+            "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s; "
+            "documents: %s, ratio %.2f; chunk cache: %s; %s)\n",
+            strchr(hp.host, ':') ? "[" : "", hp.host, strchr(hp.host, ':') ? "]" : "", port, mid,
+            sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvf_method_name(ac.fp.method), ac.fp.ratio,
+            sp.store ? (store.dir && store.redis ? "store (disk + redis)" : store.dir ? "store (disk)" : "store (redis)") : "memory",
+            tenants ? "API keys required" : "no API keys");
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "kvfuse serve: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    rc = 0;
+out:
+    srv_http_quiesce(http);     /* no new connections */
+    srv_sched_shutdown(sched);  /* queued and running requests end with 503 */
+    srv_http_stop(http);        /* waits for the connection threads */
+    srv_sched_free(sched);
+    srv_docs_free(docs);
+    srv_metrics_free(met);
+    srv_tenants_free(tenants);
+    free(api);
+    free(mid);
+    kvf_model_free(m);
+    return rc;
+}

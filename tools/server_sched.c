@@ -1,0 +1,760 @@
+/* server_sched.c - the inference thread of `kvfuse serve` (policy in server_sched.h).
+ *
+ * Tenant isolation of the KV caches: every tenant namespace has its own chunk cache (memory
+ * LRU, or a chunk store under DIR/t-<hash> with its own Redis key prefix), so a tenant's
+ * request can only hit chunks its own requests computed. Documents ingested as shared are
+ * cached in the "shared" namespace's cache: requests look up their own cache first, then the
+ * shared one, and chunks computed for a shared document go to the shared cache. Prefix reuse
+ * between consecutive plain requests on a slot likewise only happens within one tenant.
+ *
+ * The composite cache needs the chunk-cache interface of src/chunk.h (the ops table: get, put,
+ * free, get_deferred, prefetch; a chunk's token ids); it forwards to the two caches.
+ */
+#include "server_sched.h"
+#include "server_docs.h"
+
+#include "chunk.h" /* kvf_chunk_cache_ops: the composite tenant + shared cache */
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#define MAX_SLOTS 64
+
+typedef enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_DECODE } slot_phase;
+
+typedef struct slot {
+    kvf_session *s;
+    srv_job     *job;
+    slot_phase   phase;
+    kvf_sampler *smp;
+    int32_t     *flat; /* plain prefill: the prompt's tokens */
+    int32_t      n_flat, pf_done;
+    bool         plain; /* plain prefill (no fusion call) */
+    int32_t      next;  /* sampled token to feed at the next decode step */
+    /* tokens in the session, for prefix reuse by the next plain request of the same tenant */
+    int32_t     *hist;
+    int32_t      n_hist;
+    bool         hist_ok;
+    char         hist_ns[SRV_NS_MAX];
+    double       last_use;
+} slot;
+
+typedef struct ns_cache {
+    char             ns[SRV_NS_MAX];
+    kvf_chunk_cache *c;
+    bool             store;
+} ns_cache;
+
+/* the composite cache of a tenant: own cache first, then the shared namespace's */
+typedef struct mux_cache {
+    kvf_chunk_cache  base;
+    kvf_chunk_cache *own, *shared;
+    const srv_job   *job; /* the request being fused: its shared documents route puts */
+} mux_cache;
+
+struct srv_sched {
+    const kvf_model *m;
+    srv_sched_params p;
+    srv_metrics     *met;
+    slot            *slots;
+    int32_t          n_vocab;
+
+    pthread_t       thr;
+    bool            started;
+    pthread_mutex_t mu; /* queue, counters, stop */
+    pthread_cond_t  cv;
+    srv_job       **q;
+    int             q_head, q_len, q_cap;
+    int             n_busy;
+    bool            stop;
+    double          avg_job_s; /* EWMA of job durations, for Retry-After */
+
+    pthread_mutex_t cache_mu; /* the caches array (read by the metrics thread) */
+    ns_cache       *caches;
+    int             n_caches, cap_caches;
+    mux_cache       mux;
+};
+
+srv_sched_params srv_sched_default_params(void) {
+    srv_sched_params p;
+    memset(&p, 0, sizeof p);
+    p.n_slots       = 4;
+    p.n_ctx         = 8192;
+    p.max_queue     = 16;
+    p.prefill_chunk = 512;
+    p.prefill_units = 1;
+    p.decode_ratio  = 1.0;
+    p.cache_bytes   = (size_t)2048 << 20;
+    p.store         = NULL;
+    return p;
+}
+
+/* ---- caches ---------------------------------------------------------------------------- */
+
+static bool chunk_is_shared_doc(const srv_job *j, const kvf_chunk *c) {
+    if (!j) return false;
+    for (int32_t i = 0; i < j->n_docs; i++) {
+        const srv_doc *d = j->docs[i];
+        if (d->shared && d->n_tok == c->n_tokens &&
+            memcmp(d->tok, c->ids, sizeof(int32_t) * (size_t)c->n_tokens) == 0)
+            return true;
+    }
+    return false;
+}
+
+static kvf_chunk *mux_get(kvf_chunk_cache *c, const kvf_chunk_key *key) {
+    mux_cache *x = (mux_cache *)c;
+    kvf_chunk *r = x->own->ops->get(x->own, key);
+    if (!r && x->shared) r = x->shared->ops->get(x->shared, key);
+    return r;
+}
+
+static kvf_chunk *mux_get_deferred(kvf_chunk_cache *c, const kvf_chunk_key *key) {
+    mux_cache       *x  = (mux_cache *)c;
+    kvf_chunk_cache *cs[2] = {x->own, x->shared};
+    for (int i = 0; i < 2; i++) {
+        if (!cs[i]) continue;
+        kvf_chunk *r = cs[i]->ops->get_deferred ? cs[i]->ops->get_deferred(cs[i], key) : cs[i]->ops->get(cs[i], key);
+        if (r) return r;
+    }
+    return NULL;
+}
+
+static kvf_status mux_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chunk *chunk) {
+    mux_cache *x = (mux_cache *)c;
+    if (x->shared && chunk_is_shared_doc(x->job, chunk)) return x->shared->ops->put(x->shared, key, chunk);
+    return x->own->ops->put(x->own, key, chunk);
+}
+
+static void mux_prefetch(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
+    mux_cache *x = (mux_cache *)c;
+    if (x->own->ops->prefetch) x->own->ops->prefetch(x->own, keys, n);
+    if (x->shared && x->shared->ops->prefetch) x->shared->ops->prefetch(x->shared, keys, n);
+}
+
+static void mux_free(kvf_chunk_cache *c) {
+    (void)c; /* the caches belong to the scheduler */
+}
+
+static const kvf_chunk_cache_ops mux_ops = {.get          = mux_get,
+                                           .put          = mux_put,
+                                           .free         = mux_free,
+                                           .get_deferred = mux_get_deferred,
+                                           .prefetch     = mux_prefetch};
+
+static kvf_chunk_cache *open_cache(srv_sched *s, const char *ns, bool *is_store, char *err, size_t el) {
+    kvf_chunk_cache *c = NULL;
+    *is_store          = false;
+    if (!s->p.store) {
+        if (kvf_chunk_cache_new_memory(s->p.cache_bytes, &c) != KVF_OK)
+            snprintf(err, el, "cannot create a chunk cache: %s", kvf_errmsg());
+        return c;
+    }
+    /* a tag for the namespace: its directory and Redis key prefix */
+    char tag[40] = "";
+    if (s->p.multi_tenant) {
+        if (!strcmp(ns, SRV_NS_SHARED))
+            snprintf(tag, sizeof tag, "shared");
+        else
+            snprintf(tag, sizeof tag, "t-%016llx", (unsigned long long)XXH3_64bits(ns, strlen(ns)));
+    }
+    char             dir[4096], prefix[128];
+    kvf_store_params sp = *s->p.store;
+    if (sp.dir && tag[0]) {
+        if (mkdir(sp.dir, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, el, "cannot create the store directory '%s': %s", sp.dir, strerror(errno));
+            return NULL;
+        }
+        snprintf(dir, sizeof dir, "%s/%s", sp.dir, tag);
+        sp.dir = dir;
+    }
+    if (sp.redis && tag[0]) {
+        snprintf(prefix, sizeof prefix, "%s%s:", sp.redis_prefix ? sp.redis_prefix : "kvf:", tag);
+        sp.redis_prefix = prefix;
+    }
+    if (kvf_store_open(s->m, &sp, &c) != KVF_OK) {
+        snprintf(err, el, "cannot open the chunk store%s%s: %s", tag[0] ? " of namespace " : "", tag, kvf_errmsg());
+        return NULL;
+    }
+    *is_store = true;
+    return c;
+}
+
+static kvf_chunk_cache *cache_for(srv_sched *s, const char *ns, char *err, size_t el) {
+    for (int i = 0; i < s->n_caches; i++)
+        if (!strcmp(s->caches[i].ns, ns)) return s->caches[i].c;
+    bool             st;
+    kvf_chunk_cache *c = open_cache(s, ns, &st, err, el);
+    if (!c) return NULL;
+    pthread_mutex_lock(&s->cache_mu);
+    if (s->n_caches == s->cap_caches) {
+        int       nc = s->cap_caches ? 2 * s->cap_caches : 8;
+        ns_cache *p  = realloc(s->caches, sizeof *p * (size_t)nc);
+        if (!p) {
+            pthread_mutex_unlock(&s->cache_mu);
+            kvf_chunk_cache_free(c);
+            snprintf(err, el, "out of memory");
+            return NULL;
+        }
+        s->caches = p, s->cap_caches = nc;
+    }
+    ns_cache *e = &s->caches[s->n_caches++];
+    snprintf(e->ns, sizeof e->ns, "%s", ns);
+    e->c     = c;
+    e->store = st;
+    pthread_mutex_unlock(&s->cache_mu);
+    return c;
+}
+
+/* the cache fusion uses for job j */
+static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, size_t el) {
+    kvf_chunk_cache *own = cache_for(s, j->ns, err, el);
+    if (!own || !s->p.multi_tenant) return own;
+    kvf_chunk_cache *sh = cache_for(s, SRV_NS_SHARED, err, el);
+    if (!sh) return NULL;
+    s->mux.base.ops = &mux_ops;
+    s->mux.own      = own;
+    s->mux.shared   = sh == own ? NULL : sh;
+    s->mux.job      = j;
+    return &s->mux.base;
+}
+
+/* ---- job endings ----------------------------------------------------------------------- */
+
+static void slot_release(srv_sched *s, slot *sl) {
+    srv_job *j = sl->job;
+    kvf_sampler_free(sl->smp);
+    sl->smp = NULL;
+    free(sl->flat);
+    sl->flat     = NULL;
+    sl->n_flat   = sl->pf_done = 0;
+    sl->job      = NULL;
+    sl->phase    = SLOT_FREE;
+    sl->last_use = srv_now_ms();
+    srv_metrics_job(s->met, j);
+    double dur = (srv_now_ms() - j->t_arrival_ms) / 1e3;
+    pthread_mutex_lock(&s->mu);
+    s->n_busy--;
+    s->avg_job_s = 0.8 * s->avg_job_s + 0.2 * dur;
+    pthread_mutex_unlock(&s->mu);
+    srv_job_release(j);
+}
+
+__attribute__((format(printf, 5, 6))) static void slot_fail(srv_sched *s, slot *sl, int status,
+                                                             const char *type, const char *fmt, ...) {
+    char    msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&sl->job->mu);
+    srv_job_done_locked(sl->job, NULL, status, type, "%s", msg);
+    pthread_mutex_unlock(&sl->job->mu);
+    sl->hist_ok = false; /* the session may hold a partial prefill */
+    slot_release(s, sl);
+}
+
+/* A queued job that never got a slot. */
+static void drop_queued(srv_sched *s, srv_job *j, int status, const char *type, const char *msg) {
+    pthread_mutex_lock(&j->mu);
+    srv_job_done_locked(j, NULL, status, type, "%s", msg);
+    pthread_mutex_unlock(&j->mu);
+    srv_metrics_job(s->met, j);
+    srv_job_release(j);
+}
+
+/* ---- tokens out ------------------------------------------------------------------------ */
+
+/* Hand a sampled token to the job; false when the job is finished (slot released). */
+static bool emit(srv_sched *s, slot *sl, int32_t tok, bool first) {
+    srv_job *j   = sl->job;
+    double   now = srv_now_ms();
+    char     piece[256];
+    int32_t  k   = 0;
+    bool     eog = kvf_token_is_eog(s->m, tok);
+    if (!eog) {
+        k = kvf_token_to_piece(s->m, tok, piece, sizeof piece, false);
+        if (k < 0) k = 0; /* a piece longer than 256 bytes does not exist in practice */
+    }
+    const char *finish = NULL;
+    pthread_mutex_lock(&j->mu);
+    if (first) j->ttft_ms = now - j->t_arrival_ms;
+    if (eog) {
+        finish = "stop";
+    } else {
+        j->n_gen++;
+        if (srv_job_push(j, piece, (size_t)k))
+            finish = "stop";
+        else if (j->n_gen >= j->max_tokens)
+            finish = "length";
+        else if (kvf_session_n_past(sl->s) >= s->p.n_ctx)
+            finish = "length";
+    }
+    if (finish)
+        srv_job_done_locked(j, finish, 0, NULL, "%s", "");
+    else
+        pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    if (finish) {
+        slot_release(s, sl);
+        return false;
+    }
+    sl->next  = tok;
+    sl->phase = SLOT_DECODE;
+    return true;
+}
+
+static void first_token(srv_sched *s, slot *sl) {
+    const float *lg  = kvf_session_logits(sl->s, -1);
+    int32_t      tok = kvf_sampler_sample(sl->smp, lg, s->n_vocab);
+    emit(s, sl, tok, true);
+}
+
+/* ---- admission ------------------------------------------------------------------------- */
+
+static int32_t common_prefix(const int32_t *a, int32_t na, const int32_t *b, int32_t nb) {
+    int32_t n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i]) i++;
+    return i;
+}
+
+/* plain prefill: the prompt's tokens in one array */
+static int32_t *flatten(const srv_job *j, int32_t *n) {
+    int32_t *f = malloc(sizeof(int32_t) * (size_t)(j->n_prompt > 0 ? j->n_prompt : 1));
+    if (!f) return NULL;
+    int32_t o = 0;
+    for (int32_t i = 0; i < j->n_segs; i++) {
+        memcpy(f + o, j->segs[i].ids, sizeof(int32_t) * (size_t)j->segs[i].n);
+        o += j->segs[i].n;
+    }
+    *n = o;
+    return f;
+}
+
+static slot *choose_slot(srv_sched *s, const srv_job *j, const int32_t *flat, int32_t n_flat) {
+    slot   *best = NULL;
+    int32_t best_lcp = -1;
+    for (int i = 0; i < s->p.n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->phase != SLOT_FREE) continue;
+        int32_t lcp = 0;
+        if (flat && sl->hist_ok && !strcmp(sl->hist_ns, j->ns))
+            lcp = common_prefix(sl->hist, sl->n_hist, flat, n_flat);
+        if (lcp > best_lcp || (lcp == best_lcp && sl->last_use < best->last_use)) best = sl, best_lcp = lcp;
+    }
+    return best;
+}
+
+/* Give job j a free slot (there is one). */
+static void admit(srv_sched *s, srv_job *j) {
+    double now  = srv_now_ms();
+    bool   plain = !j->fused || j->fp.method == KVF_METHOD_FULL;
+    int32_t *flat = NULL, n_flat = 0;
+    if (plain && !(flat = flatten(j, &n_flat))) {
+        drop_queued(s, j, 500, "server_error", "out of memory");
+        return;
+    }
+    slot *sl = choose_slot(s, j, j->fused ? NULL : flat, n_flat);
+    pthread_mutex_lock(&s->mu);
+    s->n_busy++;
+    pthread_mutex_unlock(&s->mu);
+    sl->job   = j;
+    sl->phase = SLOT_PREFILL;
+    sl->plain = plain;
+    sl->flat  = flat;
+    sl->n_flat = n_flat;
+    sl->pf_done = 0;
+    pthread_mutex_lock(&j->mu);
+    j->state    = SRV_JOB_RUNNING;
+    j->queue_ms = now - j->t_arrival_ms;
+    pthread_mutex_unlock(&j->mu);
+    if (j->sp.temp > 0 && !(sl->smp = kvf_sampler_new(&j->sp))) {
+        slot_fail(s, sl, 500, "server_error", "out of memory");
+        return;
+    }
+    if (plain) {
+        /* reuse the slot's previous tokens (same tenant, plain prompts only) */
+        int32_t lcp = 0;
+        if (!j->fused && sl->hist_ok && !strcmp(sl->hist_ns, j->ns))
+            lcp = common_prefix(sl->hist, sl->n_hist, flat, n_flat);
+        if (lcp >= n_flat) lcp = n_flat - 1; /* evaluate at least one token for its logits */
+        if (kvf_session_truncate(sl->s, lcp) != KVF_OK) {
+            lcp = 0;
+            kvf_session_truncate(sl->s, 0);
+        }
+        sl->pf_done      = lcp;
+        sl->n_hist       = lcp;
+        sl->hist_ok      = true;
+        snprintf(sl->hist_ns, sizeof sl->hist_ns, "%s", j->ns);
+        j->cached_tokens = lcp; /* read by the HTTP side only once the job is done */
+    } else {
+        sl->hist_ok = false;
+        sl->n_hist  = 0;
+    }
+}
+
+/* ---- prefill and decode ---------------------------------------------------------------- */
+
+static void prefill_unit(srv_sched *s, slot *sl) {
+    srv_job *j  = sl->job;
+    double   t0 = srv_now_ms();
+    if (!sl->plain) {
+        char             err[320] = "";
+        kvf_chunk_cache *c        = job_cache(s, j, err, sizeof err);
+        if (!c) {
+            slot_fail(s, sl, 500, "server_error", "%s", err);
+            return;
+        }
+        kvf_fuse_stats st;
+        memset(&st, 0, sizeof st);
+        kvf_status rc = kvf_session_fuse(sl->s, c, j->segs, j->n_segs, &j->fp, &st);
+        s->mux.job    = NULL;
+        double dt     = srv_now_ms() - t0;
+        if (rc != KVF_OK) {
+            slot_fail(s, sl, 500, "server_error", "fusion failed: %s", kvf_errmsg());
+            return;
+        }
+        srv_metrics_prefill(s->met, j->n_prompt, dt);
+        srv_metrics_cache(s->met, st.chunk_hits, st.chunk_misses);
+        pthread_mutex_lock(&j->mu);
+        j->fst           = st;
+        j->cached_tokens = st.reused_tokens;
+        j->prefill_ms    = dt;
+        pthread_mutex_unlock(&j->mu);
+        first_token(s, sl);
+        return;
+    }
+    int32_t n = sl->n_flat - sl->pf_done;
+    if (n > s->p.prefill_chunk) n = s->p.prefill_chunk;
+    kvf_status rc = kvf_session_eval(sl->s, sl->flat + sl->pf_done, n, 0);
+    double     dt = srv_now_ms() - t0;
+    if (rc != KVF_OK) {
+        slot_fail(s, sl, 500, "server_error", "prefill failed: %s", kvf_errmsg());
+        return;
+    }
+    srv_metrics_prefill(s->met, n, dt);
+    memcpy(sl->hist + sl->pf_done, sl->flat + sl->pf_done, sizeof(int32_t) * (size_t)n);
+    sl->pf_done += n;
+    sl->n_hist = sl->pf_done;
+    pthread_mutex_lock(&j->mu);
+    j->prefill_ms += dt;
+    if (sl->pf_done == sl->n_flat && j->fused) { /* method full: report it like fusion does */
+        kvf_fuse_stats *st    = &j->fst;
+        st->total_tokens      = sl->n_flat;
+        st->prefix_tokens     = j->segs[0].n;
+        st->question_tokens   = j->segs[j->n_segs - 1].n;
+        st->recomputed_tokens = sl->n_flat;
+        st->recompute_ms      = j->prefill_ms;
+        st->ttft_ms           = j->prefill_ms;
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (sl->pf_done == sl->n_flat) first_token(s, sl);
+}
+
+static bool expired(const srv_job *j, double now);
+
+/* One batched decode step; returns the rows decoded. */
+static int decode_step(srv_sched *s) {
+    kvf_session *sess[MAX_SLOTS];
+    int32_t      tok[MAX_SLOTS];
+    slot        *who[MAX_SLOTS];
+    int          n   = 0;
+    double       now = srv_now_ms();
+    for (int i = 0; i < s->p.n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->phase != SLOT_DECODE) continue;
+        if (atomic_load(&sl->job->cancel)) {
+            slot_fail(s, sl, 499, "cancelled", "the client closed the connection");
+            continue;
+        }
+        if (expired(sl->job, now)) {
+            slot_fail(s, sl, 504, "timeout", "the request timed out after %.0f s (--timeout)", sl->job->timeout_ms / 1e3);
+            continue;
+        }
+        who[n]  = sl;
+        sess[n] = sl->s;
+        tok[n]  = sl->next;
+        n++;
+    }
+    if (n == 0) return 0;
+    double     t0 = srv_now_ms();
+    kvf_status rc = n == 1 ? kvf_session_eval(sess[0], tok, 1, 0) : kvf_decode_batch(sess, tok, n);
+    if (rc != KVF_OK && n > 1) { /* find the culprit: step them one by one */
+        for (int i = 0; i < n; i++) {
+            if (kvf_session_eval(sess[i], &tok[i], 1, 0) != KVF_OK) {
+                slot_fail(s, who[i], 500, "server_error", "decoding failed: %s", kvf_errmsg());
+                who[i] = NULL;
+            }
+        }
+        rc = KVF_OK;
+    }
+    double dt = srv_now_ms() - t0;
+    if (rc != KVF_OK) {
+        slot_fail(s, who[0], 500, "server_error", "decoding failed: %s", kvf_errmsg());
+        return 1;
+    }
+    srv_metrics_decode_step(s->met, n, dt);
+    for (int i = 0; i < n; i++) {
+        slot *sl = who[i];
+        if (!sl) continue;
+        if (sl->hist_ok && sl->n_hist < s->p.n_ctx) sl->hist[sl->n_hist++] = tok[i];
+        srv_job *j = sl->job;
+        pthread_mutex_lock(&j->mu);
+        j->decode_ms += dt;
+        if (n > j->batch_max) j->batch_max = n;
+        pthread_mutex_unlock(&j->mu);
+        int32_t t = kvf_sampler_sample(sl->smp, kvf_session_logits(sl->s, -1), s->n_vocab);
+        emit(s, sl, t, false);
+    }
+    return n;
+}
+
+/* ---- the loop -------------------------------------------------------------------------- */
+
+static bool expired(const srv_job *j, double now) {
+    return j->timeout_ms > 0 && now - j->t_arrival_ms > j->timeout_ms;
+}
+
+static void *sched_main(void *arg) {
+    srv_sched *s = arg;
+    srv_job   *adm[MAX_SLOTS];
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && s->q_len == 0 && s->n_busy == 0) pthread_cond_wait(&s->cv, &s->mu);
+        if (s->stop) {
+            pthread_mutex_unlock(&s->mu);
+            break;
+        }
+        double now = srv_now_ms();
+        /* 1. cancelled or expired jobs leave the queue; 2. the rest take free slots */
+        srv_job *gone[MAX_SLOTS * 8];
+        int      n_gone = 0, n_adm = 0, keep = 0;
+        int      free_slots = s->p.n_slots - s->n_busy;
+        for (int i = 0; i < s->q_len; i++) {
+            srv_job *j = s->q[(s->q_head + i) % s->q_cap];
+            if ((atomic_load(&j->cancel) || expired(j, now)) && n_gone < (int)(sizeof gone / sizeof gone[0]))
+                gone[n_gone++] = j;
+            else if (n_adm < free_slots)
+                adm[n_adm++] = j;
+            else
+                s->q[(s->q_head + keep++) % s->q_cap] = j;
+        }
+        s->q_len = keep;
+        pthread_mutex_unlock(&s->mu);
+        for (int i = 0; i < n_gone; i++) {
+            bool c = atomic_load(&gone[i]->cancel);
+            drop_queued(s, gone[i], c ? 499 : 504, c ? "cancelled" : "timeout",
+                        c ? "the client closed the connection"
+                          : "the request timed out while waiting for a slot (--timeout)");
+        }
+        for (int i = 0; i < n_adm; i++) admit(s, adm[i]);
+
+        /* running jobs: cancellation and timeouts */
+        now = srv_now_ms();
+        for (int i = 0; i < s->p.n_slots; i++) {
+            slot *sl = &s->slots[i];
+            if (sl->phase == SLOT_FREE) continue;
+            if (atomic_load(&sl->job->cancel))
+                slot_fail(s, sl, 499, "cancelled", "the client closed the connection");
+            else if (expired(sl->job, now))
+                slot_fail(s, sl, 504, "timeout", "the request timed out after %.0f s (--timeout)", sl->job->timeout_ms / 1e3);
+        }
+        /* 3. prefill units, oldest job first */
+        double pf_ms = 0;
+        for (int u = 0; u < s->p.prefill_units; u++) {
+            slot *p = NULL;
+            for (int i = 0; i < s->p.n_slots; i++) {
+                slot *sl = &s->slots[i];
+                if (sl->phase == SLOT_PREFILL && (!p || sl->job->t_arrival_ms < p->job->t_arrival_ms)) p = sl;
+            }
+            if (!p) break;
+            double t0 = srv_now_ms();
+            prefill_unit(s, p);
+            pf_ms += srv_now_ms() - t0;
+        }
+        /* 4. decode: one step, or a burst of up to R times the prefill time */
+        double budget = pf_ms * s->p.decode_ratio, t0 = srv_now_ms();
+        while (decode_step(s) > 0 && srv_now_ms() - t0 < budget) {
+        }
+    }
+    /* shutting down: finish everything */
+    for (int i = 0; i < s->p.n_slots; i++)
+        if (s->slots[i].phase != SLOT_FREE)
+            slot_fail(s, &s->slots[i], 503, "server_unavailable", "the server is shutting down");
+    pthread_mutex_lock(&s->mu);
+    int       n = s->q_len;
+    srv_job **left = malloc(sizeof *left * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; left && i < n; i++) left[i] = s->q[(s->q_head + i) % s->q_cap];
+    s->q_len = 0;
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; left && i < n; i++)
+        drop_queued(s, left[i], 503, "server_unavailable", "the server is shutting down");
+    free(left);
+    return NULL;
+}
+
+/* ---- public ---------------------------------------------------------------------------- */
+
+srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metrics *met,
+                         char *err, size_t errlen) {
+    if (p->n_slots < 1 || p->n_slots > MAX_SLOTS) {
+        snprintf(err, errlen, "--parallel must be 1..%d", MAX_SLOTS);
+        return NULL;
+    }
+    if (p->n_ctx < 16 || p->max_queue < 0 || p->prefill_chunk < 1 || p->prefill_units < 1 ||
+        !(p->decode_ratio >= 0)) {
+        snprintf(err, errlen, "bad scheduler parameters");
+        return NULL;
+    }
+    srv_sched *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->m         = m;
+    s->p         = *p;
+    s->met       = met;
+    s->n_vocab   = kvf_model_n_vocab(m);
+    s->avg_job_s = 2.0;
+    s->q_cap     = p->n_slots + p->max_queue;
+    s->q         = calloc((size_t)s->q_cap, sizeof *s->q);
+    s->slots     = calloc((size_t)p->n_slots, sizeof *s->slots);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->cache_mu, NULL);
+    if (!s->q || !s->slots) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = p->n_ctx;
+    sp.n_threads          = p->n_threads;
+    sp.kv_type            = p->kv_type;
+    for (int i = 0; i < p->n_slots; i++) {
+        if (kvf_session_new(m, &sp, &s->slots[i].s) != KVF_OK) {
+            snprintf(err, errlen, "cannot create session %d of %d (n_ctx %d): %s", i + 1, p->n_slots,
+                     p->n_ctx, kvf_errmsg());
+            goto fail;
+        }
+        s->slots[i].hist = malloc(sizeof(int32_t) * (size_t)p->n_ctx);
+        if (!s->slots[i].hist) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    /* open the first cache now, so a bad --store fails at startup */
+    char e2[320] = "";
+    if (!cache_for(s, p->multi_tenant ? SRV_NS_SHARED : "default", e2, sizeof e2)) {
+        snprintf(err, errlen, "%s", e2);
+        goto fail;
+    }
+    if (pthread_create(&s->thr, NULL, sched_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the inference thread");
+        goto fail;
+    }
+    s->started = true;
+    return s;
+fail:
+    srv_sched_free(s);
+    return NULL;
+}
+
+void srv_sched_shutdown(srv_sched *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->started) pthread_join(s->thr, NULL);
+    s->started = false;
+}
+
+void srv_sched_free(srv_sched *s) {
+    if (!s) return;
+    srv_sched_shutdown(s);
+    for (int i = 0; s->slots && i < s->p.n_slots; i++) {
+        kvf_session_free(s->slots[i].s);
+        free(s->slots[i].hist);
+    }
+    for (int i = 0; i < s->n_caches; i++) kvf_chunk_cache_free(s->caches[i].c);
+    free(s->caches);
+    free(s->slots);
+    free(s->q);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->cache_mu);
+    free(s);
+}
+
+srv_submit srv_sched_submit(srv_sched *s, srv_job *j, int *retry_after) {
+    pthread_mutex_lock(&s->mu);
+    if (s->stop) {
+        pthread_mutex_unlock(&s->mu);
+        if (retry_after) *retry_after = 5;
+        return SRV_SUBMIT_SHUTDOWN;
+    }
+    if (s->q_len + s->n_busy >= s->q_cap) {
+        double wait = s->avg_job_s * (double)(s->q_len + 1) / (double)s->p.n_slots;
+        int    ra   = (int)(wait + 0.999);
+        pthread_mutex_unlock(&s->mu);
+        if (retry_after) *retry_after = ra < 1 ? 1 : ra > 120 ? 120 : ra;
+        return SRV_SUBMIT_BUSY;
+    }
+    s->q[(s->q_head + s->q_len) % s->q_cap] = srv_job_retain(j);
+    s->q_len++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return SRV_SUBMIT_OK;
+}
+
+void srv_sched_cancel(srv_sched *s, srv_job *j) {
+    atomic_store(&j->cancel, true);
+    pthread_mutex_lock(&s->mu);
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_sched_status(srv_sched *s, srv_status *out) {
+    pthread_mutex_lock(&s->mu);
+    out->queued    = s->q_len;
+    out->active    = s->n_busy;
+    out->slots     = s->p.n_slots;
+    out->max_queue = s->p.max_queue;
+    out->draining  = s->stop;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_sched_gauges(srv_sched *s, srv_gauges *g) {
+    srv_sched_status(s, &g->st);
+    pthread_mutex_lock(&s->cache_mu);
+    g->n_caches = s->n_caches;
+    for (int i = 0; i < s->n_caches; i++) {
+        kvf_store_stats st;
+        if (!s->caches[i].store || kvf_store_get_stats(s->caches[i].c, &st) != KVF_OK) continue;
+        if (!g->have_store) memset(&g->store, 0, sizeof g->store);
+        g->have_store = true;
+        for (int t = 0; t < KVF_TIER_COUNT; t++) {
+            kvf_store_tier_stats *a = &g->store.tier[t], *b = &st.tier[t];
+            a->enabled |= b->enabled;
+            a->entries += b->entries;
+            a->bytes += b->bytes;
+            a->hits += b->hits;
+            a->misses += b->misses;
+            a->writes += b->writes;
+            a->write_bytes += b->write_bytes;
+            a->evictions += b->evictions;
+            a->errors += b->errors;
+            a->bad_entries += b->bad_entries;
+        }
+        g->store.queued += st.queued;
+        g->store.write_dropped += st.write_dropped;
+    }
+    pthread_mutex_unlock(&s->cache_mu);
+}

@@ -1,0 +1,71 @@
+/* server_sched.h - the inference thread of `kvfuse serve`: a bounded request queue, a pool of
+ * session slots, prefill scheduling, batched decoding (kvf_decode_batch), cancellation,
+ * timeouts, and the chunk caches (one per tenant namespace).
+ *
+ * One thread owns the model's sessions and caches; HTTP threads only submit jobs, cancel them
+ * and wait on each job's condition variable.
+ *
+ * Policy, per iteration of the inference loop:
+ *   1. queued jobs that were cancelled (client gone) or timed out leave the queue;
+ *   2. queued jobs take free slots in arrival order (a plain prompt prefers the slot whose
+ *      previous tokens - same tenant only - share the longest prefix with it);
+ *   3. at most K prefill units run (--prefill-per-step, default 1), oldest job first: a unit
+ *      is one fused prefill (kvf_session_fuse, documents with a selective method) or one
+ *      chunk of up to --prefill-chunk tokens of a plain prefill (no documents, or method full);
+ *   4. decode steps for every slot that has a token to feed, each batched into one forward
+ *      pass: one step, or, after prefill units that took P ms, steps for up to R * P ms
+ *      (--decode-ratio R, default 1).
+ * So running requests get at least R / (1 + R) of the inference time while prompts wait
+ * (a long prompt delays another request's next token by at most one unit), and a new request
+ * waits for at most the units of the requests that arrived before it plus the decode bursts
+ * between them. Cancelled and timed-out requests leave at the next step.
+ */
+#ifndef KVF_SERVER_SCHED_H
+#define KVF_SERVER_SCHED_H
+
+#include "server_api.h"
+#include "server_metrics.h"
+
+typedef struct srv_sched srv_sched;
+
+typedef struct srv_sched_params {
+    int32_t     n_slots;       /* sessions (requests decoded together); 1..64 */
+    int32_t     n_ctx;         /* tokens per session */
+    int32_t     n_threads;     /* compute threads per session; 0 = online CPUs */
+    kvf_kv_type kv_type;       /* storage of the sessions' KV caches */
+    int32_t     max_queue;     /* jobs that may wait for a slot before 429 */
+    int32_t     prefill_chunk; /* tokens of one plain prefill unit */
+    int32_t     prefill_units; /* K: prefill units between decode bursts */
+    double      decode_ratio;  /* R: decode time after prefill units, relative to their time */
+    size_t      cache_bytes;   /* memory chunk cache of each namespace (0 = unbounded) */
+    const kvf_store_params *store; /* NULL: memory caches; else every namespace opens a chunk
+                                      store with these parameters (borrowed), its own
+                                      directory DIR/t-<hash> and Redis prefix kvf:t-<hash>: when
+                                      multi_tenant */
+    bool        multi_tenant;  /* one chunk cache per tenant namespace, plus "shared" */
+} srv_sched_params;
+
+srv_sched_params srv_sched_default_params(void);
+
+/* Creates the sessions and starts the inference thread. NULL with a message on failure. */
+srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metrics *met,
+                         char *err, size_t errlen);
+/* Stops (see shutdown) and frees. */
+void srv_sched_free(srv_sched *s);
+
+typedef enum { SRV_SUBMIT_OK = 0, SRV_SUBMIT_BUSY = -1, SRV_SUBMIT_SHUTDOWN = -2 } srv_submit;
+
+/* Queue a job (the scheduler takes its own reference). BUSY when slots and queue are full
+ * (*retry_after: a suggested wait in seconds), SHUTDOWN when stopping. */
+srv_submit srv_sched_submit(srv_sched *s, srv_job *j, int *retry_after);
+/* The client is gone: the job is dropped at the next step (finished with status 499). */
+void srv_sched_cancel(srv_sched *s, srv_job *j);
+/* Stop accepting jobs, finish queued and running ones with 503, join the thread. */
+void srv_sched_shutdown(srv_sched *s);
+
+void srv_sched_status(srv_sched *s, srv_status *out);
+/* Store tier statistics summed over the namespaces' caches (have_store false without
+ * --store / --redis). */
+void srv_sched_gauges(srv_sched *s, srv_gauges *g);
+
+#endif /* KVF_SERVER_SCHED_H */
