@@ -16,6 +16,9 @@ static int has_f16c(void) {
 
 int kvf_kernels_supported(const char *isa) {
     if (strcmp(isa, "ref") == 0) return 1;
+#ifdef KVF_REF_ONLY
+    return 0; /* built without the SIMD kernels */
+#endif
 #if defined(__x86_64__)
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();

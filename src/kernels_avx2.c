@@ -6,6 +6,11 @@
  * 127 < 32767); S8 codes use the sign trick |w| x sign(a, w) and are widened per group. All
  * integer sums are exact and the float steps mirror kernels_ref.c: bit-identical matmuls.
  */
+#ifdef KVF_REF_ONLY
+/* Built without SIMD kernels (scripts/fuzz.sh): an empty table kvf_kernels_select never picks. */
+#    include "kernels.h"
+const kvf_kernels kvf_kernels_avx2 = {.name = "avx2"};
+#else
 #include "kernels.h"
 #include "common.h"
 #include "quant.h"
@@ -491,3 +496,5 @@ const kvf_kernels kvf_kernels_avx2 = {
     .f16_to_f32   = f16_to_f32,
     .f32_to_f16   = f32_to_f16,
 };
+
+#endif /* KVF_REF_ONLY */

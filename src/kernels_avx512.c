@@ -7,6 +7,11 @@
  * back exactly with the activation's integer sums. Float steps mirror kernels_ref.c, so the
  * results are bit-identical to the reference.
  */
+#ifdef KVF_REF_ONLY
+/* Built without SIMD kernels (scripts/fuzz.sh): an empty table kvf_kernels_select never picks. */
+#    include "kernels.h"
+const kvf_kernels kvf_kernels_avx512 = {.name = "avx512"};
+#else
 #include "kernels.h"
 #include "common.h"
 #include "quant.h"
@@ -497,3 +502,5 @@ const kvf_kernels kvf_kernels_avx512 = {
     .f16_to_f32   = f16_to_f32,
     .f32_to_f16   = f32_to_f16,
 };
+
+#endif /* KVF_REF_ONLY */
