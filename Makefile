@@ -38,7 +38,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-unit test-integration asan demo model python-deps deps \
-        bench bench-peer fuzz clean format help
+        bench bench-peer bench-store bench-load fuzz clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -99,7 +99,7 @@ asan: ## unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
 	$(MAKE) BUILD=build/asan SAN=1 CFLAGS="-O1 -g" all
 	BUILD=build/asan scripts/run-tests.sh --unit
 
-demo: ## set up everything and answer a chat prompt with the real model
+demo: ## set up everything; a chat answer, a3 vs full over documents, the server answering curl
 	scripts/demo.sh
 
 bench: cli model ## prefill/decode tokens per second on the default model
@@ -107,6 +107,12 @@ bench: cli model ## prefill/decode tokens per second on the default model
 
 bench-peer: cli model ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run
 	bench/peer.sh
+
+bench-store: all model ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
+	bench/store_bench.sh
+
+bench-load: all model ## server load test: 8 clients x 60 s, a3 vs full, MuSiQue documents
+	bench/load_test.sh
 
 fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay

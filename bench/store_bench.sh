@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=build LIMIT=10 ACC=2 STORE="" JSON="" THREADS=0 MODEL=${KVFUSE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-MUSIQUE=../shared/data/musique-cacheblend/musique_s.json
+MUSIQUE=${KVF_SHARED:-../shared}/data/musique-cacheblend/musique_s.json
 while [ $# -gt 0 ]; do
     case $1 in
     --limit) LIMIT=$2; shift 2 ;;

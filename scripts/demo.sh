@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh - `make demo`: build kvfuse, fetch the default model if needed, and answer a chat
-# prompt with it, printing the timings; then start `kvfuse serve`, answer one request with
-# documents fused by A^3 through curl, and stop it.
+# demo.sh - `make demo`: build kvfuse, fetch the default model if needed, answer a chat prompt;
+# then the main job: a question over several documents answered with A^3 fusion, its answer
+# and TTFT printed next to a full prefill of the same prompt; then start `kvfuse serve`, answer
+# one OpenAI-style request with documents fused by A^3 through curl, and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${KVFUSE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -17,6 +18,39 @@ PROMPT=${DEMO_PROMPT:-"In two sentences, what is the difference between a cache 
 echo
 echo "== chat: $PROMPT"
 build/kvfuse generate -m "$MODEL" --chat -p "$PROMPT" -n 96
+
+# The main job: a question over several documents, answered by fusing their cached KV with A^3,
+# next to a full prefill of exactly the same prompt. With the shared data beside the checkout
+# this is a MuSiQue question (10 passages, ~6k tokens, CacheBlend's prompt); without it, three
+# short built-in documents.
+echo
+SHARED=${KVF_SHARED:-../shared}
+MUSIQUE=$SHARED/data/musique-cacheblend/musique_s.json
+DEMO_Q=${DEMO_Q:-DEMO_Q_DEFAULT}
+ftmp=$(mktemp -d)
+if [ -f "$MUSIQUE" ] && python3 - "$MUSIQUE" "$DEMO_Q" "$ftmp" <<'PY'
+import ast, json, sys
+rows = json.load(open(sys.argv[1])); x = rows[int(sys.argv[2])]
+ctxs = x["ctxs"] if isinstance(x["ctxs"], list) else ast.literal_eval(x["ctxs"])
+json.dump([{"title": c.get("title", ""), "text": c["text"]} for c in ctxs], open(sys.argv[3] + "/docs.json", "w"))
+open(sys.argv[3] + "/q", "w").write(x["question"])
+gold = x["answers"] if isinstance(x["answers"], list) else ast.literal_eval(x["answers"])
+open(sys.argv[3] + "/gold", "w").write(" | ".join(gold))
+PY
+then
+    echo "== fusion: MuSiQue question $DEMO_Q over its 10 passages (gold answer: $(cat "$ftmp/gold"))"
+    set -- --docs-json "$ftmp/docs.json" --musique -q "$(cat "$ftmp/q")"
+else
+    echo "== fusion: a question over three documents ($MUSIQUE not found: built-in documents)"
+    printf '%s\n' "The Amazon river flows through Peru, Colombia and Brazil into the Atlantic Ocean." \
+        "Its basin covers about seven million square kilometres." > "$ftmp/d1.txt"
+    printf '%s\n' "Lake Baikal in Siberia is the deepest lake in the world, at 1642 metres." > "$ftmp/d2.txt"
+    printf '%s\n' "The Nile is usually listed as the longest river; the Amazon carries the most water." > "$ftmp/d3.txt"
+    set -- -d "$ftmp/d1.txt" -d "$ftmp/d2.txt" -d "$ftmp/d3.txt" -q "Which lake is the deepest in the world?"
+fi
+echo "\$ kvfuse ask --method full,a3 --ratio 0.15 ... (documents precomputed first, then each method)"
+build/kvfuse ask -m "$MODEL" --method full,a3 --ratio 0.15 -n 32 "$@"
+rm -rf "$ftmp"
 
 # The server: start `kvfuse serve`, answer one request whose documents are fused (A^3), stop.
 echo

@@ -30,7 +30,8 @@ static void help(void) {
         "      --prefix TEXT      instruction after the system message, before the documents\n"
         "      --musique          CacheBlend's MuSiQue prompt (instruction, passage and question\n"
         "                         format of ../shared/docs/fusion.md section 5)\n"
-        "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), or all\n"
+        "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), all, or a\n"
+        "                         comma-separated list (e.g. full,a3), run in that order\n"
         "      --ratio R          recompute ratio for the selective methods (default 0.15)\n"
         "      --epic-k K         epic: tokens recomputed per document (default 16)\n"
         "      --score-layer L    a3/cacheblend: selection layer (default 1)\n"
@@ -182,10 +183,25 @@ int cmd_ask(int argc, char **argv) {
     int methods[KVF_METHOD_COUNT], n_methods = 0;
     if (!strcmp(method, "all")) {
         for (int i = 0; i < KVF_METHOD_COUNT; i++) methods[n_methods++] = i;
-    } else {
-        int k = kvf_method_from_name(method);
-        if (k < 0) return cli_fail("ask", "unknown method '%s' (full, prefix, reuse, epic, cacheblend, a3, all)", method);
-        methods[n_methods++] = k;
+    } else { /* one method or a comma-separated list, run in the order given */
+        for (const char *p = method; *p;) {
+            size_t n = strcspn(p, ",");
+            char   name[32];
+            int    k = -1;
+            if (n > 0 && n < sizeof name) {
+                memcpy(name, p, n), name[n] = 0;
+                k = kvf_method_from_name(name);
+            }
+            if (k < 0)
+                return cli_fail("ask", "unknown method '%.*s' (full, prefix, reuse, epic, cacheblend, a3, all)",
+                                (int)n, p);
+            for (int i = 0; i < n_methods; i++)
+                if (methods[i] == k) return cli_fail("ask", "method '%.*s' given twice", (int)n, p);
+            methods[n_methods++] = k;
+            p += n;
+            if (*p == ',') p++;
+        }
+        if (n_methods == 0) return cli_fail("ask", "--method is empty");
     }
 
     char   err[512] = "";
@@ -237,7 +253,8 @@ int cmd_ask(int argc, char **argv) {
     }
     fprintf(stderr, "ask: %d chunks computed in %.0f ms%s\n", pst.chunk_misses, pst.precompute_ms,
             use_store ? " (the others came from the store)" : "");
-    int32_t n_vocab = kvf_model_n_vocab(m);
+    int32_t n_vocab   = kvf_model_n_vocab(m);
+    double  full_ttft = 0;
     for (int mi = 0; mi < n_methods && rc == 0; mi++) {
         fp.method = (kvf_method)methods[mi];
         kvf_fuse_stats  st;
@@ -266,6 +283,7 @@ int cmd_ask(int argc, char **argv) {
             tok = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), n_vocab);
         }
         double dec_ms = now_ms() - t0;
+        if (fp.method == KVF_METHOD_FULL) full_ttft = st.ttft_ms;
         text[len]     = 0;
         double tok_s  = steps > 0 && dec_ms > 0 ? steps / dec_ms * 1e3 : 0;
         if (json) {
@@ -305,10 +323,13 @@ int cmd_ask(int argc, char **argv) {
             printf("}\n");
         } else {
             printf("[%s] %s\n", kvf_method_name(fp.method), text);
+            char rel[48] = "";
+            if (full_ttft > 0 && fp.method != KVF_METHOD_FULL)
+                snprintf(rel, sizeof rel, " = %.2fx full", st.ttft_ms / full_ttft);
             fprintf(stderr,
-                    "  [%s] TTFT %.1f ms (load %.1f, rope %.1f, recompute %.1f, first token %.1f); "
+                    "  [%s] TTFT %.1f ms%s (load %.1f, rope %.1f, recompute %.1f, first token %.1f); "
                     "recomputed %d of %d tokens; %d tokens at %.1f tok/s\n",
-                    kvf_method_name(fp.method), st.ttft_ms, st.load_ms, st.rope_ms,
+                    kvf_method_name(fp.method), st.ttft_ms, rel, st.load_ms, st.rope_ms,
                     st.recompute_ms, st.first_token_ms, st.recomputed_tokens, st.total_tokens,
                     n_tok, tok_s);
         }

@@ -8,6 +8,9 @@
 # and the SVG plots; --show prints CacheBlend's MuSiQue prompt segments. About 1 minute.
 set -uo pipefail
 SHARED=${KVF_SHARED:-../shared}
+if [ ! -d "$SHARED/data/needle/PaulGrahamEssays" ] || [ ! -f "$SHARED/data/musique-cacheblend/musique_s.json" ]; then
+    echo "SKIP: eval_smoke needs the shared data in $SHARED/data (set KVF_SHARED)"; echo "0 passed, 0 failed"; exit 0
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 out=$tmp/out

@@ -36,7 +36,7 @@ SYN=$T/synth.gguf
 "$BUILD/tests/tool_mkmodel" "$SYN" --layers 4 --embd 128 --ctx 4096 --type Q8_0 >/dev/null || {
     echo "cannot make the synthetic model"; echo "0 passed, 1 failed"; exit 1; }
 
-ESSAYS=../shared/data/needle/PaulGrahamEssays
+ESSAYS=${KVF_SHARED:-../shared}/data/needle/PaulGrahamEssays
 mkdir -p "$T/docs"
 if [ -d "$ESSAYS" ]; then
     DOCS=("$ESSAYS/addiction.txt" "$ESSAYS/aord.txt" "$ESSAYS/apple.txt")
