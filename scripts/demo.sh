@@ -26,7 +26,7 @@ build/kvfuse generate -m "$MODEL" --chat -p "$PROMPT" -n 96
 echo
 SHARED=${KVF_SHARED:-../shared}
 MUSIQUE=$SHARED/data/musique-cacheblend/musique_s.json
-DEMO_Q=${DEMO_Q:-DEMO_Q_DEFAULT}
+DEMO_Q=${DEMO_Q:-0}
 ftmp=$(mktemp -d)
 if [ -f "$MUSIQUE" ] && python3 - "$MUSIQUE" "$DEMO_Q" "$ftmp" <<'PY'
 import ast, json, sys
