@@ -56,7 +56,8 @@ typedef struct kvf_chunk_backing {
     void (*prefetch_layer)(struct kvf_chunk_backing *b, const struct kvf_chunk *c, int l);
 } kvf_chunk_backing;
 
-/* New chunk with one reference and uninitialised data; NULL when out of memory. */
+/* New chunk with one reference and uninitialised data; NULL when out of memory. `ids`
+ * (borrowed, copied) holds n_tokens token ids, or is NULL (ids left unset). */
 kvf_chunk *kvf_chunk_alloc(kvf_chunk_dtype dtype, int32_t n_tokens, int32_t n_layer, int32_t kvd,
                            const int32_t *ids, int32_t n_ctx);
 /* New chunk with one reference whose data (`bytes` of layout above, read-only) is borrowed from

@@ -572,8 +572,9 @@ static void test_errors_and_cache(void) {
     /* a bounded memory cache evicts least recently used chunks */
     kvf_chunk_cache *tiny;
     kvf_chunk_cache_new_memory(3000, &tiny);
-    kvf_chunk     *c1 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, a, 0);
-    kvf_chunk     *c2 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, a, 0);
+    int32_t        ten[10] = {5, 6, 7, 8, 9, 10, 11, 12, 13, 14}; /* ids: one per token */
+    kvf_chunk     *c1 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, ten, 0);
+    kvf_chunk     *c2 = kvf_chunk_alloc(KVF_CHUNK_F32, 10, 1, 32, ten, 0);
     kvf_chunk_key ka = k1, kb = k3;
     tiny->ops->put(tiny, &ka, c1); /* 2560 bytes each: the second evicts the first */
     tiny->ops->put(tiny, &kb, c2);
