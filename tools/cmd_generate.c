@@ -183,6 +183,7 @@ int cmd_generate(int argc, char **argv) {
                n_gen, n_prompt, t2 - t1, t_first - t0, dec_ms, dec_tok_s, stop);
     } else {
         printf("\n");
+        fflush(stdout); /* the text and its newline before the stats on stderr */
         fprintf(stderr, "[%d prompt tokens, prefill %.1f ms (%.1f tok/s), first token %.1f ms, "
                         "%d tokens at %.1f tok/s, stop: %s]\n",
                 n_prompt, t2 - t1, n_prompt / (t2 - t1) * 1e3, t_first - t0, n_gen, dec_tok_s,
