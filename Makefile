@@ -118,7 +118,8 @@ fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay
 
 # ---- evaluation (kvfuse eval; tools/cmd_eval.c) -------------------------------------------
-# Long runs (hours on a 2-core CPU) that reproduce the README's headline tables. Each writes
+# Long runs that reproduce the README's headline tables (on this 2-core machine, quiet: eval
+# ~1.5 h, of which ~35 min for prefix; eval-sweep ~40 min; eval-needle ~10 min). Each writes
 # $(EVAL_OUT)/<name>/{results.jsonl,summary.json,summary.md,report.md,report.html,*.svg} and is
 # resumable: run the same target again to continue where it stopped.
 SHARED    ?= ../shared
@@ -129,12 +130,12 @@ EVAL      := $(CLI) eval -m $(MODEL)
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
 $(BUILD)/tests/test_eval: $(wildcard tools/eval_*.c tools/eval_*.h) tools/rag.c tools/rag.h
 
-eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (hours)
+eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
 	    --methods full,prefix,reuse,epic,cacheblend,a3 --ratios 0.15 --limit 100 \
 	    --out $(EVAL_OUT)/musique $(EVAL_ARGS)
 
-eval-sweep: cli model ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval-out/musique-sweep (hours)
+eval-sweep: cli model ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval-out/musique-sweep (~40 min)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
 	    --methods full,reuse,epic,cacheblend,a3 --ratios 0.05,0.1,0.15,0.3 --limit 50 \
 	    --out $(EVAL_OUT)/musique-sweep $(EVAL_ARGS)
