@@ -238,7 +238,11 @@ KVF_API const char *kvf_method_name(kvf_method m); /* "full", "prefix", ... */
 /* Method by name; -1 if unknown. */
 KVF_API int kvf_method_from_name(const char *name);
 
-typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING } kvf_evict;
+typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING, KVF_EVICT_COUNT } kvf_evict;
+
+KVF_API const char *kvf_evict_name(kvf_evict e); /* "none", "snapkv", "streaming" */
+/* Eviction policy by name; -1 if unknown. */
+KVF_API int kvf_evict_from_name(const char *name);
 
 typedef enum {
     KVF_CHUNK_F16 = 0,

@@ -41,6 +41,18 @@ int kvf_method_from_name(const char *name) {
     return -1;
 }
 
+static const char *const evict_names[KVF_EVICT_COUNT] = {"none", "snapkv", "streaming"};
+
+const char *kvf_evict_name(kvf_evict e) {
+    return (unsigned)e < KVF_EVICT_COUNT ? evict_names[e] : "unknown";
+}
+
+int kvf_evict_from_name(const char *name) {
+    for (int i = 0; i < KVF_EVICT_COUNT; i++)
+        if (strcmp(name, evict_names[i]) == 0) return i;
+    return -1;
+}
+
 kvf_fuse_params kvf_fuse_default_params(void) {
     kvf_fuse_params p = {.method      = KVF_METHOD_A3,
                          .ratio       = 0.15f,

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const char *cli_model_path(const char *opt) {
     if (opt && opt[0]) return opt;
@@ -122,6 +123,12 @@ int32_t *cli_tokenize_prompt(const char *cmd, const kvf_model *m, const char *te
         return NULL;
     }
     return ids;
+}
+
+double cli_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 char *cli_read_file(const char *path, size_t *len) {

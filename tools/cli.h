@@ -72,6 +72,8 @@ double cli_float(const char *cmd, const char *opt, const char *val, double lo, d
  * assistant turn. Returns a malloc'd array (count in *n) or NULL with a message printed. */
 int32_t *cli_tokenize_prompt(const char *cmd, const kvf_model *m, const char *text, bool chat,
                              const char *system, int32_t *n);
+/* Monotonic clock in milliseconds (for timings). */
+double cli_now_ms(void);
 /* Read a whole file (malloc'd, NUL-terminated); NULL with errno set on failure. */
 char *cli_read_file(const char *path, size_t *len);
 

@@ -10,12 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void help(void) {
     printf(
         "usage: kvfuse ask [-m MODEL] (--doc FILE ... | --docs-json FILE) --question TEXT [options]\n"
@@ -161,10 +155,9 @@ int cmd_ask(int argc, char **argv) {
             else return cli_fail("ask", "--dtype expects f16, f32 or q8, got '%s'", optarg);
             break;
         case 'E':
-            if (!strcmp(optarg, "none")) fp.evict = KVF_EVICT_NONE;
-            else if (!strcmp(optarg, "snapkv")) fp.evict = KVF_EVICT_SNAPKV;
-            else if (!strcmp(optarg, "streaming")) fp.evict = KVF_EVICT_STREAMING;
-            else return cli_fail("ask", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            if (kvf_evict_from_name(optarg) < 0)
+                return cli_fail("ask", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            fp.evict = (kvf_evict)kvf_evict_from_name(optarg);
             break;
         case 'b': fp.budget = (int32_t)cli_int("ask", "--budget", optarg, 1, 1 << 24); break;
         case 'n': n_predict = cli_int("ask", "-n", optarg, 1, 1 << 20); break;
@@ -269,7 +262,7 @@ int cmd_ask(int argc, char **argv) {
         char   *text  = malloc(cap);
         int32_t n_tok = 0, steps = 0;
         int32_t tok   = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), n_vocab);
-        double  t0    = now_ms();
+        double  t0    = cli_now_ms();
         while (n_tok < n_predict && !kvf_token_is_eog(m, tok)) {
             n_tok++;
             char    piece[256];
@@ -282,7 +275,7 @@ int cmd_ask(int argc, char **argv) {
             steps++;
             tok = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), n_vocab);
         }
-        double dec_ms = now_ms() - t0;
+        double dec_ms = cli_now_ms() - t0;
         if (fp.method == KVF_METHOD_FULL) full_ttft = st.ttft_ms;
         text[len]     = 0;
         double tok_s  = steps > 0 && dec_ms > 0 ? steps / dec_ms * 1e3 : 0;

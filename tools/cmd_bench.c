@@ -10,12 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void help(void) {
     printf("usage: kvfuse bench [-m MODEL] [-p N[,N...]] [-n N] [-r R] [options]\n"
            "\n"
@@ -48,9 +42,9 @@ static void fill_ids(int32_t *ids, int32_t n, int32_t n_vocab) {
 
 static int run_prefill(kvf_session *s, const int32_t *ids, int32_t n, double *ms) {
     kvf_session_truncate(s, 0);
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     if (kvf_session_eval(s, ids, n, 0) != KVF_OK) return -1;
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
     return 0;
 }
 
@@ -58,10 +52,10 @@ static int run_decode(kvf_session *s, const int32_t *ids, int32_t depth, int32_t
     kvf_session_truncate(s, 0);
     if (depth > 0 && kvf_session_eval(s, ids, depth, 0) != KVF_OK) return -1;
     ids += depth;
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     for (int32_t i = 0; i < n; i++)
         if (kvf_session_eval(s, &ids[i], 1, 0) != KVF_OK) return -1;
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
     return 0;
 }
 
@@ -74,12 +68,12 @@ static int run_decode_batch(kvf_session **ss, int nb, const int32_t *ids, int32_
         if (depth > 0 && kvf_session_eval(ss[i], ids, depth, 0) != KVF_OK) return -1;
     }
     ids += depth;
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     for (int32_t k = 0; k < n; k++) {
         for (int i = 0; i < nb; i++) tok[i] = ids[(k + 7 * i) % n];
         if (kvf_decode_batch(ss, tok, nb) != KVF_OK) return -1;
     }
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
     return 0;
 }
 

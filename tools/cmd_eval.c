@@ -28,12 +28,6 @@
 #define MAX_LIST    64
 #define CONFIG_VERS 1
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void help(void) {
     printf(
         "usage: kvfuse eval [-m MODEL] --dataset NAME --data PATH --out DIR [options]\n"
@@ -219,7 +213,7 @@ static int greedy(kvf_session *s, const kvf_model *m, int n_predict, gen_out *g)
     g->tok = malloc(sizeof(int32_t) * (size_t)(n_predict + 1));
     if (!g->tok) return -1;
     int32_t tok = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), nv);
-    double  t0  = now_ms();
+    double  t0  = cli_now_ms();
     for (;;) {
         g->tok[g->n++] = tok;
         if (kvf_token_is_eog(m, tok)) {
@@ -231,7 +225,7 @@ static int greedy(kvf_session *s, const kvf_model *m, int n_predict, gen_out *g)
         g->steps++;
         tok = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), nv);
     }
-    g->dec_ms   = now_ms() - t0;
+    g->dec_ms   = cli_now_ms() - t0;
     int     nt  = g->n - g->eog;
     int32_t len = nt ? kvf_detokenize(m, g->tok, nt, NULL, 0, false) : 0;
     if (len == INT32_MIN) return -1;
@@ -375,7 +369,7 @@ static char *format_record(const run_out *o) {
     fprintf(f, ", \"kv_bytes_loaded\": %lld, \"chunk_hits\": %d, \"chunk_misses\": %d",
             (long long)st->kv_bytes_loaded, st->chunk_hits, st->chunk_misses);
     fprintf(f, ", \"evict\": \"%s\", \"kept_after_evict\": %d, \"threads\": %d",
-            o->fp->evict == KVF_EVICT_SNAPKV ? "snapkv" : o->fp->evict == KVF_EVICT_STREAMING ? "streaming" : "none",
+            kvf_evict_name(o->fp->evict),
             st->kept_after_evict, o->threads);
     fprintf(f, ", \"time\": %lld}\n", (long long)time(NULL));
     if (fclose(f) != 0) {
@@ -461,7 +455,7 @@ static void fmt_dur(double ms, char *buf, size_t n) {
 static void progress_draw(const progress *p, const char *id, const char *what) {
     if (!p->enabled || !p->tty) return;
     char   el[32], eta[32] = "?";
-    double t = now_ms() - p->t0;
+    double t = cli_now_ms() - p->t0;
     fmt_dur(t, el, sizeof el);
     if (p->done > 0) fmt_dur(p->work_ms / p->done * (p->total - p->done), eta, sizeof eta);
     int  w = 24, fill = p->total ? p->done * w / p->total : w;
@@ -474,7 +468,7 @@ static void progress_draw(const progress *p, const char *id, const char *what) {
 
 static void progress_line(const progress *p, const char *line) {
     char   el[32], eta[32] = "0s";
-    fmt_dur(now_ms() - p->t0, el, sizeof el);
+    fmt_dur(cli_now_ms() - p->t0, el, sizeof el);
     if (p->done < p->total && p->done > 0) fmt_dur(p->work_ms / p->done * (p->total - p->done), eta, sizeof eta);
     if (p->tty && p->enabled) fputs("\r\x1b[K", stderr);
     fprintf(stderr, "eval: [%d/%d] %s | %s elapsed, ETA %s\n", p->done, p->total, line, el, eta);
@@ -606,10 +600,9 @@ int cmd_eval(int argc, char **argv) {
         case 'e': fp.epic_k = (int32_t)cli_int("eval", "--epic-k", optarg, 0, 1 << 20); break;
         case 'L': fp.score_layer = (int32_t)cli_int("eval", "--score-layer", optarg, 1, 1024); break;
         case 'E':
-            if (!strcmp(optarg, "none")) fp.evict = KVF_EVICT_NONE;
-            else if (!strcmp(optarg, "snapkv")) fp.evict = KVF_EVICT_SNAPKV;
-            else if (!strcmp(optarg, "streaming")) fp.evict = KVF_EVICT_STREAMING;
-            else return cli_fail("eval", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            if (kvf_evict_from_name(optarg) < 0)
+                return cli_fail("eval", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            fp.evict = (kvf_evict)kvf_evict_from_name(optarg);
             break;
         case 'b': fp.budget = (int32_t)cli_int("eval", "--budget", optarg, 1, 1 << 24); break;
         case 'T':
@@ -758,7 +751,7 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "epic_k", fp.epic_k);
     cJSON_AddNumberToObject(cfg, "score_layer", fp.score_layer);
     cJSON_AddNumberToObject(cfg, "pool", fp.pool);
-    cJSON_AddStringToObject(cfg, "evict", fp.evict == KVF_EVICT_SNAPKV ? "snapkv" : fp.evict == KVF_EVICT_STREAMING ? "streaming" : "none");
+    cJSON_AddStringToObject(cfg, "evict", kvf_evict_name(fp.evict));
     cJSON_AddNumberToObject(cfg, "budget", fp.budget);
     cJSON_AddStringToObject(cfg, "dtype", fp.dtype == KVF_CHUNK_F32 ? "f32" : fp.dtype == KVF_CHUNK_Q8 ? "q8" : "f16");
     cJSON_AddNumberToObject(cfg, "chunk_tokens", eo.chunk_tokens);
@@ -836,12 +829,12 @@ int cmd_eval(int argc, char **argv) {
         rc = cli_fail("eval", "out of memory");
         goto out;
     }
-    progress pr = {.total = n_todo, .tty = isatty(2), .enabled = !no_progress, .t0 = now_ms()};
+    progress pr = {.total = n_todo, .tty = isatty(2), .enabled = !no_progress, .t0 = cli_now_ms()};
     int      n_too_long = 0;
     rc = 0;
     for (int ti = 0; ti < n_todo && rc == 0; ti++) {
         const eval_example *ex = &ds.ex[todo[ti]];
-        double              t_ex = now_ms();
+        double              t_ex = cli_now_ms();
         rag_req             req;
         progress_draw(&pr, ex->id, "tokenizing");
         if (rag_tokenize(m, NULL, ex->instruction, (const char *const *)ex->docs, ex->n_docs, ex->question, &req, err, sizeof err) != 0) {
@@ -951,7 +944,7 @@ int cmd_eval(int argc, char **argv) {
         rag_free(&req);
         if (rc) break;
         pr.done++;
-        pr.work_ms += now_ms() - t_ex;
+        pr.work_ms += cli_now_ms() - t_ex;
         /* the new records count as done for the summary; rebuild it */
         progress_line(&pr, line);
         if (write_outputs(out_dir, title, results) != 0) {
@@ -962,7 +955,7 @@ int cmd_eval(int argc, char **argv) {
     free(todo);
     if (rc == 0) {
         fprintf(stderr, "eval: done in %.1f min%s; summary in %s/summary.md, report in %s/report.md\n",
-                (now_ms() - pr.t0) / 60000, n_too_long ? " (some examples were too long for the context)" : "", out_dir, out_dir);
+                (cli_now_ms() - pr.t0) / 60000, n_too_long ? " (some examples were too long for the context)" : "", out_dir, out_dir);
         if (n_too_long) fprintf(stderr, "eval: %d examples skipped: longer than the model's context\n", n_too_long);
     }
 out:

@@ -6,12 +6,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void help(void) {
     printf("usage: kvfuse generate [-m MODEL] -p PROMPT [options]\n"
            "\n"
@@ -93,7 +87,7 @@ int cmd_generate(int argc, char **argv) {
     kvf_model *m = cli_load_model(cli_model_path(model), isa, (int)n_threads, prec);
     if (!m) return free(file_text), 1;
 
-    double   t0 = now_ms();
+    double   t0 = cli_now_ms();
     int32_t  n_prompt;
     int32_t *ids = cli_tokenize_prompt("generate", m, prompt, chat, system, &n_prompt);
     free(file_text);
@@ -122,16 +116,16 @@ int cmd_generate(int argc, char **argv) {
         return cli_fail("generate", "%s", kvf_errmsg());
     }
     kvf_sampler *smp = kvf_sampler_new(&sp);
-    double       t1  = now_ms();
+    double       t1  = cli_now_ms();
     if (kvf_session_eval(s, ids, n_prompt, 0) != KVF_OK) {
         int rc = cli_fail("generate", "%s", kvf_errmsg());
         kvf_sampler_free(smp), kvf_session_free(s), free(ids), kvf_model_free(m);
         return rc;
     }
-    double  t2      = now_ms();
+    double  t2      = cli_now_ms();
     int32_t n_vocab = kvf_model_n_vocab(m);
     int32_t tok     = kvf_sampler_sample(smp, kvf_session_logits(s, -1), n_vocab);
-    double  t_first = now_ms();
+    double  t_first = cli_now_ms();
 
     size_t      cap = 4096, len = 0;
     char       *text = malloc(cap);
@@ -169,7 +163,7 @@ int cmd_generate(int argc, char **argv) {
             break;
         }
         tok   = kvf_sampler_sample(smp, kvf_session_logits(s, -1), n_vocab);
-        t_end = now_ms();
+        t_end = cli_now_ms();
         n_steps++;
     }
     /* decode rate: forward steps after the first token, each producing one token */

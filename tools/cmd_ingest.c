@@ -13,12 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void help(void) {
     printf("usage: kvfuse ingest [-m MODEL] --store DIR [options] FILE...\n"
            "       kvfuse ingest [-m MODEL] --store DIR --musique FILE [--limit N]\n"
@@ -227,7 +221,7 @@ static void fmt_time(double s, char *out, size_t n) {
 static void progress(bool tty, int done, int total, int64_t tok_done, int64_t tok_total, double t0,
                      int computed, int skipped, bool final) {
     static int last_decile = -1;
-    double     el          = now_s() - t0;
+    double     el          = (cli_now_ms() / 1e3) - t0;
     double     frac        = tok_total > 0 ? (double)tok_done / (double)tok_total : 1.0;
     double     eta         = tok_done > 0 ? el / (double)tok_done * (double)(tok_total - tok_done) : -1;
     char       e[32], a[32];
@@ -350,7 +344,7 @@ int cmd_ingest(int argc, char **argv) {
     bool    tty      = !quiet && isatty(2);
     int     computed = 0, skipped = 0, done = 0;
     int64_t tok_done = 0;
-    double  t0 = now_s();
+    double  t0 = (cli_now_ms() / 1e3);
     if (rc == 0 && !quiet)
         fprintf(stderr, "ingest: %d chunks, %lld tokens (window %ld, %s, %s)\n", chunks.n, (long long)tok_all,
                 window, fp.dtype == KVF_CHUNK_F32 ? "f32" : fp.dtype == KVF_CHUNK_Q8 ? "q8" : "f16",
@@ -381,7 +375,7 @@ int cmd_ingest(int argc, char **argv) {
         if (!quiet) {
             if (chunks.n) progress(tty, done, chunks.n, tok_done, tok_all, t0, computed, skipped, true);
             fprintf(stderr, "ingest: %d chunks (%lld tokens): %d computed, %d already stored; %.1f s\n", done,
-                    (long long)tok_done, computed, skipped, now_s() - t0);
+                    (long long)tok_done, computed, skipped, (cli_now_ms() / 1e3) - t0);
             cli_store_print_stats(stderr, cache, false);
         }
     }

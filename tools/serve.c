@@ -165,10 +165,9 @@ int cmd_serve(int argc, char **argv) {
         }
         case 'r': ac.fp.ratio = (float)cli_float("serve", "--ratio", optarg, 0, 1); break;
         case 'E':
-            if (!strcmp(optarg, "none")) ac.fp.evict = KVF_EVICT_NONE;
-            else if (!strcmp(optarg, "snapkv")) ac.fp.evict = KVF_EVICT_SNAPKV;
-            else if (!strcmp(optarg, "streaming")) ac.fp.evict = KVF_EVICT_STREAMING;
-            else return cli_fail("serve", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            if (kvf_evict_from_name(optarg) < 0)
+                return cli_fail("serve", "--evict expects none, snapkv or streaming, got '%s'", optarg);
+            ac.fp.evict = (kvf_evict)kvf_evict_from_name(optarg);
             break;
         case 'x': ac.temperature = (float)cli_float("serve", "--temp", optarg, 0, 2); break;
         case 'z': cache_mb = cli_int("serve", "--cache-mb", optarg, 0, 1L << 24); break;

@@ -457,9 +457,6 @@ static cJSON *usage_obj(const srv_job *j) {
     return u;
 }
 
-static const char *evict_name(kvf_evict e) {
-    return e == KVF_EVICT_SNAPKV ? "snapkv" : e == KVF_EVICT_STREAMING ? "streaming" : "none";
-}
 
 /* the response's "kvfuse" object: method, tokens reused/recomputed, TTFT and its parts */
 static cJSON *kvfuse_obj(const srv_job *j) {
@@ -468,7 +465,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     if (j->fused) {
         if (j->fp.method == KVF_METHOD_A3 || j->fp.method == KVF_METHOD_CACHEBLEND)
             cJSON_AddNumberToObject(k, "ratio", round((double)j->fp.ratio * 1e4) / 1e4);
-        cJSON_AddStringToObject(k, "evict", evict_name(j->fp.evict));
+        cJSON_AddStringToObject(k, "evict", kvf_evict_name(j->fp.evict));
     }
     cJSON_AddNumberToObject(k, "documents", j->n_documents);
     const kvf_fuse_stats *st = &j->fst;
@@ -1244,14 +1241,9 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     s = NULL;
     if (opt_str(kx, "evict", "kvfuse.evict", &s, e) < 0) return -1;
     if (s) {
-        if (!strcmp(s, "none"))
-            j->fp.evict = KVF_EVICT_NONE;
-        else if (!strcmp(s, "snapkv"))
-            j->fp.evict = KVF_EVICT_SNAPKV;
-        else if (!strcmp(s, "streaming"))
-            j->fp.evict = KVF_EVICT_STREAMING;
-        else
-            return fail(e, 400, "kvfuse.evict", "kvfuse.evict must be \"none\", \"snapkv\" or \"streaming\"");
+        int ev = kvf_evict_from_name(s);
+        if (ev < 0) return fail(e, 400, "kvfuse.evict", "kvfuse.evict must be \"none\", \"snapkv\" or \"streaming\"");
+        j->fp.evict = (kvf_evict)ev;
     }
     long long v;
     int       k = opt_int(kx, "budget", "kvfuse.budget", 16, 1 << 20, &v, e);
