@@ -1,8 +1,9 @@
 # kvfuse - build, test and demo targets. `make help` lists them.
 #
-# One library (build/libkvfuse.a) from src/*.c, the CLI (build/kvfuse) from tools/, one test
-# binary per tests/test_*.c. Files named *_avx2.c / *_avx512.c are compiled with that ISA's
-# flags and only called after a run-time CPU check, so one binary runs on any x86-64.
+# One library (build/libkvfuse.a) from src/ (common.c, engine/, store/, fusion/), the CLI
+# (build/kvfuse) from tools/ (cli/, server/, eval/), one test binary per tests/test_*.c. Files
+# named *_avx2.c / *_avx512.c are compiled with that ISA's flags and only called after a
+# run-time CPU check, so one binary runs on any x86-64.
 
 CC      ?= cc
 BUILD   ?= build
@@ -12,7 +13,8 @@ MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -Iinclude -Isrc $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
+INCS    := -Iinclude -Isrc -Isrc/engine -Isrc/engine/kernels -Isrc/store -Isrc/fusion
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(INCS) $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
 LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lmicrohttpd -lm -pthread
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
@@ -24,9 +26,12 @@ ifeq ($(SAN),1)
   LDLIBS     += -fsanitize=address,undefined
 endif
 
-LIB_SRC  := $(sort $(wildcard src/*.c))
+LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c src/*/*/*.c))
+LIB_HDR  := $(sort $(wildcard src/*.h src/*/*.h src/*/*/*.h)) include/kvfuse.h
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
-TOOL_SRC := $(sort $(wildcard tools/*.c))
+TOOL_SRC := $(sort $(wildcard tools/*/*.c))
+TOOL_HDR := $(sort $(wildcard tools/*/*.h))
+TOOL_INCS := -Itools/cli -Itools/server -Itools/eval
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # tests/tool_*.c: helper programs that integration scripts drive (not run on their own)
@@ -47,36 +52,39 @@ cli: $(CLI)
 tests: $(TEST_BIN)
 benches: $(BENCH_BIN)
 
-$(BUILD)/obj/%_avx2.o: src/%_avx2.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
+$(BUILD)/obj/%_avx2.o: src/%_avx2.c $(LIB_HDR) | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX2) -c $< -o $@
 
-$(BUILD)/obj/%_avx512.o: src/%_avx512.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
+$(BUILD)/obj/%_avx512.o: src/%_avx512.c $(LIB_HDR) | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -O3 $(ISA_AVX512) -c $< -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/kvfuse.h | $(BUILD)/obj $(BUILD)/.deps-ok
+$(BUILD)/obj/%.o: src/%.c $(LIB_HDR) | $(BUILD)/.deps-ok
+	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(CLI): $(TOOL_SRC) $(wildcard tools/*.h) $(LIB)
-	$(CC) $(ALL_CFLAGS) -Itools $(TOOL_SRC) $(LIB) $(LDLIBS) -o $@
+$(CLI): $(TOOL_SRC) $(TOOL_HDR) $(LIB)
+	$(CC) $(ALL_CFLAGS) $(TOOL_INCS) $(TOOL_SRC) $(LIB) $(LDLIBS) -o $@
 
 $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB) | $(BUILD)/tests
-	$(CC) $(ALL_CFLAGS) -Itests $< $(LIB) $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) $(TOOL_INCS) -Itests $< $(LIB) $(LDLIBS) -o $@
 
-# the server's unit test compiles the server sources in (tools/server_*.c)
-$(BUILD)/tests/test_server_api: $(wildcard tools/server_*.c tools/server_*.h)
+# the server's unit test compiles the server sources in (tools/server/server_*.c)
+$(BUILD)/tests/test_server_api: $(wildcard tools/server/server_*.c tools/server/server_*.h)
 
 $(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
-	$(CC) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+	$(CC) $(ALL_CFLAGS) $(TOOL_INCS) $< $(LIB) $(LDLIBS) -o $@
 
-$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
+$(BUILD)/tests $(BUILD)/bench:
 	mkdir -p $@
 
 # Debian packages the build needs (scripts/deps.sh installs what is missing, once).
-$(BUILD)/.deps-ok: scripts/deps.sh | $(BUILD)/obj
-	scripts/deps.sh && touch $@
+$(BUILD)/.deps-ok: scripts/deps.sh
+	mkdir -p $(BUILD)/obj && scripts/deps.sh && touch $@
 
 model: $(MODEL) ## download the default model (SmolLM2-135M-Instruct Q4_1) into models/
 
@@ -117,7 +125,7 @@ bench-load: all model ## server load test: 8 clients x 60 s, a3 vs full, MuSiQue
 fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay
 
-# ---- evaluation (kvfuse eval; tools/cmd_eval.c) -------------------------------------------
+# ---- evaluation (kvfuse eval; tools/eval/cmd_eval.c) -------------------------------------------
 # Long runs that reproduce the README's headline tables (on this 2-core machine, quiet: eval
 # ~1.5 h, of which ~35 min for prefix; eval-sweep ~40 min; eval-needle ~10 min). Each writes
 # $(EVAL_OUT)/<name>/{results.jsonl,summary.json,summary.md,report.md,report.html,*.svg} and is
@@ -128,7 +136,7 @@ EVAL_ARGS ?=
 EVAL      := $(CLI) eval -m $(MODEL)
 .PHONY: eval eval-sweep eval-needle
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
-$(BUILD)/tests/test_eval: $(wildcard tools/eval_*.c tools/eval_*.h) tools/rag.c tools/rag.h
+$(BUILD)/tests/test_eval: $(wildcard tools/eval/eval_*.c tools/eval/eval_*.h) tools/cli/rag.c tools/cli/rag.h
 
 eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
@@ -149,7 +157,7 @@ clean:
 	rm -rf build
 
 format:
-	clang-format -i include/*.h src/*.c src/*.h tools/*.c tests/*.c tests/*.h
+	clang-format -i include/*.h $(LIB_SRC) $(filter src/%,$(LIB_HDR)) $(TOOL_SRC) $(TOOL_HDR) tests/*.c tests/*.h
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s '	'

@@ -20,7 +20,7 @@
  *   build/bench/store_bench -m MODEL --store DIR --musique FILE [--limit 10] [--acc-limit 2]
  *                           [--threads N] [--json OUT] [--skip-ttft] [--skip-acc]
  */
-#include "../tools/rag.c" /* the MuSiQue prompt of `kvfuse ask --musique` (one translation unit) */
+#include "../tools/cli/rag.c" /* the MuSiQue prompt of `kvfuse ask --musique` (one translation unit) */
 
 #include "chunk_io.h"
 #include "common.h"

@@ -1,4 +1,4 @@
-/* fuzz_gguf.c - libFuzzer target for the GGUF reader (src/gguf.c).
+/* fuzz_gguf.c - libFuzzer target for the GGUF reader (src/engine/gguf.c).
  *
  * Parses the input with gguf_parse(). On failure the result must be NULL with a message; on
  * success every key, value, string and tensor is read back through the public accessors and
@@ -7,7 +7,7 @@
  * A broken promise aborts, which libFuzzer reports as a crash.
  *
  * Build and run through scripts/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
- * fuzz-sources: gguf common quant
+ * fuzz-sources: engine/gguf common engine/quant
  */
 #include "gguf.h"
 #include "quant.h"

@@ -1,5 +1,5 @@
 /* fuzz_server.c - libFuzzer target for the request handler of `kvfuse serve`
- * (tools/server_api.c with the document registry and the metrics page): everything an HTTP
+ * (tools/server/server_api.c with the document registry and the metrics page): everything an HTTP
  * request can reach except sockets and inference.
  *
  * Input: "METHOD PATH\n", optional header lines ("Authorization: ...", "X-Api-Key: ..."), a
@@ -16,9 +16,9 @@
  * fuzz-libs: -lcjson -llmdb -lhiredis -lzstd
  */
 #include "../tests/synth.h"
-#include "../tools/server_api.c"
-#include "../tools/server_docs.c"
-#include "../tools/server_metrics.c"
+#include "../tools/server/server_api.c"
+#include "../tools/server/server_docs.c"
+#include "../tools/server/server_metrics.c"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -15,7 +15,7 @@
 #
 # Targets are built with clang -fsanitize=fuzzer,address,undefined into $FUZZ_BUILD
 # (default build/fuzz) against the library sources compiled with the same sanitizers: those a
-# target names on a line "fuzz-sources: gguf common quant" (src/NAME.c), else all; extra link
+# target names on a line "fuzz-sources: engine/gguf common engine/quant" (src/NAME.c), else all; extra link
 # flags on a line "fuzz-libs: -lcjson" (e.g. fuzz_server). Without a
 # clang that has libFuzzer, `replay` falls back to $CC with -fsanitize=address,undefined and
 # fuzz/replay_main.c as the driver; `run` and `merge` need libFuzzer.
@@ -52,11 +52,14 @@ libs() {
     grep -m1 -o 'fuzz-libs:[a-zA-Z0-9_ -]*' "fuzz/fuzz_$1.c" | cut -d: -f2 | tr ' ' '\n' | grep -v '^$'
 }
 
-# sources NAME: the src/*.c files fuzz_NAME links (its "fuzz-sources:" line, else all)
+# all_sources: every library source (src/ and its layer folders)
+all_sources() { find src -name '*.c' | sort; }
+
+# sources NAME: the src/**/*.c files fuzz_NAME links (its "fuzz-sources:" line, else all)
 sources() {
     local line w
-    line=$(grep -m1 -o 'fuzz-sources:[a-z0-9_ ]*' "fuzz/fuzz_$1.c" | cut -d: -f2)
-    if [ -z "$line" ]; then ls src/*.c; return; fi
+    line=$(grep -m1 -o 'fuzz-sources:[a-z0-9_/ ]*' "fuzz/fuzz_$1.c" | cut -d: -f2)
+    if [ -z "$line" ]; then all_sources; return; fi
     for w in $line; do echo "src/$w.c"; done
 }
 
@@ -102,12 +105,12 @@ build() {
         build_lib "$lib" "$cc" "$flags" "${srcs[@]}"
         local xlibs=()
         mapfile -t xlibs < <(libs "$n")
-        local link=("$cc" -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -O1 -g $SAN "fuzz/fuzz_$n.c"
+        local link=("$cc" -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Isrc/engine -Isrc/engine/kernels -Isrc/store -Isrc/fusion -Itools/cli -Itools/server -Itools/eval -O1 -g $SAN "fuzz/fuzz_$n.c"
             "${extra[@]}" "$lib" "${xlibs[@]}" -lm -pthread -o "$B/fuzz_$n")
         if ! "${link[@]}" 2>"$B/link_$n.log"; then
             # the fuzz-sources line may be out of date: try the whole library
-            echo "fuzz.sh: fuzz_$n does not link with its fuzz-sources; trying every src/*.c" >&2
-            mapfile -t srcs < <(ls src/*.c)
+            echo "fuzz.sh: fuzz_$n does not link with its fuzz-sources; trying every library source" >&2
+            mapfile -t srcs < <(all_sources)
             build_lib "$lib" "$cc" "$flags" "${srcs[@]}"
             if ! "${link[@]}"; then
                 echo "fuzz.sh: cannot build fuzz_$n" >&2

@@ -1,15 +1,15 @@
-/* test_eval.c - the evaluation harness without a model: every metric of tools/eval_metrics.c on
+/* test_eval.c - the evaluation harness without a model: every metric of tools/eval/eval_metrics.c on
  * hand-checked cases (expected values worked out by hand and checked against the published
  * SQuAD/LongBench normalize_answer and qa_f1_score definitions), the dataset loaders of
- * tools/eval_data.c on the small fixtures in tests/fixtures/eval/ (and on hostile variants
+ * tools/eval/eval_data.c on the small fixtures in tests/fixtures/eval/ (and on hostile variants
  * written here), needle and RULER generation with a word tokenizer, and the summary / report
- * writer of tools/eval_report.c on records written here. */
+ * writer of tools/eval/eval_report.c on records written here. */
 #include "harness.h"
 
-#include "../tools/eval_data.c"
-#include "../tools/eval_metrics.c"
-#include "../tools/eval_report.c"
-#include "../tools/rag.c"
+#include "../tools/eval/eval_data.c"
+#include "../tools/eval/eval_metrics.c"
+#include "../tools/eval/eval_report.c"
+#include "../tools/cli/rag.c"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-/* test_gguf.c - unit tests of the GGUF reader (src/gguf.c) and of the synthetic-model
+/* test_gguf.c - unit tests of the GGUF reader (src/engine/gguf.c) and of the synthetic-model
  * generator (tests/synth.h).
  *
  * - round trips: every scalar and array value type through the typed getters, tensors of every

@@ -7,10 +7,10 @@
 #include "harness.h"
 #include "synth.h"
 
-#include "../tools/server_api.c"
-#include "../tools/server_docs.c"
-#include "../tools/server_metrics.c"
-#include "../tools/server_sched.c"
+#include "../tools/server/server_api.c"
+#include "../tools/server/server_docs.c"
+#include "../tools/server/server_metrics.c"
+#include "../tools/server/server_sched.c"
 
 #include <unistd.h>
 

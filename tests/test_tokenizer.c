@@ -1,5 +1,5 @@
-/* test_tokenizer.c - unit tests of the tokenizer (src/tokenizer.c) and its Unicode tables
- * (src/unicode.c) on small vocabularies built here, with hand-checked expectations:
+/* test_tokenizer.c - unit tests of the tokenizer (src/engine/tokenizer.c) and its Unicode tables
+ * (src/engine/unicode.c) on small vocabularies built here, with hand-checked expectations:
  * BPE merge order, the four regex pre-tokenizers, special tokens, SentencePiece scores, byte
  * fallback and <unk>, buffer-size returns, bad ids and arguments, invalid UTF-8, chat
  * template families, GGUF metadata validation, allocation failures, threads and speed on

@@ -285,7 +285,7 @@ check "server log has no sanitizer or crash report" bash -c "! grep -qiE 'Addres
 ASAN_CLI=${SERVER_ASAN_CLI:-build/asan/kvfuse}
 if [ -z "${SERVER_SH_INNER:-}" ]; then
     fresh=1
-    for f in tools/serve.c tools/server_*.c tools/server_*.h; do [ "$ASAN_CLI" -nt "$f" ] || fresh=0; done
+    for f in tools/server/*.c tools/server/*.h; do [ "$ASAN_CLI" -nt "$f" ] || fresh=0; done
     if [ -x "$ASAN_CLI" ] && [ $fresh = 1 ] && "$ASAN_CLI" serve --help >/dev/null 2>&1; then
         echo "== the same suite against the sanitizer build $ASAN_CLI"
         SERVER_SH_INNER=1 KVFUSE=$ASAN_CLI "$0" > "$T/asan.out" 2>&1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_dequant.sh - the C reference dequantiser/quantiser (src/quant.c) against the official
+# test_dequant.sh - the C reference dequantiser/quantiser (src/engine/quant.c) against the official
 # `gguf` Python package: every tensor of the real model bit-identical, random blocks of every
 # supported weight type bit-identical, and kvf_quantize round trips within per-type error bounds.
 # Logic in tests/oracle/check_dequant.py; C side is the helper $BUILD/tests/tool_dequant.

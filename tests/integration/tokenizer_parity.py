@@ -589,18 +589,18 @@ def real_vocabs():
 
 
 def unicode_table_current():
-    """src/unicode_data.h is what scripts/gen-unicode.py writes (same Unicode version)."""
+    """src/engine/unicode_data.h is what scripts/gen-unicode.py writes (same Unicode version)."""
     import unicodedata
 
-    with open("src/unicode_data.h") as f:
+    with open("src/engine/unicode_data.h") as f:
         committed = f.read()
     if '"%s"' % unicodedata.unidata_version not in committed:
         return ["unicode table: not compared (this Python has Unicode %s)"
                 % unicodedata.unidata_version]
     out = subprocess.run([sys.executable, "scripts/gen-unicode.py"], check=True,
                          capture_output=True, text=True).stdout
-    T.check(out == committed, "src/unicode_data.h differs from scripts/gen-unicode.py's output")
-    return ["unicode table: src/unicode_data.h matches scripts/gen-unicode.py"]
+    T.check(out == committed, "src/engine/unicode_data.h differs from scripts/gen-unicode.py's output")
+    return ["unicode table: src/engine/unicode_data.h matches scripts/gen-unicode.py"]
 
 
 def main():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tokenizer_parity.sh - the tokenizer and chat templates (src/tokenizer.c) against independent
+# tokenizer_parity.sh - the tokenizer and chat templates (src/engine/tokenizer.c) against independent
 # oracles: Hugging Face `tokenizers` with SmolLM2's tokenizer.json (~400 varied strings, every
 # MuSiQue passage and question, chat prompts), HF's regex pre-tokenizers, jinja2 renderings of
 # the chat templates, and llama.cpp's test vocabularies with their expected ids (SentencePiece
