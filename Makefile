@@ -13,7 +13,7 @@ MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
            -Werror=implicit-function-declaration -Wno-unused-parameter
 CFLAGS  ?= -O2 -g
-INCS    := -Iinclude -Isrc -Isrc/engine -Isrc/engine/kernels -Isrc/store -Isrc/fusion
+INCS    := -Iinclude -Isrc
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(INCS) $(WARN) $(CFLAGS) -pthread $(EXTRA_CFLAGS)
 LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lmicrohttpd -lm -pthread
 
@@ -31,7 +31,7 @@ LIB_HDR  := $(sort $(wildcard src/*.h src/*/*.h src/*/*/*.h)) include/kvfuse.h
 LIB_OBJ  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 TOOL_SRC := $(sort $(wildcard tools/*/*.c))
 TOOL_HDR := $(sort $(wildcard tools/*/*.h))
-TOOL_INCS := -Itools/cli -Itools/server -Itools/eval
+TOOL_INCS := -Itools
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 # tests/tool_*.c: helper programs that integration scripts drive (not run on their own)

@@ -4,9 +4,9 @@
  * the same run as the baseline.
  *   build/bench/bench_kernels [--reps N] */
 #include "common.h"
-#include "kernels.h"
-#include "matmul.h"
-#include "quant.h"
+#include "engine/kernels/kernels.h"
+#include "engine/matmul.h"
+#include "engine/quant.h"
 
 #include <math.h>
 #include <stdio.h>

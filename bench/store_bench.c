@@ -22,10 +22,10 @@
  */
 #include "../tools/cli/rag.c" /* the MuSiQue prompt of `kvfuse ask --musique` (one translation unit) */
 
-#include "chunk_io.h"
+#include "store/chunk_io.h"
 #include "common.h"
-#include "model.h"
-#include "store.h"
+#include "engine/model.h"
+#include "store/store.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

@@ -9,8 +9,8 @@
  * Build and run through scripts/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
  * fuzz-sources: engine/gguf common engine/quant
  */
-#include "gguf.h"
-#include "quant.h"
+#include "engine/gguf.h"
+#include "engine/quant.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -105,7 +105,7 @@ build() {
         build_lib "$lib" "$cc" "$flags" "${srcs[@]}"
         local xlibs=()
         mapfile -t xlibs < <(libs "$n")
-        local link=("$cc" -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Isrc/engine -Isrc/engine/kernels -Isrc/store -Isrc/fusion -Itools/cli -Itools/server -Itools/eval -O1 -g $SAN "fuzz/fuzz_$n.c"
+        local link=("$cc" -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -Itools -O1 -g $SAN "fuzz/fuzz_$n.c"
             "${extra[@]}" "$lib" "${xlibs[@]}" -lm -pthread -o "$B/fuzz_$n")
         if ! "${link[@]}" 2>"$B/link_$n.log"; then
             # the fuzz-sources line may be out of date: try the whole library

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run-tests.sh [--unit | --integration] - run kvfuse's tests and add up their results.
 #
-# Unit tests: every build/tests/test_* binary (synthetic models only, no downloads).
+# Unit tests: the layer check of the source tree (scripts/check-layout.py) and every
+# build/tests/test_* binary (synthetic models only, no downloads).
 # Integration tests: every executable tests/integration/*.{sh,py}, run from the repository root
 # with KVFUSE (the CLI), KVFUSE_MODEL (the real model), PYTHON (the venv with the oracles) and
 # BUILD and KVF_SHARED (the shared data folder) in the environment. Each test prints a line
@@ -36,6 +37,7 @@ run_one() { # name, command...
 }
 
 if [ "$mode" != "--integration" ]; then
+    run_one check-layout python3 scripts/check-layout.py
     for t in "$BUILD"/tests/test_*; do
         [ -x "$t" ] || continue
         run_one "$(basename "$t")" timeout 900 "$t"

@@ -24,8 +24,8 @@
 #define KVF_TEST_SYNTH_H
 
 #include "common.h"
-#include "gguf.h"
-#include "quant.h"
+#include "engine/gguf.h"
+#include "engine/quant.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -6,9 +6,10 @@
 #include "harness.h"
 #include "synth.h"
 
-#include "chunk.h"
+#include "store/chunk.h"
 #include "common.h"
-#include "session.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
 
 #include <math.h>
 #include <string.h>

@@ -5,10 +5,10 @@
  * (identical results for 1, 2 and 3 threads) and the thread pool. Odd sizes throughout. */
 #include "harness.h"
 #include "common.h"
-#include "kernels.h"
-#include "matmul.h"
-#include "quant.h"
-#include "threadpool.h"
+#include "engine/kernels/kernels.h"
+#include "engine/matmul.h"
+#include "engine/quant.h"
+#include "engine/threadpool.h"
 
 #include <math.h>
 #include <stdint.h>

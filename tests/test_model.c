@@ -8,9 +8,9 @@
 #include "synth.h"
 
 #include "common.h"
-#include "gguf.h"
+#include "engine/gguf.h"
 #include "kvfuse.h"
-#include "quant.h"
+#include "engine/quant.h"
 
 #include <math.h>
 #include <string.h>

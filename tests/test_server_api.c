@@ -596,7 +596,8 @@ static void test_metrics(void) {
     j->fst.total_tokens    = 100;
     j->fst.recomputed_tokens = 25;
     j->fst.reused_tokens   = 75;
-    srv_metrics_job(m, j);
+    srv_job_outcome o = srv_job_outcome_of(j);
+    srv_metrics_job(m, &o);
     srv_metrics_cache(m, 3, 1);
     srv_metrics_decode_step(m, 2, 10);
     size_t n;

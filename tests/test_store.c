@@ -9,11 +9,11 @@
 #include "harness.h"
 #include "synth.h"
 
-#include "chunk.h"
-#include "chunk_io.h"
+#include "store/chunk.h"
+#include "store/chunk_io.h"
 #include "common.h"
-#include "model.h"
-#include "store.h"
+#include "engine/model.h"
+#include "store/store.h"
 
 #include <pthread.h>
 #include <signal.h>

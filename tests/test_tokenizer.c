@@ -7,8 +7,8 @@
  */
 #include "harness.h"
 #include "synth.h"
-#include "tokenizer.h"
-#include "unicode.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode.h"
 
 #include <limits.h>
 #include <pthread.h>

@@ -10,8 +10,8 @@
  *   tool_dequant quant TYPE IN OUT     IN holds float32 values (a multiple of the block size);
  *                                      OUT gets kvf_quantize's blocks of TYPE
  */
-#include "gguf.h"
-#include "quant.h"
+#include "engine/gguf.h"
+#include "engine/quant.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -17,8 +17,8 @@
  * Not run on its own by scripts/run-tests.sh (the name does not start with test_).
  */
 #include "common.h"
-#include "gguf.h"
-#include "tokenizer.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -7,7 +7,8 @@
  * parallel regions of the session's thread pool. Every step works on any set of rows with
  * explicit positions and cache cells, which is what fusion's selective recompute needs. */
 #include "common.h"
-#include "session.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
 
 #include <math.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  *   n_tensors x { string name, u32 n_dims, u64 ne[n_dims], u32 type, u64 offset },
  *   padding to `general.alignment` (default 32), then the tensor data section.
  */
-#include "gguf.h"
+#include "engine/gguf.h"
 #include "common.h"
 
 #include <errno.h>

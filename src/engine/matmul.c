@@ -1,6 +1,6 @@
 /* matmul.c - packing GGUF weights into panels, activation quantisation, and the threaded
  * driver that hands (panel group x row group) work items to the kernels. */
-#include "matmul.h"
+#include "engine/matmul.h"
 #include "common.h"
 
 #include <string.h>

@@ -9,9 +9,9 @@
 #ifndef KVF_MATMUL_H
 #define KVF_MATMUL_H
 
-#include "gguf.h"
-#include "kernels.h"
-#include "threadpool.h"
+#include "engine/gguf.h"
+#include "engine/kernels/kernels.h"
+#include "engine/threadpool.h"
 
 typedef struct kvf_weight {
     kvf_panel_kind kind;

@@ -1,9 +1,9 @@
 /* model.c - load a GGUF model: read and validate hyperparameters, bind and check every tensor,
  * pack the matmul weights into panels, load the tokenizer. Also the public model and tokenizer
  * entry points of kvfuse.h. Architectures: llama (SmolLM2, TinyLlama, Llama 2/3) and qwen2. */
-#include "model.h"
+#include "engine/model.h"
 #include "common.h"
-#include "threadpool.h"
+#include "engine/threadpool.h"
 
 #include <math.h>
 #include <string.h>

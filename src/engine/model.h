@@ -3,10 +3,10 @@
 #ifndef KVF_MODEL_H
 #define KVF_MODEL_H
 
-#include "gguf.h"
-#include "kernels.h"
-#include "matmul.h"
-#include "tokenizer.h"
+#include "engine/gguf.h"
+#include "engine/kernels/kernels.h"
+#include "engine/matmul.h"
+#include "engine/tokenizer.h"
 
 typedef enum { KVF_ARCH_LLAMA = 0, KVF_ARCH_QWEN2 = 1 } kvf_arch;
 

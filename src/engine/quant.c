@@ -12,7 +12,7 @@
  *   Q5_K {f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}
  *   Q6_K {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}  16 sub-blocks of 16: x = (d*sc)*(q-32)
  */
-#include "quant.h"
+#include "engine/quant.h"
 #include "common.h"
 
 #include <math.h>

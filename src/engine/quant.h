@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "gguf.h"
+#include "engine/gguf.h"
 
 #define KVF_QK 32 /* activation quantisation block; every panel block is 32 weights */
 

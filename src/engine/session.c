@@ -1,7 +1,8 @@
 /* session.c - kvf_session: KV cache allocation, batched evaluation of new tokens in
  * micro-batches, logits bookkeeping, truncation. The forward steps are in forward.c. */
 #include "common.h"
-#include "session.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
 
 #include <string.h>
 

@@ -13,7 +13,7 @@
  * `n_sleeping` and re-check `state` under the mutex before waiting; the caller broadcasts after
  * publishing whenever it sees a sleeper (seq_cst on both sides), so no wake-up is lost.
  */
-#include "threadpool.h"
+#include "engine/threadpool.h"
 #include "common.h"
 
 #include <pthread.h>

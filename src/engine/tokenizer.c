@@ -8,10 +8,10 @@
  * Not here: Jinja interpretation (template families are recognised, then rendered in C),
  * WordPiece/Unigram models, Unicode normalization.
  */
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #include "common.h"
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #include <limits.h>
 #include <math.h>

@@ -15,7 +15,7 @@
 #ifndef KVF_TOKENIZER_H
 #define KVF_TOKENIZER_H
 
-#include "gguf.h"
+#include "engine/gguf.h"
 #include "kvfuse.h"
 
 #include <stdbool.h>

@@ -4,14 +4,14 @@
  * ASCII is answered from a 128-entry table built on first principles, the rest by binary
  * search over ~800 ranges.
  */
-#include "unicode.h"
+#include "engine/unicode.h"
 
 typedef struct {
     uint32_t lo, hi; /* inclusive */
     uint8_t flags;   /* KVF_U_* */
 } kvf_urange;
 
-#include "unicode_data.h"
+#include "engine/unicode_data.h"
 
 const char *kvf_unicode_version(void) {
     return KVF_UNICODE_VERSION;

@@ -20,10 +20,11 @@
  *   4. first token: the last row's logits.
  * Optionally the cache is then shrunk for decoding (SnapKV or streaming eviction).
  */
-#include "chunk.h"
+#include "store/chunk.h"
 #include "common.h"
-#include "session.h"
-#include "store.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
+#include "store/store.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* chunk.c - chunk objects (owned or borrowed data; f16, f32 and q8 rows), content addresses,
  * and the in-memory LRU chunk cache. */
-#include "chunk.h"
+#include "store/chunk.h"
 #include "common.h"
-#include "quant.h"
+#include "engine/quant.h"
 
 #include <math.h>
 #include <pthread.h>

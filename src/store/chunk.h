@@ -20,7 +20,7 @@
 #ifndef KVF_CHUNK_H
 #define KVF_CHUNK_H
 
-#include "kernels.h"
+#include "engine/kernels/kernels.h"
 #include "kvfuse.h"
 
 #include <stdatomic.h>

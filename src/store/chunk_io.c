@@ -1,5 +1,5 @@
 /* chunk_io.c - serialising, parsing and verifying store entries (format in chunk_io.h). */
-#include "chunk_io.h"
+#include "store/chunk_io.h"
 #include "common.h"
 
 #include <string.h>

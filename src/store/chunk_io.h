@@ -31,7 +31,7 @@
 #ifndef KVF_CHUNK_IO_H
 #define KVF_CHUNK_IO_H
 
-#include "chunk.h"
+#include "store/chunk.h"
 
 #include <stdbool.h>
 #include <stddef.h>

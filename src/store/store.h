@@ -20,8 +20,8 @@
 #ifndef KVF_STORE_H
 #define KVF_STORE_H
 
-#include "chunk.h"
-#include "chunk_io.h"
+#include "store/chunk.h"
+#include "store/chunk_io.h"
 
 #include <stdbool.h>
 #include <stdint.h>

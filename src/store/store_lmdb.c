@@ -18,7 +18,7 @@
  * LMDB does not checksum its own pages; the entry format does (checked on every read).
  */
 #include "common.h"
-#include "store.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <lmdb.h>

@@ -1,5 +1,5 @@
 /* cli.c - helpers shared by the kvfuse subcommands. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <math.h>

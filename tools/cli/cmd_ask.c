@@ -1,8 +1,8 @@
 /* cmd_ask.c - `kvfuse ask`: answer a question over documents with KV cache fusion. The
  * documents' KV is precomputed first (into an in-memory chunk cache, not timed as TTFT), then
  * each requested method runs on exactly the same token ids. */
-#include "cli.h"
-#include "rag.h"
+#include "cli/cli.h"
+#include "cli/rag.h"
 
 #include <cjson/cJSON.h>
 #include <getopt.h>

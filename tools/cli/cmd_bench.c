@@ -3,7 +3,7 @@
  * P prompt tokens in an empty session; decode = G single-token steps with D tokens already in
  * the cache (D = P by default: the decode that follows the prompt; llama-bench -d P).
  * Tokenization and sampling are not timed. One warm-up run precedes the repetitions. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <getopt.h>
 #include <stdlib.h>

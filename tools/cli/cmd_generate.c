@@ -1,5 +1,5 @@
 /* cmd_generate.c - `kvfuse generate`: prompt in, streamed text out, timings on request. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <getopt.h>
 #include <stdlib.h>

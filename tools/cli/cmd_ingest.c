@@ -2,8 +2,8 @@
  * token window, precompute each chunk's KV (after the chat template's system prefix, exactly
  * as `kvfuse ask` builds its document segments) and store it in a chunk store, so that later
  * requests over those chunks hit the store. Shows a progress bar with an ETA on stderr. */
-#include "cli.h"
-#include "rag.h"
+#include "cli/cli.h"
+#include "cli/rag.h"
 
 #include <cjson/cJSON.h>
 #include <getopt.h>

@@ -1,7 +1,7 @@
 /* cmd_logits.c - `kvfuse logits`: evaluate a prompt and write the logits of every position, for
  * comparison with reference implementations. Output (little-endian): "KVFL", int32 version (1),
  * int32 n_tokens, int32 n_vocab, int32 ids[n_tokens], float32 logits[n_tokens][n_vocab]. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -1,6 +1,6 @@
 /* cmd_store.c - `kvfuse store stats|ls|verify|gc|rm`: inspect and maintain a chunk store, and
  * the store options (--store, --redis, budgets) that ask and ingest share (cli.h). */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <getopt.h>

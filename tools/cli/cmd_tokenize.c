@@ -1,5 +1,5 @@
 /* cmd_tokenize.c - `kvfuse tokenize` (token ids of a text) and `kvfuse info` (model summary). */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <getopt.h>
 #include <stdlib.h>

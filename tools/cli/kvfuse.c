@@ -1,5 +1,5 @@
 /* kvfuse.c - entry point of the kvfuse command-line tool: dispatches to a subcommand. */
-#include "cli.h"
+#include "cli/cli.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* rag.c - segmented RAG prompts (see rag.h). */
-#include "rag.h"
+#include "cli/rag.h"
 
 #include <stdio.h>
 #include <stdlib.h>

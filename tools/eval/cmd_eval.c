@@ -7,11 +7,11 @@
  * summary.md, report.md, report.html and SVG plots are rebuilt from that file after every
  * example. Datasets: tools/eval_data.c; metrics: tools/eval_metrics.c; reports:
  * tools/eval_report.c. */
-#include "cli.h"
-#include "eval_data.h"
-#include "eval_metrics.h"
-#include "eval_report.h"
-#include "rag.h"
+#include "cli/cli.h"
+#include "eval/eval_data.h"
+#include "eval/eval_metrics.h"
+#include "eval/eval_report.h"
+#include "cli/rag.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,7 +1,7 @@
 /* eval_data.c - dataset loaders and generators of `kvfuse eval` (see eval_data.h). */
-#include "eval_data.h"
+#include "eval/eval_data.h"
 
-#include "rag.h"
+#include "cli/rag.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>

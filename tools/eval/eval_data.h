@@ -19,7 +19,7 @@
 #ifndef KVF_EVAL_DATA_H
 #define KVF_EVAL_DATA_H
 
-#include "eval_metrics.h"
+#include "eval/eval_metrics.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,8 +1,8 @@
 /* eval_metrics.c - answer normalisation, F1 / EM / substring / string_match_all, first-token
  * KL divergence (see eval_metrics.h for the exact definitions). */
-#include "eval_metrics.h"
+#include "eval/eval_metrics.h"
 
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #include <math.h>
 #include <stdlib.h>

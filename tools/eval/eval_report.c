@@ -1,7 +1,7 @@
 /* eval_report.c - results.jsonl -> summary.json, summary.md, report.md, report.html and SVG
  * plots (see eval_report.h). The plots are plain SVG written here: line charts against the
  * recompute ratio and needle heatmaps. */
-#include "eval_report.h"
+#include "eval/eval_report.h"
 
 #include "kvfuse.h"
 

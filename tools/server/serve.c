@@ -3,12 +3,12 @@
  * API-key tenants and request hardening. Options, startup, and shutdown on SIGINT/SIGTERM;
  * the parts live in server_api.c (requests), server_sched.c (the inference thread),
  * server_http.c (libmicrohttpd), server_docs.c and server_metrics.c. */
-#include "cli.h"
-#include "server_api.h"
-#include "server_docs.h"
-#include "server_http.h"
-#include "server_metrics.h"
-#include "server_sched.h"
+#include "cli/cli.h"
+#include "server/server_api.h"
+#include "server/server_docs.h"
+#include "server/server_http.h"
+#include "server/server_metrics.h"
+#include "server/server_sched.h"
 
 #include <getopt.h>
 #include <pthread.h>

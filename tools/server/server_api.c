@@ -2,9 +2,9 @@
  * as fusion segments), document endpoints and response JSON of `kvfuse serve` (see
  * server_api.h). Everything that arrives here is hostile: bodies are size-checked, UTF-8
  * validated and parsed with cJSON; every field is type- and range-checked and errors name it. */
-#include "server_api.h"
-#include "server_docs.h"
-#include "server_metrics.h"
+#include "server/server_api.h"
+#include "server/server_docs.h"
+#include "server/server_metrics.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -20,13 +20,6 @@ double srv_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-const char *srv_endpoint_name(srv_endpoint e) {
-    static const char *const names[SRV_EP_COUNT] = {"chat_completions", "completions", "documents",
-                                                    "document",         "models",      "health",
-                                                    "metrics",          "other"};
-    return (unsigned)e < SRV_EP_COUNT ? names[e] : "other";
 }
 
 srv_endpoint srv_api_endpoint(const char *path) {
@@ -349,6 +342,18 @@ bool srv_job_push(srv_job *j, const char *piece, size_t n) {
     ready -= srv_utf8_incomplete_tail(j->text, ready);
     if (ready > j->ready) j->ready = ready;
     return false;
+}
+
+srv_job_outcome srv_job_outcome_of(const srv_job *j) {
+    srv_job_outcome o = {.err_status    = j->err_status,
+                         .n_prompt      = j->n_prompt,
+                         .n_gen         = j->n_gen,
+                         .cached_tokens = j->cached_tokens,
+                         .ttft_ms       = j->ttft_ms,
+                         .fused         = j->fused,
+                         .method        = j->fp.method,
+                         .fst           = j->fst};
+    return o;
 }
 
 void srv_job_done_locked(srv_job *j, const char *finish, int status, const char *type,

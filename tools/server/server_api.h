@@ -11,6 +11,8 @@
 #define KVF_SERVER_API_H
 
 #include "kvfuse.h"
+#include "server/server_metrics.h"
+#include "server/server_types.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,28 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct srv_docs    srv_docs;    /* server_docs.h */
-typedef struct srv_doc     srv_doc;     /* server_docs.h */
-typedef struct srv_metrics srv_metrics; /* server_metrics.h */
-
-#define SRV_NS_MAX    80 /* tenant namespace: "default", "shared", "t:<name>" */
 #define SRV_MAX_STOP  4
 #define SRV_STOP_MAX  64 /* bytes of one stop string */
 
-/* Endpoints, for routing and the request counters. */
-typedef enum {
-    SRV_EP_CHAT = 0,
-    SRV_EP_COMPLETIONS,
-    SRV_EP_DOCUMENTS, /* /v1/documents */
-    SRV_EP_DOCUMENT,  /* /v1/documents/{id} */
-    SRV_EP_MODELS,
-    SRV_EP_HEALTH,
-    SRV_EP_METRICS,
-    SRV_EP_OTHER,
-    SRV_EP_COUNT
-} srv_endpoint;
-
-const char *srv_endpoint_name(srv_endpoint e); /* "chat_completions", ... */
 /* The endpoint a request path belongs to ("/v1/x" and "/x" alike). */
 srv_endpoint srv_api_endpoint(const char *path);
 
@@ -139,6 +122,8 @@ bool srv_job_push(srv_job *j, const char *piece, size_t n);
  * whole text ready and wakes waiters. */
 void srv_job_done_locked(srv_job *j, const char *finish, int status, const char *type,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* What the metrics count of a job that left the server (caller holds j->mu or owns it). */
+srv_job_outcome srv_job_outcome_of(const srv_job *j);
 
 /* ---- responses ------------------------------------------------------------------------- */
 
@@ -186,13 +171,6 @@ typedef struct srv_api_config {
     double      timeout_ms;     /* per request (0 = none) */
     bool        public_metrics; /* /metrics without an admin key even when keys are set */
 } srv_api_config;
-
-/* Server state the API reports (health, metrics); filled by a callback. */
-typedef struct srv_status {
-    int     queued, active, slots, max_queue;
-    bool    draining;
-    int64_t documents;
-} srv_status;
 
 typedef struct srv_api {
     const kvf_model *model;

@@ -1,5 +1,5 @@
 /* server_docs.c - the per-tenant document registry of `kvfuse serve` (see server_docs.h). */
-#include "server_docs.h"
+#include "server/server_docs.h"
 
 #include <pthread.h>
 #include <stdio.h>

@@ -11,7 +11,9 @@
 #ifndef KVF_SERVER_DOCS_H
 #define KVF_SERVER_DOCS_H
 
-#include "server_api.h"
+#include "server/server_types.h"
+
+#include <stddef.h>
 
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 /* server_http.c - libmicrohttpd glue of `kvfuse serve` (see server_http.h). */
-#include "server_http.h"
+#include "server/server_http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -9,8 +9,8 @@
 #ifndef KVF_SERVER_HTTP_H
 #define KVF_SERVER_HTTP_H
 
-#include "server_api.h"
-#include "server_sched.h"
+#include "server/server_api.h"
+#include "server/server_sched.h"
 
 typedef struct srv_http srv_http;
 

@@ -1,6 +1,6 @@
 /* server_metrics.c - Prometheus counters and text exposition of `kvfuse serve` (see
  * server_metrics.h). Every metric is prefixed kvfuse_. */
-#include "server_metrics.h"
+#include "server/server_metrics.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -75,7 +75,7 @@ void srv_metrics_rejected(srv_metrics *m, int status) {
     pthread_mutex_unlock(&m->mu);
 }
 
-void srv_metrics_job(srv_metrics *m, const srv_job *j) {
+void srv_metrics_job(srv_metrics *m, const srv_job_outcome *j) {
     if (!m) return;
     pthread_mutex_lock(&m->mu);
     if (j->err_status == 0)
@@ -90,7 +90,7 @@ void srv_metrics_job(srv_metrics *m, const srv_job *j) {
     m->completion_tokens += (uint64_t)j->n_gen;
     m->cached_tokens += (uint64_t)(j->cached_tokens > 0 ? j->cached_tokens : 0);
     if (j->ttft_ms > 0) {
-        int    l = j->fused ? (int)j->fp.method + 1 : 0;
+        int    l = j->fused ? (int)j->method + 1 : 0;
         hist  *h = &m->ttft[l];
         double s = j->ttft_ms / 1e3;
         for (int b = 0; b < TTFT_BUCKETS; b++)

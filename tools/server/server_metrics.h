@@ -5,7 +5,18 @@
 #ifndef KVF_SERVER_METRICS_H
 #define KVF_SERVER_METRICS_H
 
-#include "server_api.h"
+#include "kvfuse.h"
+#include "server/server_types.h"
+
+/* What the metrics count of a job that left the server (srv_job_outcome_of in server_api.h). */
+typedef struct srv_job_outcome {
+    int            err_status;    /* 0 completed, 499 client gone, 504 timed out, other: error */
+    int32_t        n_prompt, n_gen, cached_tokens;
+    double         ttft_ms;       /* 0: no first token */
+    bool           fused;         /* documents fused with method `method` */
+    kvf_method     method;
+    kvf_fuse_stats fst;
+} srv_job_outcome;
 
 typedef struct srv_gauges {
     srv_status      st;
@@ -21,9 +32,8 @@ void         srv_metrics_set_source(srv_metrics *m, void (*fn)(void *user, srv_g
 
 /* An HTTP response sent with this status. */
 void srv_metrics_request(srv_metrics *m, srv_endpoint ep, int status);
-/* A job left the server (any outcome: err_status 0 = completed, 499 = client gone, 504 =
- * timed out, other = error). Reads the job's statistics (caller holds j->mu or owns it). */
-void srv_metrics_job(srv_metrics *m, const srv_job *j);
+/* A job left the server, with any outcome. */
+void srv_metrics_job(srv_metrics *m, const srv_job_outcome *j);
 /* A job refused at admission (429 busy, 503 shutting down). */
 void srv_metrics_rejected(srv_metrics *m, int status);
 /* Chunk-cache lookups by fusion (all tiers together). */

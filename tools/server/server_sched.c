@@ -10,10 +10,10 @@
  * The composite cache needs the chunk-cache interface of src/chunk.h (the ops table: get, put,
  * free, get_deferred, prefetch; a chunk's token ids); it forwards to the two caches.
  */
-#include "server_sched.h"
-#include "server_docs.h"
+#include "server/server_sched.h"
+#include "server/server_docs.h"
 
-#include "chunk.h" /* kvf_chunk_cache_ops: the composite tenant + shared cache */
+#include "store/chunk.h" /* kvf_chunk_cache_ops: the composite tenant + shared cache */
 
 #include <errno.h>
 #include <stdarg.h>
@@ -238,7 +238,8 @@ static void slot_release(srv_sched *s, slot *sl) {
     sl->job      = NULL;
     sl->phase    = SLOT_FREE;
     sl->last_use = srv_now_ms();
-    srv_metrics_job(s->met, j);
+    srv_job_outcome o = srv_job_outcome_of(j);
+    srv_metrics_job(s->met, &o);
     double dur = (srv_now_ms() - j->t_arrival_ms) / 1e3;
     pthread_mutex_lock(&s->mu);
     s->n_busy--;
@@ -265,8 +266,9 @@ __attribute__((format(printf, 5, 6))) static void slot_fail(srv_sched *s, slot *
 static void drop_queued(srv_sched *s, srv_job *j, int status, const char *type, const char *msg) {
     pthread_mutex_lock(&j->mu);
     srv_job_done_locked(j, NULL, status, type, "%s", msg);
+    srv_job_outcome o = srv_job_outcome_of(j);
     pthread_mutex_unlock(&j->mu);
-    srv_metrics_job(s->met, j);
+    srv_metrics_job(s->met, &o);
     srv_job_release(j);
 }
 

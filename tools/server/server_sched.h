@@ -23,8 +23,8 @@
 #ifndef KVF_SERVER_SCHED_H
 #define KVF_SERVER_SCHED_H
 
-#include "server_api.h"
-#include "server_metrics.h"
+#include "server/server_api.h"
+#include "server/server_metrics.h"
 
 typedef struct srv_sched srv_sched;
 

@@ -1,5 +1,5 @@
 /* kernels.c - run-time choice of the kernel table from the CPU's features. */
-#include "kernels.h"
+#include "engine/kernels/kernels.h"
 #include "common.h"
 
 #include <stdlib.h>

@@ -37,7 +37,7 @@
 
 #include <stdint.h>
 
-#include "quant.h"
+#include "engine/quant.h"
 
 #define KVF_PANEL_ROWS 16
 

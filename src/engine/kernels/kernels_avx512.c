@@ -9,12 +9,12 @@
  */
 #ifdef KVF_REF_ONLY
 /* Built without SIMD kernels (scripts/fuzz.sh): an empty table kvf_kernels_select never picks. */
-#    include "kernels.h"
+#    include "engine/kernels/kernels.h"
 const kvf_kernels kvf_kernels_avx512 = {.name = "avx512"};
 #else
-#include "kernels.h"
+#include "engine/kernels/kernels.h"
 #include "common.h"
-#include "quant.h"
+#include "engine/quant.h"
 
 #include <immintrin.h>
 #include <math.h>

@@ -1,6 +1,6 @@
 /* kernels_ref.c - the portable scalar kernels: the specification every SIMD table must match
  * (matmuls bit for bit, the rest within float tolerance) and the fallback on any CPU. */
-#include "kernels.h"
+#include "engine/kernels/kernels.h"
 #include "common.h"
 
 #include <math.h>

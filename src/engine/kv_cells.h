@@ -1,4 +1,5 @@
-/* session.h - private layout of kvf_session and the forward-pass steps (forward.c).
+/* kv_cells.h - private layout of kvf_session: its KV cache cells, scratch and logits, and the
+ * accessors of the cells. The forward-pass steps that read and write them are in forward.h.
  *
  * The KV cache is a set of cells. Each cell holds, per layer, the key (RoPE applied) and value
  * of one token, and records that token's position and id. A forward step processes a batch of
@@ -10,25 +11,16 @@
  * Layout per layer: keys transposed, kt[h][i][cell] (head h, component i; row stride ldk), so
  * attention streams 16 keys per vector; values v[h][cell][i]. ldk = n_ctx rounded up to 64.
  */
-#ifndef KVF_SESSION_H
-#define KVF_SESSION_H
+#ifndef KVF_KV_CELLS_H
+#define KVF_KV_CELLS_H
 
 #include "kvfuse.h"
-#include "matmul.h"
-#include "quant.h"
+#include "engine/matmul.h"
+#include "engine/model.h"
+#include "engine/quant.h"
+#include "engine/threadpool.h"
 
 #include <string.h>
-#include "model.h"
-#include "threadpool.h"
-
-typedef struct kvf_batch {
-    int32_t        n;
-    const int32_t *pos;    /* [n] RoPE positions */
-    const int32_t *cell;   /* [n] cache cells written */
-    const int32_t *kv_end; /* [n] attention sees cells [0, kv_end) */
-    kvf_session *const *sess; /* [n] whose KV cache each row uses (batched decode across
-                                 sessions), or NULL: all rows use the computing session */
-} kvf_batch;
 
 struct kvf_session {
     const kvf_model   *m;
@@ -76,28 +68,6 @@ struct kvf_session {
     int32_t last_eval_n;
 };
 
-/* Forward steps (forward.c). x is [n][n_embd] row-major, the residual stream. */
-void kvf_fwd_embed(kvf_session *s, const int32_t *tokens, int32_t n, float *x);
-/* Per-batch RoPE tables for b->pos (call before the layers of a batch). */
-void kvf_fwd_rope_tables(kvf_session *s, const kvf_batch *b);
-/* Attention block of layer l: norm, Q/K/V, RoPE, write K/V to the cells, attention, output
- * projection added to x. */
-void kvf_fwd_attn(kvf_session *s, int l, float *x, const kvf_batch *b);
-/* The parts of kvf_fwd_attn, for callers that need Q (scoring) or the pre-RoPE K:
- * qkv leaves post-RoPE queries in s->q ([n][n_head*head_dim]); if k_raw/v_raw are given, the
- * pre-RoPE keys and the values are copied there ([n][n_head_kv*head_dim]). */
-void kvf_fwd_qkv(kvf_session *s, int l, const float *x, const kvf_batch *b, float *k_raw,
-                 float *v_raw);
-void kvf_fwd_attn_out(kvf_session *s, int l, float *x, const kvf_batch *b);
-/* MLP block of layer l, added to x. */
-void kvf_fwd_mlp(kvf_session *s, int l, float *x, int32_t n);
-/* Final norm and output projection of n rows of x (stride ldx) into out [n][n_vocab]. */
-void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, float *out);
-/* RoPE: cos/sin of position pos ([n_rot/2] each), and the rotation of n_vec consecutive head
- * vectors (head_dim floats each) with such a table. */
-void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
-void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
-
 /* Cache addressing. kvf_kt_at / kvf_v_at give the start of a head's keys / values; elements are
  * addressed by index (keys: component * ldk + cell; values: cell * head_dim + component) and
  * read or written with kvf_kv_get / kvf_kv_put, which convert f16 caches. */
@@ -128,4 +98,4 @@ static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, c
         memcpy((float *)base + i, src, sizeof(float) * (size_t)n);
 }
 
-#endif /* KVF_SESSION_H */
+#endif /* KVF_KV_CELLS_H */

@@ -1,0 +1,40 @@
+/* forward.h - the transformer's forward-pass steps (forward.c) over any set of rows of one
+ * session's KV cache cells (kv_cells.h): embedding, attention with RoPE, MLP, logits.
+ * session.c runs them for prefill and decode, fusion.c for the rows it recomputes. */
+#ifndef KVF_FORWARD_H
+#define KVF_FORWARD_H
+
+#include "engine/kv_cells.h"
+
+typedef struct kvf_batch {
+    int32_t        n;
+    const int32_t *pos;    /* [n] RoPE positions */
+    const int32_t *cell;   /* [n] cache cells written */
+    const int32_t *kv_end; /* [n] attention sees cells [0, kv_end) */
+    kvf_session *const *sess; /* [n] whose KV cache each row uses (batched decode across
+                                 sessions), or NULL: all rows use the computing session */
+} kvf_batch;
+
+/* Forward steps (forward.c). x is [n][n_embd] row-major, the residual stream. */
+void kvf_fwd_embed(kvf_session *s, const int32_t *tokens, int32_t n, float *x);
+/* Per-batch RoPE tables for b->pos (call before the layers of a batch). */
+void kvf_fwd_rope_tables(kvf_session *s, const kvf_batch *b);
+/* Attention block of layer l: norm, Q/K/V, RoPE, write K/V to the cells, attention, output
+ * projection added to x. */
+void kvf_fwd_attn(kvf_session *s, int l, float *x, const kvf_batch *b);
+/* The parts of kvf_fwd_attn, for callers that need Q (scoring) or the pre-RoPE K:
+ * qkv leaves post-RoPE queries in s->q ([n][n_head*head_dim]); if k_raw/v_raw are given, the
+ * pre-RoPE keys and the values are copied there ([n][n_head_kv*head_dim]). */
+void kvf_fwd_qkv(kvf_session *s, int l, const float *x, const kvf_batch *b, float *k_raw,
+                 float *v_raw);
+void kvf_fwd_attn_out(kvf_session *s, int l, float *x, const kvf_batch *b);
+/* MLP block of layer l, added to x. */
+void kvf_fwd_mlp(kvf_session *s, int l, float *x, int32_t n);
+/* Final norm and output projection of n rows of x (stride ldx) into out [n][n_vocab]. */
+void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, float *out);
+/* RoPE: cos/sin of position pos ([n_rot/2] each), and the rotation of n_vec consecutive head
+ * vectors (head_dim floats each) with such a table. */
+void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
+void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
+
+#endif /* KVF_FORWARD_H */
