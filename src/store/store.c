@@ -15,9 +15,9 @@
  * drop_when_full). The writer batches queued items into one LMDB transaction and one
  * pipelined Redis round trip, and persists the hit/miss counters with them.
  */
-#include "store.h"
+#include "store/store.h"
 #include "common.h"
-#include "model.h"
+#include "engine/model.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -86,6 +86,8 @@ typedef struct kvf_store {
     bool            closing;
     kvf_status      werr;
     char            werr_msg[512];
+    bool            redis_werr_logged; /* writer thread only: this episode of failed Redis
+                                          writes was logged */
     /* statistics */
     tstats       ts[KVF_TIER_COUNT];
     atomic_llong dropped;
@@ -363,10 +365,20 @@ static void process_batch(kvf_store *s, witem *const *items, int n) {
                 if (items[i]->kind == W_PUT && items[i]->to_redis && bufs[i])
                     keys[m] = &items[i]->key, vals[m] = bufs[i], vl[m] = lens[i], m++;
             if (m) {
-                kvf_redis_set(s->redis_w, keys, vals, vl, m, s->redis_ttl, sts);
+                kvf_status rs     = kvf_redis_set(s->redis_w, keys, vals, vl, m, s->redis_ttl, sts);
+                int        failed = 0;
                 for (int j = 0; j < m; j++) {
                     if (sts[j] == KVF_OK) count(&s->ts[KVF_TIER_REDIS].writes, 1), count(&s->ts[KVF_TIER_REDIS].write_bytes, (long long)vl[j]);
-                    else count(&s->ts[KVF_TIER_REDIS].errors, 1);
+                    else count(&s->ts[KVF_TIER_REDIS].errors, 1), failed++;
+                }
+                /* Redis is a cache: a failed write loses nothing, but is said once per episode */
+                if (failed && !s->redis_werr_logged) {
+                    kvf_log(KVF_LOG_WARN, "store: %d of %d writes to the redis tier failed (%s); the "
+                            "chunks stay in the other tiers", failed, m, rs != KVF_OK ? kvf_errmsg() : "?");
+                    s->redis_werr_logged = true;
+                } else if (!failed && s->redis_werr_logged) {
+                    kvf_log(KVF_LOG_INFO, "store: writes to the redis tier succeed again");
+                    s->redis_werr_logged = false;
                 }
             }
             for (int i = 0; i < n; i++)

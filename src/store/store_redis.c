@@ -15,7 +15,7 @@
  * write()), so it cannot kill the process.
  */
 #include "common.h"
-#include "store.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -212,6 +212,17 @@ static size_t make_key(const kvf_redis *r, const kvf_chunk_key *k, char *buf, si
     return n > 0 && (size_t)n < len ? (size_t)n : 0;
 }
 
+/* An error that a later try of the same command may not get: the cluster is forming or failing
+ * over (CLUSTERDOWN), a slot is migrating (TRYAGAIN), the server is loading its data (LOADING).
+ * Writes retry these TRANSIENT_RETRIES times, waiting TRANSIENT_WAIT_MS, doubled each time. */
+#define TRANSIENT_RETRIES 5
+#define TRANSIENT_WAIT_MS 40
+static bool transient(const redisReply *rep) {
+    return rep->type == REDIS_REPLY_ERROR && rep->str &&
+           (!strncmp(rep->str, "CLUSTERDOWN", 11) || !strncmp(rep->str, "TRYAGAIN", 8) ||
+            !strncmp(rep->str, "LOADING", 7));
+}
+
 /* "MOVED 3999 127.0.0.1:6381" / "ASK ..." -> node index (or -1), *ask */
 static int redirect(kvf_redis *r, const redisReply *rep, unsigned slot, bool *ask) {
     if (rep->type != REDIS_REPLY_ERROR || !rep->str) return -1;
@@ -351,10 +362,12 @@ kvf_status kvf_redis_set(kvf_redis *r, const kvf_chunk_key *const *keys, const u
                 st[i] = KVF_E_IO;
                 continue;
             }
-            bool ask;
-            int  next = redirect(r, rep, slot0, &ask);
-            st[i]     = rep->type == REDIS_REPLY_STATUS ? KVF_OK : KVF_E_IO;
-            if (next >= 0) st[i] = KVF_E_UNSUPPORTED; /* redirected: resent below */
+            bool     ask;
+            char     ki[512];
+            size_t   kil  = make_key(r, keys[i], ki, sizeof ki);
+            int      next = redirect(r, rep, kvf_redis_slot(ki, kil), &ask);
+            st[i]         = rep->type == REDIS_REPLY_STATUS ? KVF_OK : KVF_E_IO;
+            if (next >= 0 || transient(rep)) st[i] = KVF_E_UNSUPPORTED; /* resent below */
             else if (st[i] != KVF_OK && first == KVF_OK)
                 first = kvf_set_error(KVF_E_IO, "redis tier: SET: %s", rep->str ? rep->str : "unexpected reply");
             freeReplyObject(rep);
@@ -369,7 +382,9 @@ kvf_status kvf_redis_set(kvf_redis *r, const kvf_chunk_key *const *keys, const u
                 if (st[i] != KVF_OK) st[i] = e;
             if (first == KVF_OK) first = e;
         }
-        /* values redirected elsewhere (cluster): one command each, following the redirection */
+        /* values redirected elsewhere (cluster), or refused for the moment (a cluster still
+         * forming or failing over answers CLUSTERDOWN / TRYAGAIN, a server loading its data
+         * LOADING): one command each, following redirections, retried with back-off */
         for (int i = i0; i < i1; i++) {
             if (st[i] != KVF_E_UNSUPPORTED) continue;
             char        kk[512];
@@ -377,7 +392,15 @@ kvf_status kvf_redis_set(kvf_redis *r, const kvf_chunk_key *const *keys, const u
             const char *argv[5] = {"SET", kk, (const char *)vals[i], "EX", ttl};
             size_t      al[5]   = {3, kkl, lens[i], 2, strlen(ttl)};
             kvf_status  e       = KVF_OK;
-            redisReply *rep     = command(r, ttl_s > 0 ? 5 : 3, argv, al, kvf_redis_slot(kk, kkl), &e);
+            redisReply *rep     = NULL;
+            for (int attempt = 0;; attempt++) {
+                rep = command(r, ttl_s > 0 ? 5 : 3, argv, al, kvf_redis_slot(kk, kkl), &e);
+                if (!rep || !transient(rep) || attempt == TRANSIENT_RETRIES) break;
+                freeReplyObject(rep);
+                rep = NULL;
+                struct timespec ts = {0, (long)(TRANSIENT_WAIT_MS << attempt) * 1000000L};
+                nanosleep(&ts, NULL);
+            }
             st[i]               = rep && rep->type == REDIS_REPLY_STATUS ? KVF_OK : KVF_E_IO;
             if (st[i] != KVF_OK && first == KVF_OK)
                 first = rep ? kvf_set_error(KVF_E_IO, "redis tier: SET: %s", rep->str ? rep->str : "unexpected reply") : e;

@@ -140,10 +140,15 @@ for p in "${ports[@]}"; do
 done
 redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
     --cluster-replicas 0 --cluster-yes >>"$T/cluster.log" 2>&1 || cluster_ok=0
-for _ in $(seq 1 100); do
-    redis-cli -p "${ports[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok" && break
-    sleep 0.1
-done
+# every node must see the whole cluster before it serves: a node whose own state is not ok yet
+# answers CLUSTERDOWN (the store retries that, but only for a while)
+cluster_formed() {
+    local p
+    for p in "${ports[@]}"; do
+        redis-cli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || return 1
+    done
+}
+for _ in $(seq 1 200); do cluster_formed && break; sleep 0.1; done
 check "a three-node cluster forms" [ "$cluster_ok" -eq 1 ]
 if [ "$cluster_ok" -eq 1 ]; then
     check "ingest into the cluster through node 1" "$KVFUSE" ingest -m "$SYN" --redis "127.0.0.1:${ports[0]}" \
@@ -158,8 +163,10 @@ if [ "$cluster_ok" -eq 1 ]; then
     out=$("$KVFUSE" ask -m "$SYN" --redis "127.0.0.1:${ports[1]}" --docs-json "$T/mc.json" -q "what" -n 2 --json 2>"$T/ac.err")
     check "ask through node 2 succeeds" [ $? -eq 0 ]
     check "every chunk came from the cluster" [ "$(json_field "$out" 'd["chunk_misses"]')" = 0 ]
-    out=$("$KVFUSE" store stats --redis "127.0.0.1:${ports[2]}" --json 2>/dev/null)
-    check "store stats counts every node's entries" [ "$(json_field "$out" 'd["tiers"]["redis"]["entries"]')" = "$total" ]
+    out=$("$KVFUSE" store stats --redis "127.0.0.1:${ports[2]}" --json 2>"$T/sc.err")
+    counted=$(json_field "$out" 'd["tiers"]["redis"]["entries"]')
+    echo "store stats through node 3: $counted entries"
+    check "store stats counts every node's entries ($counted of $total)" [ "$counted" = "$total" ]
 fi
 for p in "${CPIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
 CPIDS=()
