@@ -412,6 +412,7 @@ static void test_bpe_special_tokens(void) {
     CHECK_IDS(v, "<x><y>", P, xy); /* longest match first */
     CHECK_IDS(v, "<x><z>", P, x, '<', 'z', '>');
     CHECK_IDS(v, "hi @user!", P, hi, ' ', user, '!');
+    CHECK_IDS(v, "hi @user!", 0, hi, ' ', user, '!'); /* user-defined: matched without P too */
     CHECK_IDS(v, "a<|im_end|> b", P, 'a', ime, ' ', 'b'); /* text on each side tokenized alone */
     CHECK_IDS(v, "<|im_end|><|im_end|>", P, ime, ime);
 

@@ -69,6 +69,7 @@ struct kvf_vocab {
 
     special_ent *special; /* by first byte, then longest first */
     int32_t n_special;
+    int32_t n_user_defined;     /* of them USER_DEFINED: matched even without PARSE_SPECIAL */
     int32_t special_start[257]; /* special[special_start[b] .. special_start[b+1]) */
 
     int32_t bos, eos, unk, eot, eom;
@@ -387,6 +388,7 @@ static kvf_status build_specials(kvf_vocab *v) {
             len <= UINT32_MAX) {
             v->special[n++] = (special_ent){(uint8_t)tok_text(v, id)[0], (uint32_t)len, id};
             v->tflags[id] |= TF_SPECIAL;
+            v->n_user_defined += v->type[id] == KVF_TOKT_USER_DEFINED;
         }
     }
     v->n_special = n;
@@ -1307,11 +1309,14 @@ static void spm_fragment(enc *e, const kvf_vocab *v, const char *s, size_t n, bo
 
 /* ---- encode / decode ------------------------------------------------------------------- */
 
-/* Longest special token starting at s[0..n), or -1. */
-static int32_t match_special(const kvf_vocab *v, const char *s, size_t n, size_t *len) {
+/* Longest special token starting at s[0..n) (with control = false: USER_DEFINED ones only),
+ * or -1. */
+static int32_t match_special(const kvf_vocab *v, const char *s, size_t n, size_t *len,
+                             bool control) {
     unsigned char b = (unsigned char)s[0];
     for (int32_t k = v->special_start[b]; k < v->special_start[b + 1]; k++) {
         const special_ent *sp = &v->special[k];
+        if (!control && v->type[sp->id] != KVF_TOKT_USER_DEFINED) continue;
         if (sp->len <= n && memcmp(s, tok_text(v, sp->id), sp->len) == 0) {
             *len = sp->len;
             return sp->id;
@@ -1339,10 +1344,14 @@ int32_t kvf_vocab_encode(const kvf_vocab *v, const char *text, size_t len, int32
     /* The first fragment counts as following a special token: it gets the space prefix. */
     bool prev_special = true;
     size_t frag = 0;
-    if ((flags & KVF_TOK_PARSE_SPECIAL) && v->n_special > 0) {
+    /* Control tokens are matched with PARSE_SPECIAL only; user-defined ones always, as Hugging
+     * Face does for non-special added tokens (Qwen2's <tool_call>) and llama.cpp for
+     * USER_DEFINED tokens. */
+    bool parse = (flags & KVF_TOK_PARSE_SPECIAL) != 0;
+    if ((parse && v->n_special > 0) || v->n_user_defined > 0) {
         for (size_t i = 0; i < len && !e.oom;) {
             size_t sl = 0;
-            int32_t id = match_special(v, text + i, len - i, &sl);
+            int32_t id = match_special(v, text + i, len - i, &sl, parse);
             if (id < 0) {
                 i++;
                 continue;

@@ -5,7 +5,8 @@
  *           llama3, qwen2), the GPT-2 byte <-> unicode mapping, merges applied by rank;
  *   "llama" SentencePiece BPE: "▁" for spaces, optional space prefix, greedy merging of the
  *           adjacent pair whose piece has the highest score, <0xXX> byte fallback, <unk>.
- * Special tokens (CONTROL / USER_DEFINED) are matched in text only with KVF_TOK_PARSE_SPECIAL.
+ * Control tokens are matched in text only with KVF_TOK_PARSE_SPECIAL; USER_DEFINED tokens always
+ * (Hugging Face's non-special added tokens, llama.cpp's USER_DEFINED).
  * Chat formatting renders one of a few template families (ChatML, Llama 3, Zephyr, Llama 2),
  * detected from tokenizer.chat_template; it does not interpret Jinja.
  *

@@ -16,6 +16,11 @@ max|d| 2.6, mean|d| 0.28, KL 5.5e-3, with 0-6% of argmaxes flipped at near-ties 
 <= 0.58) - the same as the oracle against itself with int8-rounded activations. kvfuse q8
 measured max|d| <= 3.4, mean|d| <= 0.30, KL <= 5.9e-3, worst gap 0.44. A wrong RoPE gives
 max|d| 6-38, mean|d| 0.8-8.8, KL 0.3-2.6. The f32/q16 bounds are ~5x what kvfuse showed.
+Where a q8 run's KL exceeds its bound, the bound becomes 1.5x the noise floor of int8
+activations on that prompt: the oracle with every matmul input rounded to int8 per 32 values
+(validate_oracle.q8_roundtrip) against the exact oracle. Qwen2.5-1.5B needs it: its first
+position carries huge activations, and int8 rounding alone moves its next-token distribution
+by KL ~0.27 there (mean over a 5-token prompt 0.054; kvfuse q8 0.056).
 
 Per prompt and configuration:
   next-token  at every position the engine's top token is the oracle's, or the oracle ranks it
@@ -23,7 +28,12 @@ Per prompt and configuration:
   max|d|, mean|d| of the logits, and the mean KL(oracle || engine) of the next-token
               distributions, each under its bound
 plus a format check of the KVFL file, and `--ids` giving the same logits as `-p` for one
-prompt. Usage: python check_logits.py KVFUSE MODEL [--threads N]
+prompt. A last line per configuration sums it up over the prompts (worst max|d|, mean KL,
+argmax agreement).
+Usage: python check_logits.py KVFUSE MODEL [--threads N] [--prompt-set smollm|qwen]
+  --prompt-set qwen  the Qwen2 prompts of prompts.py (QWEN_PROMPTS: shorter, ChatML with Qwen's
+                     system message); the portable kernels then run on "short" only (a
+                     0.5B model takes ~1.5 s per token with them on 2 cores)
 """
 import argparse
 import os
@@ -36,8 +46,9 @@ import numpy as np
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prompts import PROMPTS  # noqa: E402
+from prompts import PROMPTS, QWEN_PROMPTS  # noqa: E402
 from ref_forward import RefModel  # noqa: E402
+from validate_oracle import q8_roundtrip  # noqa: E402
 
 MAX_FLIP_FRAC = 0.10
 # tier: (TIE, max|d|, mean|d|, KL) bounds
@@ -57,7 +68,13 @@ CONFIGS = [
     ("q8 isa ref", ["--precision", "q8", "--isa", "ref"], "q8", ["short", "chat_flag"]),
 ]
 
+PROMPT_SETS = {"smollm": PROMPTS, "qwen": QWEN_PROMPTS}
+# --prompt-set qwen: the prompts the portable-kernel configurations run on
+QWEN_REF_ONLY = ["short"]
+
 passed = failed = 0
+# label -> [prompts, tokens, flips, worst max|d|, worst mean|d|, [KL per prompt]]
+summary = {}
 
 
 def check(ok, msg):
@@ -110,7 +127,19 @@ def mean_kl(oracle, engine):
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 
 
-def compare(name, ids, eng, ref, tier):
+def int8_floor(ref, ids, exact):
+    """Mean KL(exact oracle || oracle with int8-rounded matmul inputs): what q8 costs by itself."""
+    linear = ref.linear
+    ref.linear = lambda x, n: linear(q8_roundtrip(x), n)
+    try:
+        noisy = ref.forward(ids)
+    finally:
+        ref.linear = linear
+    return mean_kl(exact, noisy)
+
+
+def compare(name, ids, eng, ref, tier, floor=None):
+    """floor: a function giving the int8 noise floor (KL), called if a q8 KL is over its bound"""
     tie, max_abs, mean_abs, kl_max = TOL[tier]
     n = len(ids)
     d = np.abs(eng.astype(np.float64) - ref)
@@ -118,6 +147,14 @@ def compare(name, ids, eng, ref, tier):
     flips = int((pick != ref.argmax(-1)).sum())
     gap = ref.max(-1) - ref[np.arange(n), pick]  # 0 where the picks agree
     kl = mean_kl(ref, eng)
+    label = name[name.index("[") + 1:-1] if "[" in name else name
+    st = summary.setdefault(label, [0, 0, 0, 0.0, 0.0, []])
+    st[0] += 1
+    st[1] += n
+    st[2] += flips
+    st[3] = max(st[3], float(d.max()))
+    st[4] = max(st[4], float(d.mean()))
+    st[5].append(kl)
     print(f"     {name}: {n} tokens, |logits| up to {np.abs(ref).max():.1f}: max|d| "
           f"{d.max():.3g}  mean|d| {d.mean():.3g}  argmax flips {flips}/{n} "
           f"(largest oracle gap {gap.max():.3g})  KL {kl:.2e}")
@@ -126,7 +163,12 @@ def compare(name, ids, eng, ref, tier):
           f" <= {tie})")
     check(d.max() <= max_abs, f"{name}: max|d| {d.max():.3g} <= {max_abs}")
     check(d.mean() <= mean_abs, f"{name}: mean|d| {d.mean():.3g} <= {mean_abs}")
-    check(kl <= kl_max, f"{name}: mean KL {kl:.2e} <= {kl_max}")
+    note = ""
+    if tier == "q8" and kl > kl_max and floor is not None:
+        f = floor()
+        kl_max = max(kl_max, 1.5 * f)
+        note = f" (1.5 x the int8-activation floor {f:.2e} of this prompt)"
+    check(kl <= kl_max, f"{name}: mean KL {kl:.2e} <= {kl_max:.3g}{note}")
 
 
 def main():
@@ -134,6 +176,7 @@ def main():
     ap.add_argument("kvfuse")
     ap.add_argument("model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-set", choices=sorted(PROMPT_SETS), default="smollm")
     a = ap.parse_args()
     ref = RefModel(a.model, cache_weights=True)
     n_vocab = ref.weight("token_embd.weight").shape[0]
@@ -141,9 +184,12 @@ def main():
         n_vocab = ref.weight("output.weight").shape[0]
     threads = ["--threads", str(a.threads)]
     configs = [c for c in CONFIGS if c[0] != "isa avx2" or cpu_has("avx2")]
+    if a.prompt_set == "qwen":
+        configs = [(lb, ex, tier, QWEN_REF_ONLY if "isa ref" in lb else only)
+                   for lb, ex, tier, only in configs]
     with tempfile.TemporaryDirectory(prefix="kvf_logits_") as tmp:
         kept = None
-        for name, text, chat in PROMPTS:
+        for name, text, chat in PROMPT_SETS[a.prompt_set]:
             oracle = None
             for label, extra, tier, only in configs:
                 if only is not None and name not in only:
@@ -164,8 +210,13 @@ def main():
                 if not ok:
                     continue
                 if oracle is None or not np.array_equal(oracle[0], ids):
-                    oracle = (ids, ref.forward(ids))
-                compare(tag, ids, eng, oracle[1], tier)
+                    oracle = (ids, ref.forward(ids), {})
+
+                def floor(o=oracle):
+                    if "kl" not in o[2]:
+                        o[2]["kl"] = int8_floor(ref, o[0], o[1])
+                    return o[2]["kl"]
+                compare(tag, ids, eng, oracle[1], tier, floor)
                 if name == "chat_template" and label == "default":
                     kept = (ids, eng)
         if kept is not None:  # --ids path: same ids must give the same logits
@@ -181,6 +232,12 @@ def main():
                 check(same and diff <= 1e-4, f"--ids FILE vs -p: same ids, max|d| {diff:.2e}")
             except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as e:
                 check(False, f"--ids FILE: {e}")
+    for label, extra, tier, _ in configs:
+        if label in summary:
+            np_, nt, flips, mx, mn, kls = summary[label]
+            print(f"summary [{label}] ({tier} bounds): {np_} prompts, {nt} positions: argmax "
+                  f"agrees at {nt - flips}/{nt}, max|d| {mx:.3g}, worst mean|d| {mn:.3g}, "
+                  f"mean KL {np.mean(kls):.2e} (worst prompt {max(kls):.2e})")
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

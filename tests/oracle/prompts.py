@@ -58,3 +58,40 @@ PROMPTS = [
     ("numbers_unicode", UNICODE, False),
     ("chat_flag", "Write a haiku about the sea.", True),
 ]
+
+# Qwen2 / Qwen2.5 (check_logits.py --prompt-set qwen, run by tests/integration/qwen_parity.sh):
+# the same kinds of text, shorter (151936-entry logits per position; the 0.5B model must
+# stay within a few minutes on 2 cores), and the ChatML prompt spelled with Qwen's default
+# system message.
+QWEN_CHAT = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\n<|im_start|>user\nWhat is the boiling point of water at sea level, in Celsius "
+    "and in Fahrenheit?<|im_end|>\n<|im_start|>assistant\n"
+)
+
+QWEN_CODE = '''fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        let t = b;
+        b = a % b;
+        a = t;
+    }
+    a
+}
+
+fn main() {
+    // 12 and 18 have the greatest common divisor'''
+
+QWEN_MIXED = (
+    "\u8bf7\u7528\u4e00\u53e5\u8bdd\u4ecb\u7ecd\u5317\u4eac\u3002 Answer: \u5317\u4eac\u662f"
+    "\u4e2d\u56fd\u7684\u9996\u90fd, population 21,893,095 (2020); \U0001f1e8\U0001f1f3 "
+    "\U0001f600 it's 3.14159 \u2248 \u03c0, we'll see."
+)
+
+QWEN_PROMPTS = [
+    ("short", "The capital of France is", False),
+    ("long", LONG[:LONG.index(" Before she left")], False),
+    ("chat_template", QWEN_CHAT, False),
+    ("code", QWEN_CODE, False),
+    ("numbers_unicode", QWEN_MIXED, False),
+    ("chat_flag", "Write a haiku about the sea.", True),
+]
