@@ -1,6 +1,8 @@
 /* common.c - status strings, per-thread error messages, logging, allocation and clocks. */
 #include "common.h"
 
+#include <stdatomic.h>
+
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -60,14 +62,14 @@ void kvf_abort(const char *file, int line, const char *expr) {
 
 /* ---- logging --------------------------------------------------------------------------- */
 
-static int g_log_level = KVF_LOG_INFO;
+static atomic_int g_log_level = KVF_LOG_INFO; /* atomic: set while other threads log */
 
 void kvf_set_log_level(int level) {
-    g_log_level = level;
+    atomic_store_explicit(&g_log_level, level, memory_order_relaxed);
 }
 
 void kvf_log(int level, const char *fmt, ...) {
-    if (level > g_log_level) return;
+    if (level > atomic_load_explicit(&g_log_level, memory_order_relaxed)) return;
     static const char *names[] = {"error", "warning", "info", "debug"};
     va_list            ap;
     va_start(ap, fmt);

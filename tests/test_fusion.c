@@ -12,6 +12,7 @@
 #include "engine/kv_cells.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -79,6 +80,17 @@ static float *full_logits(const int32_t *ids, int n) {
     return l;
 }
 
+/* Tolerance for "the same arithmetic as a full prefill". In q16 on kernel sets that multiply
+ * batches of many rows with float activations (kvf_matmul_float_rows: AVX2 without VNNI), a
+ * chunk, the question or a recomputed subset is a batch of another size than the full
+ * prompt, so its rows may take the other path (float rows vs two-level int8): they then agree
+ * only within q16's accuracy (2e-3, test_model.c). Otherwise bit-level agreement up to f32
+ * accumulation order. */
+static double same_arith_tol(void) {
+    return kvf_matmul_float_rows(g_model->K, 1 << 20, g_model->precision == KVF_PREC_Q16) ? 2e-3
+                                                                                          : 1e-5;
+}
+
 static double max_diff(const float *a, const float *b, int n, double *mag) {
     double d = 0;
     *mag     = 0;
@@ -131,7 +143,7 @@ static void test_ratio_one_equals_full(void) {
             CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
             double mag, d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
             /* f32 chunks: the same arithmetic as full prefill; f16: the prefix KV is rounded */
-            double tol = dt ? 1e-5 : 2e-3;
+            double tol = dt ? same_arith_tol() : 2e-3;
             CHECK_MSG(d <= tol * (1 + mag), "%s r=1 (%s): logits differ from full by %.3g",
                       kvf_method_name(ms[i]), dt ? "f32" : "f16", d);
             int32_t tok[6];
@@ -161,7 +173,7 @@ static void test_prefix_cache_equivalence(void) {
     kvf_fuse_stats  st;
     CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
     double mag, d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
-    CHECK_MSG(d <= 1e-5 * (1 + mag), "reuse after the same prefix differs from full by %.3g", d);
+    CHECK_MSG(d <= same_arith_tol() * (1 + mag), "reuse after the same prefix differs from full by %.3g", d);
     CHECK_EQ(st.recomputed_tokens, 8);
     CHECK_EQ(st.chunk_misses, 2); /* prefix + document, computed on the first request */
     /* a second request hits the cache and gives the same logits */
@@ -175,7 +187,7 @@ static void test_prefix_cache_equivalence(void) {
     fp.method = KVF_METHOD_PREFIX;
     CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
     d = max_diff(kvf_session_logits(s, -1), ref, g_nv, &mag);
-    CHECK_MSG(d <= 1e-5 * (1 + mag), "prefix method differs from full by %.3g", d);
+    CHECK_MSG(d <= same_arith_tol() * (1 + mag), "prefix method differs from full by %.3g", d);
     CHECK_EQ(st.reused_tokens, 17 + 53);
     free(ref);
     kvf_chunk_cache_free(cache);
@@ -410,6 +422,82 @@ static void test_determinism_and_threads(void) {
     free_prompt(&p);
 }
 
+/* Sessions fuse concurrently: 4 threads, each with its own session and prompt, sharing one
+ * chunk cache (and the model), with a3, cacheblend (both sort by score), epic and a3 + SnapKV
+ * eviction (sorts too). Each thread's logits and greedy tokens must equal the same fusion run
+ * alone. Under `make tsan` this is also the data-race check of the fusion, chunk cache and
+ * forward paths. */
+typedef struct {
+    prompt           p;
+    kvf_fuse_params  fp;
+    kvf_chunk_cache *cache;
+    float           *logits;
+    int32_t          toks[4];
+    kvf_status       st;
+} fuse_job;
+
+static void fuse_job_run(fuse_job *j) {
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = j->p.T + 8;
+    sp.n_threads          = 1;
+    kvf_session *s        = NULL;
+    j->st                 = kvf_session_new(g_model, &sp, &s);
+    if (j->st != KVF_OK) return;
+    j->st = kvf_session_fuse(s, j->cache, j->p.segs, j->p.n_segs, &j->fp, NULL);
+    if (j->st == KVF_OK) {
+        j->logits = malloc(sizeof(float) * (size_t)g_nv);
+        memcpy(j->logits, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv);
+        greedy(s, 4, j->toks);
+    }
+    kvf_session_free(s);
+}
+
+static void *fuse_job_thread(void *arg) {
+    fuse_job_run(arg);
+    return NULL;
+}
+
+static void test_concurrent_sessions(void) {
+    enum { NJ = 4 };
+    const kvf_method methods[NJ] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND, KVF_METHOD_EPIC,
+                                    KVF_METHOD_A3};
+    fuse_job         alone[NJ], conc[NJ];
+    kvf_chunk_cache *shared = NULL;
+    CHECK_EQ(kvf_chunk_cache_new_memory(0, &shared), KVF_OK);
+    for (int i = 0; i < NJ; i++) {
+        int docs[3] = {40 + 7 * i, 33, 29 + i};
+        for (int pass = 0; pass < 2; pass++) {
+            fuse_job *j = pass ? &conc[i] : &alone[i];
+            memset(j, 0, sizeof *j);
+            /* documents shared between jobs 0-1 and 2-3 (the same chunks hit the cache) */
+            make_prompt(&j->p, 9, docs, 3, 6 + i, 100 + (uint64_t)(i / 2) * 31);
+            j->fp = params(methods[i], 0.25f, KVF_CHUNK_F16);
+            if (i == 3) j->fp.evict = KVF_EVICT_SNAPKV, j->fp.budget = 48;
+        }
+        alone[i].cache = NULL;
+        CHECK_EQ(kvf_chunk_cache_new_memory(0, &alone[i].cache), KVF_OK);
+        fuse_job_run(&alone[i]);
+        CHECK_EQ(alone[i].st, KVF_OK);
+        conc[i].cache = shared;
+    }
+    pthread_t th[NJ];
+    for (int i = 0; i < NJ; i++) CHECK_EQ(pthread_create(&th[i], NULL, fuse_job_thread, &conc[i]), 0);
+    for (int i = 0; i < NJ; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < NJ; i++) {
+        CHECK_EQ(conc[i].st, KVF_OK);
+        if (conc[i].logits && alone[i].logits)
+            CHECK_MSG(memcmp(conc[i].logits, alone[i].logits, sizeof(float) * (size_t)g_nv) == 0,
+                      "job %d (%s): concurrent logits differ from the sequential run", i,
+                      kvf_method_name(methods[i]));
+        CHECK_MSG(memcmp(conc[i].toks, alone[i].toks, sizeof conc[i].toks) == 0,
+                  "job %d: concurrent greedy tokens differ", i);
+        free(conc[i].logits), free(alone[i].logits);
+        free_prompt(&conc[i].p), free_prompt(&alone[i].p);
+        kvf_chunk_cache_free(alone[i].cache);
+    }
+    kvf_chunk_cache_free(shared);
+}
+
 /* a3 selects the tokens the question attends to. SmolLM2-135M's layer-1 attention is mostly
  * on punctuation, so this is tested on a model whose layer-1 attention is semantic by
  * construction: layer 0 is the identity (zero output projections), layer 1 has Wq = Wk = I (a
@@ -611,6 +699,7 @@ int main(void) {
     RUN(test_epic_set);
     RUN(test_eviction);
     RUN(test_determinism_and_threads);
+    RUN(test_concurrent_sessions);
     RUN(test_errors_and_cache);
     RUN(test_a3_selects_needle);
     RUN(test_f16_session_cache);

@@ -494,10 +494,9 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
 }
 
 /* rows = top k document positions by score (ties: earlier position) + the question, sorted */
-static const float *g_sort_score;
-static int by_score(const void *a, const void *b) {
+static int by_score(const void *a, const void *b, void *score) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    float   sx = g_sort_score[x], sy = g_sort_score[y];
+    float   sx = ((const float *)score)[x], sy = ((const float *)score)[y];
     if (sx != sy) return sx < sy ? 1 : -1;
     return x - y;
 }
@@ -508,8 +507,7 @@ static int by_pos(const void *a, const void *b) {
 static int32_t select_topk(const fuse_ctx *c, const float *score, int32_t k, int32_t *rows) {
     int32_t q0 = c->T - c->q, nd = q0 - c->P, n = 0;
     for (int32_t j = c->P; j < q0; j++) rows[n++] = j;
-    g_sort_score = score; /* (qsort has no context argument; fusion is not reentrant here) */
-    qsort(rows, (size_t)nd, sizeof(int32_t), by_score);
+    qsort_r(rows, (size_t)nd, sizeof(int32_t), by_score, (void *)score);
     n = KVF_MIN(k, nd);
     qsort(rows, (size_t)n, sizeof(int32_t), by_pos);
     for (int32_t j = q0; j < c->T; j++) rows[n++] = j;
@@ -584,8 +582,7 @@ static kvf_status evict(fuse_ctx *c) {
                 }
                 int32_t n = 0;
                 for (int32_t j = 0; j < nc; j++) keep[n++] = j;
-                g_sort_score = pooled;
-                qsort(keep, (size_t)nc, sizeof(int32_t), by_score);
+                qsort_r(keep, (size_t)nc, sizeof(int32_t), by_score, pooled);
                 n = nkeep;
                 qsort(keep, (size_t)n, sizeof(int32_t), by_pos);
                 for (int32_t j = nc; j < T; j++) keep[n++] = j;

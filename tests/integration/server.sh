@@ -279,7 +279,7 @@ kill -TERM "$PID_main"
 st=1
 for _ in $(seq 1 100); do kill -0 "$PID_main" 2>/dev/null || { wait "$PID_main"; st=$?; break; }; sleep 0.1; done
 check "SIGTERM: clean exit" is "$st" 0
-check "server log has no sanitizer or crash report" bash -c "! grep -qiE 'AddressSanitizer|runtime error|Segmentation' $T/*.log"
+check "server log has no sanitizer or crash report" bash -c "! grep -qiE 'AddressSanitizer|ThreadSanitizer|runtime error|Segmentation' $T/*.log"
 
 # ---- again under AddressSanitizer + UBSan, when `make asan` has built a current CLI ---------------
 ASAN_CLI=${SERVER_ASAN_CLI:-build/asan/kvfuse}
