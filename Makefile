@@ -9,6 +9,10 @@ CC      ?= cc
 BUILD   ?= build
 PYTHON  ?= python3
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+# the real model `make test` also runs the parity tests on (downloaded like MODEL)
+QWEN05  := models/Qwen2.5-Coder-0.5B-Instruct.gguf
+QWEN15  := models/Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf
+NAME    ?= smollm2-135m
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
            -Werror=implicit-function-declaration -Wno-unused-parameter
@@ -20,10 +24,14 @@ LDLIBS  := -llmdb -lhiredis -lzstd -lcjson -lz -lmicrohttpd -lm -pthread
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
 
-# Sanitizer build: make SAN=1 (used by `make asan`).
+# Sanitizer builds: make SAN=1 (ASan + UBSan, used by `make asan`), SAN=tsan (`make tsan`).
 ifeq ($(SAN),1)
   ALL_CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
   LDLIBS     += -fsanitize=address,undefined
+endif
+ifeq ($(SAN),tsan)
+  ALL_CFLAGS += -fsanitize=thread -fno-omit-frame-pointer
+  LDLIBS     += -fsanitize=thread
 endif
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/*/*.c src/*/*/*.c))
@@ -42,7 +50,7 @@ BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
-.PHONY: all lib cli tests benches test test-unit test-integration asan demo model python-deps deps \
+.PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
         bench bench-peer bench-store bench-load fuzz clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
@@ -86,10 +94,17 @@ $(BUILD)/tests $(BUILD)/bench:
 $(BUILD)/.deps-ok: scripts/deps.sh
 	mkdir -p $(BUILD)/obj && scripts/deps.sh && touch $@
 
-model: $(MODEL) ## download the default model (SmolLM2-135M-Instruct Q4_1) into models/
+model: cli ## fetch a model by name into models/: make model NAME=qwen2.5-coder-0.5b (default smollm2-135m; `build/kvfuse models` lists them)
+	scripts/get-model.sh $(NAME)
 
-$(MODEL):
-	scripts/get-model.sh $@
+$(MODEL): | $(CLI)
+	scripts/get-model.sh smollm2-135m
+
+$(QWEN05): | $(CLI)
+	scripts/get-model.sh qwen2.5-coder-0.5b
+
+$(QWEN15): | $(CLI)
+	scripts/get-model.sh qwen2.5-coder-1.5b
 
 deps: ## install the Debian packages the build needs (idempotent)
 	scripts/deps.sh
@@ -97,8 +112,12 @@ deps: ## install the Debian packages the build needs (idempotent)
 python-deps: ## install the Python oracles used by the integration tests into .venv
 	scripts/python-deps.sh
 
-test: all model ## build everything and run every test (unit + integration); prints "N passed, N failed"
+test: all $(MODEL) $(QWEN05) ## build everything and run every test (unit + integration); prints "N passed, N failed"
 	scripts/run-tests.sh
+
+test-models: all $(MODEL) $(QWEN05) $(QWEN15) ## the real-model parity tests on Qwen2.5-Coder 0.5B and 1.5B (long)
+	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN05) tests/integration/qwen_parity.sh
+	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN15) tests/integration/qwen_parity.sh
 
 test-unit: all ## unit tests only (synthetic models, no downloads)
 	scripts/run-tests.sh --unit
@@ -107,19 +126,25 @@ asan: ## unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
 	$(MAKE) BUILD=build/asan SAN=1 CFLAGS="-O1 -g" all
 	BUILD=build/asan scripts/run-tests.sh --unit
 
-demo: ## set up everything; a chat answer, a3 vs full over documents, the server answering curl
-	scripts/demo.sh
+tsan: ## library, CLI and tests under ThreadSanitizer: unit tests (4 sessions fusing on 4 threads among them) and the server suite
+	$(MAKE) BUILD=build/tsan SAN=tsan CFLAGS="-O1 -g" all
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" BUILD=build/tsan scripts/run-tests.sh --unit
+	TSAN_OPTIONS="halt_on_error=1" SERVER_SH_INNER=1 KVFUSE=build/tsan/kvfuse BUILD=build/tsan \
+	    KVFUSE_MODEL=$(MODEL) tests/integration/server.sh
 
-bench: cli model ## prefill/decode tokens per second on the default model
+demo: ## set up everything; a chat answer, a3 vs full over documents, the server answering curl (model: NAME=..., default qwen2.5-coder-0.5b)
+	scripts/demo.sh $(if $(filter command line environment,$(origin NAME)),$(NAME))
+
+bench: cli $(MODEL) ## prefill/decode tokens per second on the default model
 	$(CLI) bench -m $(MODEL) -p 512 -n 128 -r 3
 
-bench-peer: cli model ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run
+bench-peer: cli $(MODEL) ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run
 	bench/peer.sh
 
-bench-store: all model ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
+bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh
 
-bench-load: all model ## server load test: 8 clients x 60 s, a3 vs full, MuSiQue documents
+bench-load: all $(MODEL) ## server load test: 8 clients x 60 s, a3 vs full, MuSiQue documents
 	bench/load_test.sh
 
 fuzz: ## build the libFuzzer targets and replay their seed corpora
@@ -138,17 +163,17 @@ EVAL      := $(CLI) eval -m $(MODEL)
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
 $(BUILD)/tests/test_eval: $(wildcard tools/eval/eval_*.c tools/eval/eval_*.h) tools/cli/rag.c tools/cli/rag.h
 
-eval: cli model ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
+eval: cli $(MODEL) ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
 	    --methods full,prefix,reuse,epic,cacheblend,a3 --ratios 0.15 --limit 100 \
 	    --out $(EVAL_OUT)/musique $(EVAL_ARGS)
 
-eval-sweep: cli model ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval-out/musique-sweep (~40 min)
+eval-sweep: cli $(MODEL) ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval-out/musique-sweep (~40 min)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
 	    --methods full,reuse,epic,cacheblend,a3 --ratios 0.05,0.1,0.15,0.3 --limit 50 \
 	    --out $(EVAL_OUT)/musique-sweep $(EVAL_ARGS)
 
-eval-needle: cli model ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
+eval-needle: cli $(MODEL) ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
 	$(EVAL) --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
 	    --methods full,cacheblend,a3 --ratios 0.15 --lengths 1024,2048,4096,8192 \
 	    --depths 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1 --out $(EVAL_OUT)/needle $(EVAL_ARGS)

@@ -189,6 +189,10 @@ KVF_API kvf_session_params kvf_session_default_params(void);
 KVF_API kvf_status kvf_session_new(const kvf_model *model, const kvf_session_params *params,
                                    kvf_session **out);
 KVF_API void kvf_session_free(kvf_session *s);
+/* Bytes kvf_session_new allocates for these parameters (NULL: the defaults): the KV cache,
+ * 2 * n_layer * n_head_kv * head_dim * (4 for f32, 2 for f16) bytes per cell, with n_ctx rounded
+ * up to 64 cells, plus scratch. -1 if the parameters are invalid. Nothing is allocated. */
+KVF_API int64_t kvf_session_memory(const kvf_model *model, const kvf_session_params *params);
 
 #define KVF_EVAL_ALL_LOGITS 1u /* keep logits for every evaluated token, not only the last */
 

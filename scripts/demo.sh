@@ -1,29 +1,34 @@
 #!/usr/bin/env bash
-# demo.sh - `make demo`: build kvfuse, fetch the default model if needed, answer a chat prompt;
-# then the main job: a question over several documents answered with A^3 fusion, its answer
-# and TTFT printed next to a full prefill of the same prompt; then start `kvfuse serve`, answer
-# one OpenAI-style request with documents fused by A^3 through curl, and stop it.
+# demo.sh [NAME] - `make demo [NAME=...]`: build kvfuse, fetch the model if needed (default
+# qwen2.5-coder-0.5b, a model that answers the demo question right under full prefill), answer
+# a chat prompt; then the main job: a question over several documents answered with A^3
+# fusion, its answer and TTFT printed next to a full prefill of the same prompt; then start
+# `kvfuse serve`, answer one OpenAI-style request with documents fused by A^3 through curl,
+# and stop it. KVFUSE_MODEL=PATH runs it on any GGUF file instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${KVFUSE_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
-echo "== building kvfuse"
+NAME=${1:-${DEMO_MODEL:-qwen2.5-coder-0.5b}}
+t_start=$(date +%s)
+step() { echo; echo "== [$(( $(date +%s) - t_start )) s] $*"; }
+step "building kvfuse"
 make -j2 cli >/dev/null
-if [ ! -f "$MODEL" ]; then
-    echo "== fetching the model"
-    scripts/get-model.sh "$MODEL"
+if [ -n "${KVFUSE_MODEL:-}" ]; then
+    MODEL=$KVFUSE_MODEL
+else
+    step "the model: $NAME (fetched once, sha256 checked)"
+    scripts/get-model.sh "$NAME"
+    MODEL=$NAME
 fi
-echo "== model"
+step "model"
 build/kvfuse info -m "$MODEL"
 PROMPT=${DEMO_PROMPT:-"In two sentences, what is the difference between a cache and a database?"}
-echo
-echo "== chat: $PROMPT"
+step "chat: $PROMPT"
 build/kvfuse generate -m "$MODEL" --chat -p "$PROMPT" -n 96
 
 # The main job: a question over several documents, answered by fusing their cached KV with A^3,
 # next to a full prefill of exactly the same prompt. With the shared data beside the checkout
 # this is a MuSiQue question (10 passages, ~6k tokens, CacheBlend's prompt); without it, three
 # short built-in documents.
-echo
 SHARED=${KVF_SHARED:-../shared}
 MUSIQUE=$SHARED/data/musique-cacheblend/musique_s.json
 DEMO_Q=${DEMO_Q:-0}
@@ -38,10 +43,10 @@ gold = x["answers"] if isinstance(x["answers"], list) else ast.literal_eval(x["a
 open(sys.argv[3] + "/gold", "w").write(" | ".join(gold))
 PY
 then
-    echo "== fusion: MuSiQue question $DEMO_Q over its 10 passages (gold answer: $(cat "$ftmp/gold"))"
+    step "fusion: MuSiQue question $DEMO_Q over its 10 passages (gold answer: $(cat "$ftmp/gold"))"
     set -- --docs-json "$ftmp/docs.json" --musique -q "$(cat "$ftmp/q")"
 else
-    echo "== fusion: a question over three documents ($MUSIQUE not found: built-in documents)"
+    step "fusion: a question over three documents ($MUSIQUE not found: built-in documents)"
     printf '%s\n' "The Amazon river flows through Peru, Colombia and Brazil into the Atlantic Ocean." \
         "Its basin covers about seven million square kilometres." > "$ftmp/d1.txt"
     printf '%s\n' "Lake Baikal in Siberia is the deepest lake in the world, at 1642 metres." > "$ftmp/d2.txt"
@@ -53,8 +58,7 @@ build/kvfuse ask -m "$MODEL" --method full,a3 --ratio 0.15 -n 32 "$@"
 rm -rf "$ftmp"
 
 # The server: start `kvfuse serve`, answer one request whose documents are fused (A^3), stop.
-echo
-echo "== server: kvfuse serve, one OpenAI-style request with documents (KV cache fusion, a3)"
+step "server: kvfuse serve, one OpenAI-style request with documents (KV cache fusion, a3)"
 tmp=$(mktemp -d)
 build/kvfuse serve -m "$MODEL" --port 0 --port-file "$tmp/port" --ctx 2048 --parallel 1 -q 2>"$tmp/log" &
 spid=$!
@@ -71,4 +75,4 @@ echo "\$ curl $URL/v1/chat/completions -d '$BODY'"
 curl -s "$URL/v1/chat/completions" -d "$BODY" | { python3 -m json.tool 2>/dev/null || cat; }
 kill -TERM "$spid"
 wait "$spid" 2>/dev/null || true
-echo "== server stopped"
+step "server stopped; the demo took $(( $(date +%s) - t_start )) s"

@@ -36,21 +36,56 @@ static float *alloc_f(int64_t n, int *fail) {
     return p;
 }
 
-kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
-                           kvf_session **out) {
-    if (!out) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: out is NULL");
-    *out = NULL;
-    if (!m) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: model is NULL");
+/* Validate params and fill in the defaults (n_ctx, n_ubatch). */
+static kvf_status session_params(const kvf_model *m, const kvf_session_params *params,
+                                 kvf_session_params *out) {
     kvf_session_params p = params ? *params : kvf_session_default_params();
     if (p.kv_type != KVF_KV_F32 && p.kv_type != KVF_KV_F16)
         return kvf_set_error(KVF_E_INVAL, "unknown KV cache type %d", (int)p.kv_type);
     if (p.n_ctx < 0 || p.n_ubatch < 0 || p.n_threads < 0)
         return kvf_set_error(KVF_E_INVAL, "negative session parameter");
-    const kvf_hparams *hp = &m->hp;
-    if (p.n_ctx == 0) p.n_ctx = hp->n_ctx_train;
+    if (p.n_ctx == 0) p.n_ctx = m->hp.n_ctx_train;
     if (p.n_ctx > (1 << 22)) return kvf_set_error(KVF_E_INVAL, "n_ctx %d is too large", p.n_ctx);
     if (p.n_ubatch == 0) p.n_ubatch = 256;
     if (p.n_ubatch > p.n_ctx) p.n_ubatch = p.n_ctx;
+    *out = p;
+    return KVF_OK;
+}
+
+/* KV cache bytes of one layer's keys (or values) for n_ctx cells: the cell capacity is n_ctx
+ * rounded up to 64 (ldk). */
+static int64_t kv_layer_bytes(const kvf_hparams *hp, int64_t n_ctx, kvf_kv_type t) {
+    int64_t ldk = (n_ctx + 63) / 64 * 64;
+    return (int64_t)hp->n_head_kv * hp->head_dim * ldk * (t == KVF_KV_F16 ? 2 : 4);
+}
+
+int64_t kvf_session_memory(const kvf_model *m, const kvf_session_params *params) {
+    kvf_session_params p;
+    if (!m || session_params(m, params, &p) != KVF_OK) return -1;
+    const kvf_hparams *hp = &m->hp;
+    int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, qd = (int64_t)hp->n_head * hp->head_dim;
+    int64_t U = p.n_ubatch, thr = p.n_threads > 0 ? p.n_threads : kvf_n_cpus();
+    int64_t max_in = KVF_MAX(KVF_MAX((int64_t)hp->n_embd, (int64_t)hp->n_ff), qd);
+    int64_t b = 2 * (int64_t)hp->n_layer * kv_layer_bytes(hp, p.n_ctx, p.kv_type); /* K and V */
+    b += 2 * 4 * (int64_t)p.n_ctx;                                                /* cell_pos, cell_tok */
+    int64_t fl = U * (2 * hp->n_embd + 2 * qd + 2 * kvd + 2 * hp->n_ff + hp->n_rot) +
+                 (kvf_attn_work_floats(KVF_ATTN_MAX_M) + 15) / 16 * 16 * thr +
+                 (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M * (hp->head_dim + 2) +
+                 hp->n_vocab;
+    b += 4 * fl + 12 * U;                    /* float scratch; b_pos, b_cell, b_end */
+    b += U * max_in * 2 + U * (max_in / 32) * 8 + U * (max_in / 16) * 8; /* activation rows */
+    return b;
+}
+
+kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
+                           kvf_session **out) {
+    if (!out) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: out is NULL");
+    *out = NULL;
+    if (!m) return kvf_set_error(KVF_E_INVAL, "kvf_session_new: model is NULL");
+    kvf_session_params p;
+    kvf_status         pst = session_params(m, params, &p);
+    if (pst != KVF_OK) return pst;
+    const kvf_hparams *hp = &m->hp;
 
     kvf_session *s = kvf_calloc(1, sizeof *s);
     if (!s) return kvf_set_error(KVF_E_NOMEM, "out of memory");
@@ -58,7 +93,6 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->p     = p;
     s->K     = m->K;
     s->two_level = m->precision == KVF_PREC_Q16;
-    /* the AVX2 attention needs head_dim % 32 == 0; use the reference otherwise */
     /* the AVX2 attention needs head_dim % 32 == 0: the reference kernels otherwise */
     s->attn_K = (s->K == &kvf_kernels_avx2 && hp->head_dim % 32) ? &kvf_kernels_ref : s->K;
     s->n_ctx = p.n_ctx;
@@ -76,7 +110,7 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->kt        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
     s->vc        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
     if (!s->kt || !s->vc) fail = 1;
-    size_t kv_bytes = (size_t)(kvd * s->ldk) * kvf_kv_esize(s);
+    size_t kv_bytes = (size_t)kv_layer_bytes(hp, p.n_ctx, p.kv_type);
     for (int l = 0; !fail && l < hp->n_layer; l++) {
         if (!(s->kt[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
         if (!(s->vc[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
@@ -111,9 +145,10 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     if (fail) {
         kvf_session_free(s);
         return kvf_set_error(KVF_E_NOMEM,
-                             "out of memory creating a session (n_ctx %d needs %.1f MiB of KV "
+                             "out of memory creating a session (n_ctx %d needs %.1f MiB of %s KV "
                              "cache)",
-                             p.n_ctx, (double)(2 * kvd * s->ldk * (p.kv_type == KVF_KV_F16 ? 2 : 4) * hp->n_layer) / 1048576.0);
+                             p.n_ctx, (double)(2 * hp->n_layer * kv_layer_bytes(hp, p.n_ctx, p.kv_type)) / 1048576.0,
+                             p.kv_type == KVF_KV_F16 ? "f16" : "f32");
     }
     *out = s;
     return KVF_OK;

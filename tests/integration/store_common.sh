@@ -33,7 +33,9 @@ finish() {
 [ -x "$BUILD/tests/tool_mkmodel" ] || { echo "store tests: $BUILD/tests/tool_mkmodel is not built"; echo "0 passed, 1 failed"; exit 1; }
 
 SYN=$T/synth.gguf
-"$BUILD/tests/tool_mkmodel" "$SYN" --layers 4 --embd 128 --ctx 4096 --type Q8_0 >/dev/null || {
+# its training context (65536) holds the whole corpus at once: asks over every chunk of two
+# essays (~15k tokens with this small vocabulary) must fit, as `kvfuse ask` refuses longer prompts
+"$BUILD/tests/tool_mkmodel" "$SYN" --layers 4 --embd 128 --ctx 65536 --type Q8_0 >/dev/null || {
     echo "cannot make the synthetic model"; echo "0 passed, 1 failed"; exit 1; }
 
 ESSAYS=${KVF_SHARED:-../shared}/data/needle/PaulGrahamEssays

@@ -1,5 +1,6 @@
 /* cli.c - helpers shared by the kvfuse subcommands. */
 #include "cli/cli.h"
+#include "cli/models.h"
 
 #include <errno.h>
 #include <math.h>
@@ -7,12 +8,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
 
 const char *cli_model_path(const char *opt) {
-    if (opt && opt[0]) return opt;
-    const char *env = getenv("KVFUSE_MODEL");
-    if (env && env[0]) return env;
-    return KVF_DEFAULT_MODEL;
+    static _Thread_local char buf[PATH_MAX];
+    const char               *v = opt && opt[0] ? opt : getenv("KVFUSE_MODEL");
+    if (!v || !v[0]) v = KVF_DEFAULT_MODEL_NAME;
+    if (is_file(v)) return v;
+    const cli_model_entry *e = strchr(v, '/') ? NULL : cli_models_find(v);
+    return e ? cli_models_path(e, buf, sizeof buf) : v;
 }
 
 int cli_fail(const char *cmd, const char *fmt, ...) {
@@ -48,9 +59,16 @@ kvf_model *cli_load_model(const char *path, const char *isa, int n_threads, kvf_
     kvf_model *m;
     if (kvf_model_load(path, &p, &m) != KVF_OK) {
         fprintf(stderr, "kvfuse: cannot load model: %s\n", kvf_errmsg());
-        if (strcmp(path, KVF_DEFAULT_MODEL) == 0)
-            fprintf(stderr, "kvfuse: run `make model` to download the default model, or pass "
-                            "-m PATH / set KVFUSE_MODEL\n");
+        const cli_model_entry *e = cli_models_of_path(path);
+        if (e && access(path, F_OK) != 0)
+            fprintf(stderr, "kvfuse: %s is not downloaded yet: run `make model NAME=%s` (or "
+                            "scripts/get-model.sh %s), or pass -m PATH / set KVFUSE_MODEL\n",
+                    e->name, e->name, e->name);
+        else if (!e && !strchr(path, '/') && access(path, F_OK) != 0) {
+            fprintf(stderr, "kvfuse: '%s' is neither a file nor a known model name; known names:", path);
+            for (int i = 0; i < cli_models_count(); i++) fprintf(stderr, " %s", cli_models_at(i)->name);
+            fprintf(stderr, " (kvfuse models)\n");
+        }
         return NULL;
     }
     return m;

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define KVF_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define KVF_DEFAULT_MODEL_NAME "smollm2-135m" /* tools/cli/models.c */
 
 /* Subcommands: argc/argv start at the subcommand name. Return the process exit status. */
 int cmd_generate(int argc, char **argv);
@@ -21,6 +21,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_ingest(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cmd_models(int argc, char **argv);
 
 /* Chunk store options shared by ask, ingest and store (implemented in tools/cmd_store.c).
  * Add CLI_STORE_OPTIONS to a getopt_long table and call cli_store_opt() on every option code
@@ -53,7 +54,8 @@ uint64_t cli_size(const char *cmd, const char *opt, const char *val);
 void cli_store_print_stats(FILE *f, kvf_chunk_cache *c, bool totals);
 void cli_store_json_stats(FILE *f, const kvf_store_stats *st);
 
-/* -m value, else $KVFUSE_MODEL, else the default model path. */
+/* -m value, else $KVFUSE_MODEL, else the default model: a path, or a model name of the
+ * registry (`kvfuse models`) resolved to its file (tools/cli/models.c). */
 const char *cli_model_path(const char *opt);
 /* Load a model, printing a clear message (with a hint for the default model) on failure. */
 kvf_model *cli_load_model(const char *path, const char *isa, int n_threads, kvf_precision prec);
@@ -72,6 +74,19 @@ double cli_float(const char *cmd, const char *opt, const char *val, double lo, d
  * assistant turn. Returns a malloc'd array (count in *n) or NULL with a message printed. */
 int32_t *cli_tokenize_prompt(const char *cmd, const kvf_model *m, const char *text, bool chat,
                              const char *system, int32_t *n);
+/* Memory (tools/cli/cli_mem.c). Bytes the system can give now: /proc/meminfo MemAvailable,
+ * else free pages (sysconf); -1 if unknown. */
+int64_t cli_mem_available(void);
+/* "1.50 GiB", "12.0 KiB", ... into buf; returns buf. */
+const char *cli_bytes(char *buf, size_t n, int64_t b);
+/* KV cache bytes per token (keys and values of every layer) for a session cache type. */
+int64_t cli_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t);
+/* 0 if n_sessions sessions with params sp (plus `extra` bytes) fit in the available memory;
+ * else prints "kvfuse <cmd>: a context of N tokens needs X ..., more than the Y available:
+ * <hint>" and returns -1. Unknown available memory counts as enough. */
+int cli_check_memory(const char *cmd, const kvf_model *m, const kvf_session_params *sp,
+                     int n_sessions, int64_t extra, const char *hint);
+
 /* Monotonic clock in milliseconds (for timings). */
 double cli_now_ms(void);
 /* Read a whole file (malloc'd, NUL-terminated); NULL with errno set on failure. */

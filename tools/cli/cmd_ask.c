@@ -16,7 +16,7 @@ static void help(void) {
         "\n"
         "Answers a question over documents, reusing each document's precomputed KV cache.\n"
         "\n"
-        "  -m, --model PATH       GGUF model (default: $KVFUSE_MODEL or %s)\n"
+        "  -m, --model M          GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
         "  -d, --doc FILE         a document (repeatable; order = order in the prompt)\n"
         "      --docs-json FILE   a JSON array of documents: strings or {\"title\", \"text\"}\n"
         "  -q, --question TEXT    the question\n"
@@ -37,6 +37,8 @@ static void help(void) {
         "      --evict E          after the prefill: none (default), snapkv, streaming\n"
         "      --budget N         eviction budget in tokens per KV head (default 1024)\n"
         "  -n, --n-predict N      answer tokens at most (default 32; greedy)\n"
+        "  -c, --ctx N            context limit: prompt + answer (default: the model's training\n"
+        "                         context; a longer prompt is an error)\n"
         "  -t, --threads N        compute threads\n"
         "      --rows             with --json, also list the recomputed positions (\"rows\")\n"
         "                         and each segment's [start, length] (\"segments\")\n"
@@ -45,11 +47,12 @@ static void help(void) {
         "                         recompute_ms, first_token_ms, decode_tok_s, ...\n"
         "      --isa NAME         kernels: auto, ref, avx2, avx512\n"
         "      --precision P      q16 (default), q8, f32\n"
+        "      --kv T             session KV cache: f32 (default) or f16 (half the memory)\n"
         "\n"
         "Chunk store (default: an in-memory cache for this run; with --store / --redis the\n"
         "document KV is read from and written to a persistent store, see `kvfuse ingest`):\n"
         CLI_STORE_HELP,
-        KVF_DEFAULT_MODEL);
+        KVF_DEFAULT_MODEL_NAME);
 }
 
 /* documents from a JSON array of strings or {"title","text"} objects (malloc'd strings) */
@@ -113,7 +116,8 @@ int cmd_ask(int argc, char **argv) {
         {"evict", required_argument, 0, 'E'},     {"budget", required_argument, 0, 'b'},
         {"n-predict", required_argument, 0, 'n'}, {"threads", required_argument, 0, 't'},
         {"json", no_argument, 0, 'J'},            {"isa", required_argument, 0, 'I'},
-        {"rows", no_argument, 0, 'R'},
+        {"rows", no_argument, 0, 'R'},            {"ctx", required_argument, 0, 'c'},
+        {"kv", required_argument, 0, 'V'},
         {"precision", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
         CLI_STORE_OPTIONS,                        {0, 0, 0, 0}};
     const char     *model = NULL, *docs_json = NULL, *question = NULL, *system = NULL,
@@ -121,13 +125,14 @@ int cmd_ask(int argc, char **argv) {
     const char     *doc_files[256];
     int             n_doc_files = 0;
     bool            musique = false, json = false, show_rows = false;
-    long            n_predict = 32, n_threads = 0;
+    long            n_predict = 32, n_threads = 0, n_ctx_opt = 0;
     kvf_precision   prec      = KVF_PREC_Q16;
+    kvf_kv_type     kv        = KVF_KV_F32;
     kvf_fuse_params fp        = kvf_fuse_default_params();
     kvf_store_params stp      = kvf_store_default_params();
     int             c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:d:q:n:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:d:q:n:t:c:h", opts, NULL)) != -1) {
         if (cli_store_opt("ask", c, optarg, &stp)) continue;
         switch (c) {
         case 'm': model = optarg; break;
@@ -162,10 +167,12 @@ int cmd_ask(int argc, char **argv) {
         case 'b': fp.budget = (int32_t)cli_int("ask", "--budget", optarg, 1, 1 << 24); break;
         case 'n': n_predict = cli_int("ask", "-n", optarg, 1, 1 << 20); break;
         case 't': n_threads = cli_int("ask", "--threads", optarg, 0, 1024); break;
+        case 'c': n_ctx_opt = cli_int("ask", "--ctx", optarg, 1, 1 << 22); break;
         case 'J': json = true; break;
         case 'R': show_rows = true; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("ask", optarg); break;
+        case 'V': kv = cli_kv_type("ask", optarg); break;
         case 'h': help(); return 0;
         default: help(); return 2;
         }
@@ -226,17 +233,43 @@ int cmd_ask(int argc, char **argv) {
         rc = cli_fail("ask", "%s", err);
         goto out_model;
     }
+    /* the prompt must fit in the context with room for one answer token; the answer stops
+     * at the context's end */
+    int32_t ctx_max = kvf_model_n_ctx_train(m);
+    int32_t limit   = n_ctx_opt > 0 ? (int32_t)n_ctx_opt : ctx_max;
+    if (req.total >= limit) {
+        if (n_ctx_opt > 0)
+            rc = cli_fail("ask", "the prompt has %d tokens (prefix %d, %d documents, question %d), "
+                                 "more than fit in --ctx %d (leave room for at least one answer "
+                                 "token)",
+                          req.total, req.segs[0].n, n_docs, req.segs[req.n_segs - 1].n, limit);
+        else
+            rc = cli_fail("ask", "the prompt has %d tokens (prefix %d, %d documents, question %d), "
+                                 "more than fit in the model's context of %d tokens (leave room "
+                                 "for at least one answer token); use fewer or shorter documents, "
+                                 "or --ctx N to go past the training context",
+                          req.total, req.segs[0].n, n_docs, req.segs[req.n_segs - 1].n, limit);
+        goto out_req;
+    }
+    if (limit > ctx_max)
+        fprintf(stderr, "kvfuse ask: note: --ctx %d is more than the model's training context "
+                        "(%d)\n", limit, ctx_max);
     kvf_session_params sp = kvf_session_default_params();
     sp.n_threads          = (int32_t)n_threads;
-    sp.n_ctx              = req.total + (int32_t)n_predict + 1;
+    sp.kv_type            = kv;
+    sp.n_ctx              = (int64_t)req.total + n_predict + 1 < limit ? req.total + (int32_t)n_predict + 1 : limit;
+    /* besides the session: the documents' chunk KV, kept in memory */
+    int64_t chunk_bytes = (int64_t)(req.total - req.segs[0].n - req.segs[req.n_segs - 1].n) *
+                          cli_kv_bytes_per_token(m, fp.dtype == KVF_CHUNK_F32 ? KVF_KV_F32 : KVF_KV_F16);
+    if (cli_check_memory("ask", m, &sp, 1, use_store ? 0 : chunk_bytes, "use fewer or shorter documents") != 0) {
+        rc = 1;
+        goto out_req;
+    }
     if (kvf_session_new(m, &sp, &s) != KVF_OK ||
         (use_store ? kvf_store_open(m, &stp, &cache) : kvf_chunk_cache_new_memory(0, &cache)) != KVF_OK) {
         rc = cli_fail("ask", "%s", kvf_errmsg());
         goto out_req;
     }
-    if (req.total > kvf_model_n_ctx_train(m))
-        fprintf(stderr, "kvfuse ask: note: the prompt has %d tokens, more than the model's "
-                        "training context (%d)\n", req.total, kvf_model_n_ctx_train(m));
     kvf_fuse_stats pst;
     fprintf(stderr, "ask: %d tokens (prefix %d, %d documents, question %d); precomputing "
                     "document KV...\n", req.total, req.segs[0].n, n_docs, req.segs[req.n_segs - 1].n);
@@ -271,7 +304,12 @@ int cmd_ask(int argc, char **argv) {
                 if (len + (size_t)k + 1 > cap) text = realloc(text, cap = 2 * (cap + (size_t)k));
                 memcpy(text + len, piece, (size_t)k), len += (size_t)k;
             }
-            if (n_tok == n_predict || kvf_session_eval(s, &tok, 1, 0) != KVF_OK) break;
+            if (n_tok == n_predict) break;
+            if (kvf_session_eval(s, &tok, 1, 0) != KVF_OK) {
+                fprintf(stderr, "kvfuse ask: note: [%s] the answer stops after %d tokens: %s\n",
+                        kvf_method_name(fp.method), n_tok, kvf_errmsg());
+                break;
+            }
             steps++;
             tok = kvf_sampler_sample(NULL, kvf_session_logits(s, -1), n_vocab);
         }

@@ -13,7 +13,7 @@
 static void help(void) {
     printf("usage: kvfuse bench [-m MODEL] [-p N[,N...]] [-n N] [-r R] [options]\n"
            "\n"
-           "  -m, --model PATH    GGUF model (default: $KVFUSE_MODEL or %s)\n"
+           "  -m, --model M       GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
            "  -p, --prompt N,...  prompt lengths to prefill (default 512)\n"
            "  -n, --gen N         tokens to decode one at a time (default 128; 0 = skip)\n"
            "  -d, --depth D       tokens in the cache before decoding (default: the prompt\n"
@@ -28,7 +28,7 @@ static void help(void) {
            "      --isa NAME      kernels: auto, ref, avx2, avx512\n"
            "      --precision P   matmul arithmetic: q16 (default), q8, f32\n"
            "      --kv T          session KV cache: f32 (default) or f16\n",
-           KVF_DEFAULT_MODEL);
+           KVF_DEFAULT_MODEL_NAME);
 }
 
 /* deterministic pseudo-random prompt ids in [16, n_vocab) */
@@ -146,6 +146,13 @@ int cmd_bench(int argc, char **argv) {
                             "(%d); speed is still measured\n",
                     need, info.n_ctx_train);
         kvf_session *s;
+        kvf_session_params xp = sp; /* the other --batch sessions: depth + n_gen + 1 tokens */
+        xp.n_ctx              = depth + (int32_t)n_gen + 1;
+        if (cli_check_memory("bench", m, &sp, 1, (batch - 1) * kvf_session_memory(m, &xp),
+                             "lower -p, -n or --batch") != 0) {
+            rc = 1;
+            break;
+        }
         if (kvf_session_new(m, &sp, &s) != KVF_OK) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
             break;

@@ -9,7 +9,7 @@
 static void help(void) {
     printf("usage: kvfuse generate [-m MODEL] -p PROMPT [options]\n"
            "\n"
-           "  -m, --model PATH     GGUF model (default: $KVFUSE_MODEL or %s)\n"
+           "  -m, --model M        GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
            "  -p, --prompt TEXT    the prompt (or -f FILE)\n"
            "  -f, --file PATH      read the prompt from a file\n"
            "      --chat           wrap the prompt in the model's chat template\n"
@@ -20,7 +20,8 @@ static void help(void) {
            "      --top-k K        top-k sampling (default 0 = off)\n"
            "      --seed S         sampling seed (default 0)\n"
            "  -t, --threads N      compute threads (default: all CPUs)\n"
-           "  -c, --ctx N          context size (default: prompt + n, at most the model's)\n"
+           "  -c, --ctx N          context size (default: prompt + n, at most the model's\n"
+           "                       training context; a longer prompt is an error)\n"
            "      --json           print one JSON object at the end instead of streaming:\n"
            "                       text, tokens, prompt_tokens, prefill_ms, ttft_ms,\n"
            "                       decode_tok_s, stop\n"
@@ -28,7 +29,7 @@ static void help(void) {
            "      --kv T           session KV cache: f32 (default) or f16 (half the memory)\n"
            "      --precision P    matmul arithmetic: q16 (default; ~f32 accuracy), q8\n"
            "                       (int8 activations like llama.cpp; fastest), f32 (reference)\n",
-           KVF_DEFAULT_MODEL);
+           KVF_DEFAULT_MODEL_NAME);
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -98,18 +99,36 @@ int cmd_generate(int argc, char **argv) {
         return cli_fail("generate", "the prompt is empty");
     }
     int32_t ctx_max = kvf_model_n_ctx_train(m);
-    if (n_ctx == 0) n_ctx = n_prompt + n_predict < ctx_max ? n_prompt + n_predict : ctx_max;
+    bool    ctx_set = n_ctx > 0;
+    long    want    = n_prompt + (n_predict > 0 ? n_predict : 1); /* room for the first token */
+    if (!ctx_set) n_ctx = want < ctx_max ? want : ctx_max;
     if (n_prompt >= n_ctx) {
         free(ids);
         kvf_model_free(m);
-        return cli_fail("generate", "the prompt has %d tokens; the context holds %ld", n_prompt,
-                        n_ctx);
+        if (!ctx_set)
+            return cli_fail("generate", "the prompt has %d tokens, more than fit in the model's "
+                                        "context of %d tokens (leave room for at least one "
+                                        "generated token); shorten it, or pass --ctx N to go "
+                                        "past the training context",
+                            n_prompt, ctx_max);
+        return cli_fail("generate", "the prompt has %d tokens, more than fit in --ctx %ld "
+                                    "(leave room for at least one generated token)",
+                        n_prompt, n_ctx);
     }
+    if (n_ctx > ctx_max)
+        fprintf(stderr, "kvfuse generate: note: --ctx %ld is more than the model's training "
+                        "context (%d)\n", n_ctx, ctx_max);
     kvf_session_params sprm = kvf_session_default_params();
     sprm.n_ctx              = (int32_t)n_ctx;
     sprm.n_threads          = (int32_t)n_threads;
     sprm.kv_type            = kv;
     kvf_session *s;
+    if (cli_check_memory("generate", m, &sprm, 1, 0,
+                         kv == KVF_KV_F16 ? "lower --ctx or -n" : "lower --ctx or -n, or use --kv f16") != 0) {
+        free(ids);
+        kvf_model_free(m);
+        return 1;
+    }
     if (kvf_session_new(m, &sprm, &s) != KVF_OK) {
         free(ids);
         kvf_model_free(m);

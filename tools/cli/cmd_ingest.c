@@ -22,7 +22,7 @@ static void help(void) {
            "chunk's KV cache after the chat template's system prefix, as `kvfuse ask` lays out its\n"
            "documents, and stores it. Chunks already stored are skipped.\n"
            "\n"
-           "  -m, --model PATH       GGUF model (default: $KVFUSE_MODEL or %s)\n"
+           "  -m, --model M          GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
            "      --chunk-tokens N   token window of a chunk (default 512)\n"
            "      --chunk-alone      compute chunks at position 0, without the prefix (as\n"
            "                         ask --chunk-alone)\n"
@@ -40,7 +40,7 @@ static void help(void) {
            "      --precision P      q16 (default), q8, f32\n"
            "  -q, --quiet            no progress bar\n"
            CLI_STORE_HELP,
-           KVF_DEFAULT_MODEL);
+           KVF_DEFAULT_MODEL_NAME);
 }
 
 /* ---- chunks ------------------------------------------------------------------------------- */

@@ -73,6 +73,26 @@ int cmd_info(int argc, char **argv) {
            in.n_layer, in.n_embd, in.n_head, in.n_head_kv, in.head_dim, in.n_ff);
     printf("vocabulary   %d\ncontext      %d\nchat         %s\nkernels      %s (%s)\n", in.n_vocab,
            in.n_ctx_train, kvf_chat_template_name(m), in.isa, in.precision);
+    /* session KV cache: per token, and a session holding the whole training context (KV cache
+     * and scratch, kvf_session_memory) */
+    char               b[6][32];
+    kvf_session_params sp   = kvf_session_default_params();
+    int64_t            t32  = cli_kv_bytes_per_token(m, KVF_KV_F32);
+    int64_t            t16  = cli_kv_bytes_per_token(m, KVF_KV_F16);
+    int64_t            n    = in.n_ctx_train;
+    sp.kv_type              = KVF_KV_F32;
+    int64_t            s32  = kvf_session_memory(m, &sp);
+    sp.kv_type              = KVF_KV_F16;
+    int64_t            s16  = kvf_session_memory(m, &sp);
+    int64_t            avail = cli_mem_available();
+    printf("KV cache     %s per token f32, %s f16 (%lld / %lld bytes)\n",
+           cli_bytes(b[0], sizeof b[0], t32), cli_bytes(b[1], sizeof b[1], t16), (long long)t32,
+           (long long)t16);
+    printf("full context %s f32, %s f16 of KV cache for %lld tokens; a session with scratch "
+           "%s / %s\n",
+           cli_bytes(b[2], sizeof b[2], t32 * n), cli_bytes(b[3], sizeof b[3], t16 * n),
+           (long long)n, cli_bytes(b[4], sizeof b[4], s32), cli_bytes(b[5], sizeof b[5], s16));
+    printf("memory       %s available\n", avail < 0 ? "unknown" : cli_bytes(b[0], sizeof b[0], avail));
     kvf_model_free(m);
     return 0;
 }

@@ -21,10 +21,11 @@ static void usage(FILE *f) {
             "  logits     write the logits of every prompt position to a file\n"
             "  tokenize   print the token ids of a text\n"
             "  info       describe a model file\n"
+            "  models     the models known by name (-m NAME), present or not\n"
             "\n"
-            "The model is -m PATH, else $KVFUSE_MODEL, else %s\n"
-            "(`make model` downloads it).\n",
-            kvf_version(), KVF_DEFAULT_MODEL);
+            "The model is -m PATH|NAME, else $KVFUSE_MODEL, else %s\n"
+            "(`make model NAME=...` downloads one; `kvfuse models` lists them).\n",
+            kvf_version(), KVF_DEFAULT_MODEL_NAME);
 }
 
 int main(int argc, char **argv) {
@@ -51,6 +52,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "logits")) return cmd_logits(argc - 1, argv + 1);
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(c, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(c, "models")) return cmd_models(argc - 1, argv + 1);
     fprintf(stderr, "kvfuse: unknown command '%s'\n\n", c);
     usage(stderr);
     return 2;

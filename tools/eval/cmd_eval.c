@@ -39,7 +39,7 @@ static void help(void) {
         "the examples whose requested runs are all there. DIR/summary.json, summary.md,\n"
         "report.md, report.html and the SVG plots are rebuilt after every example.\n"
         "\n"
-        "  -m, --model PATH      GGUF model (default: $KVFUSE_MODEL or %s)\n"
+        "  -m, --model M         GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
         "      --dataset NAME    musique          CacheBlend's musique_s.json, its prompt; token F1\n"
         "                        cacheblend-demo  CacheBlend's demo prompts (dir of N.json): no\n"
         "                                         gold, fidelity and latency only\n"
@@ -86,7 +86,7 @@ static void help(void) {
         "Progress and the ETA go to stderr. The settings that change results (model, dataset,\n"
         "n-predict, epic-k, evict, dtype, seed, ...) are kept in DIR/config.json; a rerun with\n"
         "different ones is refused.\n",
-        KVF_DEFAULT_MODEL);
+        KVF_DEFAULT_MODEL_NAME);
 }
 
 /* ---- option lists -------------------------------------------------------------------- */

@@ -27,11 +27,13 @@ static void help(void) {
         "ingested documents), answered with KV cache fusion, and \"kvfuse\": {\"method\", \"ratio\",\n"
         "\"evict\"}. Stops on SIGINT / SIGTERM.\n"
         "\n"
-        "  -m, --model PATH        GGUF model (default: $KVFUSE_MODEL or %s)\n"
+        "  -m, --model M           GGUF file or model name (`kvfuse models`; default: $KVFUSE_MODEL or %s)\n"
         "      --host ADDR         address to listen on (default 127.0.0.1: this machine only)\n"
         "      --port N            port (default 8080; 0 = any free port, see --port-file)\n"
         "      --port-file FILE    write the port to FILE once listening\n"
-        "      --ctx N             tokens per request slot: prompt + answer (default 8192)\n"
+        "      --ctx N             tokens per request slot: prompt + answer (default: the\n"
+        "                          model's context, lowered to fit --parallel slots in 3/4 of\n"
+        "                          the available memory)\n"
         "      --parallel N        request slots decoded together, 1..64 (default 4)\n"
         "      --kv T              slots' KV cache: f32 (default) or f16 (half the memory)\n"
         "      --queue N           requests that may wait for a slot; beyond: 429 with\n"
@@ -74,7 +76,7 @@ static void help(void) {
         "  kvfuse serve --port 8080 &\n"
         "  curl -s localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\",\n"
         "    \"content\": \"Who wrote it?\"}], \"documents\": [\"Dune is a novel by Frank Herbert.\"]}'\n",
-        KVF_DEFAULT_MODEL);
+        KVF_DEFAULT_MODEL_NAME);
 }
 
 typedef struct serve_state {
@@ -105,6 +107,65 @@ static char *model_id_from_path(const char *path) {
     return s;
 }
 
+/* Memory of the slots' sessions with a context of n_ctx tokens (KV cache, scratch, history). */
+static int64_t slots_memory(const kvf_model *m, const srv_sched_params *sp, int32_t n_ctx) {
+    kvf_session_params p = kvf_session_default_params();
+    p.n_ctx              = n_ctx;
+    p.n_threads          = sp->n_threads;
+    p.kv_type            = sp->kv_type;
+    int64_t one          = kvf_session_memory(m, &p);
+    return one < 0 ? -1 : (one + 4 * (int64_t)n_ctx) * sp->n_slots;
+}
+
+/* The slots' context: without --ctx the model's training context, lowered (with a note) until
+ * --parallel sessions fit in 3/4 of the available memory; an explicit --ctx whose sessions do
+ * not fit in the available memory is an error. Returns 0 or -1 (message printed). */
+static int slots_context(const kvf_model *m, srv_sched_params *sp, bool ctx_set) {
+    int32_t     train = kvf_model_n_ctx_train(m);
+    int64_t     avail = cli_mem_available();
+    const char *kv    = sp->kv_type == KVF_KV_F16 ? "f16" : "f32";
+    char        b1[32], b2[32];
+    if (ctx_set) {
+        if (sp->n_ctx > train)
+            fprintf(stderr, "kvfuse serve: note: --ctx %d is more than the model's training context (%d)\n",
+                    sp->n_ctx, train);
+        int64_t need = slots_memory(m, sp, sp->n_ctx);
+        if (avail >= 0 && need > avail) {
+            cli_fail("serve", "--ctx %d with --parallel %d needs %s of %s KV cache and scratch, more "
+                              "than the %s of memory available: lower --ctx or --parallel%s",
+                     sp->n_ctx, sp->n_slots, cli_bytes(b1, sizeof b1, need), kv,
+                     cli_bytes(b2, sizeof b2, avail), sp->kv_type == KVF_KV_F16 ? "" : ", or use --kv f16");
+            return -1;
+        }
+        return 0;
+    }
+    sp->n_ctx = train < 64 ? 64 : train > (1 << 20) ? 1 << 20 : train;
+    if (avail < 0) return 0; /* unknown: trust the model's context */
+    int64_t budget = avail / 4 * 3;
+    int64_t full   = slots_memory(m, sp, sp->n_ctx);
+    if (full <= budget) return 0;
+    /* the largest multiple of 256 tokens that fits (memory grows with the context) */
+    int32_t lo = 0, hi = sp->n_ctx / 256;
+    while (lo < hi) {
+        int32_t mid = (lo + hi + 1) / 2;
+        if (slots_memory(m, sp, mid * 256) <= budget) lo = mid;
+        else hi = mid - 1;
+    }
+    if (lo == 0) {
+        cli_fail("serve", "%d slots of even 256 tokens do not fit in the %s of memory available: "
+                          "lower --parallel%s",
+                 sp->n_slots, cli_bytes(b2, sizeof b2, avail), sp->kv_type == KVF_KV_F16 ? "" : ", or use --kv f16");
+        return -1;
+    }
+    fprintf(stderr, "kvfuse serve: note: the model's context of %d tokens x %d slots needs %s of %s "
+                    "KV cache and scratch, more than 3/4 of the %s available: --ctx lowered to %d "
+                    "(set --ctx, --parallel%s to choose)\n",
+            train, sp->n_slots, cli_bytes(b1, sizeof b1, full), kv, cli_bytes(b2, sizeof b2, avail),
+            lo * 256, sp->kv_type == KVF_KV_F16 ? "" : " or --kv f16");
+    sp->n_ctx = lo * 256;
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},      {"host", required_argument, 0, 'H'},
@@ -132,7 +193,7 @@ int cmd_serve(int argc, char **argv) {
     kvf_precision    prec  = KVF_PREC_Q16;
     long             tenant_docs = 10000, tenant_doc_mb = 1024, cache_mb = 2048;
     kvf_store_params store = kvf_store_default_params();
-    bool             mem_budget_set = false;
+    bool             mem_budget_set = false, ctx_set = false;
     int              c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:qvh", opts, NULL)) != -1) {
@@ -143,7 +204,7 @@ int cmd_serve(int argc, char **argv) {
         case 'H': hp.host = optarg; break;
         case 'p': hp.port = (int)cli_int("serve", "--port", optarg, 0, 65535); break;
         case 'P': port_file = optarg; break;
-        case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20); break;
+        case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;
         case 'C': sp.prefill_chunk = (int32_t)cli_int("serve", "--prefill-chunk", optarg, 16, 1 << 20); break;
@@ -224,9 +285,7 @@ int cmd_serve(int argc, char **argv) {
         cli_fail("serve", "out of memory");
         goto out;
     }
-    if (sp.n_ctx > kvf_model_n_ctx_train(m))
-        fprintf(stderr, "kvfuse serve: note: --ctx %d is more than the model's training context (%d)\n",
-                sp.n_ctx, kvf_model_n_ctx_train(m));
+    if (slots_context(m, &sp, ctx_set) != 0) goto out;
     ac.model_id = mid;
     ac.n_ctx    = sp.n_ctx;
     if (!(sched = srv_sched_new(m, &sp, met, err, sizeof err))) {
