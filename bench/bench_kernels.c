@@ -1,6 +1,6 @@
 /* bench_kernels.c - throughput of the compute kernels, per instruction set: matmul (GOP/s for
- * each panel kind at decode (1 row) and prefill (256 rows) batch sizes, one- and two-level
- * activations) and attention (GFLOP/s). Single thread. The reference kernels are measured in
+ * each panel kind at decode (1 row), small-batch (16) and prefill (256 rows) batch sizes, one-
+ * and two-level activations, and float rows: gemm_f, see kernels.h) and attention (GFLOP/s). Single thread. The reference kernels are measured in
  * the same run as the baseline.
  *   build/bench/bench_kernels [--reps N] */
 #include "common.h"
@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
         int64_t  n_out, n_in;
     } shapes[] = {{KVF_TYPE_Q4_1, 1536, 576}, {KVF_TYPE_Q8_0, 1536, 576}, {KVF_TYPE_Q6_K, 1536, 768},
                   {KVF_TYPE_F16, 512, 576}};
-    const int64_t rows[] = {1, 256};
+    const int64_t rows[] = {1, 16, 256};
     printf("matmul, one thread: GOP/s (2 ops per multiply-add)\n");
     printf("%-6s %-6s %5s %6s", "type", "panel", "rows", "acts");
     for (int k = 0; k < n_isa; k++) printf(" %10s", isas[k]->name);
@@ -81,8 +81,8 @@ int main(int argc, char **argv) {
         kvf_quantize(shapes[si].type, f, raw, n_out * n_in);
         kvf_weight w;
         kvf_weight_pack_raw(shapes[si].type, raw, n_out, n_in, NULL, 0, &w);
-        for (size_t ri = 0; ri < 2; ri++)
-            for (int two = 0; two < 2; two++) {
+        for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+            for (int two = 0; two < 3; two++) { /* q8, q16, float rows (gemm_f) */
                 if (w.kind == KVF_PANEL_F32 && two) continue;
                 int64_t    n = rows[ri];
                 float     *x = malloc(sizeof(float) * (size_t)(n * n_in));
@@ -90,11 +90,14 @@ int main(int argc, char **argv) {
                 kvf_actbuf ab;
                 kvf_act    a;
                 kvf_actbuf_init(&ab, n, n_in);
-                kvf_quantize_rows(NULL, &kvf_kernels_ref, x, n, n_in, n_in, two, &ab, &a);
+                if (two == 2)
+                    a = kvf_act_float(x, n_in, n_in);
+                else
+                    kvf_quantize_rows(NULL, &kvf_kernels_ref, x, n, n_in, n_in, two, &ab, &a);
                 float *y = malloc(sizeof(float) * (size_t)(n * n_out));
                 printf("%-6s %-6s %5lld %6s", qt->name,
                        w.kind == KVF_PANEL_U4 ? "u4" : w.kind == KVF_PANEL_S8 ? "s8" : w.kind == KVF_PANEL_S8B16 ? "s8b16" : "f32",
-                       (long long)n, w.kind == KVF_PANEL_F32 ? "f32" : two ? "q16" : "q8");
+                       (long long)n, w.kind == KVF_PANEL_F32 || two == 2 ? "f32" : two ? "q16" : "q8");
                 for (int k = 0; k < n_isa; k++) {
                     mm_run r  = {isas[k], &w, &a, n, y};
                     int    rp = isas[k] == &kvf_kernels_ref && n > 1 ? 1 : reps;

@@ -204,6 +204,96 @@ static void test_gemm_all_isas(void) {
     }
 }
 
+/* The float-activation path (gemm_f, kvf_act_float): every panel kind, odd n_out, odd row
+ * counts on both sides of the micro-tile and pass sizes (6/12 rows, 96 rows), row lengths that
+ * split into several decoded slices with a remainder (FT_KC = 256 inputs), a row stride
+ * ldf != n_in, overwrite and accumulate: every ISA bit-identical to the reference, and the
+ * reference within float rounding of a double dot product of dequantised weights and the
+ * float rows. */
+static void test_gemm_float_all_isas(void) {
+    const int64_t ncols[] = {1, 5, 7, 13, 25, 100};
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        uint32_t                type = k_types[ti];
+        const kvf_quant_traits *qt   = kvf_quant_get(type);
+        for (int si = 0; si < 2; si++) {
+            int64_t n_in  = qt->block == 256 ? (si ? 768 : 256) : (si ? 608 : 160);
+            int64_t n_out = si ? 45 : 19, ldf = n_in + 8;
+            uint8_t   *w  = make_weights(type, n_out, n_in);
+            kvf_weight pw;
+            kvf_weight_pack_raw(type, w, n_out, n_in, NULL, 0, &pw);
+            float *wr = malloc(sizeof(float) * (size_t)(n_out * n_in));
+            for (int64_t r = 0; r < n_out; r++) kvf_weight_row(&pw, r, wr + r * n_in);
+            for (size_t ci = 0; ci < sizeof ncols / sizeof ncols[0]; ci++) {
+                int64_t n = ncols[ci];
+                float  *x = malloc(sizeof(float) * (size_t)(n * ldf));
+                rand_fill(x, n * ldf, 2.0f);
+                kvf_act act  = kvf_act_float(x, n_in, ldf);
+                size_t  ysz  = sizeof(float) * (size_t)(n * n_out);
+                float  *y0 = malloc(ysz), *y1 = malloc(ysz), *y2 = malloc(ysz);
+                for (int accumulate = 0; accumulate < 2; accumulate++) {
+                    for (int64_t i = 0; i < n * n_out; i++) y0[i] = (float)(i % 11) * 0.25f;
+                    memcpy(y1, y0, ysz);
+                    kvf_matmul(NULL, &kvf_kernels_ref, &pw, &act, n, y0, n_out, accumulate);
+                    if (!accumulate) {
+                        double worst = 0;
+                        for (int64_t r = 0; r < n_out; r++)
+                            for (int64_t c = 0; c < n; c++) {
+                                double dot = 0, mag = 0;
+                                for (int64_t k = 0; k < n_in; k++) {
+                                    double p = (double)wr[r * n_in + k] * x[c * ldf + k];
+                                    dot += p, mag += fabs(p);
+                                }
+                                worst = fmax(worst, fabs(dot - y0[c * n_out + r]) / (mag + 1e-6));
+                            }
+                        CHECK_MSG(worst < 1e-5, "%s n_in=%lld n=%lld: float-row ref matmul rel. error %.3g",
+                                  qt->name, (long long)n_in, (long long)n, worst);
+                    }
+                    for (int k = 1; k < n_isas; k++) {
+                        memcpy(y2, y1, ysz);
+                        kvf_matmul(NULL, isas[k], &pw, &act, n, y2, n_out, accumulate);
+                        int diff = 0;
+                        for (int64_t i = 0; i < n * n_out; i++) diff += y2[i] != y0[i];
+                        CHECK_MSG(diff == 0,
+                                  "%s gemm_f %s n_in=%lld n=%lld accumulate=%d: %d of %lld outputs differ",
+                                  isas[k]->name, qt->name, (long long)n_in, (long long)n, accumulate,
+                                  diff, (long long)(n * n_out));
+                    }
+                }
+                free(y0), free(y1), free(y2), free(x);
+            }
+            free(wr), free(w);
+            kvf_weight_free(&pw);
+        }
+    }
+}
+
+/* the float-row decision: only two-level batches of at least float_rows rows */
+static void test_float_rows_policy(void) {
+    for (int k = 0; k < n_isas; k++) {
+        const kvf_kernels *K = isas[k];
+        if (getenv("KVFUSE_FLOAT_ROWS")) break; /* overridden for the whole process */
+        CHECK(!kvf_matmul_float_rows(K, 1, 1));
+        CHECK(!kvf_matmul_float_rows(K, 1000, 0)); /* q8 stays int8 */
+        CHECK_EQ(kvf_matmul_float_rows(K, 1000, 1), K->float_rows > 0);
+        if (K->float_rows > 0) {
+            CHECK(kvf_matmul_float_rows(K, K->float_rows, 1));
+            CHECK(!kvf_matmul_float_rows(K, K->float_rows - 1, 1));
+        }
+    }
+    /* kvf_prepare_rows: float rows describe x itself and carry no codes */
+    float      x[2 * 64];
+    kvf_actbuf ab;
+    kvf_act    act;
+    rand_fill(x, 128, 1.0f);
+    kvf_actbuf_init(&ab, 2, 64);
+    kvf_prepare_rows(NULL, &kvf_kernels_ref, x, 2, 64, 64, 1, &ab, &act);
+    if (!getenv("KVFUSE_FLOAT_ROWS")) /* ref: never float rows */
+        CHECK(act.q != NULL && act.ql != NULL && act.f == x);
+    act = kvf_act_float(x, 64, 64);
+    CHECK(act.q == NULL && act.f == x && act.ldf == 64 && act.n_in == 64);
+    kvf_actbuf_free(&ab);
+}
+
 /* several weights in one region, writing into a wider output with an offset ldy */
 static void test_matmul_multi_threads(void) {
     int64_t n_in = 256, n = 70;
@@ -235,6 +325,22 @@ static void test_matmul_multi_threads(void) {
     float *yr = calloc((size_t)(n * ld), sizeof(float));
     for (int i = 0, off = 0; i < 3; off += (int)outs[i], i++)
         kvf_matmul(NULL, &kvf_kernels_ref, &pw[i], &a.act, n, yr + off, ld, 0);
+    CHECK(memcmp(ys[0], yr, sizeof(float) * (size_t)(n * ld)) == 0);
+    /* the same with float rows (gemm_f) */
+    kvf_act fa = kvf_act_float(a.x, n_in, n_in);
+    for (int t = 0; t < 3; t++) {
+        kvf_pool *pool = NULL;
+        if (t > 0) kvf_pool_new(t + 1, &pool);
+        memset(ys[t], 0, sizeof(float) * (size_t)(n * ld));
+        kvf_mm mm[3] = {{&pw[0], ys[t], ld, 0}, {&pw[1], ys[t] + 40, ld, 0},
+                        {&pw[2], ys[t] + 56, ld, 0}};
+        kvf_matmul_multi(pool, K, mm, 3, &fa, n);
+        kvf_pool_free(pool);
+    }
+    CHECK(memcmp(ys[0], ys[1], sizeof(float) * (size_t)(n * ld)) == 0);
+    CHECK(memcmp(ys[0], ys[2], sizeof(float) * (size_t)(n * ld)) == 0);
+    for (int i = 0, off = 0; i < 3; off += (int)outs[i], i++)
+        kvf_matmul(NULL, &kvf_kernels_ref, &pw[i], &fa, n, yr + off, ld, 0);
     CHECK(memcmp(ys[0], yr, sizeof(float) * (size_t)(n * ld)) == 0);
     for (int i = 0; i < 3; i++) kvf_weight_free(&pw[i]), free(raw[i]), free(ys[i]);
     free(yr);
@@ -482,6 +588,8 @@ int main(void) {
     RUN(test_pack_errors);
     RUN(test_quantize_row);
     RUN(test_gemm_all_isas);
+    RUN(test_gemm_float_all_isas);
+    RUN(test_float_rows_policy);
     RUN(test_matmul_multi_threads);
     RUN(test_attention);
     RUN(test_attention_large_logits);

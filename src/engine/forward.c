@@ -60,11 +60,13 @@ void kvf_fwd_embed(kvf_session *s, const int32_t *tokens, int32_t n, float *x) {
     run_rows(s, n, embed_rows, &c);
 }
 
-/* xb = rmsnorm(x) * w, then quantised into s->act */
+/* xb = rmsnorm(x) * w, then quantised into s->act (unless the batch goes to the matmuls as
+ * float rows: kvf_matmul_float_rows) */
 typedef struct {
     const float *x;
     int64_t      ldx;
     const float *w;
+    int          quant;
 } norm_ctx;
 
 static void norm_quant_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
@@ -74,6 +76,7 @@ static void norm_quant_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
     for (int32_t r = r0; r < r1; r++) {
         float *xb = s->xb + r * d;
         s->K->rmsnorm(c->x + r * c->ldx, c->w, xb, d, hp->eps);
+        if (!c->quant) continue;
         s->K->quantize_row(xb, d, s->act.q + r * d, s->act.d + r * (d / KVF_QK),
                            s->act.s16 + r * (d / 16), s->act.qsum + r * (d / 16),
                            s->two_level ? s->act.ql + r * d : NULL,
@@ -83,9 +86,10 @@ static void norm_quant_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
 }
 
 static kvf_act norm_quant(kvf_session *s, const float *x, int64_t ldx, int32_t n, const float *w) {
-    norm_ctx c = {x, ldx, w};
+    int64_t  d = s->m->hp.n_embd;
+    norm_ctx c = {x, ldx, w, !kvf_matmul_float_rows(s->K, n, s->two_level)};
     run_rows(s, n, norm_quant_rows, &c);
-    return kvf_act_view(&s->act, s->m->hp.n_embd, s->two_level, s->xb, s->m->hp.n_embd);
+    return c.quant ? kvf_act_view(&s->act, d, s->two_level, s->xb, d) : kvf_act_float(s->xb, d, d);
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------ */
@@ -306,7 +310,7 @@ void kvf_fwd_attn_out(kvf_session *s, int l, float *x, const kvf_batch *b) {
     int64_t            qd = (int64_t)hp->n_head * hp->head_dim;
     attention(s, l, b);
     kvf_act a;
-    kvf_quantize_rows(s->pool, s->K, s->att, b->n, qd, qd, s->two_level, &s->act, &a);
+    kvf_prepare_rows(s->pool, s->K, s->att, b->n, qd, qd, s->two_level, &s->act, &a);
     kvf_matmul(s->pool, s->K, &s->m->layers[l].wo, &a, b->n, x, hp->n_embd, 1);
 }
 
@@ -318,11 +322,12 @@ void kvf_fwd_attn(kvf_session *s, int l, float *x, const kvf_batch *b) {
 /* ---- MLP ------------------------------------------------------------------------------- */
 
 static void swiglu_quant_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
-    KVF_UNUSED(p);
-    int64_t f = s->m->hp.n_ff;
+    const int *quant = p;
+    int64_t    f     = s->m->hp.n_ff;
     for (int32_t r = r0; r < r1; r++) {
         float *g = s->hb + r * f;
         s->K->swiglu(g, s->hb2 + r * f, g, f);
+        if (!*quant) continue;
         s->K->quantize_row(g, f, s->act.q + r * f, s->act.d + r * (f / KVF_QK),
                            s->act.s16 + r * (f / 16), s->act.qsum + r * (f / 16),
                            s->two_level ? s->act.ql + r * f : NULL,
@@ -337,8 +342,10 @@ void kvf_fwd_mlp(kvf_session *s, int l, float *x, int32_t n) {
     kvf_act            a  = norm_quant(s, x, hp->n_embd, n, L->ffn_norm);
     kvf_mm mm[2] = {{&L->wgate, s->hb, hp->n_ff, 0}, {&L->wup, s->hb2, hp->n_ff, 0}};
     kvf_matmul_multi(s->pool, s->K, mm, 2, &a, n);
-    run_rows(s, n, swiglu_quant_rows, NULL);
-    kvf_act h = kvf_act_view(&s->act, hp->n_ff, s->two_level, s->hb, hp->n_ff);
+    int quant = !kvf_matmul_float_rows(s->K, n, s->two_level);
+    run_rows(s, n, swiglu_quant_rows, &quant);
+    kvf_act h = quant ? kvf_act_view(&s->act, hp->n_ff, s->two_level, s->hb, hp->n_ff)
+                      : kvf_act_float(s->hb, hp->n_ff, hp->n_ff);
     kvf_matmul(s->pool, s->K, &L->wdown, &h, n, x, hp->n_embd, 1);
 }
 

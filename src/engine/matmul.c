@@ -3,6 +3,8 @@
 #include "engine/matmul.h"
 #include "common.h"
 
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- packing --------------------------------------------------------------------------- */
@@ -248,6 +250,32 @@ kvf_act kvf_act_view(const kvf_actbuf *a, int64_t n_in, int two_level, const flo
     return act;
 }
 
+kvf_act kvf_act_float(const float *f, int64_t n_in, int64_t ldf) {
+    kvf_act act = {.n_in = n_in, .f = f, .ldf = ldf};
+    return act;
+}
+
+int kvf_matmul_float_rows(const kvf_kernels *K, int64_t n, int two_level) {
+    static atomic_int env = -2; /* -2: not read yet; -1: not set */
+    int               e   = atomic_load_explicit(&env, memory_order_relaxed);
+    if (e == -2) {
+        const char *v = getenv("KVFUSE_FLOAT_ROWS");
+        e             = v && *v ? atoi(v) : -1;
+        if (e < -1) e = 0;
+        atomic_store_explicit(&env, e, memory_order_relaxed);
+    }
+    int min_rows = e >= 0 ? e : K->float_rows;
+    return two_level && min_rows > 0 && n >= min_rows;
+}
+
+void kvf_prepare_rows(kvf_pool *pool, const kvf_kernels *K, const float *x, int64_t n,
+                      int64_t n_in, int64_t ldx, int two_level, kvf_actbuf *a, kvf_act *act) {
+    if (kvf_matmul_float_rows(K, n, two_level))
+        *act = kvf_act_float(x, n_in, ldx);
+    else
+        kvf_quantize_rows(pool, K, x, n, n_in, ldx, two_level, a, act);
+}
+
 void kvf_quantize_rows(kvf_pool *pool, const kvf_kernels *K, const float *x, int64_t n,
                        int64_t n_in, int64_t ldx, int two_level, kvf_actbuf *a, kvf_act *act) {
     KVF_ASSERT(n <= a->max_rows && n_in <= a->max_in && n_in % KVF_QK == 0);
@@ -293,7 +321,7 @@ static void mm_task(void *ctx, int ith, int nth) {
         int64_t           nc    = KVF_MIN(c->col_chunk, c->n - c0);
         int64_t           p0    = pg * c->panel_group[m];
         int64_t           p1    = KVF_MIN(p0 + c->panel_group[m], w->n_panels);
-        kvf_gemm_fn       fn    = c->K->gemm[w->kind];
+        kvf_gemm_fn       fn    = c->x->q ? c->K->gemm[w->kind] : c->K->gemm_f[w->kind];
         for (int64_t p = p0; p < p1; p++) {
             int nr = (int)KVF_MIN((int64_t)KVF_PANEL_ROWS, w->n_out - p * KVF_PANEL_ROWS);
             fn(w->data + p * w->panel_bytes, w->n_in / KVF_QK, c->x, c0, nc,
@@ -312,6 +340,7 @@ void kvf_matmul_multi(kvf_pool *pool, const kvf_kernels *K, const kvf_mm *mm, in
     c.col_chunk    = n < 64 ? n : 64;
     c.n_col_chunks = (n + c.col_chunk - 1) / c.col_chunk;
     int64_t panels = 0;
+    KVF_ASSERT(x->q || x->f);
     for (int i = 0; i < n_mm; i++) {
         KVF_ASSERT(mm[i].w->n_in == x->n_in);
         panels += mm[i].w->n_panels;

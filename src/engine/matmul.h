@@ -51,6 +51,22 @@ void kvf_quantize_rows(kvf_pool *pool, const kvf_kernels *K, const float *x, int
                        int64_t n_in, int64_t ldx, int two_level, kvf_actbuf *a, kvf_act *act);
 /* View of rows already quantised into `a` (row length n_in), with float rows f for F32 panels. */
 kvf_act kvf_act_view(const kvf_actbuf *a, int64_t n_in, int two_level, const float *f, int64_t ldf);
+/* Float rows only (q == NULL): every weight is multiplied through the kernels' gemm_f. */
+kvf_act kvf_act_float(const float *f, int64_t n_in, int64_t ldf);
+
+/* Whether a batch of n rows should enter the matmuls as float rows (kvf_act_float, no
+ * activation quantisation) instead of quantised ones. Yes for two-level (q16) batches of at
+ * least K->float_rows rows: on CPUs without VNNI a q16 product is two int8 product chains,
+ * while decoding a panel slice to floats once and reusing it across many rows keeps the FMA
+ * units busy (and is more exact: float activations). So in q16 prefill (many rows) and decode
+ * (few rows) use different arithmetic; both stay within q16's tolerance of f32. q8 always
+ * stays int8 (llama.cpp's scheme). The environment variable KVFUSE_FLOAT_ROWS=N overrides the
+ * threshold for every kernel set (0 = never; read once). */
+int kvf_matmul_float_rows(const kvf_kernels *K, int64_t n, int two_level);
+/* Quantise rows like kvf_quantize_rows, or describe them as float rows when
+ * kvf_matmul_float_rows says so. */
+void kvf_prepare_rows(kvf_pool *pool, const kvf_kernels *K, const float *x, int64_t n,
+                      int64_t n_in, int64_t ldx, int two_level, kvf_actbuf *a, kvf_act *act);
 
 /* One multiply in a kvf_matmul_multi call. */
 typedef struct kvf_mm {
@@ -62,7 +78,8 @@ typedef struct kvf_mm {
 
 /* Y_i (+)= X W_i^T for several weights sharing the same input rows (e.g. Q, K, V), in one
  * parallel region. `x` must carry the quantised rows if any weight has an integer panel kind
- * and the float rows (x->f) if any has F32 panels. */
+ * (or be float rows: x->q == NULL, see kvf_act_float) and the float rows (x->f) if any has
+ * F32 panels. */
 void kvf_matmul_multi(kvf_pool *pool, const kvf_kernels *K, const kvf_mm *mm, int n_mm,
                       const kvf_act *x, int64_t n);
 void kvf_matmul(kvf_pool *pool, const kvf_kernels *K, const kvf_weight *w, const kvf_act *x,

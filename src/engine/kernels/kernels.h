@@ -31,6 +31,17 @@
  * (S8B16: the same per 16-input half). Every kernel table performs exactly these float
  * operations in this order, so all instruction sets give bit-identical matmul results.
  * F32 panels: acc = fmaf(w(r,k), x(k), acc) for k in order.
+ *
+ * Float-activation GEMM (gemm_f; used when kvf_act.q == NULL: batches of many rows in q16 on
+ * CPUs whose int8 products are slow, see kvf_matmul_float_rows in matmul.h). Integer panels
+ * are decoded to floats and multiplied with the float rows x->f like F32 panels:
+ *   w(r,k) = fmaf(scale[r], (float)code(r,k), min[r])      (S8B16: scale and min of k's half;
+ *                                                           U4: code is the stored nibble 0..15)
+ *   acc = 0;  acc = fmaf(w(r,k), x(k), acc) for k in order; y = acc (or y += acc)
+ * (F32 panels: w(r,k) is the stored float; gemm_f[F32] == gemm[F32]). The fast versions decode
+ * a slice of a panel once into a float tile and reuse it for many activation rows with a
+ * register-blocked FMA micro-kernel; the operation order per output is the same, so every
+ * instruction set is bit-identical here too.
  */
 #ifndef KVF_KERNELS_H
 #define KVF_KERNELS_H
@@ -51,7 +62,8 @@ static inline int64_t kvf_panel_block_bytes(kvf_panel_kind k) {
     return 0;
 }
 
-/* A batch of input rows for a matmul. Integer panels read q/d/s16; F32 panels read f. */
+/* A batch of input rows for a matmul. Integer panels read q/d/s16 (or, when q == NULL, the
+ * float rows f through gemm_f); F32 panels read f. */
 typedef struct kvf_act {
     int64_t      n_in;
     int8_t      *q;   /* [rows][n_in] */
@@ -93,7 +105,10 @@ static inline int64_t kvf_attn_work_floats(int M) {
 
 typedef struct kvf_kernels {
     const char *name;
-    kvf_gemm_fn gemm[4]; /* indexed by kvf_panel_kind */
+    kvf_gemm_fn gemm[4];   /* indexed by kvf_panel_kind; integer panels read x->q etc. */
+    kvf_gemm_fn gemm_f[4]; /* the same weights times the float rows x->f (see above) */
+    /* q16 batches of at least this many rows use gemm_f (0: never); see matmul.h */
+    int         float_rows;
     /* Quantise one row of n (multiple of 32) floats: see kvf_quantize_row_q8_ref. */
     void (*quantize_row)(const float *x, int64_t n, int8_t *q, float *d, float *s16,
                          int32_t *qsum, int8_t *ql, float *dl, int32_t *qsuml);

@@ -179,23 +179,6 @@ AI void s8b16_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c
     for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
 }
 
-AI void f32_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                 const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
-    KVF_UNUSED(TWO);
-    __m256 acc[4];
-    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const float *w = (const float *)(panel + b * 2048) + 8 * h;
-        for (int k = 0; k < KVF_QK; k++) {
-            __m256 wk = _mm256_load_ps(w + 16 * k);
-            for (int i = 0; i < NC; i++)
-                acc[i] = _mm256_fmadd_ps(
-                    wk, _mm256_set1_ps(x->f[(c + i) * x->ldf + b * KVF_QK + k]), acc[i]);
-        }
-    }
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
-}
-
 #define GEMM_COLS(HALF, TWO)                                                                   \
     do {                                                                                       \
         for (int h = 0; h < 2 && 8 * h < nr; h++) {                                            \
@@ -223,9 +206,154 @@ DEFINE_GEMM(gemm_u4, u4_half)
 DEFINE_GEMM(gemm_s8, s8_half)
 DEFINE_GEMM(gemm_s8b16, s8b16_half)
 
-static void gemm_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                     float *y, int64_t ldy, int nr, int accumulate) {
-    GEMM_COLS(f32_half, 0);
+
+/* ---- float-activation GEMM (kernels.h, gemm_f) -----------------------------------------
+ * For batches of many rows on CPUs whose int8 products are slow (AVX2 without VNNI: a
+ * two-level int8 product costs two vpmaddubsw chains per block, while the FMA units idle).
+ * A slice of FT_KC inputs of the panel is decoded once into a float tile wt[k][16] (16 KiB,
+ * L1), then a 16-row x FT_NR-column micro-kernel (2 x FT_NR accumulators, two weight vectors
+ * and one broadcast: 15 of the 16 ymm registers) runs over the activation rows. Partial sums
+ * between slices go through part[] unchanged, so each output is still one fmaf chain in input
+ * order: bit-identical to gemm_f_int_ref. F32 panels are already tiles (w[k][16] contiguous). */
+
+#define FT_KC 256 /* inputs per decoded slice */
+#define FT_NR 6   /* activation rows per micro-tile */
+#define FT_CB 96  /* activation rows per pass over the slices (partial sums in part[]) */
+
+/* decode one U4 block into out[k * 16 + r]: w = fmaf(scale, nibble, min) */
+AI void ft_dec_u4(const uint8_t *blk, float *out) {
+    const __m256i m4 = _mm256_set1_epi32(15);
+    for (int h = 0; h < 2; h++) {
+        const __m256 sc = _mm256_load_ps((const float *)blk + 8 * h);
+        const __m256 mn = _mm256_load_ps((const float *)blk + 16 + 8 * h);
+        for (int v = 0; v < 4; v++) {
+            const __m256i raw = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * v + 32 * h));
+            /* lane r = the 4 bytes of row r; nibble j (shift 4j) is input 8v + 4(j&1) + j/2 */
+#define FT_U4(J)                                                                               \
+    _mm256_store_ps(out + (8 * v + 4 * ((J) & 1) + (J) / 2) * 16 + 8 * h,                        \
+                    _mm256_fmadd_ps(sc,                                                        \
+                                    _mm256_cvtepi32_ps(_mm256_and_si256(                       \
+                                        _mm256_srli_epi32(raw, 4 * (J)), m4)),                 \
+                                    mn))
+            FT_U4(0); FT_U4(1); FT_U4(2); FT_U4(3); FT_U4(4); FT_U4(5); FT_U4(6); FT_U4(7);
+#undef FT_U4
+        }
+    }
+}
+
+/* decode one S8 / S8B16 block (codes at byte hdr; B16: scale/min per 16 inputs) */
+AI void ft_dec_s8(const uint8_t *blk, const int B16, float *out) {
+    const int    hdr = B16 ? 256 : 128;
+    const float *sp = (const float *)blk, *mp = sp + (B16 ? 32 : 16);
+    for (int h = 0; h < 2; h++)
+        for (int g = 0; g < 8; g++) {
+            const int     hh  = B16 ? g / 4 : 0;
+            const __m256  sc  = _mm256_load_ps(sp + 16 * hh + 8 * h);
+            const __m256  mn  = _mm256_load_ps(mp + 16 * hh + 8 * h);
+            const __m256i raw = _mm256_load_si256((const __m256i *)(blk + hdr + 64 * g + 32 * h));
+            /* byte t of lane r is code(r, 4g + t): sign-extend it with two shifts */
+#define FT_S8(T)                                                                               \
+    _mm256_store_ps(out + (4 * g + (T)) * 16 + 8 * h,                                          \
+                    _mm256_fmadd_ps(sc,                                                        \
+                                    _mm256_cvtepi32_ps(_mm256_srai_epi32(                      \
+                                        _mm256_slli_epi32(raw, 24 - 8 * (T)), 24)),            \
+                                    mn))
+            FT_S8(0); FT_S8(1); FT_S8(2); FT_S8(3);
+#undef FT_S8
+        }
+}
+
+/* NC activation rows c.. against kc inputs of the tile w (from input k0): accumulators start
+ * at 0 (first) or from part[], end in y (last) or back in part[]. */
+AI void ft_cols(const float *w, int kc, const kvf_act *x, int64_t c, int64_t k0, const int NC,
+                float *part, int first, int last, float *y, int64_t ldy, int nr, int accumulate) {
+    __m256        a0[FT_NR], a1[FT_NR];
+    const int64_t ldf = x->ldf;
+    const float  *xb  = x->f + c * ldf + k0;
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) {
+        a0[i] = first ? _mm256_setzero_ps() : _mm256_load_ps(part + 16 * i);
+        a1[i] = first ? _mm256_setzero_ps() : _mm256_load_ps(part + 16 * i + 8);
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < kc; k++) {
+        const __m256 w0 = _mm256_load_ps(w + 16 * k), w1 = _mm256_load_ps(w + 16 * k + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < NC; i++) {
+            const __m256 b = _mm256_broadcast_ss(xb + i * ldf + k);
+            a0[i]          = _mm256_fmadd_ps(w0, b, a0[i]);
+            a1[i]          = _mm256_fmadd_ps(w1, b, a1[i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NC; i++) {
+        if (last) {
+            store_acc(y + (c + i) * ldy, a0[i], nr, 0, accumulate);
+            if (nr > 8) store_acc(y + (c + i) * ldy + 8, a1[i], nr, 1, accumulate);
+        } else {
+            _mm256_store_ps(part + 16 * i, a0[i]);
+            _mm256_store_ps(part + 16 * i + 8, a1[i]);
+        }
+    }
+}
+
+AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                    float *y, int64_t ldy, int nr, int accumulate, const kvf_panel_kind KIND) {
+    const int64_t K  = nb * KVF_QK;
+    const int64_t KC = KIND == KVF_PANEL_F32 ? K : FT_KC; /* F32: the panel is the tile */
+    const int     bb = (int)kvf_panel_block_bytes(KIND);
+    _Alignas(64) float wt[KIND == KVF_PANEL_F32 ? 16 : FT_KC * 16];
+    _Alignas(64) float part[FT_CB * 16];
+    for (int64_t cb = c0; cb < c0 + nc; cb += FT_CB) {
+        const int64_t ce = KVF_MIN(cb + FT_CB, c0 + nc);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int    kc = (int)KVF_MIN(KC, K - k0);
+            const float *w  = wt;
+            if (KIND == KVF_PANEL_F32)
+                w = (const float *)panel + k0 * 16;
+            else
+                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++) {
+                    float *o = wt + (b * KVF_QK - k0) * 16;
+                    if (KIND == KVF_PANEL_U4)
+                        ft_dec_u4(panel + b * bb, o);
+                    else
+                        ft_dec_s8(panel + b * bb, KIND == KVF_PANEL_S8B16, o);
+                }
+            const int first = k0 == 0, last = k0 + kc >= K;
+            int64_t   c     = cb;
+            for (; c + FT_NR <= ce; c += FT_NR)
+                ft_cols(w, kc, x, c, k0, FT_NR, part + (c - cb) * 16, first, last, y, ldy, nr, accumulate);
+            float *pp = part + (c - cb) * 16;
+            switch (ce - c) {
+            case 5: ft_cols(w, kc, x, c, k0, 5, pp, first, last, y, ldy, nr, accumulate); break;
+            case 4: ft_cols(w, kc, x, c, k0, 4, pp, first, last, y, ldy, nr, accumulate); break;
+            case 3: ft_cols(w, kc, x, c, k0, 3, pp, first, last, y, ldy, nr, accumulate); break;
+            case 2: ft_cols(w, kc, x, c, k0, 2, pp, first, last, y, ldy, nr, accumulate); break;
+            case 1: ft_cols(w, kc, x, c, k0, 1, pp, first, last, y, ldy, nr, accumulate); break;
+            default: break;
+            }
+        }
+    }
+}
+
+static void gemm_f_u4(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                      float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
+}
+
+static void gemm_f_s8(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                      float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
+}
+
+static void gemm_f_s8b16(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
+}
+
+static void gemm_f_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                       int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_F32);
 }
 
 /* ---- activation quantisation (bit-identical to the reference) -------------------------- */
@@ -486,7 +614,12 @@ const kvf_kernels kvf_kernels_avx2 = {
     .gemm         = {[KVF_PANEL_U4] = gemm_u4,
                      [KVF_PANEL_S8] = gemm_s8,
                      [KVF_PANEL_S8B16] = gemm_s8b16,
-                     [KVF_PANEL_F32] = gemm_f32},
+                     [KVF_PANEL_F32] = gemm_f_f32},
+    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4,
+                     [KVF_PANEL_S8] = gemm_f_s8,
+                     [KVF_PANEL_S8B16] = gemm_f_s8b16,
+                     [KVF_PANEL_F32] = gemm_f_f32},
+    .float_rows   = 8, /* see kvf_matmul_float_rows */
     .quantize_row = quantize_row,
     .attn         = attn,
     .attn_f16     = attn_f16,

@@ -165,28 +165,6 @@ AI void s8b16_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c
     for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
 }
 
-/* ---- F32 ------------------------------------------------------------------------------- */
-
-AI void f32_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                 const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
-    KVF_UNUSED(TWO);
-    __m512 acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const float *w = (const float *)(panel + b * 2048);
-        for (int k = 0; k < KVF_QK; k++) {
-            __m512 wk = _mm512_load_ps(w + 16 * k);
-            for (int i = 0; i < NC; i++)
-                acc[i] = _mm512_fmadd_ps(
-                    wk, _mm512_set1_ps(x->f[(c + i) * x->ldf + b * KVF_QK + k]), acc[i]);
-        }
-    }
-    __mmask16 m = row_mask(nr);
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
-}
-
 /* Column loop: full tiles of 8 columns, then one tile of the remainder (each size is its own
  * instantiation, so the accumulators stay in registers); one- and two-level activations are
  * separate instantiations too. */
@@ -218,9 +196,134 @@ AI void f32_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, 
 DEFINE_GEMM(gemm_u4, u4_tile)
 DEFINE_GEMM(gemm_s8, s8_tile)
 DEFINE_GEMM(gemm_s8b16, s8b16_tile)
-static void gemm_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                     float *y, int64_t ldy, int nr, int accumulate) {
-    GEMM_COLS(f32_tile, 0);
+
+/* ---- float-activation GEMM (kernels.h, gemm_f) -----------------------------------------
+ * A slice of FT_KC inputs of the panel is decoded once into a float tile wt[k][16] (one zmm
+ * per input), then a 16-row x FT_NR-column micro-kernel (FT_NR zmm accumulators) runs over
+ * the activation rows; partial sums between slices go through part[] unchanged, so each
+ * output is one fmaf chain in input order (bit-identical to gemm_f_int_ref). With VNNI the
+ * integer path is usually faster (kvf_kernels_avx512.float_rows = 0); this serves F32 panels
+ * and KVFUSE_FLOAT_ROWS. */
+
+#define FT_KC 256 /* inputs per decoded slice */
+#define FT_NR 12  /* activation rows per micro-tile */
+#define FT_CB 96  /* activation rows per pass over the slices */
+
+AI void ft_dec_u4(const uint8_t *blk, float *out) {
+    const __m512i m4  = _mm512_set1_epi32(15);
+    const __m512  sc  = _mm512_load_ps(blk), mn = _mm512_load_ps(blk + 64);
+    for (int v = 0; v < 4; v++) {
+        const __m512i raw = _mm512_load_si512(blk + 128 + 64 * v);
+        /* lane r = the 4 bytes of row r; nibble j (shift 4j) is input 8v + 4(j&1) + j/2 */
+#define FT_U4(J)                                                                               \
+    _mm512_store_ps(out + (8 * v + 4 * ((J) & 1) + (J) / 2) * 16,                              \
+                    _mm512_fmadd_ps(sc,                                                        \
+                                    _mm512_cvtepi32_ps(_mm512_and_si512(                       \
+                                        _mm512_srli_epi32(raw, 4 * (J)), m4)),                 \
+                                    mn))
+        FT_U4(0); FT_U4(1); FT_U4(2); FT_U4(3); FT_U4(4); FT_U4(5); FT_U4(6); FT_U4(7);
+#undef FT_U4
+    }
+}
+
+AI void ft_dec_s8(const uint8_t *blk, const int B16, float *out) {
+    const int    hdr = B16 ? 256 : 128;
+    const float *sp = (const float *)blk, *mp = sp + (B16 ? 32 : 16);
+    for (int g = 0; g < 8; g++) {
+        const int     hh  = B16 ? g / 4 : 0;
+        const __m512  sc  = _mm512_load_ps(sp + 16 * hh);
+        const __m512  mn  = _mm512_load_ps(mp + 16 * hh);
+        const __m512i raw = _mm512_load_si512(blk + hdr + 64 * g);
+#define FT_S8(T)                                                                               \
+    _mm512_store_ps(out + (4 * g + (T)) * 16,                                                  \
+                    _mm512_fmadd_ps(sc,                                                        \
+                                    _mm512_cvtepi32_ps(_mm512_srai_epi32(                      \
+                                        _mm512_slli_epi32(raw, 24 - 8 * (T)), 24)),            \
+                                    mn))
+        FT_S8(0); FT_S8(1); FT_S8(2); FT_S8(3);
+#undef FT_S8
+    }
+}
+
+AI void ft_cols(const float *w, int kc, const kvf_act *x, int64_t c, int64_t k0, const int NC,
+                float *part, int first, int last, float *y, int64_t ldy, int nr, int accumulate) {
+    __m512        a[FT_NR];
+    const int64_t ldf = x->ldf;
+    const float  *xb  = x->f + c * ldf + k0;
+#pragma GCC unroll 12
+    for (int i = 0; i < NC; i++) a[i] = first ? _mm512_setzero_ps() : _mm512_load_ps(part + 16 * i);
+#pragma GCC unroll 2
+    for (int k = 0; k < kc; k++) {
+        const __m512 w0 = _mm512_load_ps(w + 16 * k);
+#pragma GCC unroll 12
+        for (int i = 0; i < NC; i++) a[i] = _mm512_fmadd_ps(w0, _mm512_set1_ps(xb[i * ldf + k]), a[i]);
+    }
+    __mmask16 m = row_mask(nr);
+#pragma GCC unroll 12
+    for (int i = 0; i < NC; i++) {
+        if (last)
+            store_acc(y + (c + i) * ldy, a[i], m, accumulate);
+        else
+            _mm512_store_ps(part + 16 * i, a[i]);
+    }
+}
+
+AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                    float *y, int64_t ldy, int nr, int accumulate, const kvf_panel_kind KIND) {
+    const int64_t K  = nb * KVF_QK;
+    const int64_t KC = KIND == KVF_PANEL_F32 ? K : FT_KC; /* F32: the panel is the tile */
+    const int     bb = (int)kvf_panel_block_bytes(KIND);
+    _Alignas(64) float wt[KIND == KVF_PANEL_F32 ? 16 : FT_KC * 16];
+    _Alignas(64) float part[FT_CB * 16];
+    for (int64_t cb = c0; cb < c0 + nc; cb += FT_CB) {
+        const int64_t ce = KVF_MIN(cb + FT_CB, c0 + nc);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int    kc = (int)KVF_MIN(KC, K - k0);
+            const float *w  = wt;
+            if (KIND == KVF_PANEL_F32)
+                w = (const float *)panel + k0 * 16;
+            else
+                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++) {
+                    float *o = wt + (b * KVF_QK - k0) * 16;
+                    if (KIND == KVF_PANEL_U4)
+                        ft_dec_u4(panel + b * bb, o);
+                    else
+                        ft_dec_s8(panel + b * bb, KIND == KVF_PANEL_S8B16, o);
+                }
+            const int first = k0 == 0, last = k0 + kc >= K;
+            int64_t   c     = cb;
+            for (; c + FT_NR <= ce; c += FT_NR)
+                ft_cols(w, kc, x, c, k0, FT_NR, part + (c - cb) * 16, first, last, y, ldy, nr, accumulate);
+            float *pp = part + (c - cb) * 16;
+            switch (ce - c) {
+#define FT_CASE(N) case N: ft_cols(w, kc, x, c, k0, N, pp, first, last, y, ldy, nr, accumulate); break;
+            FT_CASE(11) FT_CASE(10) FT_CASE(9) FT_CASE(8) FT_CASE(7) FT_CASE(6)
+            FT_CASE(5) FT_CASE(4) FT_CASE(3) FT_CASE(2) FT_CASE(1)
+#undef FT_CASE
+            default: break;
+            }
+        }
+    }
+}
+
+static void gemm_f_u4(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                      float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
+}
+
+static void gemm_f_s8(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
+                      float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
+}
+
+static void gemm_f_s8b16(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
+}
+
+static void gemm_f_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                       int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_F32);
 }
 
 /* ---- activation quantisation (bit-identical to kvf_quantize_row_q8_ref) ---------------- */
@@ -492,7 +595,12 @@ const kvf_kernels kvf_kernels_avx512 = {
     .gemm         = {[KVF_PANEL_U4] = gemm_u4,
                      [KVF_PANEL_S8] = gemm_s8,
                      [KVF_PANEL_S8B16] = gemm_s8b16,
-                     [KVF_PANEL_F32] = gemm_f32},
+                     [KVF_PANEL_F32] = gemm_f_f32},
+    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4,
+                     [KVF_PANEL_S8] = gemm_f_s8,
+                     [KVF_PANEL_S8B16] = gemm_f_s8b16,
+                     [KVF_PANEL_F32] = gemm_f_f32},
+    .float_rows   = 0, /* VNNI int8 is faster; see above */
     .quantize_row = quantize_row,
     .attn         = attn,
     .attn_f16     = attn_f16,

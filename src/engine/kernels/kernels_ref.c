@@ -89,6 +89,48 @@ static void gemm_f32_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int
     }
 }
 
+/* Float-activation GEMM of an integer panel (kernels.h): each weight decoded with one fmaf,
+ * then acc = fmaf(w, x, acc) in input order. */
+static void gemm_f_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                           int64_t nc, float *y, int64_t ldy, int nr, int accumulate,
+                           kvf_panel_kind kind) {
+    const int bb   = (int)kvf_panel_block_bytes(kind);
+    const int nsub = kind == KVF_PANEL_S8B16 ? 2 : 1;
+    for (int64_t c = c0; c < c0 + nc; c++) {
+        const float *xf = x->f + c * x->ldf;
+        for (int r = 0; r < nr; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = panel + b * bb;
+                const float   *sc = (const float *)blk, *mn = sc + 16 * nsub;
+                for (int k = 0; k < KVF_QK; k++) {
+                    int   h    = nsub == 2 ? k / 16 : 0;
+                    int   code = kind == KVF_PANEL_U4 ? code_u4(blk, r, k)
+                                                      : code_s8(blk, 32 * 4 * nsub, r, k);
+                    float w    = fmaf(sc[16 * h + r], (float)code, mn[16 * h + r]);
+                    acc        = fmaf(w, xf[b * KVF_QK + k], acc);
+                }
+            }
+            store_row(y, c, ldy, r, acc, accumulate);
+        }
+    }
+}
+
+static void gemm_f_u4_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                          int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
+}
+
+static void gemm_f_s8_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                          int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
+}
+
+static void gemm_f_s8b16_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
+                             int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
+    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
+}
+
 /* ---- attention ------------------------------------------------------------------------- */
 
 /* Two passes per query: scores and max, then exp-weighted sum of values. Keys and values are
@@ -171,6 +213,11 @@ const kvf_kernels kvf_kernels_ref = {
                      [KVF_PANEL_S8] = gemm_s8_ref,
                      [KVF_PANEL_S8B16] = gemm_s8b16_ref,
                      [KVF_PANEL_F32] = gemm_f32_ref},
+    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4_ref,
+                     [KVF_PANEL_S8] = gemm_f_s8_ref,
+                     [KVF_PANEL_S8B16] = gemm_f_s8b16_ref,
+                     [KVF_PANEL_F32] = gemm_f32_ref},
+    .float_rows   = 0, /* the portable fallback keeps the integer path */
     .quantize_row = kvf_quantize_row_q8_ref,
     .attn         = attn_ref,
     .attn_f16     = attn_f16_ref,
