@@ -159,7 +159,7 @@ SHARED    ?= ../shared
 EVAL_OUT  ?= eval-out
 EVAL_ARGS ?=
 EVAL      := $(CLI) eval -m $(MODEL)
-.PHONY: eval eval-sweep eval-needle
+.PHONY: eval eval-sweep eval-needle eval-qwen
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
 $(BUILD)/tests/test_eval: $(wildcard tools/eval/eval_*.c tools/eval/eval_*.h) tools/cli/rag.c tools/cli/rag.h
 
@@ -172,6 +172,11 @@ eval-sweep: cli $(MODEL) ## MuSiQue ratio sweep 0.05-0.3 on 50 questions -> eval
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
 	    --methods full,reuse,epic,cacheblend,a3 --ratios 0.05,0.1,0.15,0.3 --limit 50 \
 	    --out $(EVAL_OUT)/musique-sweep $(EVAL_ARGS)
+
+eval-qwen: cli $(QWEN05) ## MuSiQue, first 20 questions, full and a3 on Qwen2.5-Coder-0.5B -> eval-out/qwen05-musique20 (~30 min)
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,a3 --ratios 0.15 \
+	    --limit 20 --out $(EVAL_OUT)/qwen05-musique20 $(EVAL_ARGS)
 
 eval-needle: cli $(MODEL) ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
 	$(EVAL) --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
