@@ -87,6 +87,11 @@ int64_t cli_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t);
 int cli_check_memory(const char *cmd, const kvf_model *m, const kvf_session_params *sp,
                      int n_sessions, int64_t extra, const char *hint);
 
+/* The machine's fp32 FMA throughput (GFLOP/s) and read bandwidth (GB/s) on `threads` threads,
+ * measured in about a second (cli_peak.c) with the widest vectors the CPU has, or AVX2 when
+ * want is "avx2" (the kernels in use); *isa names the width used. -1 when the CPU has neither
+ * AVX2+FMA nor AVX-512 (or out of memory). */
+int cli_measure_peak(int threads, const char *want, double *gflops, double *gbps, const char **isa);
 /* Monotonic clock in milliseconds (for timings). */
 double cli_now_ms(void);
 /* Read a whole file (malloc'd, NUL-terminated); NULL with errno set on failure. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void help(void) {
     printf("usage: kvfuse bench [-m MODEL] [-p N[,N...]] [-n N] [-r R] [options]\n"
@@ -27,7 +28,14 @@ static void help(void) {
            "                      prefill_tok_s_sd, decode_tok_s, decode_tok_s_sd, ...\n"
            "      --isa NAME      kernels: auto, ref, avx2, avx512\n"
            "      --precision P   matmul arithmetic: q16 (default), q8, f32\n"
-           "      --kv T          session KV cache: f32 (default) or f16\n",
+           "      --kv T          session KV cache: f32 (default) or f16\n"
+           "      --no-peak       skip the measurement of the machine's FMA and read-bandwidth\n"
+           "                      peaks (about a second) that the GFLOP/s and GB/s columns are\n"
+           "                      compared with\n"
+           "\n"
+           "GFLOP/s counts the matrix products and attention of each token (2 flops per\n"
+           "multiply-add; prefill skips the output matrix, computed for the last row only);\n"
+           "decode GB/s counts the packed weights plus the KV cache one token reads.\n",
            KVF_DEFAULT_MODEL_NAME);
 }
 
@@ -77,6 +85,21 @@ static int run_decode_batch(kvf_session **ss, int nb, const int32_t *ids, int32_
     return 0;
 }
 
+/* Work of one token: matmul multiply-adds per layer x 2 (+ the output matrix for decode),
+ * attention 4 * heads * head_dim flops per key over `keys` keys. */
+static double token_flops(const kvf_model_info *in, double keys, bool logits) {
+    double d = in->n_embd, qd = (double)in->n_head * in->head_dim, kvd = (double)in->n_head_kv * in->head_dim;
+    double per_layer = d * (qd + 2 * kvd) + qd * d + 3 * d * in->n_ff;
+    double f         = 2.0 * in->n_layer * per_layer + 4.0 * in->n_layer * qd * keys;
+    return logits ? f + 2.0 * d * in->n_vocab : f;
+}
+
+/* Bytes one decoded token reads: the packed weights and `keys` cells of K and V per layer. */
+static double token_bytes(const kvf_model_info *in, double keys, kvf_kv_type kv) {
+    double kvd = (double)in->n_head_kv * in->head_dim;
+    return (double)in->weight_bytes + 2.0 * in->n_layer * kvd * keys * (kv == KVF_KV_F16 ? 2 : 4);
+}
+
 int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
@@ -85,10 +108,11 @@ int cmd_bench(int argc, char **argv) {
         {"batch", required_argument, 0, 'b'},   {"depth", required_argument, 0, 'd'},
         {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'}, {"kv", required_argument, 0, 'V'},
+        {"no-peak", no_argument, 0, 'P'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *plist = "512", *isa = NULL;
     long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1, depth_opt = -1;
-    bool        json = false;
+    bool        json = false, peak = true;
     kvf_precision prec = KVF_PREC_Q16;
     kvf_kv_type   kv   = KVF_KV_F32;
     int         c;
@@ -104,6 +128,7 @@ int cmd_bench(int argc, char **argv) {
         case 'b': batch = cli_int("bench", "--batch", optarg, 1, 256); break;
         case 'd': depth_opt = cli_int("bench", "--depth", optarg, 0, 1 << 22); break;
         case 'J': json = true; break;
+        case 'P': peak = false; break;
         case 'I': isa = optarg; break;
         case 'X': prec = cli_precision("bench", optarg); break;
         case 'V': kv = cli_kv_type("bench", optarg); break;
@@ -127,11 +152,24 @@ int cmd_bench(int argc, char **argv) {
     if (!m) return 1;
     kvf_model_info info;
     kvf_model_get_info(m, &info);
-    int rc = 0;
-    if (!json)
-        printf("model %s (%s, %s), kernels %s, precision %s\n%8s %8s %8s %20s %20s\n", path,
-               info.arch, info.ftype, info.isa, info.precision, "threads", "prompt", "gen",
-               "prefill tok/s", "decode tok/s");
+    int         rc = 0;
+    double      pk_gflops = 0, pk_gbps = 0;
+    const char *pk_isa    = "none";
+    int         n_thr     = n_threads ? (int)n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (peak) {
+        fprintf(stderr, "bench: measuring the machine's peaks ...");
+        if (cli_measure_peak(n_thr, info.isa, &pk_gflops, &pk_gbps, &pk_isa) != 0) pk_gflops = pk_gbps = 0;
+        fprintf(stderr, "\r%40s\r", "");
+    }
+    if (!json) {
+        printf("model %s (%s, %s), kernels %s, precision %s\n", path, info.arch, info.ftype,
+               info.isa, info.precision);
+        if (pk_gflops > 0)
+            printf("machine peak on %d threads: %.1f GFLOP/s fp32 FMA (%s), %.1f GB/s read\n", n_thr,
+                   pk_gflops, pk_isa, pk_gbps);
+        printf("%8s %8s %8s %20s %17s %20s %17s\n", "threads", "prompt", "gen", "prefill tok/s",
+               "GFLOP/s (peak)", "decode tok/s", "GB/s (peak)");
+    }
     for (int pi = 0; pi < np && rc == 0; pi++) {
         int32_t            n_p   = (int32_t)plens[pi];
         int32_t            depth = depth_opt >= 0 ? (int32_t)depth_opt : n_p;
@@ -191,24 +229,35 @@ int cmd_bench(int argc, char **argv) {
             double pm, psd, tm, tsd;
             cli_stats(pp, (int)reps, &pm, &psd);
             cli_stats(tg, (int)reps, &tm, &tsd);
+            /* effective rates: prefill keys average (n_p + 1) / 2, decode depth + n_gen / 2 */
+            double pfl = pm * token_flops(&info, (n_p + 1) / 2.0, false) / 1e9;
+            double dkeys = depth + n_gen / 2.0;
+            double dfl = tm * token_flops(&info, dkeys, true) / 1e9;
+            double dgb = batch > 1 ? tm / (double)batch * token_bytes(&info, 0, kv) / 1e9 +
+                                         tm * (token_bytes(&info, dkeys, kv) - token_bytes(&info, 0, kv)) / 1e9
+                                   : tm * token_bytes(&info, dkeys, kv) / 1e9;
             if (json) {
                 printf("{\"model\": ");
                 json_str(stdout, path, strlen(path));
                 printf(", \"arch\": \"%s\", \"ftype\": \"%s\", \"isa\": \"%s\", \"precision\": \"%s\", \"threads\": %d, "
                        "\"n_prompt\": %d, \"n_gen\": %ld, \"depth\": %d, \"batch\": %ld, \"reps\": %ld, \"prefill_tok_s\": %.3f, "
                        "\"prefill_tok_s_sd\": %.3f, \"decode_tok_s\": %.3f, \"decode_tok_s_sd\": "
-                       "%.3f, \"prefill_runs\": [",
+                       "%.3f, \"prefill_gflops\": %.2f, \"decode_gflops\": %.2f, \"decode_gbps\": %.2f, "
+                       "\"peak_gflops\": %.2f, \"peak_gbps\": %.2f, \"prefill_runs\": [",
                        info.arch, info.ftype, info.isa, info.precision,
                        n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, depth, batch, reps, pm,
-                       psd, tm, tsd);
+                       psd, tm, tsd, pfl, dfl, dgb, pk_gflops, pk_gbps);
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", pp[r]);
                 printf("], \"decode_runs\": [");
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", tg[r]);
                 printf("]}\n");
             } else {
-                printf("%8d %8d %8ld %12.1f ± %5.1f %12.1f ± %5.1f\n",
+                char pf[32] = "-", df[32] = "-";
+                if (pk_gflops > 0) snprintf(pf, sizeof pf, "%.0f%%", 100 * pfl / pk_gflops);
+                if (pk_gbps > 0) snprintf(df, sizeof df, "%.0f%%", 100 * dgb / pk_gbps);
+                printf("%8d %8d %8ld %12.1f ± %5.1f %9.1f (%5s) %12.1f ± %5.1f %9.1f (%5s)\n",
                        n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, pm, psd,
-                       tm, tsd);
+                       pfl, pf, tm, tsd, dgb, df);
             }
             fflush(stdout);
         }
