@@ -138,8 +138,8 @@ demo: ## set up everything; a chat answer, a3 vs full over documents, the server
 bench: cli $(MODEL) ## prefill/decode tokens per second on the default model
 	$(CLI) bench -m $(MODEL) -p 512 -n 128 -r 3
 
-bench-peer: cli $(MODEL) ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run
-	bench/peer.sh
+bench-peer: cli $(MODEL) ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run, every model present
+	bench/peer.sh --models all
 
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh

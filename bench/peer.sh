@@ -16,8 +16,11 @@
 # kvfuse runs with its defaults (q16 matmul precision, best ISA) unless --kvfuse-args adds
 # options, e.g. --kvfuse-args "--precision q8" for int8 activations like llama.cpp's.
 #
-# Usage: bench/peer.sh [--model PATH] [--threads N] [--prompts 512,2048,6144] [--gen 128]
-#                      [--reps 3] [--json OUT.json] [--kvfuse-args "ARGS"] [--build-only]
+# Usage: bench/peer.sh [--model PATH|NAME | --models all|LIST] [--threads N]
+#                      [--prompts 512,2048,6144] [--gen 128] [--reps 3] [--json OUT.json]
+#                      [--kvfuse-args "ARGS"] [--build-only]
+# --models runs each model in turn (names or paths, comma-separated; `all` = every model of
+# `kvfuse models` that is present) and ends with one table of all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,7 @@ GEN=128
 REPS=3
 JSON_OUT=
 BUILD_ONLY=0
+MODELS=
 KVFUSE_ARGS=
 KVFUSE=${KVFUSE:-build/kvfuse}
 PY=${PYTHON:-}
@@ -39,6 +43,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}
 while [ $# -gt 0 ]; do
     case $1 in
         --model) MODEL=$2; shift 2 ;;
+        --models) MODELS=$2; shift 2 ;;
         --threads) THREADS=$2; shift 2 ;;
         --prompts) PROMPTS=$2; shift 2 ;;
         --gen) GEN=$2; shift 2 ;;
@@ -100,7 +105,46 @@ build_llama_cpp() {
 build_llama_cpp
 [ "$BUILD_ONLY" = 1 ] && exit 0
 
+# ---- several models: run this script once per model, then one table ---------------------------
+if [ -n "$MODELS" ]; then
+    [ -x "$KVFUSE" ] || { echo "peer: $KVFUSE not found (make cli)" >&2; exit 1; }
+    if [ "$MODELS" = all ]; then
+        MODELS=$("$KVFUSE" models --json | "$PY" -c 'import json,sys
+print(",".join(d["file"] for d in map(json.loads, sys.stdin) if d["present"]))')
+    fi
+    mwork=$(mktemp -d)
+    trap 'rm -rf "$mwork"' EXIT
+    IFS=, read -r -a mlist <<< "$MODELS"
+    i=0
+    for m in "${mlist[@]}"; do
+        [ -f "$m" ] || m=$("$KVFUSE" info -m "$m" 2>/dev/null | awk '$1 == "file" { print $2; exit }')
+        [ -f "$m" ] || { echo "peer: model ${mlist[$i]} not found (make model NAME=...)" >&2; exit 1; }
+        i=$((i + 1))
+        "$0" --model "$m" --threads "$THREADS" --prompts "$PROMPTS" --gen "$GEN" --reps "$REPS" \
+            --kvfuse-args "$KVFUSE_ARGS" --json "$mwork/$i.json" || exit 1
+    done
+    "$PY" - "$mwork" "$JSON_OUT" <<'PY'
+import glob, json, os, sys
+runs = [json.load(open(f)) for f in sorted(glob.glob(sys.argv[1] + "/*.json"), key=lambda f: int(os.path.basename(f)[:-5]))]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+print(f"\nall models on {cpu}; threads {runs[0]['threads']}, reps {runs[0]['reps']}, decode {runs[0]['n_gen']} tokens after the prompt")
+print("| model | prompt | kvfuse pp tok/s | llama.cpp pp | ratio | kvfuse tg tok/s | llama.cpp tg | ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in runs:
+    for x in r["rows"]:
+        rp = x["kvfuse_prefill"] / x["llama_prefill"] if x["llama_prefill"] else float("nan")
+        rd = x["kvfuse_decode"] / x["llama_decode"] if x["llama_decode"] else float("nan")
+        print(f"| {os.path.basename(r['model'])} | {x['n_prompt']} | {x['kvfuse_prefill']:.1f} | {x['llama_prefill']:.1f} | "
+              f"{rp:.2f} | {x['kvfuse_decode']:.1f} | {x['llama_decode']:.1f} | {rd:.2f} |")
+if sys.argv[2]:
+    json.dump(runs, open(sys.argv[2], "w"), indent=2)
+    print(f"wrote {sys.argv[2]}")
+PY
+    exit 0
+fi
+
 # ---- run both benchmarks, alternating per prompt length --------------------------------------
+[ -f "$MODEL" ] || MODEL=$("$KVFUSE" info -m "$MODEL" 2>/dev/null | awk '$1 == "file" { print $2; exit }')
 [ -f "$MODEL" ] || { echo "peer: model $MODEL not found (make model)" >&2; exit 1; }
 [ -x "$KVFUSE" ] || { echo "peer: $KVFUSE not found (make cli)" >&2; exit 1; }
 
