@@ -18,7 +18,7 @@
 #
 # Usage: bench/peer.sh [--model PATH|NAME | --models all|LIST] [--threads N]
 #                      [--prompts 512,2048,6144] [--gen 128] [--reps 3] [--json OUT.json]
-#                      [--kvfuse-args "ARGS"] [--build-only]
+#                      [--kvfuse-args "ARGS"] [--llama-isa native|avx2] [--build-only]
 # --models runs each model in turn (names or paths, comma-separated; `all` = every model of
 # `kvfuse models` that is present) and ends with one table of all of them.
 set -euo pipefail
@@ -32,6 +32,7 @@ REPS=3
 JSON_OUT=
 BUILD_ONLY=0
 MODELS=
+LLAMA_ISA=native
 KVFUSE_ARGS=
 KVFUSE=${KVFUSE:-build/kvfuse}
 PY=${PYTHON:-}
@@ -51,6 +52,7 @@ while [ $# -gt 0 ]; do
         --json) JSON_OUT=$2; shift 2 ;;
         --kvfuse-args) KVFUSE_ARGS=$2; shift 2 ;;
         --build-only) BUILD_ONLY=1; shift ;;
+        --llama-isa) LLAMA_ISA=$2; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "peer.sh: unknown option $1" >&2; usage 1 >&2 ;;
     esac
@@ -69,6 +71,19 @@ CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON
              -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF
              -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
              -DLLAMA_BUILD_COMMIT="${LCPP_COMMIT:0:7}")
+# --llama-isa avx2: a second build for AVX2 + FMA only (GGML_NATIVE off), to compare with
+# `kvfuse --isa avx2` on a machine that has AVX-512. The native build leaves out AMX: in a VM
+# that does not grant the AMX tile state, ggml's AMX kernels crash (seen on a Sapphire Rapids
+# guest).
+case $LLAMA_ISA in
+    native) CMAKE_FLAGS+=("-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+                          "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16") ;;
+    avx2) BDIR=$TP/llama.cpp-build-avx2; LLAMA_BENCH=$BDIR/bin/llama-bench
+          CMAKE_FLAGS=("${CMAKE_FLAGS[@]/-DGGML_NATIVE=ON/-DGGML_NATIVE=OFF}" -DGGML_AVX=ON
+                       -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+                       -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF) ;;
+    *) echo "peer.sh: --llama-isa native|avx2" >&2; exit 2 ;;
+esac
 # The stamp records the configuration a build was made with; a different one rebuilds.
 STAMP="llama-cpp-python $LCPP_PY_VERSION; ${CMAKE_FLAGS[*]}; $(uname -m)"
 
@@ -121,7 +136,7 @@ print(",".join(d["file"] for d in map(json.loads, sys.stdin) if d["present"]))')
         [ -f "$m" ] || { echo "peer: model ${mlist[$i]} not found (make model NAME=...)" >&2; exit 1; }
         i=$((i + 1))
         "$0" --model "$m" --threads "$THREADS" --prompts "$PROMPTS" --gen "$GEN" --reps "$REPS" \
-            --kvfuse-args "$KVFUSE_ARGS" --json "$mwork/$i.json" || exit 1
+            --llama-isa "$LLAMA_ISA" --kvfuse-args "$KVFUSE_ARGS" --json "$mwork/$i.json" || exit 1
     done
     "$PY" - "$mwork" "$JSON_OUT" <<'PY'
 import glob, json, os, sys
