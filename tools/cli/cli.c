@@ -9,21 +9,13 @@
 #include <string.h>
 #include <time.h>
 #include <limits.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-static bool is_file(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
-}
 
 const char *cli_model_path(const char *opt) {
     static _Thread_local char buf[PATH_MAX];
     const char               *v = opt && opt[0] ? opt : getenv("KVFUSE_MODEL");
     if (!v || !v[0]) v = KVF_DEFAULT_MODEL_NAME;
-    if (is_file(v)) return v;
-    const cli_model_entry *e = strchr(v, '/') ? NULL : cli_models_find(v);
-    return e ? cli_models_path(e, buf, sizeof buf) : v;
+    return cli_models_resolve(v, buf, sizeof buf);
 }
 
 int cli_fail(const char *cmd, const char *fmt, ...) {

@@ -126,3 +126,9 @@ const cli_model_entry *cli_models_of_path(const char *path) {
     return NULL;
 }
 
+
+const char *cli_models_resolve(const char *v, char *buf, size_t len) {
+    if (is_file(v)) return v;
+    const cli_model_entry *e = strchr(v, '/') ? NULL : cli_models_find(v);
+    return e ? cli_models_path(e, buf, len) : v;
+}

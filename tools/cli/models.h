@@ -30,4 +30,8 @@ const cli_model_entry *cli_models_of_path(const char *path);
  * has it, else the first of these), written to buf. */
 const char *cli_models_path(const cli_model_entry *e, char *buf, size_t len);
 
+/* -m's value: an existing file as it is, else a model name resolved to its file (written to
+ * buf, see cli_models_path), else v unchanged (loading then says what is wrong). */
+const char *cli_models_resolve(const char *v, char *buf, size_t len);
+
 #endif /* KVF_CLI_MODELS_H */
