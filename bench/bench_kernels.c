@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
                     kvf_quantize_rows(NULL, &kvf_kernels_ref, x, n, n_in, n_in, two, &ab, &a);
                 float *y = malloc(sizeof(float) * (size_t)(n * n_out));
                 printf("%-6s %-6s %5lld %6s", qt->name,
-                       w.kind == KVF_PANEL_U4 ? "u4" : w.kind == KVF_PANEL_S8 ? "s8" : w.kind == KVF_PANEL_S8B16 ? "s8b16" : "f32",
+                       w.kind == KVF_PANEL_F32 ? "f32" : qt->name,
                        (long long)n, w.kind == KVF_PANEL_F32 || two == 2 ? "f32" : two ? "q16" : "q8");
                 for (int k = 0; k < n_isa; k++) {
                     mm_run r  = {isas[k], &w, &a, n, y};

@@ -476,6 +476,15 @@ kvf_status gguf_open(const char *path, gguf_file **out) {
 
 /* ---- lookups --------------------------------------------------------------------------- */
 
+void gguf_release_data(const gguf_file *f, const gguf_tensor *t) {
+    if (!f->map || f->map_is_heap || !t->data) return;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    uintptr_t a = ((uintptr_t)t->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t b = ((uintptr_t)t->data + (uintptr_t)t->nbytes) & ~((uintptr_t)page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 const gguf_kv *gguf_find_kv(const gguf_file *f, const char *key) {
     for (uint64_t i = 0; i < f->n_kv; i++)
         if (gguf_str_eq(f->kv[i].key, key)) return &f->kv[i];

@@ -118,6 +118,10 @@ kvf_status gguf_parse(const void *buf, size_t len, gguf_file **out);
 /* Map `path` read-only (falling back to reading it into memory) and parse it. */
 kvf_status gguf_open(const char *path, gguf_file **out);
 void       gguf_close(gguf_file *f);
+/* Tell the kernel that tensor t's bytes are no longer needed (they were packed into another
+ * layout): the whole pages inside them leave the process's resident memory (they are clean
+ * file pages, read again from the file should anything touch them). No-op for heap copies. */
+void       gguf_release_data(const gguf_file *f, const gguf_tensor *t);
 
 const gguf_kv     *gguf_find_kv(const gguf_file *f, const char *key);
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name);

@@ -1,6 +1,7 @@
 /* matmul.c - packing GGUF weights into panels, activation quantisation, and the threaded
  * driver that hands (panel group x row group) work items to the kernels. */
 #include "engine/matmul.h"
+#include "engine/kernels/panel.h"
 #include "common.h"
 
 #include <stdatomic.h>
@@ -19,37 +20,44 @@ typedef struct {
     atomic_int              failed;
 } pack_ctx;
 
-/* Write row `r` of a panel from decoded codes/scales of one 32-input block `b`. */
-static void put_block(const kvf_weight *w, uint8_t *blk, int r, const int8_t *codes,
-                      const float *scale, const float *min, int code_lo) {
-    float *sc = (float *)blk, *mn = sc + (w->kind == KVF_PANEL_S8B16 ? 32 : 16);
-    switch (w->kind) {
-    case KVF_PANEL_U4: {
-        sc[r]       = scale[0];
-        mn[r]       = min[0] + (float)code_lo * scale[0];
-        uint8_t *qs = blk + 128;
-        for (int v = 0; v < 4; v++)
-            for (int t = 0; t < 4; t++) {
-                int lo = codes[8 * v + t] - code_lo, hi = codes[8 * v + 4 + t] - code_lo;
-                qs[64 * v + 4 * r + t] = (uint8_t)(lo | (hi << 4));
-            }
+/* Write row r of block b of a panel: the block's header fields from the type block's raw
+ * fields f (j = which 32 inputs of the type block) and its 32 codes (unsigned kinds: shifted
+ * to start at 0). Layouts: kernels/panel.h. */
+static void put_block(kvf_panel_kind kind, uint8_t *panel, int64_t b, int r, const kvf_qfields *f,
+                      int j, const int8_t *codes, int code_lo) {
+    uint8_t *blk  = (uint8_t *)kvf_panel_blk(panel, b, kind);
+    uint8_t *head = (uint8_t *)kvf_panel_head(panel, b, kind);
+    switch (kvf_panel_hdr(kind)) {
+    case KVF_HDR_F16MIN: memcpy(blk + 32 + 2 * r, &f->m, 2); /* fall through */
+    case KVF_HDR_F16: memcpy(blk + 2 * r, &f->d, 2); break;
+    case KVF_HDR_K:
+        memcpy(head + 2 * r, &f->d, 2);
+        memcpy(head + 32 + 2 * r, &f->m, 2);
+        blk[r] = f->sc[j], blk[16 + r] = f->mn[j];
         break;
+    case KVF_HDR_K6:
+        memcpy(head + 2 * r, &f->d, 2);
+        blk[r] = f->sc[2 * j], blk[16 + r] = f->sc[2 * j + 1];
+        break;
+    case KVF_HDR_NONE: KVF_ASSERT(0);
     }
-    case KVF_PANEL_S8:
-    case KVF_PANEL_S8B16: {
-        if (w->kind == KVF_PANEL_S8) {
-            sc[r] = scale[0];
-            mn[r] = min[0];
-        } else {
-            sc[r] = scale[0], sc[16 + r] = scale[1];
-            mn[r] = min[0], mn[16 + r] = min[1];
+    uint8_t        *c  = blk + kvf_panel_hdr_bytes(kind);
+    const kvf_codes cs = kvf_panel_codes(kind);
+    for (int k = 0; k < KVF_QK; k++) {
+        if (cs == KVF_CODES_S8) {
+            c[64 * (k / 4) + 4 * r + k % 4] = (uint8_t)codes[k];
+            continue;
         }
-        int8_t *q = (int8_t *)blk + (w->kind == KVF_PANEL_S8 ? 128 : 256);
-        for (int g = 0; g < 8; g++)
-            for (int t = 0; t < 4; t++) q[64 * g + 4 * r + t] = codes[4 * g + t];
-        break;
-    }
-    case KVF_PANEL_F32: KVF_ASSERT(0);
+        int u = codes[k] - code_lo, v = k / 8, jj = (k % 8) / 4, i = 4 * r + k % 4;
+        c[64 * v + i] |= (uint8_t)((u & 15) << (4 * jj));
+        if (cs == KVF_CODES_U5) {
+            uint64_t hb;
+            memcpy(&hb, c + 256 + 16 * v + 8 * jj, 8);
+            hb |= (uint64_t)((u >> 4) & 1) << i;
+            memcpy(c + 256 + 16 * v + 8 * jj, &hb, 8);
+        } else if (cs == KVF_CODES_U6) {
+            c[256 + 64 * (v / 2) + i] |= (uint8_t)(((u >> 4) & 3) << (4 * (v & 1) + 2 * jj));
+        }
     }
 }
 
@@ -57,7 +65,6 @@ static void pack_panel(pack_ctx *c, int64_t p, float *tmp) {
     kvf_weight *w   = c->w;
     uint8_t    *dst = w->data + p * w->panel_bytes;
     int64_t     nb  = w->n_in / KVF_QK;
-    int64_t     bb  = kvf_panel_block_bytes(w->kind);
     memset(dst, 0, (size_t)w->panel_bytes);
     for (int r = 0; r < KVF_PANEL_ROWS; r++) {
         int64_t row = p * KVF_PANEL_ROWS + r;
@@ -66,7 +73,7 @@ static void pack_panel(pack_ctx *c, int64_t p, float *tmp) {
         if (w->kind == KVF_PANEL_F32) { /* any type, dequantised to floats */
             kvf_dequantize(c->type, src, tmp, w->n_in);
             for (int64_t b = 0; b < nb; b++) {
-                float *blk = (float *)(dst + b * bb);
+                float *blk = (float *)(dst + b * 2048);
                 for (int k = 0; k < KVF_QK; k++) blk[k * KVF_PANEL_ROWS + r] = tmp[b * KVF_QK + k];
             }
             continue;
@@ -74,15 +81,14 @@ static void pack_panel(pack_ctx *c, int64_t p, float *tmp) {
         const kvf_quant_traits *qt = c->qt;
         int8_t                  codes[256];
         float                   scale[16], min[16];
+        kvf_qfields             f;
         int64_t                 per = qt->block / KVF_QK; /* panel blocks per type block */
+        int code_lo = kvf_panel_codes(w->kind) == KVF_CODES_S8 ? 0 : qt->code_lo;
         for (int64_t tb = 0; tb < w->n_in / qt->block; tb++) {
             qt->unpack(src + tb * qt->bytes, codes, scale, min);
-            for (int64_t j = 0; j < per; j++) {
-                int64_t b   = tb * per + j;
-                int     sub = (int)(j * KVF_QK / qt->sub); /* first sub-block of this 32 */
-                put_block(w, dst + b * bb, r, codes + j * KVF_QK, scale + sub, min + sub,
-                          w->kind == KVF_PANEL_U4 ? qt->code_lo : 0);
-            }
+            kvf_quant_fields(c->type, src + tb * qt->bytes, &f);
+            for (int64_t j = 0; j < per; j++)
+                put_block(w->kind, dst, tb * per + j, r, &f, (int)j, codes + j * KVF_QK, code_lo);
         }
     }
 }
@@ -117,7 +123,7 @@ kvf_status kvf_weight_pack_raw(uint32_t type, const void *data, int64_t n_out, i
     out->n_out       = n_out;
     out->n_in        = n_in;
     out->n_panels    = (n_out + KVF_PANEL_ROWS - 1) / KVF_PANEL_ROWS;
-    out->panel_bytes = n_in / KVF_QK * kvf_panel_block_bytes(out->kind);
+    out->panel_bytes = kvf_panel_bytes(out->kind, n_in);
     size_t total;
     if (kvf_mul_size((size_t)out->n_panels, (size_t)out->panel_bytes, &total))
         return kvf_set_error(KVF_E_FORMAT, "matrix too large");
@@ -155,34 +161,21 @@ void kvf_weight_free(kvf_weight *w) {
 }
 
 void kvf_weight_row(const kvf_weight *w, int64_t row, float *out) {
-    int64_t        p = row / KVF_PANEL_ROWS, r = row % KVF_PANEL_ROWS, bb;
+    const int64_t  p = row / KVF_PANEL_ROWS;
+    const int      r = (int)(row % KVF_PANEL_ROWS);
     const uint8_t *panel = w->data + p * w->panel_bytes;
-    bb                   = kvf_panel_block_bytes(w->kind);
     for (int64_t b = 0; b < w->n_in / KVF_QK; b++) {
-        const uint8_t *blk = panel + b * bb;
-        const float   *sc = (const float *)blk;
-        float         *o  = out + b * KVF_QK;
+        float *o = out + b * KVF_QK;
+        if (w->kind == KVF_PANEL_F32) {
+            const float *blk = (const float *)(panel + b * 2048);
+            for (int k = 0; k < KVF_QK; k++) o[k] = blk[k * KVF_PANEL_ROWS + r];
+            continue;
+        }
+        const uint8_t *blk = kvf_panel_blk(panel, b, w->kind), *head = kvf_panel_head(panel, b, w->kind);
         for (int k = 0; k < KVF_QK; k++) {
-            switch (w->kind) {
-            case KVF_PANEL_U4: {
-                uint8_t byte = blk[128 + 64 * (k / 8) + 4 * r + (k % 4)];
-                int     code = (k % 8) < 4 ? (byte & 15) : (byte >> 4);
-                o[k]         = sc[r] * (float)code + sc[16 + r];
-                break;
-            }
-            case KVF_PANEL_S8: {
-                int8_t code = (int8_t)blk[128 + 64 * (k / 4) + 4 * r + (k % 4)];
-                o[k]        = sc[r] * (float)code + sc[16 + r];
-                break;
-            }
-            case KVF_PANEL_S8B16: {
-                int8_t code = (int8_t)blk[256 + 64 * (k / 4) + 4 * r + (k % 4)];
-                int    h    = k / 16;
-                o[k]        = sc[16 * h + r] * (float)code + sc[32 + 16 * h + r];
-                break;
-            }
-            case KVF_PANEL_F32: o[k] = ((const float *)blk)[k * KVF_PANEL_ROWS + r]; break;
-            }
+            float sc, mn;
+            kvf_panel_scale_min(blk, head, w->kind, r, k / 16, &sc, &mn);
+            o[k] = sc * (float)kvf_panel_code(blk, w->kind, r, k) + mn;
         }
     }
 }

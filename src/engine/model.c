@@ -183,6 +183,7 @@ static kvf_status load_matrix(kvf_model *m, kvf_pool *pool, const char *name, in
     if (!t) return st;
     if ((st = check_shape(t, name, n_in, n_out)) != KVF_OK) return st;
     if ((st = kvf_weight_pack(t, pool, m->precision == KVF_PREC_F32, w)) != KVF_OK) return st;
+    gguf_release_data(m->gguf, t); /* only the packed copy stays resident */
     m->n_params += (uint64_t)(n_in * n_out);
     m->weight_bytes += (uint64_t)(w->n_panels * w->panel_bytes);
     if (t->type < KVF_TYPE_COUNT) type_count[t->type] += (uint64_t)(n_in * n_out);
@@ -350,6 +351,8 @@ kvf_status kvf_model_load(const char *path, const kvf_model_params *params, kvf_
         if (m->name) memcpy(m->name, nm.s, nm.n), m->name[nm.n] = 0;
     }
     if ((st = kvf_pool_new(p.n_threads, &pool)) != KVF_OK) goto fail;
+    /* before packing: packing drops the file pages of each packed tensor from memory */
+    compute_fingerprint(m);
     if ((st = load_tensors(m, pool)) != KVF_OK) goto fail;
     if ((st = kvf_vocab_load(m->gguf, &m->vocab)) != KVF_OK) goto fail;
     if (kvf_vocab_n_tokens(m->vocab) > m->hp.n_vocab) {
@@ -359,7 +362,8 @@ kvf_status kvf_model_load(const char *path, const kvf_model_params *params, kvf_
         goto fail;
     }
     kvf_pool_free(pool);
-    compute_fingerprint(m);
+    /* embedding rows are read one token at a time: let their pages fault in on demand */
+    gguf_release_data(m->gguf, m->tok_embd);
     *out = m;
     return KVF_OK;
 fail:

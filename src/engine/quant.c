@@ -216,16 +216,44 @@ static const kvf_quant_traits g_quant[KVF_TYPE_COUNT] = {
     [KVF_TYPE_F32]  = {KVF_TYPE_F32, "F32", 1, 4, 0, 0, 0, KVF_PANEL_F32, NULL},
     [KVF_TYPE_F16]  = {KVF_TYPE_F16, "F16", 1, 2, 0, 0, 0, KVF_PANEL_F32, NULL},
     [KVF_TYPE_BF16] = {KVF_TYPE_BF16, "BF16", 1, 2, 0, 0, 0, KVF_PANEL_F32, NULL},
-    [KVF_TYPE_Q4_0] = {KVF_TYPE_Q4_0, "Q4_0", 32, 18, 32, -8, 7, KVF_PANEL_U4, unpack_q4_0},
-    [KVF_TYPE_Q4_1] = {KVF_TYPE_Q4_1, "Q4_1", 32, 20, 32, 0, 15, KVF_PANEL_U4, unpack_q4_1},
-    [KVF_TYPE_Q5_0] = {KVF_TYPE_Q5_0, "Q5_0", 32, 22, 32, -16, 15, KVF_PANEL_S8, unpack_q5_0},
-    [KVF_TYPE_Q5_1] = {KVF_TYPE_Q5_1, "Q5_1", 32, 24, 32, 0, 31, KVF_PANEL_S8, unpack_q5_1},
-    [KVF_TYPE_Q8_0] = {KVF_TYPE_Q8_0, "Q8_0", 32, 34, 32, -128, 127, KVF_PANEL_S8, unpack_q8_0},
-    [KVF_TYPE_Q4_K] = {KVF_TYPE_Q4_K, "Q4_K", 256, 144, 32, 0, 15, KVF_PANEL_U4, unpack_q4_k},
-    [KVF_TYPE_Q5_K] = {KVF_TYPE_Q5_K, "Q5_K", 256, 176, 32, 0, 31, KVF_PANEL_S8, unpack_q5_k},
-    [KVF_TYPE_Q6_K] = {KVF_TYPE_Q6_K, "Q6_K", 256, 210, 16, -32, 31, KVF_PANEL_S8B16,
+    [KVF_TYPE_Q4_0] = {KVF_TYPE_Q4_0, "Q4_0", 32, 18, 32, -8, 7, KVF_PANEL_Q4_0, unpack_q4_0},
+    [KVF_TYPE_Q4_1] = {KVF_TYPE_Q4_1, "Q4_1", 32, 20, 32, 0, 15, KVF_PANEL_Q4_1, unpack_q4_1},
+    [KVF_TYPE_Q5_0] = {KVF_TYPE_Q5_0, "Q5_0", 32, 22, 32, -16, 15, KVF_PANEL_Q5_0, unpack_q5_0},
+    [KVF_TYPE_Q5_1] = {KVF_TYPE_Q5_1, "Q5_1", 32, 24, 32, 0, 31, KVF_PANEL_Q5_1, unpack_q5_1},
+    [KVF_TYPE_Q8_0] = {KVF_TYPE_Q8_0, "Q8_0", 32, 34, 32, -128, 127, KVF_PANEL_Q8_0, unpack_q8_0},
+    [KVF_TYPE_Q4_K] = {KVF_TYPE_Q4_K, "Q4_K", 256, 144, 32, 0, 15, KVF_PANEL_Q4_K, unpack_q4_k},
+    [KVF_TYPE_Q5_K] = {KVF_TYPE_Q5_K, "Q5_K", 256, 176, 32, 0, 31, KVF_PANEL_Q5_K, unpack_q5_k},
+    [KVF_TYPE_Q6_K] = {KVF_TYPE_Q6_K, "Q6_K", 256, 210, 16, -32, 31, KVF_PANEL_Q6_K,
                        unpack_q6_k},
 };
+
+void kvf_quant_fields(uint32_t type, const void *blk, kvf_qfields *f) {
+    const uint8_t *b = blk;
+    memset(f, 0, sizeof *f);
+    switch (type) {
+    case KVF_TYPE_Q4_1:
+    case KVF_TYPE_Q5_1: memcpy(&f->m, b + 2, 2); /* fall through */
+    case KVF_TYPE_Q4_0:
+    case KVF_TYPE_Q5_0:
+    case KVF_TYPE_Q8_0: memcpy(&f->d, b, 2); break;
+    case KVF_TYPE_Q4_K:
+    case KVF_TYPE_Q5_K:
+        memcpy(&f->d, b, 2);
+        memcpy(&f->m, b + 2, 2);
+        f->m ^= 0x8000; /* -dmin: min = (-dmin) * m == -(dmin * m) exactly */
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k_scale_min(b + 4, j, &sc, &m);
+            f->sc[j] = (uint8_t)sc, f->mn[j] = (uint8_t)m;
+        }
+        break;
+    case KVF_TYPE_Q6_K:
+        memcpy(f->sc, b + 192, 16);
+        memcpy(&f->d, b + 208, 2);
+        break;
+    default: break;
+    }
+}
 
 const kvf_quant_traits *kvf_quant_get(uint32_t type) {
     if (type >= KVF_TYPE_COUNT || g_quant[type].name == NULL) return NULL;

@@ -18,12 +18,19 @@
 
 #define KVF_QK 32 /* activation quantisation block; every panel block is 32 weights */
 
-/* How a type is stored in matmul panels (see matmul.h). */
+/* How a type is stored in matmul panels: one kind per GGUF type, keeping the type's own scale
+ * fields (layouts in kernels/panel.h). Float types are stored as F32 panels. */
 typedef enum {
-    KVF_PANEL_U4 = 0, /* codes 0..15 after shifting, packed nibbles; one scale/min per 32 */
-    KVF_PANEL_S8,     /* int8 codes; one scale/min per 32 */
-    KVF_PANEL_S8B16,  /* int8 codes; one scale/min per 16 (Q6_K) */
-    KVF_PANEL_F32,    /* float weights (F32, F16, BF16) */
+    KVF_PANEL_Q4_0 = 0,
+    KVF_PANEL_Q4_1,
+    KVF_PANEL_Q5_0,
+    KVF_PANEL_Q5_1,
+    KVF_PANEL_Q8_0,
+    KVF_PANEL_Q4_K,
+    KVF_PANEL_Q5_K,
+    KVF_PANEL_Q6_K,
+    KVF_PANEL_F32,
+    KVF_PANEL_KINDS
 } kvf_panel_kind;
 
 typedef struct kvf_quant_traits {
@@ -38,6 +45,16 @@ typedef struct kvf_quant_traits {
     /* Decode one block: codes[block], scale[block/sub], min[block/sub]. NULL for float types. */
     void (*unpack)(const void *blk, int8_t *codes, float *scale, float *min);
 } kvf_quant_traits;
+
+/* The raw scale fields of one block of a quantised type, as the panels keep them
+ * (kernels/panel.h): d and m are IEEE half bits (m: Q4_1/Q5_1's min, or the negated dmin of
+ * Q4_K/Q5_K); sc and mn are Q4_K/Q5_K's 6-bit sub-block scales and mins, or Q6_K's 16 int8
+ * scales (in sc). Unused fields are 0. */
+typedef struct kvf_qfields {
+    uint16_t d, m;
+    uint8_t  sc[16], mn[8];
+} kvf_qfields;
+void kvf_quant_fields(uint32_t type, const void *blk, kvf_qfields *f);
 
 /* Traits of a type we can compute with, or NULL. */
 const kvf_quant_traits *kvf_quant_get(uint32_t type);

@@ -4,16 +4,9 @@
  * the specification; kernels_avx2.c and kernels_avx512.c are fast versions of the same
  * functions, selected at run time (kvf_kernels_select) and tested against the reference.
  *
- * Weight panels. A matrix W[n_out][n_in] is stored as ceil(n_out/16) panels of 16 rows; a panel
- * is n_in/32 blocks; a block holds 16 rows x 32 inputs:
- *   U4    float scale[16], min[16]; uint8 qs[4][64]      (384 bytes)
- *         qs[v][4*r + t]: low nibble = code(r, 8v + t), high nibble = code(r, 8v + 4 + t)
- *   S8    float scale[16], min[16]; int8 q[8][64]        (640 bytes)
- *         q[g][4*r + t] = code(r, 4g + t)
- *   S8B16 float scale[2][16], min[2][16]; int8 q[8][64]  (768 bytes; [0] for inputs 0..15,
- *         [1] for 16..31)
- *   F32   float w[32][16]                                 (2048 bytes) w[k][r]
- * and weight(r, k) = scale[r] * code(r, k) + min[r]. Rows past n_out have scale = min = 0.
+ * Weight panels: 16 rows x 32 inputs per block, one panel kind per GGUF type, layouts in
+ * panel.h. Every integer kind decodes to weight(r, k) = scale(r, k) * code(r, k) + min(r, k),
+ * scale and min computed from the stored fields exactly as kvf_panel_scale_min() does.
  * The 4-byte groups (4 inputs of one row) match VNNI's vpdpbusd: one broadcast of 4 activation
  * bytes against 16 rows at once.
  *
@@ -28,15 +21,15 @@
  *   acc = fmaf((float)isuml, scale[r] * dl, acc);        (two-level mode only; dl = d / 254
  *                                                          as stored by the quantiser)
  *   acc = fmaf(min[r], s16[0] + s16[1], acc);
- * (S8B16: the same per 16-input half). Every kernel table performs exactly these float
+ * (Q6_K panels: the same per 16-input half h, with s16[h] in the last step). Every kernel table performs exactly these float
  * operations in this order, so all instruction sets give bit-identical matmul results.
  * F32 panels: acc = fmaf(w(r,k), x(k), acc) for k in order.
  *
  * Float-activation GEMM (gemm_f; used when kvf_act.q == NULL: batches of many rows in q16 on
  * CPUs whose int8 products are slow, see kvf_matmul_float_rows in matmul.h). Integer panels
  * are decoded to floats and multiplied with the float rows x->f like F32 panels:
- *   w(r,k) = fmaf(scale[r], (float)code(r,k), min[r])      (S8B16: scale and min of k's half;
- *                                                           U4: code is the stored nibble 0..15)
+ *   w(r,k) = fmaf(scale[r], (float)code(r,k), min[r])      (Q6_K: scale and min of k's half;
+ *                                                           unsigned kinds: the stored code)
  *   acc = 0;  acc = fmaf(w(r,k), x(k), acc) for k in order; y = acc (or y += acc)
  * (F32 panels: w(r,k) is the stored float; gemm_f[F32] == gemm[F32]). The fast versions decode
  * a slice of a panel once into a float tile and reuse it for many activation rows with a
@@ -51,16 +44,6 @@
 #include "engine/quant.h"
 
 #define KVF_PANEL_ROWS 16
-
-static inline int64_t kvf_panel_block_bytes(kvf_panel_kind k) {
-    switch (k) {
-    case KVF_PANEL_U4: return 384;
-    case KVF_PANEL_S8: return 640;
-    case KVF_PANEL_S8B16: return 768;
-    case KVF_PANEL_F32: return 2048;
-    }
-    return 0;
-}
 
 /* A batch of input rows for a matmul. Integer panels read q/d/s16 (or, when q == NULL, the
  * float rows f through gemm_f); F32 panels read f. */
@@ -105,8 +88,8 @@ static inline int64_t kvf_attn_work_floats(int M) {
 
 typedef struct kvf_kernels {
     const char *name;
-    kvf_gemm_fn gemm[4];   /* indexed by kvf_panel_kind; integer panels read x->q etc. */
-    kvf_gemm_fn gemm_f[4]; /* the same weights times the float rows x->f (see above) */
+    kvf_gemm_fn gemm[KVF_PANEL_KINDS];   /* indexed by kvf_panel_kind; integer panels read x->q etc. */
+    kvf_gemm_fn gemm_f[KVF_PANEL_KINDS]; /* the same weights times the float rows x->f (see above) */
     /* q16 batches of at least this many rows use gemm_f (0: never); see matmul.h */
     int         float_rows;
     /* Quantise one row of n (multiple of 32) floats: see kvf_quantize_row_q8_ref. */

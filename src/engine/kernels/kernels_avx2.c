@@ -13,6 +13,7 @@ const kvf_kernels kvf_kernels_avx2 = {.name = "avx2"};
 #else
 #include "engine/kernels/kernels.h"
 #include "common.h"
+#include "engine/kernels/panel.h"
 #include "engine/quant.h"
 
 #include <immintrin.h>
@@ -76,41 +77,88 @@ AI __m256 block_acc(__m256 acc, __m256i ia, __m256i ial, const int TWO, __m256 s
     return _mm256_fmadd_ps(mn, _mm256_set1_ps(s), acc);
 }
 
-/* U4 codes x activation bytes: eight 4-input groups summed in int16 (no saturation possible),
- * then widened once */
-AI __m256i u4_dot(const __m256i *w, const int8_t *xq) {
-    __m256i i16 = _mm256_maddubs_epi16(w[0], bcast4(xq));
-    for (int g = 1; g < 8; g++)
-        i16 = _mm256_add_epi16(i16, _mm256_maddubs_epi16(w[g], bcast4(xq + 4 * g)));
-    return _mm256_madd_epi16(i16, _mm256_set1_epi16(1));
+/* ---- decoding a panel block (layouts: panel.h); half h = rows 8h..8h+7 ------------------ */
+
+AI __m256 h8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+AI __m256 u8f(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+AI __m256 i8f(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-AI void u4_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
-    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256        acc[4];
-    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 384;
-        const __m256   sc  = _mm256_load_ps((const float *)blk + 8 * h);
-        const __m256   mn  = _mm256_load_ps((const float *)blk + 16 + 8 * h);
-        __m256i        w[8];
-        for (int v = 0; v < 4; v++) {
-            __m256i raw  = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * v + 32 * h));
-            w[2 * v]     = _mm256_and_si256(raw, m4);
-            w[2 * v + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+/* scale and min of rows 8rh.. for inputs 16h.. (kvf_panel_scale_min, vectorised) */
+AI void blk_scales(const uint8_t *blk, const uint8_t *head, const kvf_panel_kind KIND, int rh,
+                   int h, __m256 *sc, __m256 *mn) {
+    switch (kvf_panel_hdr(KIND)) {
+    case KVF_HDR_F16:
+        *sc = h8(blk + 16 * rh);
+        *mn = _mm256_mul_ps(*sc, _mm256_set1_ps(kvf_panel_cmin(KIND)));
+        break;
+    case KVF_HDR_F16MIN: *sc = h8(blk + 16 * rh), *mn = h8(blk + 32 + 16 * rh); break;
+    case KVF_HDR_K:
+        *sc = _mm256_mul_ps(h8(head + 16 * rh), u8f(blk + 8 * rh));
+        *mn = _mm256_mul_ps(h8(head + 32 + 16 * rh), u8f(blk + 16 + 8 * rh));
+        break;
+    case KVF_HDR_K6:
+        *sc = _mm256_mul_ps(h8(head + 16 * rh), i8f(blk + 16 * h + 8 * rh));
+        *mn = _mm256_mul_ps(*sc, _mm256_set1_ps(-32.0f));
+        break;
+    case KVF_HDR_NONE: break;
+    }
+}
+
+/* 32 bits to 32 bytes: byte i = 0xFF if bit i is set */
+AI __m256i bits_to_bytes(uint32_t m) {
+    const __m256i sel  = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                          2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    __m256i       v    = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m), sel);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits);
+}
+
+/* the unsigned codes of rows 8rh.. as 8 vectors of 4-input groups: byte 4r'+t of w[g] =
+ * code(8rh + r', 4g + t) */
+AI void blk_ucodes(const uint8_t *blk, const kvf_panel_kind KIND, int rh, __m256i w[8]) {
+    const uint8_t  *c  = blk + kvf_panel_hdr_bytes(KIND);
+    const kvf_codes CS = kvf_panel_codes(KIND);
+    const __m256i   m4 = _mm256_set1_epi8(0x0F);
+    for (int v = 0; v < 4; v++) {
+        __m256i raw  = _mm256_loadu_si256((const __m256i *)(c + 64 * v + 32 * rh));
+        w[2 * v]     = _mm256_and_si256(raw, m4);
+        w[2 * v + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+    }
+    if (CS == KVF_CODES_U5) {
+        const __m256i b4 = _mm256_set1_epi8(16);
+        for (int g = 0; g < 8; g++) {
+            uint32_t hb;
+            memcpy(&hb, c + 256 + 8 * g + 4 * rh, 4);
+            w[g] = _mm256_or_si256(w[g], _mm256_and_si256(bits_to_bytes(hb), b4));
         }
-#pragma GCC unroll 4
-        for (int i = 0; i < NC; i++) {
-            __m256i      ia  = u4_dot(w, x->q + (c + i) * K + b * KVF_QK);
-            __m256i      ial = TWO ? u4_dot(w, x->ql + (c + i) * K + b * KVF_QK) : ia;
-            const float *s   = x->s16 + (c + i) * KS + 2 * b;
-            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+    } else if (CS == KVF_CODES_U6) {
+        const __m256i m30 = _mm256_set1_epi8(0x30);
+        for (int p = 0; p < 2; p++) {
+            const __m256i hv = _mm256_loadu_si256((const __m256i *)(c + 256 + 64 * p + 32 * rh));
+            w[4 * p + 0] = _mm256_or_si256(w[4 * p + 0], _mm256_and_si256(_mm256_slli_epi16(hv, 4), m30));
+            w[4 * p + 1] = _mm256_or_si256(w[4 * p + 1], _mm256_and_si256(_mm256_slli_epi16(hv, 2), m30));
+            w[4 * p + 2] = _mm256_or_si256(w[4 * p + 2], _mm256_and_si256(hv, m30));
+            w[4 * p + 3] = _mm256_or_si256(w[4 * p + 3], _mm256_and_si256(_mm256_srli_epi16(hv, 2), m30));
         }
     }
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+}
+
+/* unsigned codes x activation bytes over groups g0..g0+ng-1: int16 sums of up to PER groups
+ * (no saturation: PER * 2 * max_code * 127 < 32768), widened to int32 */
+AI __m256i u_groups(const __m256i *w, const int8_t *xq, int g0, int ng, const int PER) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i       ia   = _mm256_setzero_si256();
+    for (int g = g0; g < g0 + ng; g += PER) {
+        __m256i i16 = _mm256_maddubs_epi16(w[g], bcast4(xq + 4 * g));
+        for (int e = 1; e < PER && g + e < g0 + ng; e++)
+            i16 = _mm256_add_epi16(i16, _mm256_maddubs_epi16(w[g + e], bcast4(xq + 4 * (g + e))));
+        ia = _mm256_add_epi32(ia, _mm256_madd_epi16(i16, ones));
+    }
+    return ia;
 }
 
 /* isum of 4-input groups g0..g0+ng-1 with the sign trick, widened to int32 per group */
@@ -124,87 +172,67 @@ AI __m256i s8_groups(const __m256i *wa, const __m256i *ws, const int8_t *xq, int
     return ia;
 }
 
-AI void s8_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
-    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
-    __m256        acc[4];
+AI void int_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                 const int TWO, float *y, int64_t ldy, int nr, int rh, int accumulate,
+                 const kvf_panel_kind KIND) {
+    const int64_t   K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+    const kvf_codes CS   = kvf_panel_codes(KIND);
+    const int       NSUB = KVF_QK / kvf_panel_sub(KIND);
+    const int       PER  = CS == KVF_CODES_U4 ? 8 : CS == KVF_CODES_U5 ? 4 : 2;
+    __m256          acc[4];
     for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 640;
-        const __m256   sc  = _mm256_load_ps((const float *)blk + 8 * h);
-        const __m256   mn  = _mm256_load_ps((const float *)blk + 16 + 8 * h);
-        __m256i        ws[8], wa[8];
-        for (int g = 0; g < 8; g++) {
-            ws[g] = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * g + 32 * h));
-            wa[g] = _mm256_abs_epi8(ws[g]);
-        }
+        const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
+        __m256         sc[2], mn[2];
+        __m256i        w[8], wa[8];
+        for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, rh, h, &sc[h], &mn[h]);
+        if (CS == KVF_CODES_S8)
+            for (int g = 0; g < 8; g++) {
+                w[g]  = _mm256_loadu_si256((const __m256i *)(blk + kvf_panel_hdr_bytes(KIND) + 64 * g + 32 * rh));
+                wa[g] = _mm256_abs_epi8(w[g]);
+            }
+        else
+            blk_ucodes(blk, KIND, rh, w);
 #pragma GCC unroll 4
         for (int i = 0; i < NC; i++) {
-            __m256i      ia  = s8_groups(wa, ws, x->q + (c + i) * K + b * KVF_QK, 0, 8);
-            __m256i      ial = TWO ? s8_groups(wa, ws, x->ql + (c + i) * K + b * KVF_QK, 0, 8) : ia;
-            const float *s   = x->s16 + (c + i) * KS + 2 * b;
-            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
-        }
-    }
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
-}
-
-AI void s8b16_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                   const int TWO, float *y, int64_t ldy, int nr, int h, int accumulate) {
-    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
-    __m256        acc[4];
-    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 768;
-        __m256i        ws[8], wa[8];
-        for (int g = 0; g < 8; g++) {
-            ws[g] = _mm256_load_si256((const __m256i *)(blk + 256 + 64 * g + 32 * h));
-            wa[g] = _mm256_abs_epi8(ws[g]);
-        }
-        for (int hh = 0; hh < 2; hh++) {
-            const __m256 sc = _mm256_load_ps((const float *)blk + 16 * hh + 8 * h);
-            const __m256 mn = _mm256_load_ps((const float *)blk + 32 + 16 * hh + 8 * h);
-    #pragma GCC unroll 4
-        for (int i = 0; i < NC; i++) {
-                const int8_t *xq  = x->q + (c + i) * K + b * KVF_QK;
-                __m256i       ia  = s8_groups(wa, ws, xq, 4 * hh, 4);
-                __m256i       ial = TWO ? s8_groups(wa, ws, x->ql + (c + i) * K + b * KVF_QK, 4 * hh, 4) : ia;
-                acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                                   TWO ? x->dl[(c + i) * KB + b] : 0.0f,
-                                   x->s16[(c + i) * KS + 2 * b + hh]);
+            const int8_t *xq = x->q + (c + i) * K + b * KVF_QK;
+            const int8_t *xl = TWO ? x->ql + (c + i) * K + b * KVF_QK : NULL;
+            const float  *s  = x->s16 + (c + i) * KS + 2 * b;
+            const float   d = x->d[(c + i) * KB + b], dl = TWO ? x->dl[(c + i) * KB + b] : 0.0f;
+            for (int h = 0; h < NSUB; h++) {
+                const int g0 = NSUB == 2 ? 4 * h : 0, ng = NSUB == 2 ? 4 : 8;
+                __m256i   ia = CS == KVF_CODES_S8 ? s8_groups(wa, w, xq, g0, ng) : u_groups(w, xq, g0, ng, PER);
+                __m256i   ial = ia;
+                if (TWO) ial = CS == KVF_CODES_S8 ? s8_groups(wa, w, xl, g0, ng) : u_groups(w, xl, g0, ng, PER);
+                acc[i] = block_acc(acc[i], ia, ial, TWO, sc[h], mn[h], d, dl, NSUB == 2 ? s[h] : s[0] + s[1]);
             }
         }
     }
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * h, acc[i], nr, h, accumulate);
+    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * rh, acc[i], nr, rh, accumulate);
 }
 
-#define GEMM_COLS(HALF, TWO)                                                                   \
+#define GEMM_COLS(KIND, TWO)                                                                   \
     do {                                                                                       \
         for (int h = 0; h < 2 && 8 * h < nr; h++) {                                            \
             int64_t c = c0, end = c0 + nc;                                                     \
-            for (; c + 4 <= end; c += 4) HALF(panel, nb, x, c, 4, TWO, y, ldy, nr, h, accumulate); \
+            for (; c + 4 <= end; c += 4) int_half(panel, nb, x, c, 4, TWO, y, ldy, nr, h, accumulate, KIND); \
             switch (end - c) {                                                                 \
-            case 3: HALF(panel, nb, x, c, 3, TWO, y, ldy, nr, h, accumulate); break;           \
-            case 2: HALF(panel, nb, x, c, 2, TWO, y, ldy, nr, h, accumulate); break;           \
-            case 1: HALF(panel, nb, x, c, 1, TWO, y, ldy, nr, h, accumulate); break;           \
+            case 3: int_half(panel, nb, x, c, 3, TWO, y, ldy, nr, h, accumulate, KIND); break; \
+            case 2: int_half(panel, nb, x, c, 2, TWO, y, ldy, nr, h, accumulate, KIND); break; \
+            case 1: int_half(panel, nb, x, c, 1, TWO, y, ldy, nr, h, accumulate, KIND); break; \
             default: break;                                                                    \
             }                                                                                  \
         }                                                                                      \
     } while (0)
 
-#define DEFINE_GEMM(NAME, HALF)                                                                \
-    static void NAME(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,           \
-                     int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {              \
+#define DEFINE_GEMM(T)                                                                         \
+    static void gemm_##T(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,       \
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {          \
         if (x->ql)                                                                             \
-            GEMM_COLS(HALF, 1);                                                                \
+            GEMM_COLS(KVF_PANEL_##T, 1);                                                       \
         else                                                                                   \
-            GEMM_COLS(HALF, 0);                                                                \
+            GEMM_COLS(KVF_PANEL_##T, 0);                                                       \
     }
-
-DEFINE_GEMM(gemm_u4, u4_half)
-DEFINE_GEMM(gemm_s8, s8_half)
-DEFINE_GEMM(gemm_s8b16, s8b16_half)
 
 
 /* ---- float-activation GEMM (kernels.h, gemm_f) -----------------------------------------
@@ -220,47 +248,31 @@ DEFINE_GEMM(gemm_s8b16, s8b16_half)
 #define FT_NR 6   /* activation rows per micro-tile */
 #define FT_CB 96  /* activation rows per pass over the slices (partial sums in part[]) */
 
-/* decode one U4 block into out[k * 16 + r]: w = fmaf(scale, nibble, min) */
-AI void ft_dec_u4(const uint8_t *blk, float *out) {
-    const __m256i m4 = _mm256_set1_epi32(15);
-    for (int h = 0; h < 2; h++) {
-        const __m256 sc = _mm256_load_ps((const float *)blk + 8 * h);
-        const __m256 mn = _mm256_load_ps((const float *)blk + 16 + 8 * h);
-        for (int v = 0; v < 4; v++) {
-            const __m256i raw = _mm256_load_si256((const __m256i *)(blk + 128 + 64 * v + 32 * h));
-            /* lane r = the 4 bytes of row r; nibble j (shift 4j) is input 8v + 4(j&1) + j/2 */
-#define FT_U4(J)                                                                               \
-    _mm256_store_ps(out + (8 * v + 4 * ((J) & 1) + (J) / 2) * 16 + 8 * h,                        \
-                    _mm256_fmadd_ps(sc,                                                        \
-                                    _mm256_cvtepi32_ps(_mm256_and_si256(                       \
-                                        _mm256_srli_epi32(raw, 4 * (J)), m4)),                 \
-                                    mn))
-            FT_U4(0); FT_U4(1); FT_U4(2); FT_U4(3); FT_U4(4); FT_U4(5); FT_U4(6); FT_U4(7);
-#undef FT_U4
+/* decode block b into out[k * 16 + r] = fmaf(scale, code, min) */
+AI void ft_dec(const uint8_t *panel, int64_t b, const kvf_panel_kind KIND, float *out) {
+    const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
+    const int      S8 = kvf_panel_codes(KIND) == KVF_CODES_S8, NSUB = KVF_QK / kvf_panel_sub(KIND);
+    const __m256i  mff = _mm256_set1_epi32(0xFF);
+    for (int rh = 0; rh < 2; rh++) {
+        __m256  sc[2], mn[2];
+        __m256i w[8];
+        for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, rh, h, &sc[h], &mn[h]);
+        if (S8)
+            for (int g = 0; g < 8; g++)
+                w[g] = _mm256_loadu_si256((const __m256i *)(blk + kvf_panel_hdr_bytes(KIND) + 64 * g + 32 * rh));
+        else
+            blk_ucodes(blk, KIND, rh, w);
+        for (int g = 0; g < 8; g++) {
+            const int h = NSUB == 2 ? g / 4 : 0;
+            for (int t = 0; t < 4; t++) {
+                /* byte t of lane r is code(8rh + r, 4g + t) */
+                __m256i ci = S8 ? _mm256_srai_epi32(_mm256_slli_epi32(w[g], 24 - 8 * t), 24)
+                                : _mm256_and_si256(_mm256_srli_epi32(w[g], 8 * t), mff);
+                _mm256_store_ps(out + (4 * g + t) * 16 + 8 * rh,
+                                _mm256_fmadd_ps(sc[h], _mm256_cvtepi32_ps(ci), mn[h]));
+            }
         }
     }
-}
-
-/* decode one S8 / S8B16 block (codes at byte hdr; B16: scale/min per 16 inputs) */
-AI void ft_dec_s8(const uint8_t *blk, const int B16, float *out) {
-    const int    hdr = B16 ? 256 : 128;
-    const float *sp = (const float *)blk, *mp = sp + (B16 ? 32 : 16);
-    for (int h = 0; h < 2; h++)
-        for (int g = 0; g < 8; g++) {
-            const int     hh  = B16 ? g / 4 : 0;
-            const __m256  sc  = _mm256_load_ps(sp + 16 * hh + 8 * h);
-            const __m256  mn  = _mm256_load_ps(mp + 16 * hh + 8 * h);
-            const __m256i raw = _mm256_load_si256((const __m256i *)(blk + hdr + 64 * g + 32 * h));
-            /* byte t of lane r is code(r, 4g + t): sign-extend it with two shifts */
-#define FT_S8(T)                                                                               \
-    _mm256_store_ps(out + (4 * g + (T)) * 16 + 8 * h,                                          \
-                    _mm256_fmadd_ps(sc,                                                        \
-                                    _mm256_cvtepi32_ps(_mm256_srai_epi32(                      \
-                                        _mm256_slli_epi32(raw, 24 - 8 * (T)), 24)),            \
-                                    mn))
-            FT_S8(0); FT_S8(1); FT_S8(2); FT_S8(3);
-#undef FT_S8
-        }
 }
 
 /* NC activation rows c.. against kc inputs of the tile w (from input k0): accumulators start
@@ -301,7 +313,6 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
                     float *y, int64_t ldy, int nr, int accumulate, const kvf_panel_kind KIND) {
     const int64_t K  = nb * KVF_QK;
     const int64_t KC = KIND == KVF_PANEL_F32 ? K : FT_KC; /* F32: the panel is the tile */
-    const int     bb = (int)kvf_panel_block_bytes(KIND);
     _Alignas(64) float wt[KIND == KVF_PANEL_F32 ? 16 : FT_KC * 16];
     _Alignas(64) float part[FT_CB * 16];
     for (int64_t cb = c0; cb < c0 + nc; cb += FT_CB) {
@@ -312,13 +323,8 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
             if (KIND == KVF_PANEL_F32)
                 w = (const float *)panel + k0 * 16;
             else
-                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++) {
-                    float *o = wt + (b * KVF_QK - k0) * 16;
-                    if (KIND == KVF_PANEL_U4)
-                        ft_dec_u4(panel + b * bb, o);
-                    else
-                        ft_dec_s8(panel + b * bb, KIND == KVF_PANEL_S8B16, o);
-                }
+                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++)
+                    ft_dec(panel, b, KIND, wt + (b * KVF_QK - k0) * 16);
             const int first = k0 == 0, last = k0 + kc >= K;
             int64_t   c     = cb;
             for (; c + FT_NR <= ce; c += FT_NR)
@@ -336,20 +342,20 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
     }
 }
 
-static void gemm_f_u4(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                      float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
-}
-
-static void gemm_f_s8(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                      float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
-}
-
-static void gemm_f_s8b16(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
-}
+#define DEFINE_GEMM_F(T)                                                                       \
+    static void gemm_f_##T(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,     \
+                           int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {        \
+        gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);              \
+    }
+#define DEFINE_KIND(T) DEFINE_GEMM(T) DEFINE_GEMM_F(T)
+DEFINE_KIND(Q4_0)
+DEFINE_KIND(Q4_1)
+DEFINE_KIND(Q5_0)
+DEFINE_KIND(Q5_1)
+DEFINE_KIND(Q8_0)
+DEFINE_KIND(Q4_K)
+DEFINE_KIND(Q5_K)
+DEFINE_KIND(Q6_K)
 
 static void gemm_f_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
@@ -611,13 +617,15 @@ static void f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
 
 const kvf_kernels kvf_kernels_avx2 = {
     .name         = "avx2",
-    .gemm         = {[KVF_PANEL_U4] = gemm_u4,
-                     [KVF_PANEL_S8] = gemm_s8,
-                     [KVF_PANEL_S8B16] = gemm_s8b16,
+    .gemm         = {[KVF_PANEL_Q4_0] = gemm_Q4_0, [KVF_PANEL_Q4_1] = gemm_Q4_1,
+                     [KVF_PANEL_Q5_0] = gemm_Q5_0, [KVF_PANEL_Q5_1] = gemm_Q5_1,
+                     [KVF_PANEL_Q8_0] = gemm_Q8_0, [KVF_PANEL_Q4_K] = gemm_Q4_K,
+                     [KVF_PANEL_Q5_K] = gemm_Q5_K, [KVF_PANEL_Q6_K] = gemm_Q6_K,
                      [KVF_PANEL_F32] = gemm_f_f32},
-    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4,
-                     [KVF_PANEL_S8] = gemm_f_s8,
-                     [KVF_PANEL_S8B16] = gemm_f_s8b16,
+    .gemm_f       = {[KVF_PANEL_Q4_0] = gemm_f_Q4_0, [KVF_PANEL_Q4_1] = gemm_f_Q4_1,
+                     [KVF_PANEL_Q5_0] = gemm_f_Q5_0, [KVF_PANEL_Q5_1] = gemm_f_Q5_1,
+                     [KVF_PANEL_Q8_0] = gemm_f_Q8_0, [KVF_PANEL_Q4_K] = gemm_f_Q4_K,
+                     [KVF_PANEL_Q5_K] = gemm_f_Q5_K, [KVF_PANEL_Q6_K] = gemm_f_Q6_K,
                      [KVF_PANEL_F32] = gemm_f_f32},
     .float_rows   = 8, /* see kvf_matmul_float_rows */
     .quantize_row = quantize_row,

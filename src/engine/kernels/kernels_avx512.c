@@ -14,6 +14,7 @@ const kvf_kernels kvf_kernels_avx512 = {.name = "avx512"};
 #else
 #include "engine/kernels/kernels.h"
 #include "common.h"
+#include "engine/kernels/panel.h"
 #include "engine/quant.h"
 
 #include <immintrin.h>
@@ -46,117 +47,116 @@ AI __m512 block_acc(__m512 acc, __m512i ia, __m512i ial, const int TWO, __m512 s
     return _mm512_fmadd_ps(mn, _mm512_set1_ps(s), acc);
 }
 
-/* ---- U4 -------------------------------------------------------------------------------- */
+/* ---- decoding a panel block (layouts: panel.h) ------------------------------------------ */
 
-AI void u4_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
-    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
+AI __m512 h16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+AI __m512 u8f(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+AI __m512 i8f(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+/* scale and min of the 16 rows for inputs 16h.. (kvf_panel_scale_min, vectorised) */
+AI void blk_scales(const uint8_t *blk, const uint8_t *head, const kvf_panel_kind KIND, int h,
+                   __m512 *sc, __m512 *mn) {
+    switch (kvf_panel_hdr(KIND)) {
+    case KVF_HDR_F16:
+        *sc = h16(blk);
+        *mn = _mm512_mul_ps(*sc, _mm512_set1_ps(kvf_panel_cmin(KIND)));
+        break;
+    case KVF_HDR_F16MIN: *sc = h16(blk), *mn = h16(blk + 32); break;
+    case KVF_HDR_K:
+        *sc = _mm512_mul_ps(h16(head), u8f(blk));
+        *mn = _mm512_mul_ps(h16(head + 32), u8f(blk + 16));
+        break;
+    case KVF_HDR_K6:
+        *sc = _mm512_mul_ps(h16(head), i8f(blk + 16 * h));
+        *mn = _mm512_mul_ps(*sc, _mm512_set1_ps(-32.0f));
+        break;
+    case KVF_HDR_NONE: break;
+    }
+}
+
+/* the codes of a block as 8 vectors of 4-input groups: byte 4r+t of w[g] = code(r, 4g+t)
+ * (unsigned kinds as stored; S8 with the +128 bias vpdpbusd needs) */
+AI void blk_codes(const uint8_t *blk, const kvf_panel_kind KIND, __m512i w[8]) {
+    const uint8_t  *c  = blk + kvf_panel_hdr_bytes(KIND);
+    const kvf_codes CS = kvf_panel_codes(KIND);
+    if (CS == KVF_CODES_S8) {
+        const __m512i bias = _mm512_set1_epi8((char)0x80);
+        for (int g = 0; g < 8; g++) w[g] = _mm512_xor_si512(_mm512_loadu_si512(c + 64 * g), bias);
+        return;
+    }
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512        acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 384;
-        const __m512   sc  = _mm512_load_ps(blk);
-        const __m512   mn  = _mm512_load_ps(blk + 64);
-        __m512i        w[8];
-        for (int v = 0; v < 4; v++) {
-            __m512i raw  = _mm512_load_si512(blk + 128 + 64 * v);
-            w[2 * v]     = _mm512_and_si512(raw, m4);
-            w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+    for (int v = 0; v < 4; v++) {
+        __m512i raw  = _mm512_loadu_si512(c + 64 * v);
+        w[2 * v]     = _mm512_and_si512(raw, m4);
+        w[2 * v + 1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+    }
+    if (CS == KVF_CODES_U5) {
+        const __m512i b4 = _mm512_set1_epi8(16);
+        for (int g = 0; g < 8; g++) {
+            uint64_t hb;
+            memcpy(&hb, c + 256 + 8 * g, 8);
+            w[g] = _mm512_mask_add_epi8(w[g], _cvtu64_mask64(hb), w[g], b4);
         }
-#pragma GCC unroll 8
-        for (int i = 0; i < NC; i++) {
-            const int8_t *xq = x->q + (c + i) * K + b * KVF_QK;
-            __m512i       ia = _mm512_setzero_si512(), ial = _mm512_setzero_si512();
-#pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) ia = _mm512_dpbusd_epi32(ia, w[g], bcast4(xq + 4 * g));
-            if (TWO) {
-                const int8_t *xl = x->ql + (c + i) * K + b * KVF_QK;
-    #pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) ial = _mm512_dpbusd_epi32(ial, w[g], bcast4(xl + 4 * g));
-            }
-            const float *s = x->s16 + (c + i) * KS + 2 * b;
-            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
+    } else if (CS == KVF_CODES_U6) {
+        const __m512i m30 = _mm512_set1_epi8(0x30);
+        for (int p = 0; p < 2; p++) {
+            const __m512i hv = _mm512_loadu_si512(c + 256 + 64 * p);
+            /* group 4p + q takes bits 2q..2q+1 of each byte, moved to bits 4..5 */
+            w[4 * p + 0] = _mm512_or_si512(w[4 * p + 0], _mm512_and_si512(_mm512_slli_epi16(hv, 4), m30));
+            w[4 * p + 1] = _mm512_or_si512(w[4 * p + 1], _mm512_and_si512(_mm512_slli_epi16(hv, 2), m30));
+            w[4 * p + 2] = _mm512_or_si512(w[4 * p + 2], _mm512_and_si512(hv, m30));
+            w[4 * p + 3] = _mm512_or_si512(w[4 * p + 3], _mm512_and_si512(_mm512_srli_epi16(hv, 2), m30));
         }
     }
-    __mmask16 m = row_mask(nr);
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
 }
 
-/* ---- S8 (codes biased by 128 for vpdpbusd; bias removed with exact integer sums) -------- */
+/* ---- integer-activation tiles ---------------------------------------------------------- */
 
-AI void s8_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
+/* one row of activations against groups g0..g0+ng-1; S8 starts from -128 * (sum of codes) to
+ * take the bias back */
+AI __m512i dot_groups(const __m512i *w, const int8_t *xq, int g0, int ng, int32_t bias_sum) {
+    __m512i ia = _mm512_set1_epi32(-128 * bias_sum);
+#pragma GCC unroll 8
+    for (int g = g0; g < g0 + ng; g++) ia = _mm512_dpbusd_epi32(ia, w[g], bcast4(xq + 4 * g));
+    return ia;
+}
+
+AI void int_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                 const int TWO, float *y, int64_t ldy, int nr, int accumulate,
+                 const kvf_panel_kind KIND) {
     const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const int     S8 = kvf_panel_codes(KIND) == KVF_CODES_S8, NSUB = KVF_QK / kvf_panel_sub(KIND);
     __m512        acc[8];
 #pragma GCC unroll 8
     for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 640;
-        const __m512   sc  = _mm512_load_ps(blk);
-        const __m512   mn  = _mm512_load_ps(blk + 64);
+        const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
+        __m512         sc[2], mn[2];
         __m512i        w[8];
-        for (int g = 0; g < 8; g++)
-            w[g] = _mm512_xor_si512(_mm512_load_si512(blk + 128 + 64 * g), bias);
+        for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, h, &sc[h], &mn[h]);
+        blk_codes(blk, KIND, w);
 #pragma GCC unroll 8
         for (int i = 0; i < NC; i++) {
-            const int8_t  *xq = x->q + (c + i) * K + b * KVF_QK;
-            const int32_t *qs = x->qsum + (c + i) * KS + 2 * b;
-            __m512i        ia = _mm512_set1_epi32(-128 * (qs[0] + qs[1])), ial = ia;
-#pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) ia = _mm512_dpbusd_epi32(ia, w[g], bcast4(xq + 4 * g));
-            if (TWO) {
-                const int8_t  *xl  = x->ql + (c + i) * K + b * KVF_QK;
-                const int32_t *qsl = x->qsuml + (c + i) * KS + 2 * b;
-                ial                = _mm512_set1_epi32(-128 * (qsl[0] + qsl[1]));
-    #pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) ial = _mm512_dpbusd_epi32(ial, w[g], bcast4(xl + 4 * g));
-            }
-            const float *s = x->s16 + (c + i) * KS + 2 * b;
-            acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                               TWO ? x->dl[(c + i) * KB + b] : 0.0f, s[0] + s[1]);
-        }
-    }
-    __mmask16 m = row_mask(nr);
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy, acc[i], m, accumulate);
-}
-
-AI void s8b16_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                   const int TWO, float *y, int64_t ldy, int nr, int accumulate) {
-    const int64_t K = x->n_in, KB = K / KVF_QK, KS = K / 16;
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    __m512        acc[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < NC; i++) acc[i] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = panel + b * 768;
-        __m512i        w[8];
-        for (int g = 0; g < 8; g++)
-            w[g] = _mm512_xor_si512(_mm512_load_si512(blk + 256 + 64 * g), bias);
-        for (int h = 0; h < 2; h++) {
-            const __m512 sc = _mm512_load_ps(blk + 64 * h);
-            const __m512 mn = _mm512_load_ps(blk + 128 + 64 * h);
-    #pragma GCC unroll 8
-        for (int i = 0; i < NC; i++) {
-                const int8_t *xq = x->q + (c + i) * K + b * KVF_QK + 16 * h;
-                __m512i       ia = _mm512_set1_epi32(-128 * x->qsum[(c + i) * KS + 2 * b + h]);
-                __m512i       ial = ia;
-                for (int g = 0; g < 4; g++)
-                    ia = _mm512_dpbusd_epi32(ia, w[4 * h + g], bcast4(xq + 4 * g));
-                if (TWO) {
-                    const int8_t *xl = x->ql + (c + i) * K + b * KVF_QK + 16 * h;
-                    ial = _mm512_set1_epi32(-128 * x->qsuml[(c + i) * KS + 2 * b + h]);
-                    for (int g = 0; g < 4; g++)
-                        ial = _mm512_dpbusd_epi32(ial, w[4 * h + g], bcast4(xl + 4 * g));
+            const int8_t  *xq  = x->q + (c + i) * K + b * KVF_QK;
+            const int8_t  *xl  = TWO ? x->ql + (c + i) * K + b * KVF_QK : NULL;
+            const int32_t *qs  = x->qsum + (c + i) * KS + 2 * b;
+            const int32_t *qsl = TWO ? x->qsuml + (c + i) * KS + 2 * b : NULL;
+            const float   *s   = x->s16 + (c + i) * KS + 2 * b;
+            const float    d = x->d[(c + i) * KB + b], dl = TWO ? x->dl[(c + i) * KB + b] : 0.0f;
+            if (NSUB == 1) {
+                __m512i ia  = dot_groups(w, xq, 0, 8, S8 ? qs[0] + qs[1] : 0);
+                __m512i ial = TWO ? dot_groups(w, xl, 0, 8, S8 ? qsl[0] + qsl[1] : 0) : ia;
+                acc[i]      = block_acc(acc[i], ia, ial, TWO, sc[0], mn[0], d, dl, s[0] + s[1]);
+            } else {
+                for (int h = 0; h < 2; h++) {
+                    __m512i ia  = dot_groups(w, xq, 4 * h, 4, S8 ? qs[h] : 0);
+                    __m512i ial = TWO ? dot_groups(w, xl, 4 * h, 4, S8 ? qsl[h] : 0) : ia;
+                    acc[i]      = block_acc(acc[i], ia, ial, TWO, sc[h], mn[h], d, dl, s[h]);
                 }
-                acc[i] = block_acc(acc[i], ia, ial, TWO, sc, mn, x->d[(c + i) * KB + b],
-                                   TWO ? x->dl[(c + i) * KB + b] : 0.0f,
-                                   x->s16[(c + i) * KS + 2 * b + h]);
             }
         }
     }
@@ -168,34 +168,30 @@ AI void s8b16_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c
 /* Column loop: full tiles of 8 columns, then one tile of the remainder (each size is its own
  * instantiation, so the accumulators stay in registers); one- and two-level activations are
  * separate instantiations too. */
-#define GEMM_COLS(TILE, TWO)                                                                   \
+#define GEMM_COLS(KIND, TWO)                                                                   \
     do {                                                                                       \
         int64_t c = c0, end = c0 + nc;                                                         \
-        for (; c + 8 <= end; c += 8) TILE(panel, nb, x, c, 8, TWO, y, ldy, nr, accumulate);    \
+        for (; c + 8 <= end; c += 8) int_tile(panel, nb, x, c, 8, TWO, y, ldy, nr, accumulate, KIND); \
         switch (end - c) {                                                                     \
-        case 7: TILE(panel, nb, x, c, 7, TWO, y, ldy, nr, accumulate); break;                  \
-        case 6: TILE(panel, nb, x, c, 6, TWO, y, ldy, nr, accumulate); break;                  \
-        case 5: TILE(panel, nb, x, c, 5, TWO, y, ldy, nr, accumulate); break;                  \
-        case 4: TILE(panel, nb, x, c, 4, TWO, y, ldy, nr, accumulate); break;                  \
-        case 3: TILE(panel, nb, x, c, 3, TWO, y, ldy, nr, accumulate); break;                  \
-        case 2: TILE(panel, nb, x, c, 2, TWO, y, ldy, nr, accumulate); break;                  \
-        case 1: TILE(panel, nb, x, c, 1, TWO, y, ldy, nr, accumulate); break;                  \
+        case 7: int_tile(panel, nb, x, c, 7, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 6: int_tile(panel, nb, x, c, 6, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 5: int_tile(panel, nb, x, c, 5, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 4: int_tile(panel, nb, x, c, 4, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 3: int_tile(panel, nb, x, c, 3, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 2: int_tile(panel, nb, x, c, 2, TWO, y, ldy, nr, accumulate, KIND); break;        \
+        case 1: int_tile(panel, nb, x, c, 1, TWO, y, ldy, nr, accumulate, KIND); break;        \
         default: break;                                                                        \
         }                                                                                      \
     } while (0)
 
-#define DEFINE_GEMM(NAME, TILE)                                                                \
-    static void NAME(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,           \
-                     int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {              \
+#define DEFINE_GEMM(T)                                                                         \
+    static void gemm_##T(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,       \
+                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {          \
         if (x->ql)                                                                             \
-            GEMM_COLS(TILE, 1);                                                                \
+            GEMM_COLS(KVF_PANEL_##T, 1);                                                       \
         else                                                                                   \
-            GEMM_COLS(TILE, 0);                                                                \
+            GEMM_COLS(KVF_PANEL_##T, 0);                                                       \
     }
-
-DEFINE_GEMM(gemm_u4, u4_tile)
-DEFINE_GEMM(gemm_s8, s8_tile)
-DEFINE_GEMM(gemm_s8b16, s8b16_tile)
 
 /* ---- float-activation GEMM (kernels.h, gemm_f) -----------------------------------------
  * A slice of FT_KC inputs of the panel is decoded once into a float tile wt[k][16] (one zmm
@@ -209,39 +205,26 @@ DEFINE_GEMM(gemm_s8b16, s8b16_tile)
 #define FT_NR 12  /* activation rows per micro-tile */
 #define FT_CB 96  /* activation rows per pass over the slices */
 
-AI void ft_dec_u4(const uint8_t *blk, float *out) {
-    const __m512i m4  = _mm512_set1_epi32(15);
-    const __m512  sc  = _mm512_load_ps(blk), mn = _mm512_load_ps(blk + 64);
-    for (int v = 0; v < 4; v++) {
-        const __m512i raw = _mm512_load_si512(blk + 128 + 64 * v);
-        /* lane r = the 4 bytes of row r; nibble j (shift 4j) is input 8v + 4(j&1) + j/2 */
-#define FT_U4(J)                                                                               \
-    _mm512_store_ps(out + (8 * v + 4 * ((J) & 1) + (J) / 2) * 16,                              \
-                    _mm512_fmadd_ps(sc,                                                        \
-                                    _mm512_cvtepi32_ps(_mm512_and_si512(                       \
-                                        _mm512_srli_epi32(raw, 4 * (J)), m4)),                 \
-                                    mn))
-        FT_U4(0); FT_U4(1); FT_U4(2); FT_U4(3); FT_U4(4); FT_U4(5); FT_U4(6); FT_U4(7);
-#undef FT_U4
-    }
-}
-
-AI void ft_dec_s8(const uint8_t *blk, const int B16, float *out) {
-    const int    hdr = B16 ? 256 : 128;
-    const float *sp = (const float *)blk, *mp = sp + (B16 ? 32 : 16);
+/* decode block b into out[k * 16 + r] = fmaf(scale, code, min) */
+AI void ft_dec(const uint8_t *panel, int64_t b, const kvf_panel_kind KIND, float *out) {
+    const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
+    const int      S8 = kvf_panel_codes(KIND) == KVF_CODES_S8, NSUB = KVF_QK / kvf_panel_sub(KIND);
+    __m512         sc[2], mn[2];
+    __m512i        w[8];
+    for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, h, &sc[h], &mn[h]);
+    if (S8)
+        for (int g = 0; g < 8; g++) w[g] = _mm512_loadu_si512(blk + kvf_panel_hdr_bytes(KIND) + 64 * g);
+    else
+        blk_codes(blk, KIND, w);
+    const __m512i mff = _mm512_set1_epi32(0xFF);
     for (int g = 0; g < 8; g++) {
-        const int     hh  = B16 ? g / 4 : 0;
-        const __m512  sc  = _mm512_load_ps(sp + 16 * hh);
-        const __m512  mn  = _mm512_load_ps(mp + 16 * hh);
-        const __m512i raw = _mm512_load_si512(blk + hdr + 64 * g);
-#define FT_S8(T)                                                                               \
-    _mm512_store_ps(out + (4 * g + (T)) * 16,                                                  \
-                    _mm512_fmadd_ps(sc,                                                        \
-                                    _mm512_cvtepi32_ps(_mm512_srai_epi32(                      \
-                                        _mm512_slli_epi32(raw, 24 - 8 * (T)), 24)),            \
-                                    mn))
-        FT_S8(0); FT_S8(1); FT_S8(2); FT_S8(3);
-#undef FT_S8
+        const int h = NSUB == 2 ? g / 4 : 0;
+        for (int t = 0; t < 4; t++) {
+            /* byte t of lane r is code(r, 4g + t) */
+            __m512i ci = S8 ? _mm512_srai_epi32(_mm512_slli_epi32(w[g], 24 - 8 * t), 24)
+                            : _mm512_and_si512(_mm512_srli_epi32(w[g], 8 * t), mff);
+            _mm512_store_ps(out + (4 * g + t) * 16, _mm512_fmadd_ps(sc[h], _mm512_cvtepi32_ps(ci), mn[h]));
+        }
     }
 }
 
@@ -272,7 +255,6 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
                     float *y, int64_t ldy, int nr, int accumulate, const kvf_panel_kind KIND) {
     const int64_t K  = nb * KVF_QK;
     const int64_t KC = KIND == KVF_PANEL_F32 ? K : FT_KC; /* F32: the panel is the tile */
-    const int     bb = (int)kvf_panel_block_bytes(KIND);
     _Alignas(64) float wt[KIND == KVF_PANEL_F32 ? 16 : FT_KC * 16];
     _Alignas(64) float part[FT_CB * 16];
     for (int64_t cb = c0; cb < c0 + nc; cb += FT_CB) {
@@ -283,13 +265,8 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
             if (KIND == KVF_PANEL_F32)
                 w = (const float *)panel + k0 * 16;
             else
-                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++) {
-                    float *o = wt + (b * KVF_QK - k0) * 16;
-                    if (KIND == KVF_PANEL_U4)
-                        ft_dec_u4(panel + b * bb, o);
-                    else
-                        ft_dec_s8(panel + b * bb, KIND == KVF_PANEL_S8B16, o);
-                }
+                for (int64_t b = k0 / KVF_QK; b < (k0 + kc) / KVF_QK; b++)
+                    ft_dec(panel, b, KIND, wt + (b * KVF_QK - k0) * 16);
             const int first = k0 == 0, last = k0 + kc >= K;
             int64_t   c     = cb;
             for (; c + FT_NR <= ce; c += FT_NR)
@@ -306,20 +283,20 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
     }
 }
 
-static void gemm_f_u4(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                      float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
-}
-
-static void gemm_f_s8(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, int64_t nc,
-                      float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
-}
-
-static void gemm_f_s8b16(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                         int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
-}
+#define DEFINE_GEMM_F(T)                                                                       \
+    static void gemm_f_##T(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,     \
+                           int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {        \
+        gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);              \
+    }
+#define DEFINE_KIND(T) DEFINE_GEMM(T) DEFINE_GEMM_F(T)
+DEFINE_KIND(Q4_0)
+DEFINE_KIND(Q4_1)
+DEFINE_KIND(Q5_0)
+DEFINE_KIND(Q5_1)
+DEFINE_KIND(Q8_0)
+DEFINE_KIND(Q4_K)
+DEFINE_KIND(Q5_K)
+DEFINE_KIND(Q6_K)
 
 static void gemm_f_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
@@ -592,13 +569,15 @@ static void f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
 
 const kvf_kernels kvf_kernels_avx512 = {
     .name         = "avx512",
-    .gemm         = {[KVF_PANEL_U4] = gemm_u4,
-                     [KVF_PANEL_S8] = gemm_s8,
-                     [KVF_PANEL_S8B16] = gemm_s8b16,
+    .gemm         = {[KVF_PANEL_Q4_0] = gemm_Q4_0, [KVF_PANEL_Q4_1] = gemm_Q4_1,
+                     [KVF_PANEL_Q5_0] = gemm_Q5_0, [KVF_PANEL_Q5_1] = gemm_Q5_1,
+                     [KVF_PANEL_Q8_0] = gemm_Q8_0, [KVF_PANEL_Q4_K] = gemm_Q4_K,
+                     [KVF_PANEL_Q5_K] = gemm_Q5_K, [KVF_PANEL_Q6_K] = gemm_Q6_K,
                      [KVF_PANEL_F32] = gemm_f_f32},
-    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4,
-                     [KVF_PANEL_S8] = gemm_f_s8,
-                     [KVF_PANEL_S8B16] = gemm_f_s8b16,
+    .gemm_f       = {[KVF_PANEL_Q4_0] = gemm_f_Q4_0, [KVF_PANEL_Q4_1] = gemm_f_Q4_1,
+                     [KVF_PANEL_Q5_0] = gemm_f_Q5_0, [KVF_PANEL_Q5_1] = gemm_f_Q5_1,
+                     [KVF_PANEL_Q8_0] = gemm_f_Q8_0, [KVF_PANEL_Q4_K] = gemm_f_Q4_K,
+                     [KVF_PANEL_Q5_K] = gemm_f_Q5_K, [KVF_PANEL_Q6_K] = gemm_f_Q6_K,
                      [KVF_PANEL_F32] = gemm_f_f32},
     .float_rows   = 0, /* VNNI int8 is faster; see above */
     .quantize_row = quantize_row,

@@ -1,6 +1,7 @@
 /* kernels_ref.c - the portable scalar kernels: the specification every SIMD table must match
  * (matmuls bit for bit, the rest within float tolerance) and the fallback on any CPU. */
 #include "engine/kernels/kernels.h"
+#include "engine/kernels/panel.h"
 #include "common.h"
 
 #include <math.h>
@@ -13,23 +14,12 @@ static inline void store_row(float *y, int64_t c, int64_t ldy, int r, float v, i
     *p       = accumulate ? *p + v : v;
 }
 
-/* code(r, k) of a block of each integer panel kind */
-static inline int code_u4(const uint8_t *blk, int r, int k) {
-    uint8_t byte = blk[128 + 64 * (k / 8) + 4 * r + (k % 4)];
-    return (k % 8) < 4 ? (byte & 15) : (byte >> 4);
-}
-
-static inline int code_s8(const uint8_t *blk, int hdr, int r, int k) {
-    return ((const int8_t *)blk)[hdr + 64 * (k / 4) + 4 * r + (k % 4)];
-}
-
-/* One panel kind: block bytes, header bytes (scales/mins), inputs per scale (32 or 16). */
+/* One integer panel kind (layouts and the scale/min arithmetic: panel.h). */
 static void gemm_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
                          int64_t nc, float *y, int64_t ldy, int nr, int accumulate,
                          kvf_panel_kind kind) {
     const int64_t K    = x->n_in;
-    const int     bb   = (int)kvf_panel_block_bytes(kind);
-    const int     sub  = kind == KVF_PANEL_S8B16 ? 16 : 32;
+    const int     sub  = kvf_panel_sub(kind);
     const int     nsub = KVF_QK / sub;
     for (int64_t c = c0; c < c0 + nc; c++) {
         const int8_t *xq = x->q + c * K, *xl = x->ql ? x->ql + c * K : NULL;
@@ -37,40 +27,25 @@ static void gemm_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int
         for (int r = 0; r < nr; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = panel + b * bb;
-                const float   *sc = (const float *)blk, *mn = sc + 16 * nsub;
-                float          dl = xl ? x->dl[c * (K / KVF_QK) + b] : 0.0f;
+                const uint8_t *blk = kvf_panel_blk(panel, b, kind), *head = kvf_panel_head(panel, b, kind);
+                float          dl  = xl ? x->dl[c * (K / KVF_QK) + b] : 0.0f;
                 for (int h = 0; h < nsub; h++) {
                     int32_t isum = 0, isuml = 0;
                     for (int k = h * sub; k < (h + 1) * sub; k++) {
-                        int code = kind == KVF_PANEL_U4 ? code_u4(blk, r, k)
-                                                        : code_s8(blk, 32 * 4 * nsub, r, k);
+                        int code = kvf_panel_code(blk, kind, r, k);
                         isum += code * xq[b * KVF_QK + k];
                         if (xl) isuml += code * xl[b * KVF_QK + k];
                     }
-                    acc = fmaf((float)isum, sc[16 * h + r] * xd[b], acc);
-                    if (xl) acc = fmaf((float)isuml, sc[16 * h + r] * dl, acc);
-                    acc = fmaf(mn[16 * h + r], nsub == 2 ? xs[2 * b + h] : xs[2 * b] + xs[2 * b + 1], acc);
+                    float sc, mn;
+                    kvf_panel_scale_min(blk, head, kind, r, h, &sc, &mn);
+                    acc = fmaf((float)isum, sc * xd[b], acc);
+                    if (xl) acc = fmaf((float)isuml, sc * dl, acc);
+                    acc = fmaf(mn, nsub == 2 ? xs[2 * b + h] : xs[2 * b] + xs[2 * b + 1], acc);
                 }
             }
             store_row(y, c, ldy, r, acc, accumulate);
         }
     }
-}
-
-static void gemm_u4_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
-}
-
-static void gemm_s8_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
-}
-
-static void gemm_s8b16_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                           int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
 }
 
 static void gemm_f32_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
@@ -94,21 +69,17 @@ static void gemm_f32_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int
 static void gemm_f_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
                            int64_t nc, float *y, int64_t ldy, int nr, int accumulate,
                            kvf_panel_kind kind) {
-    const int bb   = (int)kvf_panel_block_bytes(kind);
-    const int nsub = kind == KVF_PANEL_S8B16 ? 2 : 1;
     for (int64_t c = c0; c < c0 + nc; c++) {
         const float *xf = x->f + c * x->ldf;
         for (int r = 0; r < nr; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *blk = panel + b * bb;
-                const float   *sc = (const float *)blk, *mn = sc + 16 * nsub;
+                const uint8_t *blk = kvf_panel_blk(panel, b, kind), *head = kvf_panel_head(panel, b, kind);
                 for (int k = 0; k < KVF_QK; k++) {
-                    int   h    = nsub == 2 ? k / 16 : 0;
-                    int   code = kind == KVF_PANEL_U4 ? code_u4(blk, r, k)
-                                                      : code_s8(blk, 32 * 4 * nsub, r, k);
-                    float w    = fmaf(sc[16 * h + r], (float)code, mn[16 * h + r]);
-                    acc        = fmaf(w, xf[b * KVF_QK + k], acc);
+                    float sc, mn;
+                    kvf_panel_scale_min(blk, head, kind, r, k / 16, &sc, &mn);
+                    float w = fmaf(sc, (float)kvf_panel_code(blk, kind, r, k), mn);
+                    acc     = fmaf(w, xf[b * KVF_QK + k], acc);
                 }
             }
             store_row(y, c, ldy, r, acc, accumulate);
@@ -116,20 +87,25 @@ static void gemm_f_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, i
     }
 }
 
-static void gemm_f_u4_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                          int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_U4);
-}
-
-static void gemm_f_s8_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                          int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8);
-}
-
-static void gemm_f_s8b16_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
-                             int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
-    gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_S8B16);
-}
+#define REF_KIND(T)                                                                            \
+    static void gemm_##T##_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0, \
+                               int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {    \
+        gemm_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);             \
+    }                                                                                          \
+    static void gemm_f_##T##_ref(const uint8_t *panel, int64_t nb, const kvf_act *x,           \
+                                 int64_t c0, int64_t nc, float *y, int64_t ldy, int nr,        \
+                                 int accumulate) {                                             \
+        gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);           \
+    }
+REF_KIND(Q4_0)
+REF_KIND(Q4_1)
+REF_KIND(Q5_0)
+REF_KIND(Q5_1)
+REF_KIND(Q8_0)
+REF_KIND(Q4_K)
+REF_KIND(Q5_K)
+REF_KIND(Q6_K)
+#undef REF_KIND
 
 /* ---- attention ------------------------------------------------------------------------- */
 
@@ -209,13 +185,15 @@ static void f32_to_f16_ref(const float *src, uint16_t *dst, int64_t n) {
 
 const kvf_kernels kvf_kernels_ref = {
     .name         = "ref",
-    .gemm         = {[KVF_PANEL_U4] = gemm_u4_ref,
-                     [KVF_PANEL_S8] = gemm_s8_ref,
-                     [KVF_PANEL_S8B16] = gemm_s8b16_ref,
+    .gemm         = {[KVF_PANEL_Q4_0] = gemm_Q4_0_ref, [KVF_PANEL_Q4_1] = gemm_Q4_1_ref,
+                     [KVF_PANEL_Q5_0] = gemm_Q5_0_ref, [KVF_PANEL_Q5_1] = gemm_Q5_1_ref,
+                     [KVF_PANEL_Q8_0] = gemm_Q8_0_ref, [KVF_PANEL_Q4_K] = gemm_Q4_K_ref,
+                     [KVF_PANEL_Q5_K] = gemm_Q5_K_ref, [KVF_PANEL_Q6_K] = gemm_Q6_K_ref,
                      [KVF_PANEL_F32] = gemm_f32_ref},
-    .gemm_f       = {[KVF_PANEL_U4] = gemm_f_u4_ref,
-                     [KVF_PANEL_S8] = gemm_f_s8_ref,
-                     [KVF_PANEL_S8B16] = gemm_f_s8b16_ref,
+    .gemm_f       = {[KVF_PANEL_Q4_0] = gemm_f_Q4_0_ref, [KVF_PANEL_Q4_1] = gemm_f_Q4_1_ref,
+                     [KVF_PANEL_Q5_0] = gemm_f_Q5_0_ref, [KVF_PANEL_Q5_1] = gemm_f_Q5_1_ref,
+                     [KVF_PANEL_Q8_0] = gemm_f_Q8_0_ref, [KVF_PANEL_Q4_K] = gemm_f_Q4_K_ref,
+                     [KVF_PANEL_Q5_K] = gemm_f_Q5_K_ref, [KVF_PANEL_Q6_K] = gemm_f_Q6_K_ref,
                      [KVF_PANEL_F32] = gemm_f32_ref},
     .float_rows   = 0, /* the portable fallback keeps the integer path */
     .quantize_row = kvf_quantize_row_q8_ref,
