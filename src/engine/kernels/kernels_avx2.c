@@ -348,14 +348,9 @@ AI void gemm_f_impl(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t 
         gemm_f_impl(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);              \
     }
 #define DEFINE_KIND(T) DEFINE_GEMM(T) DEFINE_GEMM_F(T)
-DEFINE_KIND(Q4_0)
-DEFINE_KIND(Q4_1)
-DEFINE_KIND(Q5_0)
-DEFINE_KIND(Q5_1)
-DEFINE_KIND(Q8_0)
-DEFINE_KIND(Q4_K)
-DEFINE_KIND(Q5_K)
-DEFINE_KIND(Q6_K)
+KVF_INT_PANELS(DEFINE_KIND)
+#define GEMM_ENTRY(T)   [KVF_PANEL_##T] = gemm_##T,
+#define GEMM_F_ENTRY(T) [KVF_PANEL_##T] = gemm_f_##T,
 
 static void gemm_f_f32(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c0,
                        int64_t nc, float *y, int64_t ldy, int nr, int accumulate) {
@@ -617,16 +612,8 @@ static void f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
 
 const kvf_kernels kvf_kernels_avx2 = {
     .name         = "avx2",
-    .gemm         = {[KVF_PANEL_Q4_0] = gemm_Q4_0, [KVF_PANEL_Q4_1] = gemm_Q4_1,
-                     [KVF_PANEL_Q5_0] = gemm_Q5_0, [KVF_PANEL_Q5_1] = gemm_Q5_1,
-                     [KVF_PANEL_Q8_0] = gemm_Q8_0, [KVF_PANEL_Q4_K] = gemm_Q4_K,
-                     [KVF_PANEL_Q5_K] = gemm_Q5_K, [KVF_PANEL_Q6_K] = gemm_Q6_K,
-                     [KVF_PANEL_F32] = gemm_f_f32},
-    .gemm_f       = {[KVF_PANEL_Q4_0] = gemm_f_Q4_0, [KVF_PANEL_Q4_1] = gemm_f_Q4_1,
-                     [KVF_PANEL_Q5_0] = gemm_f_Q5_0, [KVF_PANEL_Q5_1] = gemm_f_Q5_1,
-                     [KVF_PANEL_Q8_0] = gemm_f_Q8_0, [KVF_PANEL_Q4_K] = gemm_f_Q4_K,
-                     [KVF_PANEL_Q5_K] = gemm_f_Q5_K, [KVF_PANEL_Q6_K] = gemm_f_Q6_K,
-                     [KVF_PANEL_F32] = gemm_f_f32},
+    .gemm         = {KVF_INT_PANELS(GEMM_ENTRY)[KVF_PANEL_F32] = gemm_f_f32},
+    .gemm_f       = {KVF_INT_PANELS(GEMM_F_ENTRY)[KVF_PANEL_F32] = gemm_f_f32},
     .float_rows   = 8, /* see kvf_matmul_float_rows */
     .quantize_row = quantize_row,
     .attn         = attn,

@@ -97,15 +97,10 @@ static void gemm_f_int_ref(const uint8_t *panel, int64_t nb, const kvf_act *x, i
                                  int accumulate) {                                             \
         gemm_f_int_ref(panel, nb, x, c0, nc, y, ldy, nr, accumulate, KVF_PANEL_##T);           \
     }
-REF_KIND(Q4_0)
-REF_KIND(Q4_1)
-REF_KIND(Q5_0)
-REF_KIND(Q5_1)
-REF_KIND(Q8_0)
-REF_KIND(Q4_K)
-REF_KIND(Q5_K)
-REF_KIND(Q6_K)
+KVF_INT_PANELS(REF_KIND)
 #undef REF_KIND
+#define GEMM_ENTRY(T)   [KVF_PANEL_##T] = gemm_##T##_ref,
+#define GEMM_F_ENTRY(T) [KVF_PANEL_##T] = gemm_f_##T##_ref,
 
 /* ---- attention ------------------------------------------------------------------------- */
 
@@ -185,16 +180,8 @@ static void f32_to_f16_ref(const float *src, uint16_t *dst, int64_t n) {
 
 const kvf_kernels kvf_kernels_ref = {
     .name         = "ref",
-    .gemm         = {[KVF_PANEL_Q4_0] = gemm_Q4_0_ref, [KVF_PANEL_Q4_1] = gemm_Q4_1_ref,
-                     [KVF_PANEL_Q5_0] = gemm_Q5_0_ref, [KVF_PANEL_Q5_1] = gemm_Q5_1_ref,
-                     [KVF_PANEL_Q8_0] = gemm_Q8_0_ref, [KVF_PANEL_Q4_K] = gemm_Q4_K_ref,
-                     [KVF_PANEL_Q5_K] = gemm_Q5_K_ref, [KVF_PANEL_Q6_K] = gemm_Q6_K_ref,
-                     [KVF_PANEL_F32] = gemm_f32_ref},
-    .gemm_f       = {[KVF_PANEL_Q4_0] = gemm_f_Q4_0_ref, [KVF_PANEL_Q4_1] = gemm_f_Q4_1_ref,
-                     [KVF_PANEL_Q5_0] = gemm_f_Q5_0_ref, [KVF_PANEL_Q5_1] = gemm_f_Q5_1_ref,
-                     [KVF_PANEL_Q8_0] = gemm_f_Q8_0_ref, [KVF_PANEL_Q4_K] = gemm_f_Q4_K_ref,
-                     [KVF_PANEL_Q5_K] = gemm_f_Q5_K_ref, [KVF_PANEL_Q6_K] = gemm_f_Q6_K_ref,
-                     [KVF_PANEL_F32] = gemm_f32_ref},
+    .gemm         = {KVF_INT_PANELS(GEMM_ENTRY)[KVF_PANEL_F32] = gemm_f32_ref},
+    .gemm_f       = {KVF_INT_PANELS(GEMM_F_ENTRY)[KVF_PANEL_F32] = gemm_f32_ref},
     .float_rows   = 0, /* the portable fallback keeps the integer path */
     .quantize_row = kvf_quantize_row_q8_ref,
     .attn         = attn_ref,

@@ -104,6 +104,9 @@ static inline int kvf_panel_head_bytes(kvf_panel_kind k) {
 
 #define KVF_PANEL_SB 8 /* blocks per super-block */
 
+/* X-macro over the integer panel kinds (kernel tables instantiate one function per kind) */
+#define KVF_INT_PANELS(X) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q8_0) X(Q4_K) X(Q5_K) X(Q6_K)
+
 static inline int64_t kvf_panel_bytes(kvf_panel_kind k, int64_t n_in) {
     int64_t nb = n_in / KVF_QK;
     return nb * kvf_panel_block_bytes(k) + nb / KVF_PANEL_SB * kvf_panel_head_bytes(k);
