@@ -74,6 +74,7 @@ struct srv_sched {
     int             q_head, q_len, q_cap;
     int             n_busy;
     bool            stop;
+    bool            held; /* srv_sched_hold: queued jobs wait */
     double          avg_job_s; /* EWMA of job durations, for Retry-After */
 
     pthread_mutex_t cache_mu; /* the caches array (read by the metrics thread) */
@@ -529,7 +530,8 @@ static void *sched_main(void *arg) {
     srv_job   *adm[MAX_SLOTS];
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && s->q_len == 0 && s->n_busy == 0) pthread_cond_wait(&s->cv, &s->mu);
+        while (!s->stop && (s->q_len == 0 || s->held) && s->n_busy == 0)
+            pthread_cond_wait(&s->cv, &s->mu);
         if (s->stop) {
             pthread_mutex_unlock(&s->mu);
             break;
@@ -538,7 +540,7 @@ static void *sched_main(void *arg) {
         /* 1. cancelled or expired jobs leave the queue; 2. the rest take free slots */
         srv_job *gone[MAX_SLOTS * 8];
         int      n_gone = 0, n_adm = 0, keep = 0;
-        int      free_slots = s->p.n_slots - s->n_busy;
+        int      free_slots = s->held ? 0 : s->p.n_slots - s->n_busy;
         for (int i = 0; i < s->q_len; i++) {
             srv_job *j = s->q[(s->q_head + i) % s->q_cap];
             if ((atomic_load(&j->cancel) || expired(j, now)) && n_gone < (int)(sizeof gone / sizeof gone[0]))
@@ -693,6 +695,13 @@ void srv_sched_free(srv_sched *s) {
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->cache_mu);
     free(s);
+}
+
+void srv_sched_hold(srv_sched *s, bool hold) {
+    pthread_mutex_lock(&s->mu);
+    s->held = hold;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 srv_submit srv_sched_submit(srv_sched *s, srv_job *j, int *retry_after) {

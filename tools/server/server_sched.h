@@ -55,6 +55,9 @@ void srv_sched_free(srv_sched *s);
 
 typedef enum { SRV_SUBMIT_OK = 0, SRV_SUBMIT_BUSY = -1, SRV_SUBMIT_SHUTDOWN = -2 } srv_submit;
 
+/* While held, queued jobs stay queued (running ones go on); releasing admits them together.
+ * For tests that need several jobs to start in the same scheduling step. */
+void srv_sched_hold(srv_sched *s, bool hold);
 /* Queue a job (the scheduler takes its own reference). BUSY when slots and queue are full
  * (*retry_after: a suggested wait in seconds), SHUTDOWN when stopping. */
 srv_submit srv_sched_submit(srv_sched *s, srv_job *j, int *retry_after);
