@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-store bench-load fuzz clean format help
+        bench bench-peer bench-store bench-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -149,6 +149,10 @@ bench-load: all $(MODEL) ## server load test: 8 clients x 60 s, a3 vs full, MuSi
 
 fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay
+
+FUZZ_SECONDS ?= 300
+fuzz-long: ## fuzzing campaign: every libFuzzer target for FUZZ_SECONDS (300) each; table in build/fuzz/long-summary.txt
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n 10 scripts/fuzz.sh long
 
 # ---- evaluation (kvfuse eval; tools/eval/cmd_eval.c) -------------------------------------------
 # Long runs that reproduce the README's headline tables (on this 2-core machine, quiet: eval
