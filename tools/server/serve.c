@@ -285,6 +285,7 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit on the store is then a "disk full" error */
 
     char         err[512] = "";
     srv_tenants *tenants  = NULL;
