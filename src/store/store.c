@@ -566,6 +566,8 @@ static kvf_chunk *lookup(kvf_store *s, const kvf_chunk_key *key, bool deferred) 
             if (st == KVF_OK) {
                 if (memcmp(ev.key.b, key->b, 16) != 0) st = kvf_set_error(KVF_E_CORRUPT, "it holds the chunk of another key");
                 else if (memcmp(ev.model_id, s->model_id, 16) != 0) st = kvf_set_error(KVF_E_CORRUPT, "it was computed by another model");
+                /* the shape before decoding: a small zstd entry may claim a huge K/V size */
+                else if (ev.n_layer != s->n_layer || ev.kvd != s->kvd) st = kvf_set_error(KVF_E_CORRUPT, "its shape does not match the model");
                 else st = kvf_entry_to_chunk(&ev, &c);
                 kvf_entry_view_free(&ev);
             }
