@@ -149,14 +149,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char piece[256];
         REQUIRE(kvf_vocab_piece(v, ids[i], piece, sizeof piece, true) != INT32_MIN);
     }
-    if (!(flags & KVF_TOK_ADD_BOS)) {
+    bool spm = strcmp(kvf_vocab_pre_name(v), "spm") == 0;
+    /* SentencePiece with special tokens parsed: like llama.cpp, each text fragment after a
+     * special token gets the space prefix too, and decoding removes only the first: no exact
+     * round trip there by design */
+    if (!(flags & KVF_TOK_ADD_BOS) && !(spm && (flags & KVF_TOK_PARSE_SPECIAL))) {
         int32_t dn = kvf_vocab_decode(v, ids, n, NULL, 0, true);
         REQUIRE(dn <= 0 && dn != INT32_MIN);
         char *out = malloc((size_t)-dn + 1);
         REQUIRE(out);
         int32_t w = kvf_vocab_decode(v, ids, n, out, -dn + 1, true);
         REQUIRE(w == -dn);
-        REQUIRE((size_t)w == len && memcmp(out, text, len) == 0);
+        if (spm) {
+            /* SentencePiece writes spaces as U+2581 and reads every U+2581 back as a space:
+             * a "\xE2\x96\x81" in the text decodes as " " (as in SentencePiece itself) */
+            char  *want = malloc(len + 1);
+            size_t k    = 0;
+            REQUIRE(want);
+            for (size_t i = 0; i < len;) {
+                if (i + 3 <= len && memcmp(text + i, "\xE2\x96\x81", 3) == 0) want[k++] = ' ', i += 3;
+                else want[k++] = text[i++];
+            }
+            REQUIRE((size_t)w == k && memcmp(out, want, k) == 0);
+            free(want);
+        } else {
+            REQUIRE((size_t)w == len && memcmp(out, text, len) == 0);
+        }
         free(out);
     }
     free(ids);

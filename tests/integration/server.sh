@@ -58,7 +58,7 @@ start() {
     eval "URL_$name=http://127.0.0.1:$(cat "$T/$name.port")"
 }
 
-start main --ctx 2048 --parallel 2 --queue 4 --timeout 120 --max-body 200000
+start main --ctx 2048 --parallel 2 --queue 4 --timeout "$WAIT_S" --max-body 200000
 printf 'key-alpha-123 alpha\nkey-beta-4567 beta\nkey-admin-890 ops admin\n' > "$T/keys"
 start keys --ctx 1024 --parallel 1 --queue 2 --api-keys "$T/keys"
 start small --ctx 1024 --parallel 1 --queue 1 -q
@@ -198,7 +198,7 @@ check "huge chunked body: 413" is "$CODE" 413
 req PUT "$M" '{}'; check "wrong method: 405 + Allow" is "$CODE$(grep -ci '^allow: POST' "$T/hdrs")" 4051
 req GET "$U/v1/nothing"; check "unknown path: 404" is "$CODE" 404
 req GET "$U/v1/documents/not-an-id"; check "bad document id: 404" is "$CODE" 404
-raw() { printf "$1" | timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$(cat "$T/main.port"); cat >&3; cat <&3" 2>/dev/null; }
+raw() { printf "$1" | timeout 60 bash -c "exec 3<>/dev/tcp/127.0.0.1/$(cat "$T/main.port"); cat >&3; cat <&3" 2>/dev/null; }
 raw 'GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n' > "$T/garbage"
 check "malformed header line: 400" grep -q '^HTTP/1.1 400' "$T/garbage"
 raw 'GARBAGE\r\n\r\n' > /dev/null # libmicrohttpd closes the connection
