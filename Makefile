@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-store bench-load fuzz clean format help
+        bench bench-peer bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -147,8 +147,18 @@ bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from d
 bench-load: all $(MODEL) ## server load test: 8 clients x 60 s, a3 vs full, MuSiQue documents
 	bench/load_test.sh
 
+soak-crash: all ## crash soak: KILLS (1000) kill -9s of ingest/serve on a shared store, verified after each (bench/crash_soak.sh)
+	PYTHON=$$(scripts/python-deps.sh) nice -n 10 bench/crash_soak.sh $(or $(KILLS),1000)
+
+soak-load: all $(MODEL) ## load soak: CLIENTS (64) mixed clients x DURATION (600 s) against kvfuse serve (bench/load_soak.sh)
+	PYTHON=$$(scripts/python-deps.sh) nice -n 10 bench/load_soak.sh
+
 fuzz: ## build the libFuzzer targets and replay their seed corpora
 	scripts/fuzz.sh replay
+
+FUZZ_SECONDS ?= 300
+fuzz-long: ## fuzzing campaign: every libFuzzer target for FUZZ_SECONDS (300) each; table in build/fuzz/long-summary.txt
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice -n 10 scripts/fuzz.sh long
 
 # ---- evaluation (kvfuse eval; tools/eval/cmd_eval.c) -------------------------------------------
 # Long runs that reproduce the README's headline tables (on this 2-core machine, quiet: eval

@@ -11,6 +11,12 @@
 #   scripts/fuzz.sh merge NAME DIR [ARGS] add the inputs of DIR that reach new coverage to
 #                                        fuzz/corpus/NAME/ (libFuzzer -merge=1; keep the corpus
 #                                        small, e.g. ARGS -max_len=1500)
+#   scripts/fuzz.sh long [NAME...]       a campaign: every target (or those named) fuzzed for
+#                                        $FUZZ_SECONDS (default 300) each, one after the other,
+#                                        then a table of executions, coverage (edges, features),
+#                                        corpus size and crashes per target; the table also goes
+#                                        to build/fuzz/long-summary.txt. Exits non-zero on any
+#                                        crash (reproducers in build/fuzz/crash/NAME/).
 #   scripts/fuzz.sh build [NAME...]      only build
 #
 # Targets are built with clang -fsanitize=fuzzer,address,undefined into $FUZZ_BUILD
@@ -182,6 +188,35 @@ merge)
     build "$n" || exit 1
     [ "$MODE" = libfuzzer ] || die "merge needs clang with libFuzzer (FUZZ_CC)"
     "$B/fuzz_$n" -merge=1 "$@" "fuzz/corpus/$n" "$dir"
+    ;;
+long)
+    names=("$@")
+    [ ${#names[@]} -eq 0 ] && mapfile -t names < <(all_names)
+    secs=${FUZZ_SECONDS:-300}
+    build "${names[@]}" || exit 1
+    [ "$MODE" = libfuzzer ] || die "long needs clang with libFuzzer (FUZZ_CC)"
+    sum=$B/long-summary.txt
+    {
+        echo "fuzz campaign $(date -u +%Y-%m-%dT%H:%MZ), ${secs} s per target, $(nproc) CPUs, $("$FCC" --version | head -n 1)"
+        printf '%-10s %12s %9s %8s %9s %8s %7s\n' target executions exec/s edges features corpus crashes
+    } > "$sum"
+    total_crash=0
+    for n in "${names[@]}"; do
+        log=$B/long-$n.log
+        "$0" run "$n" "$secs" > "$log" 2>&1
+        execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
+        rate=$(grep -m1 'stat::average_exec_per_sec' "$log" | awk '{print $2}')
+        done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1)
+        cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$done_line")
+        ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
+        corp=$(sed -n 's/.*corp: \([0-9]*\/[0-9A-Za-z]*\).*/\1/p' <<<"$done_line")
+        crashes=$(find "$B/crash/$n" -type f 2>/dev/null | wc -l)
+        total_crash=$((total_crash + crashes))
+        printf '%-10s %12s %9s %8s %9s %8s %7s\n' "$n" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" \
+            "${corp:-?}" "$crashes" | tee -a "$sum"
+    done
+    echo "fuzz.sh: summary in $sum; logs in $B/long-NAME.log"
+    [ "$total_crash" -eq 0 ]
     ;;
 build)
     names=("$@")

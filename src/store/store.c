@@ -88,6 +88,8 @@ typedef struct kvf_store {
     char            werr_msg[512];
     bool            redis_werr_logged; /* writer thread only: this episode of failed Redis
                                           writes was logged */
+    bool            disk_werr_logged;  /* writer thread only: the same for disk writes */
+    atomic_bool     disk_rerr_logged;  /* any thread: an episode of failed disk reads */
     /* statistics */
     tstats       ts[KVF_TIER_COUNT];
     atomic_llong dropped;
@@ -289,6 +291,13 @@ static void give_back_deltas(kvf_store *s, const int64_t *d) {
     for (int i = 0; i < KVF_CTR_COUNT; i++) count(&s->pending[i], d[i]);
 }
 
+/* whether some chunk was written by these operations (the end of a failed-writes episode) */
+static bool puts_done(const kvf_lmdb_op *ops, int n) {
+    for (int i = 0; i < n; i++)
+        if (ops[i].kind == KVF_LMDB_PUT && ops[i].done) return true;
+    return false;
+}
+
 static void process_batch(kvf_store *s, witem *const *items, int n) {
     uint8_t      **bufs  = kvf_calloc((size_t)n, sizeof *bufs);
     size_t        *lens  = kvf_calloc((size_t)n, sizeof *lens);
@@ -334,8 +343,17 @@ static void process_batch(kvf_store *s, witem *const *items, int n) {
             bool       dd = false;
             kvf_status st = kvf_lmdb_write(s->disk, ops, nop, any ? deltas : NULL, &dd);
             if (st != KVF_OK) {
-                kvf_log(KVF_LOG_WARN, "store: %s", kvf_errmsg());
+                /* the disk tier is a cache too: chunks that could not be written stay in
+                 * memory or are computed again; a full map or disk is said once per episode
+                 * (every failed write is counted in the tier's errors) */
+                if (!s->disk_werr_logged)
+                    kvf_log(KVF_LOG_WARN, "store: %s; chunks are served from the other tiers or "
+                            "computed until writes succeed again", kvf_errmsg());
+                s->disk_werr_logged = true;
                 record_werr(s, st, kvf_errmsg());
+            } else if (s->disk_werr_logged && puts_done(ops, nop)) {
+                kvf_log(KVF_LOG_INFO, "store: writes to the disk tier succeed again");
+                s->disk_werr_logged = false;
             }
             if (any && !dd) give_back_deltas(s, deltas);
             for (int j = 0; j < nop; j++) {
@@ -509,6 +527,10 @@ static kvf_chunk *lookup(kvf_store *s, const kvf_chunk_key *key, bool deferred) 
         uint64_t      t1 = kvf_time_ns(), last;
         kvf_lmdb_mode mode = s->mem_budget ? KVF_LMDB_COPY : deferred && s->deferred ? KVF_LMDB_DEFERRED : KVF_LMDB_EAGER;
         kvf_status    st   = kvf_lmdb_get(s->disk, key, s->model_id, mode, &c, &last);
+        if ((st == KVF_OK || st == KVF_E_NOTFOUND || st == KVF_E_CORRUPT) &&
+            atomic_load_explicit(&s->disk_rerr_logged, memory_order_relaxed) &&
+            atomic_exchange(&s->disk_rerr_logged, false))
+            kvf_log(KVF_LOG_INFO, "store: reads from the disk tier succeed again");
         if (st == KVF_OK && !chunk_fits_model(s, c)) {
             st = kvf_set_error(KVF_E_CORRUPT, "%d layers x %d KV width, the model has %d x %d", c->n_layer, c->kvd, s->n_layer, s->kvd);
             kvf_chunk_release(c);
@@ -529,7 +551,8 @@ static kvf_chunk *lookup(kvf_store *s, const kvf_chunk_key *key, bool deferred) 
             count(&s->pending[KVF_CTR_MISSES_DISK], 1);
         } else {
             count(&s->ts[KVF_TIER_DISK].errors, 1);
-            kvf_log(KVF_LOG_WARN, "store: %s", kvf_errmsg());
+            if (!atomic_exchange(&s->disk_rerr_logged, true))
+                kvf_log(KVF_LOG_WARN, "store: %s; reading from the other tiers or computing", kvf_errmsg());
         }
     }
     if (s->redis_r) {
@@ -543,6 +566,8 @@ static kvf_chunk *lookup(kvf_store *s, const kvf_chunk_key *key, bool deferred) 
             if (st == KVF_OK) {
                 if (memcmp(ev.key.b, key->b, 16) != 0) st = kvf_set_error(KVF_E_CORRUPT, "it holds the chunk of another key");
                 else if (memcmp(ev.model_id, s->model_id, 16) != 0) st = kvf_set_error(KVF_E_CORRUPT, "it was computed by another model");
+                /* the shape before decoding: a small zstd entry may claim a huge K/V size */
+                else if (ev.n_layer != s->n_layer || ev.kvd != s->kvd) st = kvf_set_error(KVF_E_CORRUPT, "its shape does not match the model");
                 else st = kvf_entry_to_chunk(&ev, &c);
                 kvf_entry_view_free(&ev);
             }
@@ -699,6 +724,9 @@ kvf_status kvf_store_open(const kvf_model *model, const kvf_store_params *params
     if (st == KVF_OK && red) {
         st = kvf_redis_open(p.redis, p.redis_prefix, p.redis_timeout_ms, &s->redis_r);
         if (st == KVF_OK) st = kvf_redis_open(p.redis, p.redis_prefix, p.redis_timeout_ms, &s->redis_w);
+        /* the reader's handle says when the tier goes and comes back; the writer reports
+         * failed writes once per episode itself */
+        if (st == KVF_OK) kvf_redis_set_quiet(s->redis_w, true);
         if (st == KVF_OK && !(s->redis_addr = kvf_strdup(p.redis))) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
     }
     if (st == KVF_OK && (s->disk || s->redis_w)) {

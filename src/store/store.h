@@ -129,6 +129,9 @@ typedef struct kvf_redis kvf_redis;
  * with a back-off). KVF_E_INVAL for a malformed address. */
 kvf_status kvf_redis_open(const char *addr, const char *prefix, int timeout_ms, kvf_redis **out);
 void       kvf_redis_close(kvf_redis *r);
+/* Say nothing about the connection going down and coming back (a second handle to the same
+ * tier, whose user reports its own failures). */
+void kvf_redis_set_quiet(kvf_redis *r, bool quiet);
 /* A value read from Redis (the reply owns the bytes). */
 typedef struct kvf_redis_value {
     void          *reply;

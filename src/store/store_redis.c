@@ -46,6 +46,7 @@ struct kvf_redis {
     rnode           nodes[MAX_NODES]; /* [0]: the configured address */
     int             n_nodes;
     int8_t         *slot_node;        /* [N_SLOTS]: node serving a slot (-1: unknown, use 0) */
+    bool            quiet;            /* connection state not logged (kvf_redis_set_quiet) */
 };
 
 /* ---- cluster hash slots ------------------------------------------------------------------- */
@@ -105,11 +106,10 @@ static void node_fail(kvf_redis *r, rnode *n, const char *why) {
     if (n->ctx) redisFree(n->ctx);
     n->ctx      = NULL;
     n->retry_at = kvf_time_ns() + RETRY_NS;
-    if (!n->down)
+    if (!n->down && !r->quiet)
         kvf_log(KVF_LOG_WARN, "redis tier %s is unavailable (%s); continuing with the lower tiers, "
                               "retrying every second", node_name(n, name, sizeof name), why);
     n->down = true;
-    KVF_UNUSED(r);
 }
 
 static redisContext *node_ctx(kvf_redis *r, rnode *n) {
@@ -128,7 +128,7 @@ static redisContext *node_ctx(kvf_redis *r, rnode *n) {
     n->ctx = c;
     if (n->down) {
         char name[300];
-        kvf_log(KVF_LOG_WARN, "redis tier %s is back", node_name(n, name, sizeof name));
+        if (!r->quiet) kvf_log(KVF_LOG_WARN, "redis tier %s is back", node_name(n, name, sizeof name));
         n->down = false;
     }
     return c;
@@ -170,6 +170,12 @@ kvf_status kvf_redis_open(const char *addr, const char *prefix, int timeout_ms, 
     pthread_mutex_init(&r->mu, NULL);
     *out = r;
     return KVF_OK;
+}
+
+void kvf_redis_set_quiet(kvf_redis *r, bool quiet) {
+    pthread_mutex_lock(&r->mu);
+    r->quiet = quiet;
+    pthread_mutex_unlock(&r->mu);
 }
 
 void kvf_redis_close(kvf_redis *r) {

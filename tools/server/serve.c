@@ -10,12 +10,14 @@
 #include "server/server_metrics.h"
 #include "server/server_sched.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void help(void) {
     printf(
@@ -108,6 +110,26 @@ static char *model_id_from_path(const char *path) {
 }
 
 /* Memory of the slots' sessions with a context of n_ctx tokens (KV cache, scratch, history). */
+/* The port, written to FILE.tmp.PID and renamed onto FILE: the file appears complete, and only
+ * once the server is listening (the readiness signal scripts wait for). */
+static int write_port_file(const char *path, int port) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+        cli_fail("serve", "--port-file path too long");
+        return -1;
+    }
+    FILE *f  = fopen(tmp, "w");
+    int   ok = f != NULL;
+    if (f) ok = fprintf(f, "%d\n", port) > 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        cli_fail("serve", "cannot write --port-file '%s': %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
 static int64_t slots_memory(const kvf_model *m, const srv_sched_params *sp, int32_t n_ctx) {
     kvf_session_params p = kvf_session_default_params();
     p.n_ctx              = n_ctx;
@@ -263,6 +285,7 @@ int cmd_serve(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file size limit on the store is then a "disk full" error */
 
     char         err[512] = "";
     srv_tenants *tenants  = NULL;
@@ -303,13 +326,7 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     int port = srv_http_port(http);
-    if (port_file) {
-        FILE *f = fopen(port_file, "w");
-        if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0) {
-            cli_fail("serve", "cannot write --port-file '%s'", port_file);
-            goto out;
-        }
-    }
+    if (port_file && write_port_file(port_file, port) != 0) goto out;
     fprintf(stderr,
             "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s; "
             "documents: %s, ratio %.2f; chunk cache: %s; %s)\n",

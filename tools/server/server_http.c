@@ -7,6 +7,8 @@
 #include <netdb.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,7 @@ struct srv_http {
     srv_http_params    p;
     size_t             max_body;
     int                port;
-    bool               started;
+    atomic_bool        started;  /* set once listening; read by MHD's threads (mhd_log) */
     MHD_socket         quiesced; /* listening socket after quiesce; closed after stop */
     bool               has_quiesced;
 };
@@ -354,7 +356,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     srv_http *h = cls;
-    if (h->started && !h->p.verbose) return;
+    if (atomic_load_explicit(&h->started, memory_order_acquire) && !h->p.verbose) return;
     fprintf(stderr, "kvfuse serve: http: ");
     vfprintf(stderr, fmt, ap);
 }
@@ -412,7 +414,7 @@ srv_http *srv_http_start(const srv_http_params *p, srv_api *api, srv_sched *sche
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port    = di ? di->port : p->port;
-    h->started = true;
+    atomic_store_explicit(&h->started, true, memory_order_release);
     return h;
 }
 
