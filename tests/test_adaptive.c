@@ -44,15 +44,26 @@ static void test_rule_concentrated_vs_spread(void) {
     /* uniform: 95% of the mass needs 95% of the tokens */
     CHECK_EQ(kvf_adaptive_k(flat, N, N, &fp, &mass), 190);
     CHECK(fabsf(mass - 0.95f) < 1e-4f);
-    /* bounds: ratio_min lifts the concentrated case, ratio_max caps the uniform one; the
-     * bounds are fractions of base (T - q), the candidates may be fewer */
+    /* bounds: ratio_max caps the uniform case; they are fractions of base (T - q), the
+     * candidates may be fewer */
     fp = auto_params(0.95f, 0.1f, 0.5f);
-    CHECK_EQ(kvf_adaptive_k(conc, N, N, &fp, NULL), 20);
     CHECK_EQ(kvf_adaptive_k(flat, N, N, &fp, &mass), 100);
     CHECK(fabsf(mass - 0.5f) < 1e-4f);
     CHECK_EQ(kvf_adaptive_k(flat, N, 2 * N, &fp, NULL), 190); /* base 400: max 200, needs 190 */
-    CHECK_EQ(kvf_adaptive_k(conc, N, 1000, &fp, NULL), 100);  /* base 1000: min 100 */
     CHECK_EQ(kvf_adaptive_k(flat, 50, 1000, &fp, NULL), 50);  /* never more than n */
+    /* sinks: 3 huge scores, a block of 30 relevant tokens, noise. Uncapped, the sinks hold
+     * 99.9% and the floor (10 tokens) would do; capped at the floor's weakest score, the block
+     * decides: 30 tokens hold 0.95 of the capped mass only with most of the block */
+    float sink[N];
+    for (int i = 0; i < N; i++) sink[i] = 1e-5f;
+    sink[0] = sink[60] = sink[120] = 1000.0f;
+    for (int i = 0; i < 30; i++) sink[140 + i] = 0.5f + 0.01f * (float)i;
+    fp = auto_params(0.95f, 0.05f, 0.5f); /* floor 10 */
+    int32_t ks = kvf_adaptive_k(sink, N, N, &fp, &mass);
+    CHECK_MSG(ks >= 28 && ks <= 33, "sinks + a block of 30: k %d", ks);
+    CHECK(mass >= 0.95f);
+    fp = auto_params(0.95f, 0.0f, 0.5f); /* no floor, no cap: the sinks meet the target */
+    CHECK_EQ(kvf_adaptive_k(sink, N, N, &fp, NULL), 3);
 }
 
 static void test_rule_monotone_and_deterministic(void) {

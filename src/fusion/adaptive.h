@@ -15,8 +15,10 @@ kvf_status kvf_adaptive_check(const kvf_fuse_params *fp);
  * scores (higher = more in need of recompute; negative scores count as 0); base is the
  * ratio's denominator (T - q). With fp->ratio_auto unset: floor(base * fp->ratio), at most
  * n. With it: the smallest k whose top-k scores hold fp->fidelity of the scores' total mass,
- * clamped to [ceil(base * ratio_min), floor(base * ratio_max)] and to n. *mass (may be NULL)
- * receives the fraction of the mass the returned k covers (1 when the mass is zero).
+ * clamped to [ceil(base * ratio_min), floor(base * ratio_max)] and to n, every score first
+ * capped at the ceil(base * ratio_min)-th largest (the floor's tokens are recomputed anyway;
+ * attention sinks would otherwise meet the target alone). *mass (may be NULL) receives the
+ * fraction of the (capped) mass the returned k covers (1 when the mass is zero).
  * Deterministic, monotone in fp->fidelity. Returns -1 only when out of memory. */
 int32_t kvf_adaptive_k(const float *score, int32_t n, int32_t base, const kvf_fuse_params *fp,
                        float *mass);
