@@ -802,9 +802,9 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "kv_pairs", eo.kv_pairs);
     cJSON_AddNumberToObject(cfg, "ruler_keys", eo.ruler_keys);
     if (any_auto) { /* the auto runs' target and bounds (absent from older directories) */
-        cJSON_AddNumberToObject(cfg, "fidelity", fp.fidelity);
-        cJSON_AddNumberToObject(cfg, "ratio_min", fp.ratio_min);
-        cJSON_AddNumberToObject(cfg, "ratio_max", fp.ratio_max);
+        cJSON_AddNumberToObject(cfg, "fidelity", round(fp.fidelity * 1e6) / 1e6);
+        cJSON_AddNumberToObject(cfg, "ratio_min", round(fp.ratio_min * 1e6) / 1e6);
+        cJSON_AddNumberToObject(cfg, "ratio_max", round(fp.ratio_max * 1e6) / 1e6);
     }
     if (check_config(out_dir, cfg, err, sizeof err) != 0) {
         rc = cli_fail("eval", "%s", err);

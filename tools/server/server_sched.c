@@ -97,6 +97,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.decode_ratio  = 1.0;
     p.cache_bytes   = (size_t)2048 << 20;
     p.store         = NULL;
+    p.audit         = srv_audit_default_params(); /* rate 0: off */
     return p;
 }
 
