@@ -914,14 +914,6 @@ static void test_sched_audit(void) {
     free(run_one(s, j1));
     wait_audits(s, 2); /* j1's audit, then the live request's */
     wait_done(probe.live);
-    /* ordering: the live request arrived while j1's audit was in progress and was served
-     * completely before the audit ran its next unit */
-    CHECK(probe.submitted);
-    CHECK_EQ(probe.finished_at_submit, 0);
-    CHECK(probe.in_progress_at_submit);
-    CHECK_EQ(probe.live_done_next, 1);
-    CHECK_EQ(probe.live->err_status, 0);
-    CHECK(probe.units > 8); /* chunk 4: the prompt took many units */
     srv_audit_stats st;
     srv_audit_get_stats(a->audit, &st);
     CHECK_EQ(st.sampled, 2);
@@ -963,8 +955,17 @@ static void test_sched_audit(void) {
     CHECK_CONTAINS(t, "kvfuse_audit_first_token_agree_total{method=\"a3\"} 1");
     CHECK_CONTAINS(t, "kvfuse_audit_answer_f1_sum{method=\"a3\"} 1");
     free(t);
+    srv_sched_free(s); /* joins the inference thread: the probe is ours from here */
+    /* ordering: the live request arrived while j1's audit was in progress and was served
+     * completely before the audit ran its next unit */
+    CHECK(probe.submitted);
+    CHECK_EQ(probe.finished_at_submit, 0);
+    CHECK(probe.in_progress_at_submit);
+    CHECK_EQ(probe.live_done_next, 1);
+    CHECK_EQ(probe.live->err_status, 0);
+    CHECK(probe.units > 8); /* chunk 4: the prompt took many units */
+    CHECK_EQ(probe.finished, 2);
     srv_job_release(j1), srv_job_release(j3), srv_job_release(probe.live);
-    srv_sched_free(s);
     free(a);
     srv_docs_free(d);
     srv_metrics_free(m);
