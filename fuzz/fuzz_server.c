@@ -17,6 +17,7 @@
  */
 #include "../tests/synth.h"
 #include "../tools/server/server_api.c"
+#include "../tools/server/server_audit.c"
 #include "../tools/server/server_docs.c"
 #include "../tools/server/server_metrics.c"
 

@@ -269,6 +269,14 @@ typedef struct kvf_fuse_params {
     kvf_chunk_dtype dtype;       /* storage of precomputed chunk KV (f16) */
     bool            chunk_alone; /* precompute documents at position 0 without the prefix
                                     (default: after the system prefix, as in the prompt) */
+    /* adaptive ratio (--ratio auto; selective methods a3, cacheblend): instead of `ratio`,
+     * recompute the fewest top-scoring tokens that hold `fidelity` of the selection score's
+     * mass (the question's attention for a3, the KV deviation for cacheblend), with the
+     * ratio kept within [ratio_min, ratio_max]. stats->ratio_used reports the choice. */
+    bool            ratio_auto;  /* false */
+    float           fidelity;    /* target share of the score mass, (0, 1] (0.95) */
+    float           ratio_min;   /* 0.05 */
+    float           ratio_max;   /* 0.5 */
 } kvf_fuse_params;
 
 KVF_API kvf_fuse_params kvf_fuse_default_params(void);
@@ -288,6 +296,9 @@ typedef struct kvf_fuse_stats {
     double  ttft_ms;           /* load + rope + recompute + first token */
     int64_t kv_bytes_loaded;
     int32_t kept_after_evict;  /* cache tokens per KV head after eviction (0 = none) */
+    float   ratio_used;        /* selective methods: recomputed documents tokens / (T - q) */
+    float   score_mass;        /* selective methods: share of the selection score's mass the
+                                  recomputed tokens hold */
 } kvf_fuse_stats;
 
 /* Precomputed chunk KV, reference counted. */

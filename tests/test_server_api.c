@@ -8,6 +8,7 @@
 #include "synth.h"
 
 #include "../tools/server/server_api.c"
+#include "../tools/server/server_audit.c"
 #include "../tools/server/server_docs.c"
 #include "../tools/server/server_metrics.c"
 #include "../tools/server/server_sched.c"
@@ -826,6 +827,228 @@ static void test_sched_tenants(void) {
     srv_tenants_free(t);
 }
 
+/* ---- fidelity audit ---------------------------------------------------------------------- */
+
+/* what the audit hook saw, on the inference thread */
+typedef struct audit_probe {
+    srv_sched *s;
+    srv_job   *live;          /* submitted from the hook at the first audit unit */
+    int        units, finished;
+    int        finished_at_submit; /* audits finished when the live request was submitted */
+    int        submitted;
+    int        live_done_next;     /* at the next audit unit: the live request was done (1/0) */
+    int        in_progress_at_submit;
+} audit_probe;
+
+static void probe_hook(void *user, int r) {
+    audit_probe *p = user;
+    p->units++;
+    if (r == 1) p->finished++;
+    if (!p->submitted && p->live) {
+        int ra;
+        p->finished_at_submit    = p->finished;
+        p->in_progress_at_submit = srv_audit_in_progress(srv_sched_audit(p->s));
+        p->submitted             = srv_sched_submit(p->s, p->live, &ra) == SRV_SUBMIT_OK;
+    } else if (p->submitted && p->live_done_next < 0) {
+        pthread_mutex_lock(&p->live->mu);
+        p->live_done_next = p->live->state == SRV_JOB_DONE;
+        pthread_mutex_unlock(&p->live->mu);
+    }
+}
+
+static void wait_audits(srv_sched *s, uint64_t n) {
+    for (int k = 0; k < 6000; k++) { /* at most a minute: a bound on the wait, not an assertion */
+        srv_audit_stats st;
+        srv_audit_get_stats(srv_sched_audit(s), &st);
+        if (st.completed >= n) return;
+        usleep(10000);
+    }
+}
+
+static const cJSON *audit_case(const cJSON *audit, const char *id) {
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(audit, "worst")) {
+        if (jstr(c, "id") && !strcmp(jstr(c, "id"), id)) return c;
+    }
+    return NULL;
+}
+
+static void sched_gauges_cb(void *user, srv_gauges *g) {
+    srv_sched_gauges(user, g);
+}
+
+static void test_sched_audit(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots          = 2;
+    sp.n_ctx            = 512;
+    sp.n_threads        = 1;
+    sp.cache_bytes      = 64 << 20;
+    sp.audit            = srv_audit_default_params();
+    sp.audit.rate       = 1.0; /* every fused request */
+    sp.audit.cpu        = 1.0;
+    sp.audit.chunk      = 4;   /* many units per audit */
+    sp.audit.answer_tokens = 6;
+    audit_probe probe   = {.live_done_next = -1};
+    sp.audit_hook       = probe_hook;
+    sp.audit_hook_user  = &probe;
+    char       err[256];
+    srv_sched *s        = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    probe.s  = s;
+    a->audit = srv_sched_audit(s);
+    srv_metrics_set_source(m, sched_gauges_cb, s);
+    const char *exact = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is the key?\"}], \"max_tokens\": 6, "
+                        "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"], "
+                        "\"kvfuse\": {\"method\": \"a3\", \"ratio\": 1.0}}";
+    const char *lossy = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is the key?\"}], \"max_tokens\": 6, "
+                        "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"], "
+                        "\"kvfuse\": {\"method\": \"reuse\"}}";
+    const char *plain = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+    /* the live request the hook submits while the first audit runs */
+    probe.live = make_job(a, NULL, lossy);
+    srv_job *j1 = make_job(a, NULL, exact);
+    CHECK(j1 && probe.live);
+    if (!j1 || !probe.live) return;
+    free(run_one(s, j1));
+    wait_audits(s, 2); /* j1's audit, then the live request's */
+    wait_done(probe.live);
+    srv_audit_stats st;
+    srv_audit_get_stats(a->audit, &st);
+    CHECK_EQ(st.sampled, 2);
+    CHECK_EQ(st.completed, 2);
+    CHECK_EQ(st.pending, 0);
+    CHECK(st.yields >= 1);
+    CHECK(st.m[KVF_METHOD_A3].n == 1 && st.m[KVF_METHOD_REUSE].n == 1);
+    /* a plain prompt is not audited */
+    srv_job *j3 = make_job(a, NULL, plain);
+    free(run_one(s, j3));
+    srv_audit_get_stats(a->audit, &st);
+    CHECK_EQ(st.sampled, 2);
+    /* /v1/audit: a3 at ratio 1 is full prefill (KL ~ 0, same first token, same answer); reuse
+     * differs from full */
+    call_out o = call(a, "GET", "/v1/audit", NULL, NULL);
+    CHECK_EQ(o.status, 200);
+    const cJSON *c1 = audit_case(o.json, j1->id), *c2 = audit_case(o.json, probe.live->id);
+    CHECK(c1 && c2);
+    if (c1 && c2) {
+        CHECK_STR(jstr(c1, "method"), "a3");
+        CHECK_MSG(jnum(c1, "first_token_kl") >= 0 && jnum(c1, "first_token_kl") < 1e-3, "a3@1 KL %g", jnum(c1, "first_token_kl"));
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItem(c1, "first_token_agree")));
+        CHECK(jnum(c1, "answer_f1") == 1.0);
+        CHECK_STR(jstr(c1, "fused_answer"), jstr(c1, "full_answer"));
+        CHECK_STR(jstr(c2, "method"), "reuse");
+        CHECK_MSG(jnum(c2, "first_token_kl") > jnum(c1, "first_token_kl"), "reuse KL %g vs a3@1 %g",
+                  jnum(c2, "first_token_kl"), jnum(c1, "first_token_kl"));
+        /* worst first */
+        CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "worst"), 0) == c2);
+        CHECK_EQ(jnum(o.json, "completed"), 2);
+    }
+    call_free(&o);
+    /* /metrics exports the audit per method */
+    size_t n;
+    char  *t = srv_metrics_render(m, &n);
+    CHECK_CONTAINS(t, "kvfuse_audit_completed_total 2");
+    CHECK_CONTAINS(t, "kvfuse_audit_first_token_kl_count{method=\"a3\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_first_token_kl_count{method=\"reuse\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_first_token_agree_total{method=\"a3\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_answer_f1_sum{method=\"a3\"} 1");
+    free(t);
+    srv_sched_free(s); /* joins the inference thread: the probe is ours from here */
+    /* ordering: the live request arrived while j1's audit was in progress and was served
+     * completely before the audit ran its next unit */
+    CHECK(probe.submitted);
+    CHECK_EQ(probe.finished_at_submit, 0);
+    CHECK(probe.in_progress_at_submit);
+    CHECK_EQ(probe.live_done_next, 1);
+    CHECK_EQ(probe.live->err_status, 0);
+    CHECK(probe.units > 8); /* chunk 4: the prompt took many units */
+    CHECK_EQ(probe.finished, 2);
+    srv_job_release(j1), srv_job_release(j3), srv_job_release(probe.live);
+    free(a);
+    srv_docs_free(d);
+    srv_metrics_free(m);
+}
+
+/* off by default: no audit, /v1/audit says so, no audit metrics; admin-only with keys */
+static void test_audit_off_and_auth(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots          = 1;
+    sp.n_ctx            = 256;
+    sp.n_threads        = 1;
+    char       err[256];
+    srv_sched *s        = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s && srv_sched_audit(s) == NULL);
+    call_out o = call(a, "GET", "/v1/audit", NULL, NULL);
+    CHECK_EQ(o.status, 404);
+    CHECK_CONTAINS(o.body, "--audit-rate");
+    call_free(&o);
+    o = call(a, "POST", "/v1/audit", NULL, "{}");
+    CHECK_EQ(o.status, 405);
+    call_free(&o);
+    CHECK_EQ(srv_api_endpoint("/v1/audit"), SRV_EP_AUDIT);
+    size_t n;
+    char  *t = srv_metrics_render(m, &n);
+    CHECK(t && !strstr(t, "kvfuse_audit_"));
+    free(t);
+    srv_sched_free(s);
+    free(a);
+    const char  *keys = "key-alpha-123 alpha\nkey-admin-890 ops admin\n";
+    srv_tenants *tn   = srv_tenants_parse(keys, strlen(keys), err, sizeof err);
+    a                 = api_new(tn, d, m, 512);
+    o                 = call(a, "GET", "/v1/audit", "Bearer key-alpha-123", NULL);
+    CHECK_EQ(o.status, 403);
+    call_free(&o);
+    o = call(a, "GET", "/v1/audit", NULL, NULL);
+    CHECK_EQ(o.status, 401);
+    call_free(&o);
+    o = call(a, "GET", "/v1/audit", "Bearer key-admin-890", NULL);
+    CHECK_EQ(o.status, 404); /* admin, but the audit is off */
+    call_free(&o);
+    /* bad audit parameters are refused at startup */
+    sp.audit      = srv_audit_default_params();
+    sp.audit.rate = 1.5;
+    CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
+    CHECK_CONTAINS(err, "--audit-rate");
+    free(a);
+    srv_tenants_free(tn);
+    srv_docs_free(d);
+    srv_metrics_free(m);
+}
+
+/* the adaptive ratio through the API: "ratio": "auto" and "fidelity" */
+static void test_ratio_auto_api(void) {
+    srv_docs *d = srv_docs_new(0, 0);
+    srv_api  *a = api_new(NULL, d, NULL, 512);
+    call_out  o = call(a, "POST", "/v1/chat/completions", NULL,
+                       "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"documents\": [\"x y\"], "
+                       "\"kvfuse\": {\"ratio\": \"auto\", \"fidelity\": 0.8}}");
+    CHECK(o.job && o.job->fp.ratio_auto && fabsf(o.job->fp.fidelity - 0.8f) < 1e-6f);
+    call_free(&o);
+    static const char *const bad[][2] = {
+        {"{\"ratio\": \"most\"}", "kvfuse.ratio"},
+        {"{\"ratio\": \"auto\", \"fidelity\": 0}", "kvfuse.fidelity"},
+        {"{\"ratio\": \"auto\", \"fidelity\": 1.5}", "kvfuse.fidelity"},
+        {"{\"ratio\": 0.2, \"fidelity\": 0.9}", "needs"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char body[400];
+        snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}], \"documents\": [\"x\"], \"kvfuse\": %s}", bad[i][0]);
+        o = call(a, "POST", "/v1/chat/completions", NULL, body);
+        CHECK_EQ(o.status, 400);
+        CHECK_CONTAINS(o.body, bad[i][1]);
+        call_free(&o);
+    }
+    free(a);
+    srv_docs_free(d);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/kvf-test-server-%d", (int)getpid());
     char cmd[300];
@@ -850,6 +1073,9 @@ int main(void) {
     RUN(test_metrics);
     RUN(test_sched);
     RUN(test_sched_tenants);
+    RUN(test_sched_audit);
+    RUN(test_audit_off_and_auth);
+    RUN(test_ratio_auto_api);
     kvf_model_free(g_model);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

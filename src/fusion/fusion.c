@@ -24,6 +24,7 @@
 #include "common.h"
 #include "engine/forward.h"
 #include "engine/kv_cells.h"
+#include "fusion/adaptive.h"
 #include "store/store.h"
 
 #include <math.h>
@@ -65,7 +66,11 @@ kvf_fuse_params kvf_fuse_default_params(void) {
                          .evict       = KVF_EVICT_NONE,
                          .budget      = 1024,
                          .dtype       = KVF_CHUNK_F16,
-                         .chunk_alone = false};
+                         .chunk_alone = false,
+                         .ratio_auto  = false,
+                         .fidelity    = 0.95f,
+                         .ratio_min   = 0.05f,
+                         .ratio_max   = 0.5f};
     return p;
 }
 
@@ -621,6 +626,7 @@ static kvf_status ctx_init(fuse_ctx *c, kvf_session *s, kvf_chunk_cache *cache,
     if (n_segs < 2) return kvf_set_error(KVF_E_INVAL, "fusion needs a prefix and a question segment (n_segs >= 2)");
     if ((unsigned)fp->method >= KVF_METHOD_COUNT) return kvf_set_error(KVF_E_INVAL, "unknown fusion method %d", (int)fp->method);
     if (!(fp->ratio >= 0.0f && fp->ratio <= 1.0f)) return kvf_set_error(KVF_E_INVAL, "ratio %g is outside [0, 1]", (double)fp->ratio);
+    if (kvf_adaptive_check(fp) != KVF_OK) return KVF_E_INVAL;
     if (fp->score_layer < 1 || fp->score_layer >= s->m->hp.n_layer)
         return kvf_set_error(KVF_E_INVAL, "score layer %d must be in 1..%d", fp->score_layer, s->m->hp.n_layer - 1);
     if (fp->epic_k < 0 || fp->pool < 1 || fp->pool > 101 || fp->budget < 0)
@@ -750,8 +756,11 @@ static kvf_status run_fused(fuse_ctx *c, int32_t *rows, int32_t *n_rows_out, sel
         }
         double t0 = kvf_time_ms(), e0 = c->ensure_ms;
         if ((rc = select_pass(c, ss)) != KVF_OK) return rc;
-        int32_t k = (int32_t)floor((double)(c->T - c->q) * fp->ratio);
-        n_rows    = select_topk(c, ss->score, k, rows);
+        /* budget: fixed ratio, or chosen from the scores' concentration (adaptive.c) */
+        int32_t k = kvf_adaptive_k(ss->score + c->P, q0 - c->P, c->T - c->q, fp, &st->score_mass);
+        if (k < 0) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+        st->ratio_used = c->T > c->q ? (float)k / (float)(c->T - c->q) : 0.0f;
+        n_rows         = select_topk(c, ss->score, k, rows);
         st->recompute_ms += kvf_time_ms() - t0 - (c->ensure_ms - e0);
         /* residual streams of the selected rows entering the selection layer */
         for (int32_t i = 0; i < n_rows; i++)

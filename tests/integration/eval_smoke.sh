@@ -28,9 +28,10 @@ rm -f "$out/summary.json" "$out/report.html"
 "$KVFUSE" eval --report-only --out "$out" 2>"$tmp/err5"; rc5=$?
 "$KVFUSE" eval -m "$KVFUSE_MODEL" --dataset musique --data "$SHARED/data/musique-cacheblend/musique_s.json" \
     --limit 1 --show --out "$tmp/show" >"$tmp/show.jsonl" 2>"$tmp/err6"; rc6=$?
-for i in 1 2 3 4 5 6; do sed "s/^/  [run $i] /" "$tmp/err$i" | grep -v '^  \[run [0-9]\] eval: loading'; done
+ev --methods a3 --ratios 0.1,auto --fidelity 0.9 --out "$tmp/auto" 2>"$tmp/err7"; rc7=$?
+for i in 1 2 3 4 5 6 7; do sed "s/^/  [run $i] /" "$tmp/err$i" | grep -v '^  \[run [0-9]\] eval: loading'; done
 
-"$PYTHON" - "$tmp" "$out" "$rc1" "$rc2" "$rc3" "$rc4" "$rc5" "$rc6" <<'PY'
+"$PYTHON" - "$tmp" "$out" "$rc1" "$rc2" "$rc3" "$rc4" "$rc5" "$rc6" "$rc7" <<'PY'
 import json, math, os, sys
 tmp, out = sys.argv[1], sys.argv[2]
 rc = [int(x) for x in sys.argv[3:]]
@@ -134,6 +135,27 @@ if show:
     check(e["instruction"].startswith("You will be asked a question") and e["docs"][0].endswith("\n\n"), "CacheBlend's prefix and passages")
     check(4000 < e["total_tokens"] < 8192, f"about 6k tokens: {e['total_tokens']}")
 check(not os.path.exists(f"{tmp}/show"), "--show writes nothing")
+# --ratios auto: a record with ratio "auto", the ratio it picked within the default bounds, the
+# target in the configuration; summary and plots name it
+check(rc[6] == 0, f"--ratios 0.1,auto succeeds (rc {rc[6]})")
+ar = records(f"{tmp}/auto/results.jsonl")
+auto = [r for r in ar if r["method"] == "a3" and r["ratio"] == "auto"]
+check(len(ar) == 2 and len(auto) == 1, f"a3@0.1 and a3@auto recorded: {[key(r) for r in ar]}")
+if auto:
+    a = auto[0]
+    T, q = a["total_tokens"], a["question_tokens"]
+    check(a["fidelity"] == 0.9 and 0.05 - 1e-6 <= a["ratio_used"] <= 0.5 + 1e-6, f"auto: fidelity 0.9, ratio_used {a['ratio_used']} in [0.05, 0.5]")
+    check(a["recomputed_tokens"] - q == round(a["ratio_used"] * (T - q)), "auto: recomputed = ratio_used (T - q) + q")
+    check(0 < a["score_mass"] <= 1, "auto: score_mass in (0, 1]")
+    print(f"  a3@auto picked ratio {a['ratio_used']:.3f} (score mass {a['score_mass']:.3f})  tf {a['tf_agree']:.2f}  {a['answer']!r}")
+try: cfg = json.load(open(f"{tmp}/auto/config.json"))
+except Exception: cfg = {}
+check(cfg.get("fidelity") == 0.9 and cfg.get("ratio_min") == 0.05, "auto: the target and bounds are part of the configuration")
+amd = open(f"{tmp}/auto/summary.md").read() if os.path.exists(f"{tmp}/auto/summary.md") else ""
+check("| a3 | auto (" in amd, "summary.md: the auto row shows its mean ratio")
+try: asum = json.load(open(f"{tmp}/auto/summary.json"))
+except Exception: asum = {}
+check(any(r.get("ratio") == "auto" and "ratio_used" in r for r in asum.get("rows", [])), "summary.json: ratio \"auto\" with ratio_used")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY

@@ -292,6 +292,33 @@ else
     echo "  (the openai Python package is not installed: client check skipped)"
 fi
 
+# ---- adaptive ratio and the live fidelity audit ---------------------------------------------------
+start audit --ctx 1024 --parallel 1 --ratio auto --fidelity 0.9 --audit-rate 1 --audit-cpu 1 --audit-chunk 16 -q
+AU=$URL_audit
+req GET "$AU/v1/audit"; check "audit: empty at start" is "$(j "d['completed']")" 0
+req GET "$U/v1/audit"; check "audit off by default: 404" is "$CODE" 404
+req POST "$AU/v1/chat/completions" "{\"messages\": [$Q], \"documents\": $DOCS, \"max_tokens\": 8}"
+check "auto ratio: 200" is "$CODE" 200
+check "auto ratio: reported" is "$(j "d['kvfuse']['ratio_mode']")" auto
+check "auto ratio: within the default bounds" is "$(j "0.05 <= d['kvfuse']['ratio'] <= 0.5")" True
+AID=$(j "d['id']")
+done_=0
+for _ in $(seq 1 600); do # the audit runs once the server is idle (bounded wait, not a timing check)
+    req GET "$AU/v1/audit"
+    [ "$(j "d['completed']")" = 1 ] && { done_=1; break; }
+    sleep 0.1
+done
+check "audit: the fused request was prefilled in full" is "$done_" 1
+check "audit: lists the request" is "$(j "d['worst'][0]['id']")" "$AID"
+check "audit: KL and agreement" is "$(j "d['worst'][0]['first_token_kl'] >= 0 and d['worst'][0]['first_token_agree'] in (True, False)")" True
+check "audit: greedy answers compared" is "$(j "0 <= d['worst'][0]['answer_f1'] <= 1 and d['methods']['a3']['audits'] == 1")" True
+req POST "$AU/v1/chat/completions" "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 2}"
+req GET "$AU/metrics"
+check "audit metrics: KL per method" grep -q '^kvfuse_audit_first_token_kl_count{method="a3"} 1$' "$T/body"
+check "audit metrics: plain prompts are not sampled" grep -q '^kvfuse_audit_sampled_total 1$' "$T/body"
+check "audit metrics: answer F1" grep -q '^kvfuse_audit_answer_f1_count{method="a3"} 1$' "$T/body"
+req GET "$K/v1/audit" "" "${A[@]}"; check "audit needs an admin key" is "$CODE" 403
+
 # ---- shutdown -------------------------------------------------------------------------------------
 kill -TERM "$PID_main"
 st=1

@@ -88,6 +88,15 @@ double cli_float(const char *cmd, const char *opt, const char *val, double lo, d
     return v;
 }
 
+void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp) {
+    if (!strcmp(val, "auto")) {
+        fp->ratio_auto = true;
+        return;
+    }
+    fp->ratio_auto = false;
+    fp->ratio      = (float)cli_float(cmd, "--ratio", val, 0, 1);
+}
+
 int32_t *cli_tokenize_prompt(const char *cmd, const kvf_model *m, const char *text, bool chat,
                              const char *system, int32_t *n) {
     char *buf = NULL;

@@ -68,6 +68,16 @@ int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf
 /* Parse a non-negative integer / float option strictly; exits with a message when bad. */
 long   cli_int(const char *cmd, const char *opt, const char *val, long lo, long hi);
 double cli_float(const char *cmd, const char *opt, const char *val, double lo, double hi);
+/* --ratio: a number in [0, 1] (fixed ratio) or "auto" (fp->ratio_auto: the ratio is picked per
+ * request to reach fp->fidelity); exits with a message when bad. */
+void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
+/* the options and help lines of the adaptive ratio, shared by ask, eval and serve */
+#define CLI_FIDELITY_HELP                                                                        \
+    "      --fidelity F       --ratio auto: share of the selection score's mass (the question's\n" \
+    "                         attention for a3, the KV deviation for cacheblend) the recomputed\n" \
+    "                         tokens must hold, in (0, 1] (default 0.95)\n"                      \
+    "      --ratio-min R      --ratio auto: least ratio (default 0.05)\n"                        \
+    "      --ratio-max R      --ratio auto: largest ratio (default 0.5)\n"
 
 /* Tokenize `text` (special tokens parsed, BOS if the model wants it). With chat, wrap it as a
  * user message (after an optional system message) in the model's chat template and open the

@@ -26,7 +26,9 @@ static void help(void) {
         "                         format of ../shared/docs/fusion.md section 5)\n"
         "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), all, or a\n"
         "                         comma-separated list (e.g. full,a3), run in that order\n"
-        "      --ratio R          recompute ratio for the selective methods (default 0.15)\n"
+        "      --ratio R          recompute ratio for the selective methods (default 0.15), or\n"
+        "                         auto: picked per request (see --fidelity)\n"
+        CLI_FIDELITY_HELP
         "      --epic-k K         epic: tokens recomputed per document (default 16)\n"
         "      --score-layer L    a3/cacheblend: selection layer (default 1)\n"
         "      --per-head         a3: softmax per head then mean (default: heads merged)\n"
@@ -117,7 +119,8 @@ int cmd_ask(int argc, char **argv) {
         {"n-predict", required_argument, 0, 'n'}, {"threads", required_argument, 0, 't'},
         {"json", no_argument, 0, 'J'},            {"isa", required_argument, 0, 'I'},
         {"rows", no_argument, 0, 'R'},            {"ctx", required_argument, 0, 'c'},
-        {"kv", required_argument, 0, 'V'},
+        {"kv", required_argument, 0, 'V'},        {"fidelity", required_argument, 0, 'F'},
+        {"ratio-min", required_argument, 0, 'i'}, {"ratio-max", required_argument, 0, 'x'},
         {"precision", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
         CLI_STORE_OPTIONS,                        {0, 0, 0, 0}};
     const char     *model = NULL, *docs_json = NULL, *question = NULL, *system = NULL,
@@ -146,7 +149,10 @@ int cmd_ask(int argc, char **argv) {
         case 'P': prefix = optarg; break;
         case 'M': musique = true; break;
         case 'k': method = optarg; break;
-        case 'r': fp.ratio = (float)cli_float("ask", "--ratio", optarg, 0, 1); break;
+        case 'r': cli_ratio("ask", optarg, &fp); break;
+        case 'F': fp.fidelity = (float)cli_float("ask", "--fidelity", optarg, 1e-6, 1); break;
+        case 'i': fp.ratio_min = (float)cli_float("ask", "--ratio-min", optarg, 0, 1); break;
+        case 'x': fp.ratio_max = (float)cli_float("ask", "--ratio-max", optarg, 0, 1); break;
         case 'e': fp.epic_k = (int32_t)cli_int("ask", "--epic-k", optarg, 0, 1 << 20); break;
         case 'L': fp.score_layer = (int32_t)cli_int("ask", "--score-layer", optarg, 1, 1024); break;
         case 'H': fp.a3_per_head = true; break;
@@ -318,8 +324,13 @@ int cmd_ask(int argc, char **argv) {
         text[len]     = 0;
         double tok_s  = steps > 0 && dec_ms > 0 ? steps / dec_ms * 1e3 : 0;
         if (json) {
-            printf("{\"method\": \"%s\", \"ratio\": %.4g, \"text\": ", kvf_method_name(fp.method),
-                   fp.method >= KVF_METHOD_CACHEBLEND ? fp.ratio : 0.0f);
+            bool sel = fp.method == KVF_METHOD_CACHEBLEND || fp.method == KVF_METHOD_A3;
+            printf("{\"method\": \"%s\", \"ratio\": %.4g, ", kvf_method_name(fp.method),
+                   sel ? (fp.ratio_auto ? st.ratio_used : fp.ratio) : 0.0f);
+            if (sel && fp.ratio_auto)
+                printf("\"ratio_auto\": true, \"fidelity\": %.4g, \"score_mass\": %.4f, ",
+                       fp.fidelity, st.score_mass);
+            printf("\"text\": ");
             json_str(stdout, text, len);
             printf(", \"tokens\": %d, \"total_tokens\": %d, \"prefix_tokens\": %d, "
                    "\"question_tokens\": %d, \"recomputed_tokens\": %d, \"reused_tokens\": %d, "
@@ -363,6 +374,10 @@ int cmd_ask(int argc, char **argv) {
                     kvf_method_name(fp.method), st.ttft_ms, rel, st.load_ms, st.rope_ms,
                     st.recompute_ms, st.first_token_ms, st.recomputed_tokens, st.total_tokens,
                     n_tok, tok_s);
+            if (fp.ratio_auto && (fp.method == KVF_METHOD_CACHEBLEND || fp.method == KVF_METHOD_A3))
+                fprintf(stderr, "  [%s] ratio auto: %.3f (the recomputed tokens hold %.1f%% of the "
+                                "selection score; target %.1f%%)\n",
+                        kvf_method_name(fp.method), st.ratio_used, 100 * st.score_mass, 100 * fp.fidelity);
         }
         fflush(stdout);
         free(text);

@@ -55,7 +55,10 @@ static void help(void) {
         "      --out DIR         results directory (created; existing results are kept)\n"
         "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3 (default:\n"
         "                        all). full always runs first (it is the fidelity reference)\n"
-        "      --ratios LIST     recompute ratios of cacheblend and a3 (default 0.15)\n"
+        "      --ratios LIST     recompute ratios of cacheblend and a3 (default 0.15); \"auto\"\n"
+        "                        picks the ratio per request (--fidelity, --ratio-min, --ratio-max)\n"
+        "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)\n"
+        "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)\n"
         "      --limit N         the first N examples only (default: all)\n"
         "  -n, --n-predict N     answer tokens at most, greedy (default 32)\n"
         "      --epic-k K        epic: tokens recomputed per document (default 16)\n"
@@ -111,6 +114,31 @@ static int parse_doubles(const char *opt, const char *val, double lo, double hi,
         exit(2);
     }
     for (int i = 0; i < n; i++) out[i] = cli_float("eval", opt, items[i], lo, hi);
+    free(buf);
+    return n;
+}
+
+/* --ratios: numbers in (0, 1] or "auto" (EVAL_RATIO_AUTO) */
+static int parse_ratios(const char *val, double *out) {
+    char *items[MAX_LIST], *buf;
+    int   n = split_list(val, items, MAX_LIST, &buf);
+    if (n <= 0) {
+        free(buf);
+        cli_fail("eval", "--ratios expects a comma-separated list of 1..%d ratios or auto", MAX_LIST);
+        exit(2);
+    }
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(items[i], "auto")) {
+            out[i] = EVAL_RATIO_AUTO;
+            continue;
+        }
+        out[i] = cli_float("eval", "--ratios", items[i], 0, 1);
+        if (!(out[i] > 0)) {
+            free(buf);
+            cli_fail("eval", "--ratios must be > 0 (or auto)");
+            exit(2);
+        }
+    }
     free(buf);
     return n;
 }
@@ -178,7 +206,9 @@ static int has_ratio(int method) {
 }
 
 static void spec_label(const spec *s, char *buf, size_t n) {
-    if (s->ratio >= 0) snprintf(buf, n, "%s@%.4g", kvf_method_name((kvf_method)s->method), s->ratio);
+    char rk[32];
+    eval_ratio_key(s->ratio, rk, sizeof rk);
+    if (s->ratio >= 0) snprintf(buf, n, "%s@%s", kvf_method_name((kvf_method)s->method), rk);
     else snprintf(buf, n, "%s", kvf_method_name((kvf_method)s->method));
 }
 
@@ -321,7 +351,14 @@ static char *format_record(const run_out *o) {
     jstr(f, "id", e->id);
     fprintf(f, ", \"index\": %d", e->index);
     jstr(f, "method", kvf_method_name((kvf_method)o->sp->method));
-    jnum(f, "ratio", o->sp->ratio >= 0 ? o->sp->ratio : NAN);
+    if (o->sp->ratio == EVAL_RATIO_AUTO) {
+        fprintf(f, ", \"ratio\": \"auto\"");
+        jnum(f, "fidelity", o->fp->fidelity);
+        jnum(f, "ratio_used", o->st->ratio_used);
+        jnum(f, "score_mass", o->st->score_mass);
+    } else {
+        jnum(f, "ratio", o->sp->ratio >= 0 ? o->sp->ratio : NAN);
+    }
     if (o->sp->method == KVF_METHOD_EPIC) fprintf(f, ", \"epic_k\": %d", o->fp->epic_k);
     if (has_ratio(o->sp->method)) fprintf(f, ", \"score_layer\": %d", o->fp->score_layer);
     if (e->task) jstr(f, "task", e->task);
@@ -574,7 +611,8 @@ int cmd_eval(int argc, char **argv) {
         {"threads", required_argument, 0, 't'},    {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'},  {"report-only", no_argument, 0, 'R'},
         {"no-progress", no_argument, 0, 'Q'},      {"show", no_argument, 0, 'S'},
-        {"help", no_argument, 0, 'h'},
+        {"fidelity", required_argument, 0, 'F'},   {"ratio-min", required_argument, 0, 'i'},
+        {"ratio-max", required_argument, 0, 'x'},  {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     const char     *model = NULL, *out_dir = NULL, *isa = NULL, *methods_arg = NULL;
     eval_options    eo    = eval_default_options();
@@ -594,7 +632,10 @@ int cmd_eval(int argc, char **argv) {
         case 'd': eo.data = optarg; break;
         case 'o': out_dir = optarg; break;
         case 'M': methods_arg = optarg; break;
-        case 'r': n_ratios = parse_doubles("--ratios", optarg, 0, 1, ratios); break;
+        case 'r': n_ratios = parse_ratios(optarg, ratios); break;
+        case 'F': fp.fidelity = (float)cli_float("eval", "--fidelity", optarg, 1e-6, 1); break;
+        case 'i': fp.ratio_min = (float)cli_float("eval", "--ratio-min", optarg, 0, 1); break;
+        case 'x': fp.ratio_max = (float)cli_float("eval", "--ratio-max", optarg, 0, 1); break;
         case 'l': limit = (int)cli_int("eval", "--limit", optarg, 0, 1 << 30); break;
         case 'n': n_predict = (int)cli_int("eval", "--n-predict", optarg, 1, 1024); break;
         case 'e': fp.epic_k = (int32_t)cli_int("eval", "--epic-k", optarg, 0, 1 << 20); break;
@@ -686,8 +727,10 @@ int cmd_eval(int argc, char **argv) {
         }
         free(buf);
     }
-    for (int i = 0; i < n_ratios; i++)
-        if (!(ratios[i] > 0)) return free(task_buf), cli_fail("eval", "--ratios must be > 0");
+    int any_auto = 0;
+    for (int i = 0; i < n_ratios; i++) any_auto |= ratios[i] == EVAL_RATIO_AUTO;
+    if (any_auto && fp.ratio_min > fp.ratio_max)
+        return free(task_buf), cli_fail("eval", "--ratio-min must be <= --ratio-max");
     /* specs[0] is always full: the reference of the fidelity metrics runs first in every
      * example, and is recorded only when it was asked for */
     spec specs[KVF_METHOD_COUNT * MAX_LIST + 1];
@@ -758,6 +801,11 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "seed", (double)eo.seed);
     cJSON_AddNumberToObject(cfg, "kv_pairs", eo.kv_pairs);
     cJSON_AddNumberToObject(cfg, "ruler_keys", eo.ruler_keys);
+    if (any_auto) { /* the auto runs' target and bounds (absent from older directories) */
+        cJSON_AddNumberToObject(cfg, "fidelity", round(fp.fidelity * 1e6) / 1e6);
+        cJSON_AddNumberToObject(cfg, "ratio_min", round(fp.ratio_min * 1e6) / 1e6);
+        cJSON_AddNumberToObject(cfg, "ratio_max", round(fp.ratio_max * 1e6) / 1e6);
+    }
     if (check_config(out_dir, cfg, err, sizeof err) != 0) {
         rc = cli_fail("eval", "%s", err);
         goto out;
@@ -882,7 +930,8 @@ int cmd_eval(int argc, char **argv) {
             spec_label(sp_k, label, sizeof label);
             progress_draw(&pr, ex->id, label);
             fp.method = (kvf_method)sp_k->method;
-            fp.ratio  = sp_k->ratio >= 0 ? (float)sp_k->ratio : 0.15f;
+            fp.ratio      = sp_k->ratio > 0 ? (float)sp_k->ratio : 0.15f;
+            fp.ratio_auto = sp_k->ratio == EVAL_RATIO_AUTO;
             kvf_fuse_stats st;
             if (kvf_session_fuse(s, cache, req.segs, req.n_segs, &fp, &st) != KVF_OK) {
                 fprintf(stderr, "\nkvfuse eval: %s %s: %s\n", ex->id, label, kvf_errmsg());

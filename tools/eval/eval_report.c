@@ -16,6 +16,7 @@
 
 void eval_ratio_key(double ratio, char *buf, size_t n) {
     if (!(ratio >= 0)) snprintf(buf, n, "-");
+    else if (ratio == EVAL_RATIO_AUTO) snprintf(buf, n, "auto");
     else snprintf(buf, n, "%.4g", ratio);
 }
 
@@ -47,12 +48,16 @@ int eval_rec_parse(const char *line, size_t len, eval_rec *r) {
     r->method = str(o, "method");
     r->task   = str(o, "task");
     r->metric = str(o, "metric");
-    double ra = num(o, "ratio");
-    r->ratio  = isnan(ra) ? -1 : ra;
+    double       ra = num(o, "ratio");
+    const cJSON *rj = cJSON_GetObjectItemCaseSensitive(o, "ratio");
+    r->ratio        = cJSON_IsString(rj) && !strcmp(rj->valuestring, "auto") ? EVAL_RATIO_AUTO
+                      : isnan(ra)                                            ? -1
+                                                                             : ra;
 #define F(field) r->field = num(o, #field)
     F(score), F(em), F(fid_em), F(fid_f1), F(kl), F(top1_first), F(tf_agree), F(ttft_ms);
     F(load_ms), F(rope_ms), F(recompute_ms), F(first_token_ms), F(tpot_ms), F(precompute_ms);
     F(recomputed_frac), F(compute_frac), F(kv_bytes_loaded), F(length), F(depth), F(total_tokens);
+    F(ratio_used);
 #undef F
     cJSON_Delete(o);
     if (!r->id || !r->method) {
@@ -134,12 +139,12 @@ double eval_mean_finite(const double *v, int n, int *n_out) {
 
 enum {
     M_SCORE, M_EM, M_FID_EM, M_FID_F1, M_KL, M_TOP1, M_TF, M_TTFT, M_LOAD, M_ROPE, M_RECOMP,
-    M_FIRST, M_TPOT, M_PRECOMP, M_RECFRAC, M_COMPFRAC, M_KVB, M_TOKENS, M_N
+    M_FIRST, M_TPOT, M_PRECOMP, M_RECFRAC, M_COMPFRAC, M_KVB, M_TOKENS, M_RATIO_USED, M_N
 };
 static const char *const M_NAME[M_N] = {
     "score", "em", "fid_em", "fid_f1", "kl", "top1_first", "tf_agree", "ttft_ms", "load_ms",
     "rope_ms", "recompute_ms", "first_token_ms", "tpot_ms", "precompute_ms", "recomputed_frac",
-    "compute_frac", "kv_bytes_loaded", "total_tokens"};
+    "compute_frac", "kv_bytes_loaded", "total_tokens", "ratio_used"};
 
 static double rec_field(const eval_rec *r, int m) {
     switch (m) {
@@ -160,6 +165,7 @@ static double rec_field(const eval_rec *r, int m) {
     case M_RECFRAC: return r->recomputed_frac;
     case M_COMPFRAC: return r->compute_frac;
     case M_KVB: return r->kv_bytes_loaded;
+    case M_RATIO_USED: return r->ratio_used;
     default: return r->total_tokens;
     }
 }
@@ -265,7 +271,9 @@ static void free_groups(group *g, int n) {
 }
 
 static void group_label(const group *g, char *buf, size_t n) {
-    if (g->ratio >= 0) snprintf(buf, n, "%s@%.4g", g->method, g->ratio);
+    char rk[32];
+    eval_ratio_key(g->ratio, rk, sizeof rk);
+    if (g->ratio >= 0) snprintf(buf, n, "%s@%s", g->method, rk);
     else snprintf(buf, n, "%s", g->method);
 }
 
@@ -383,7 +391,8 @@ static void summary_md(FILE *f, const group *g, int ng, const char *score_col) {
         const group *G = &g[k];
         fputs("| ", f);
         md_esc(f, G->method);
-        if (G->ratio >= 0) fprintf(f, " | %.4g |", G->ratio);
+        if (G->ratio == EVAL_RATIO_AUTO) fprintf(f, " | auto (%.3f) |", G->mean[M_RATIO_USED]);
+        else if (G->ratio >= 0) fprintf(f, " | %.4g |", G->ratio);
         else fputs(" | - |", f);
         fprintf(f, " %d |", G->n);
         if (isfinite(G->mean[M_SCORE])) {
@@ -432,7 +441,8 @@ static const char *const COLUMN_NOTES =
 static cJSON *group_json(const group *G) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "method", G->method);
-    if (G->ratio >= 0) cJSON_AddNumberToObject(o, "ratio", rnd9(G->ratio));
+    if (G->ratio == EVAL_RATIO_AUTO) cJSON_AddStringToObject(o, "ratio", "auto");
+    else if (G->ratio >= 0) cJSON_AddNumberToObject(o, "ratio", rnd9(G->ratio));
     else cJSON_AddNullToObject(o, "ratio");
     cJSON_AddNumberToObject(o, "n", G->n);
     for (int m = 0; m < M_N; m++) {
@@ -540,8 +550,14 @@ static double nice_step(double range) {
     return p * (r < 1.5 ? 1 : r < 3.5 ? 2 : r < 7.5 ? 5 : 10);
 }
 
+/* the x of a group: its ratio, or for --ratios auto the mean ratio its requests picked */
+static double group_x(const group *g) {
+    return g->ratio == EVAL_RATIO_AUTO ? g->mean[M_RATIO_USED] : g->ratio;
+}
+
 /* one chart: metric m of every group (x 'scale') against the ratio; methods without a ratio are
- * dashed horizontal lines. Returns 0 when there is nothing to plot. */
+ * dashed horizontal lines; --ratios auto is a diamond at its mean picked ratio. Returns 0 when
+ * there is nothing to plot. */
 static int svg_vs_ratio(FILE *f, const group *g, int ng, int m, double scale, const char *title,
                         const char *ylabel) {
     double xmax = 0, ymin = INFINITY, ymax = -INFINITY;
@@ -550,7 +566,7 @@ static int svg_vs_ratio(FILE *f, const group *g, int ng, int m, double scale, co
         if (!g[k].cnt[m]) continue;
         double y = g[k].mean[m] * scale;
         any      = 1;
-        if (g[k].ratio > xmax) xmax = g[k].ratio;
+        if (isfinite(group_x(&g[k])) && group_x(&g[k]) > xmax) xmax = group_x(&g[k]);
         if (y < ymin) ymin = y;
         if (y > ymax) ymax = y;
     }
@@ -597,10 +613,18 @@ static int svg_vs_ratio(FILE *f, const group *g, int ng, int m, double scale, co
             } else {
                 fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col);
                 for (int i = k; i < e; i++)
-                    if (g[i].cnt[m]) fprintf(f, "%.1f,%.1f ", PX(g[i].ratio), PY(g[i].mean[m] * scale));
+                    if (g[i].cnt[m] && g[i].ratio != EVAL_RATIO_AUTO) fprintf(f, "%.1f,%.1f ", PX(g[i].ratio), PY(g[i].mean[m] * scale));
                 fprintf(f, "\"/>\n");
-                for (int i = k; i < e; i++)
-                    if (g[i].cnt[m]) fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"/>\n", PX(g[i].ratio), PY(g[i].mean[m] * scale), col);
+                for (int i = k; i < e; i++) {
+                    if (!g[i].cnt[m]) continue;
+                    if (g[i].ratio != EVAL_RATIO_AUTO) {
+                        fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"/>\n", PX(g[i].ratio), PY(g[i].mean[m] * scale), col);
+                    } else if (isfinite(group_x(&g[i]))) {
+                        double x = PX(group_x(&g[i])), y = PY(g[i].mean[m] * scale);
+                        fprintf(f, "<path d=\"M%.1f %.1fl7 7l-7 7l-7 -7z\" fill=\"white\" stroke=\"%s\" stroke-width=\"2\"/>\n", x, y - 7, col);
+                        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">auto</text>\n", x + 9, y - 8);
+                    }
+                }
             }
             int ly = T + 10 + legend * 20;
             fprintf(f, "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"2\"%s/>\n", L + pw + 12, L + pw + 36, ly, ly, col,
@@ -674,7 +698,8 @@ int eval_write_outputs(const char *dir, const char *title, const eval_recs *rs, 
                     if (!n) continue;
                     cJSON *c = cJSON_CreateObject();
                     cJSON_AddStringToObject(c, "method", g[k].method);
-                    if (g[k].ratio >= 0) cJSON_AddNumberToObject(c, "ratio", rnd9(g[k].ratio));
+                    if (g[k].ratio == EVAL_RATIO_AUTO) cJSON_AddStringToObject(c, "ratio", "auto");
+                    else if (g[k].ratio >= 0) cJSON_AddNumberToObject(c, "ratio", rnd9(g[k].ratio));
                     else cJSON_AddNullToObject(c, "ratio");
                     cJSON_AddNumberToObject(c, "length", L[i]);
                     cJSON_AddNumberToObject(c, "depth", rnd9(D[j]));
@@ -705,7 +730,8 @@ int eval_write_outputs(const char *dir, const char *title, const eval_recs *rs, 
                 }
                 cJSON *c = cJSON_CreateObject();
                 cJSON_AddStringToObject(c, "method", g[k].method);
-                if (g[k].ratio >= 0) cJSON_AddNumberToObject(c, "ratio", rnd9(g[k].ratio));
+                if (g[k].ratio == EVAL_RATIO_AUTO) cJSON_AddStringToObject(c, "ratio", "auto");
+                else if (g[k].ratio >= 0) cJSON_AddNumberToObject(c, "ratio", rnd9(g[k].ratio));
                 else cJSON_AddNullToObject(c, "ratio");
                 cJSON_AddStringToObject(c, "task", r->task);
                 cJSON_AddNumberToObject(c, "length", r->length);

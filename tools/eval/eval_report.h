@@ -19,6 +19,7 @@ typedef struct eval_rec {
     double recomputed_frac, compute_frac, kv_bytes_loaded;
     double length, depth;                        /* grid coordinates (NAN if none) */
     double total_tokens;
+    double ratio_used;                           /* the ratio an auto run picked (else NAN) */
 } eval_rec;
 
 typedef struct eval_recs {
@@ -37,7 +38,10 @@ void eval_recs_free(eval_recs *r);
 int  eval_rec_parse(const char *line, size_t len, eval_rec *rec);
 void eval_rec_free(eval_rec *r);
 
-/* "-" for no ratio, else "%.4g" of the ratio: the key used to match runs */
+/* The ratio of a run with --ratios auto (fixed ratios are > 0): records write "ratio": "auto"
+ * (with "ratio_used", the ratio the request picked, and "fidelity"). */
+#define EVAL_RATIO_AUTO 0.0
+/* "-" for no ratio, "auto", else "%.4g" of the ratio: the key used to match runs */
 void eval_ratio_key(double ratio, char *buf, size_t n);
 
 /* Write DIR/summary.json, DIR/summary.md, DIR/report.md, DIR/report.html and the SVG plots

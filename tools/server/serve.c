@@ -54,7 +54,21 @@ static void help(void) {
         "      --max-tokens N      default answer limit of chat requests (default 1024)\n"
         "      --method M          fusion method of document requests without one: full, prefix,\n"
         "                          reuse, epic, cacheblend, a3 (default a3)\n"
-        "      --ratio R           default recompute ratio (default 0.15)\n"
+        "      --ratio R           default recompute ratio (default 0.15), or auto: picked per\n"
+        "                          request (see --fidelity; a request may send \"ratio\": \"auto\")\n"
+        "      --fidelity F        --ratio auto: share of the selection score's mass (a3: the\n"
+        "                          question's attention) the recomputed tokens hold (default 0.95)\n"
+        "      --ratio-min R       --ratio auto: least ratio (default 0.05)\n"
+        "      --ratio-max R       --ratio auto: largest ratio (default 0.5)\n"
+        "      --audit-rate R      live fidelity audit: share of fused requests also prefilled\n"
+        "                          in full while the server is idle, compared with the fused\n"
+        "                          answer on /metrics and GET /v1/audit (default 0 = off;\n"
+        "                          0.02 = every 50th fused request)\n"
+        "      --audit-cpu F       share of the time the audit may take (default 0.1)\n"
+        "      --audit-chunk N     prompt tokens per audit step: a request arriving during an\n"
+        "                          audit waits for at most one step (default 32)\n"
+        "      --audit-tokens N    greedy answer tokens compared (default 16; 0 = first token\n"
+        "                          only; requests with temperature > 0: first token only)\n"
         "      --evict E           default eviction after fusion: none, snapkv, streaming\n"
         "      --temp T            default temperature (default 0 = greedy; OpenAI's is 1)\n"
         "      --cache-mb N        memory chunk cache per tenant, MiB (default 2048; 0 = no\n"
@@ -109,7 +123,6 @@ static char *model_id_from_path(const char *path) {
     return s;
 }
 
-/* Memory of the slots' sessions with a context of n_ctx tokens (KV cache, scratch, history). */
 /* The port, written to FILE.tmp.PID and renamed onto FILE: the file appears complete, and only
  * once the server is listening (the readiness signal scripts wait for). */
 static int write_port_file(const char *path, int port) {
@@ -130,13 +143,15 @@ static int write_port_file(const char *path, int port) {
     return 0;
 }
 
+/* Memory of the slots' sessions with a context of n_ctx tokens (KV cache, scratch, history),
+ * plus the fidelity audit's session when --audit-rate is on. */
 static int64_t slots_memory(const kvf_model *m, const srv_sched_params *sp, int32_t n_ctx) {
     kvf_session_params p = kvf_session_default_params();
     p.n_ctx              = n_ctx;
     p.n_threads          = sp->n_threads;
     p.kv_type            = sp->kv_type;
     int64_t one          = kvf_session_memory(m, &p);
-    return one < 0 ? -1 : (one + 4 * (int64_t)n_ctx) * sp->n_slots;
+    return one < 0 ? -1 : (one + 4 * (int64_t)n_ctx) * (sp->n_slots + (sp->audit.rate > 0));
 }
 
 /* The slots' context: without --ctx the model's training context, lowered (with a note) until
@@ -207,6 +222,10 @@ int cmd_serve(int argc, char **argv) {
         {"verbose", no_argument, 0, 'v'},          {"help", no_argument, 0, 'h'},
         {"kv", required_argument, 0, 'V'},         {"decode-ratio", required_argument, 0, 'Y'},
         {"tenant-doc-mb", required_argument, 0, 'b'},
+        {"fidelity", required_argument, 0, 2000},  {"ratio-min", required_argument, 0, 2001},
+        {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
+        {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
+        {"audit-tokens", required_argument, 0, 2006},
         CLI_STORE_OPTIONS,                         {0, 0, 0, 0}};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
     srv_api_config   ac    = srv_api_default_config();
@@ -246,7 +265,14 @@ int cmd_serve(int argc, char **argv) {
             ac.fp.method = (kvf_method)k;
             break;
         }
-        case 'r': ac.fp.ratio = (float)cli_float("serve", "--ratio", optarg, 0, 1); break;
+        case 'r': cli_ratio("serve", optarg, &ac.fp); break;
+        case 2000: ac.fp.fidelity = (float)cli_float("serve", "--fidelity", optarg, 1e-6, 1); break;
+        case 2001: ac.fp.ratio_min = (float)cli_float("serve", "--ratio-min", optarg, 0, 1); break;
+        case 2002: ac.fp.ratio_max = (float)cli_float("serve", "--ratio-max", optarg, 0, 1); break;
+        case 2003: sp.audit.rate = cli_float("serve", "--audit-rate", optarg, 0, 1); break;
+        case 2004: sp.audit.cpu = cli_float("serve", "--audit-cpu", optarg, 0.001, 1); break;
+        case 2005: sp.audit.chunk = (int32_t)cli_int("serve", "--audit-chunk", optarg, 1, 1 << 20); break;
+        case 2006: sp.audit.answer_tokens = (int32_t)cli_int("serve", "--audit-tokens", optarg, 0, 4096); break;
         case 'E':
             if (kvf_evict_from_name(optarg) < 0)
                 return cli_fail("serve", "--evict expects none, snapkv or streaming, got '%s'", optarg);
@@ -272,6 +298,7 @@ int cmd_serve(int argc, char **argv) {
         }
     }
     if (optind < argc) return cli_fail("serve", "unexpected argument '%s'", argv[optind]);
+    if (ac.fp.ratio_min > ac.fp.ratio_max) return cli_fail("serve", "--ratio-min must be <= --ratio-max");
     sp.cache_bytes = (size_t)cache_mb << 20;
     if (store.dir || store.redis) {
         if (!mem_budget_set) store.mem_budget = sp.cache_bytes;
@@ -318,6 +345,7 @@ int cmd_serve(int argc, char **argv) {
     st.sched = sched;
     st.docs  = docs;
     srv_api_init(api, m, &ac, docs, tenants, met);
+    api->audit       = srv_sched_audit(sched);
     api->status_fn   = status_cb;
     api->status_user = &st;
     srv_metrics_set_source(met, gauges_cb, &st);
@@ -327,13 +355,21 @@ int cmd_serve(int argc, char **argv) {
     }
     int port = srv_http_port(http);
     if (port_file && write_port_file(port_file, port) != 0) goto out;
+    char ratio_txt[64], audit_txt[96] = "";
+    if (ac.fp.ratio_auto)
+        snprintf(ratio_txt, sizeof ratio_txt, "auto (fidelity %.2f, %.2f..%.2f)", ac.fp.fidelity, ac.fp.ratio_min, ac.fp.ratio_max);
+    else
+        snprintf(ratio_txt, sizeof ratio_txt, "%.2f", ac.fp.ratio);
+    if (sp.audit.rate > 0)
+        snprintf(audit_txt, sizeof audit_txt, "; fidelity audit of %.3g of fused requests, <= %.0f%% CPU",
+                 sp.audit.rate, 100 * sp.audit.cpu);
     fprintf(stderr,
             "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s; "
-            "documents: %s, ratio %.2f; chunk cache: %s; %s)\n",
+            "documents: %s, ratio %s; chunk cache: %s; %s%s)\n",
             strchr(hp.host, ':') ? "[" : "", hp.host, strchr(hp.host, ':') ? "]" : "", port, mid,
-            sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvf_method_name(ac.fp.method), ac.fp.ratio,
+            sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvf_method_name(ac.fp.method), ratio_txt,
             sp.store ? (store.dir && store.redis ? "store (disk + redis)" : store.dir ? "store (disk)" : "store (redis)") : "memory",
-            tenants ? "API keys required" : "no API keys");
+            tenants ? "API keys required" : "no API keys", audit_txt);
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "kvfuse serve: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

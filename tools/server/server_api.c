@@ -3,6 +3,7 @@
  * server_api.h). Everything that arrives here is hostile: bodies are size-checked, UTF-8
  * validated and parsed with cJSON; every field is type- and range-checked and errors name it. */
 #include "server/server_api.h"
+#include "server/server_audit.h"
 #include "server/server_docs.h"
 #include "server/server_metrics.h"
 
@@ -32,6 +33,7 @@ srv_endpoint srv_api_endpoint(const char *path) {
     if (!strcmp(path, "/models") || !strncmp(path, "/models/", 8)) return SRV_EP_MODELS;
     if (!strcmp(path, "/health") || !strcmp(path, "/healthz")) return SRV_EP_HEALTH;
     if (!strcmp(path, "/metrics")) return SRV_EP_METRICS;
+    if (!strcmp(path, "/audit")) return SRV_EP_AUDIT;
     return SRV_EP_OTHER;
 }
 
@@ -468,8 +470,16 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     cJSON *k = cJSON_CreateObject();
     cJSON_AddStringToObject(k, "method", j->fused ? kvf_method_name(j->fp.method) : "none");
     if (j->fused) {
-        if (j->fp.method == KVF_METHOD_A3 || j->fp.method == KVF_METHOD_CACHEBLEND)
-            cJSON_AddNumberToObject(k, "ratio", round((double)j->fp.ratio * 1e4) / 1e4);
+        if (j->fp.method == KVF_METHOD_A3 || j->fp.method == KVF_METHOD_CACHEBLEND) {
+            if (j->fp.ratio_auto) { /* the ratio this request picked (once it is fused) */
+                cJSON_AddStringToObject(k, "ratio_mode", "auto");
+                cJSON_AddNumberToObject(k, "fidelity", round((double)j->fp.fidelity * 1e4) / 1e4);
+                cJSON_AddNumberToObject(k, "ratio", round((double)j->fst.ratio_used * 1e4) / 1e4);
+                cJSON_AddNumberToObject(k, "score_mass", round((double)j->fst.score_mass * 1e4) / 1e4);
+            } else {
+                cJSON_AddNumberToObject(k, "ratio", round((double)j->fp.ratio * 1e4) / 1e4);
+            }
+        }
         cJSON_AddStringToObject(k, "evict", kvf_evict_name(j->fp.evict));
     }
     cJSON_AddNumberToObject(k, "documents", j->n_documents);
@@ -1219,13 +1229,13 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (!kx || cJSON_IsNull(kx)) return 0;
     if (!cJSON_IsObject(kx)) return fail(e, 400, "kvfuse", "kvfuse must be an object {\"method\", \"ratio\", \"evict\", \"budget\"}, not %s", jtype(kx));
     for (const cJSON *c = kx->child; c; c = c->next) {
-        static const char *const known[] = {"method", "ratio", "evict", "budget", "epic_k", "pool"};
+        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool"};
         bool                     ok      = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
         if (!ok) {
             char ex[64];
             excerpt(c->string ? c->string : "", ex, sizeof ex);
-            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, evict, budget, epic_k, pool)", ex);
+            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool)", ex);
         }
     }
     const char *s = NULL;
@@ -1239,10 +1249,28 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
         }
         j->fp.method = (kvf_method)k;
     }
-    double r;
-    int    kr = opt_num(kx, "ratio", "kvfuse.ratio", 0, 1, &r, e);
-    if (kr < 0) return -1;
-    if (kr) j->fp.ratio = (float)r;
+    double       r;
+    const cJSON *rx = cJSON_GetObjectItemCaseSensitive(kx, "ratio");
+    if (cJSON_IsString(rx)) { /* "auto": picked per request for the fidelity target */
+        if (strcmp(rx->valuestring, "auto") != 0) {
+            char ex[64];
+            excerpt(rx->valuestring, ex, sizeof ex);
+            return fail(e, 400, "kvfuse.ratio", "kvfuse.ratio must be a number in [0, 1] or \"auto\" (got \"%s\")", ex);
+        }
+        j->fp.ratio_auto = true;
+    } else {
+        int kr = opt_num(kx, "ratio", "kvfuse.ratio", 0, 1, &r, e);
+        if (kr < 0) return -1;
+        if (kr) j->fp.ratio = (float)r, j->fp.ratio_auto = false;
+    }
+    int kf = opt_num(kx, "fidelity", "kvfuse.fidelity", 0, 1, &r, e);
+    if (kf < 0) return -1;
+    if (kf) {
+        if (!(r > 0)) return fail(e, 400, "kvfuse.fidelity", "kvfuse.fidelity must be in (0, 1] (got %g)", r);
+        if (!j->fp.ratio_auto)
+            return fail(e, 400, "kvfuse.fidelity", "kvfuse.fidelity needs \"ratio\": \"auto\" (here or as the server's --ratio)");
+        j->fp.fidelity = (float)r;
+    }
     s = NULL;
     if (opt_str(kx, "evict", "kvfuse.evict", &s, e) < 0) return -1;
     if (s) {
@@ -1641,6 +1669,69 @@ static void method_not_allowed(srv_response *rs, const char *method, const char 
 }
 
 /* the key of a request: "Authorization: Bearer KEY" or "X-Api-Key: KEY" */
+/* GET /v1/audit: the audit's counters, per-method means and the recent worst cases */
+#define AUDIT_LIST 20
+static void add_text(cJSON *o, const char *k, const char *t) {
+    size_t n;
+    char  *u = srv_utf8_sanitize(t, strlen(t), &n);
+    cJSON_AddStringToObject(o, k, u ? u : "");
+    free(u);
+}
+
+static cJSON *audit_json(struct srv_audit *au) {
+    srv_audit_stats st;
+    srv_audit_get_stats(au, &st);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "audit");
+    cJSON_AddNumberToObject(o, "sampled", (double)st.sampled);
+    cJSON_AddNumberToObject(o, "skipped", (double)st.skipped);
+    cJSON_AddNumberToObject(o, "completed", (double)st.completed);
+    cJSON_AddNumberToObject(o, "pending", st.pending);
+    cJSON_AddNumberToObject(o, "yields", (double)st.yields);
+    cJSON_AddNumberToObject(o, "seconds", round(st.seconds * 1e3) / 1e3);
+    cJSON *pm = cJSON_AddObjectToObject(o, "methods");
+    for (int k = 0; k < KVF_METHOD_COUNT; k++) {
+        const srv_audit_method_stats *x = &st.m[k];
+        if (!x->n) continue;
+        cJSON *mo = cJSON_AddObjectToObject(pm, kvf_method_name((kvf_method)k));
+        cJSON_AddNumberToObject(mo, "audits", (double)x->n);
+        cJSON_AddNumberToObject(mo, "first_token_kl", x->kl_sum / (double)x->n);
+        cJSON_AddNumberToObject(mo, "first_token_agreement", (double)x->top1_agree / (double)x->n);
+        cJSON_AddNumberToObject(mo, "answers_compared", (double)x->n_answer);
+        if (x->n_answer) cJSON_AddNumberToObject(mo, "answer_f1", x->f1_sum / (double)x->n_answer);
+    }
+    srv_audit_case *cs = calloc(AUDIT_LIST, sizeof *cs);
+    int             n  = cs ? srv_audit_worst(au, cs, AUDIT_LIST) : 0;
+    cJSON          *arr = cJSON_AddArrayToObject(o, "worst");
+    for (int i = 0; i < n; i++) {
+        const srv_audit_case *c = &cs[i];
+        cJSON                *x = cJSON_CreateObject();
+        add_text(x, "id", c->id);
+        cJSON_AddStringToObject(x, "method", kvf_method_name((kvf_method)c->method));
+        if (c->method == KVF_METHOD_A3 || c->method == KVF_METHOD_CACHEBLEND) {
+            cJSON_AddNumberToObject(x, "ratio", round((double)c->ratio * 1e4) / 1e4);
+            if (c->ratio_auto) cJSON_AddNumberToObject(x, "fidelity", round((double)c->fidelity * 1e4) / 1e4);
+        }
+        cJSON_AddNumberToObject(x, "prompt_tokens", c->prompt_tokens);
+        cJSON_AddNumberToObject(x, "recomputed_tokens", c->recomputed_tokens);
+        if (isfinite(c->kl)) cJSON_AddNumberToObject(x, "first_token_kl", c->kl);
+        else cJSON_AddNullToObject(x, "first_token_kl");
+        cJSON_AddBoolToObject(x, "first_token_agree", c->top1_agree);
+        add_text(x, "fused_first_token", c->fused_first);
+        add_text(x, "full_first_token", c->full_first);
+        if (c->answer_compared) {
+            cJSON_AddNumberToObject(x, "answer_f1", isfinite(c->answer_f1) ? c->answer_f1 : 0);
+            cJSON_AddNumberToObject(x, "answer_tokens", c->answer_tokens);
+            add_text(x, "fused_answer", c->fused_answer);
+            add_text(x, "full_answer", c->full_answer);
+        }
+        cJSON_AddNumberToObject(x, "finished", (double)c->finished);
+        cJSON_AddItemToArray(arr, x);
+    }
+    free(cs);
+    return o;
+}
+
 static const char *request_key(const srv_request *rq, size_t *len) {
     if (rq->auth) {
         const char *p = rq->auth;
@@ -1759,6 +1850,21 @@ srv_api_result srv_api_handle(srv_api *a, const srv_request *rq, srv_response *r
         rs->ctype  = "text/plain; version=0.0.4; charset=utf-8";
         return SRV_API_RESPONSE;
     }
+    if (!strcmp(path, "/audit")) {
+        if (!get) return method_not_allowed(rs, method, "GET"), SRV_API_RESPONSE;
+        if (a->tenants && !tenant->admin) {
+            srv_response_error(rs, 403, "permission_error", NULL,
+                               "/v1/audit needs an admin key (\"KEY TENANT admin\" in --api-keys)");
+            return SRV_API_RESPONSE;
+        }
+        if (!a->audit) {
+            srv_response_error(rs, 404, "not_found_error", NULL,
+                               "the fidelity audit is off (start the server with --audit-rate R)");
+            return SRV_API_RESPONSE;
+        }
+        set_json(rs, 200, audit_json(a->audit));
+        return SRV_API_RESPONSE;
+    }
     if (!strcmp(path, "/chat/completions") || !strcmp(path, "/completions")) {
         if (!post) return method_not_allowed(rs, method, "POST"), SRV_API_RESPONSE;
         return handle_completion(a, rq, ns, path[1] == 'c' && path[2] == 'h', rs, job);
@@ -1823,6 +1929,6 @@ srv_api_result srv_api_handle(srv_api *a, const srv_request *rq, srv_response *r
     }
     srv_response_error(rs, 404, "not_found_error", NULL,
                        "no such endpoint (POST /v1/chat/completions, /v1/completions, /v1/documents; "
-                       "GET /v1/models, /v1/documents/{id}, /health, /metrics)");
+                       "GET /v1/models, /v1/documents/{id}, /health, /metrics, /v1/audit)");
     return SRV_API_RESPONSE;
 }

@@ -32,7 +32,7 @@ typedef struct srv_tenant {
     char *key;             /* the API key (secret) */
     char  name[65];        /* tenant name: [A-Za-z0-9._-]{1,64} */
     char  ns[SRV_NS_MAX];  /* "t:<name>" */
-    bool  admin;           /* may read /metrics */
+    bool  admin;           /* may read /metrics and /v1/audit */
 } srv_tenant;
 
 typedef struct srv_tenants {
@@ -180,6 +180,7 @@ typedef struct srv_api {
     srv_metrics     *metrics; /* may be NULL */
     void (*status_fn)(void *user, srv_status *out); /* may be NULL */
     void            *status_user;
+    struct srv_audit *audit;  /* the live fidelity audit (server_audit.h); NULL: off */
     atomic_uint_fast64_t seq;
     uint64_t         id_salt;
 } srv_api;

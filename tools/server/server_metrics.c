@@ -191,6 +191,40 @@ static void gauge(obuf *b, const char *name, const char *help, double v) {
     out(b, "%s %.17g\n", name, v);
 }
 
+/* the fidelity audit: fused answers against full prefill of the same prompt, per method */
+static void render_audit(obuf *b, const srv_audit_stats *a) {
+    counter(b, "kvfuse_audit_sampled_total", "fused requests picked for a fidelity audit (--audit-rate)", a->sampled);
+    counter(b, "kvfuse_audit_skipped_total", "picked requests not audited: too many audits waiting", a->skipped);
+    counter(b, "kvfuse_audit_completed_total", "fidelity audits finished", a->completed);
+    counter(b, "kvfuse_audit_units_total", "audit work units (full-prefill micro-batches, decode steps)", a->units);
+    counter(b, "kvfuse_audit_yields_total", "live requests that arrived while an audit was in progress (the audit waited)", a->yields);
+    gauge(b, "kvfuse_audit_pending", "audits waiting for idle time or in progress", a->pending);
+    gauge(b, "kvfuse_audit_seconds_total", "time spent in audit work (bounded by --audit-cpu)", a->seconds);
+    head(b, "kvfuse_audit_first_token_kl", "summary",
+         "first-token KL(full || fused) in nats of audited requests, by fusion method");
+    for (int k = 0; k < KVF_METHOD_COUNT; k++) {
+        const srv_audit_method_stats *x = &a->m[k];
+        if (!x->n) continue;
+        out(b, "kvfuse_audit_first_token_kl_sum{method=\"%s\"} %.9g\n", kvf_method_name((kvf_method)k), x->kl_sum);
+        out(b, "kvfuse_audit_first_token_kl_count{method=\"%s\"} %llu\n", kvf_method_name((kvf_method)k), (unsigned long long)x->n);
+    }
+    head(b, "kvfuse_audit_first_token_agree_total", "counter",
+         "audited requests whose fused first token (argmax) equals full prefill's, by method");
+    for (int k = 0; k < KVF_METHOD_COUNT; k++)
+        if (a->m[k].n)
+            out(b, "kvfuse_audit_first_token_agree_total{method=\"%s\"} %llu\n", kvf_method_name((kvf_method)k),
+                (unsigned long long)a->m[k].top1_agree);
+    head(b, "kvfuse_audit_answer_f1", "summary",
+         "token F1 of the fused greedy answer against full prefill's greedy answer (first "
+         "--audit-tokens tokens; greedy requests only), by method");
+    for (int k = 0; k < KVF_METHOD_COUNT; k++) {
+        const srv_audit_method_stats *x = &a->m[k];
+        if (!x->n_answer) continue;
+        out(b, "kvfuse_audit_answer_f1_sum{method=\"%s\"} %.9g\n", kvf_method_name((kvf_method)k), x->f1_sum);
+        out(b, "kvfuse_audit_answer_f1_count{method=\"%s\"} %llu\n", kvf_method_name((kvf_method)k), (unsigned long long)x->n_answer);
+    }
+}
+
 char *srv_metrics_render(srv_metrics *m, size_t *len) {
     srv_gauges g;
     memset(&g, 0, sizeof g);
@@ -311,6 +345,7 @@ char *srv_metrics_render(srv_metrics *m, size_t *len) {
     gauge(&b, "kvfuse_documents", "documents in the registry", (double)g.st.documents);
     gauge(&b, "kvfuse_chunk_caches", "chunk caches open (one per tenant namespace in use)", g.n_caches);
     gauge(&b, "kvfuse_resident_memory_bytes", "resident set size of the server", (double)srv_rss_bytes());
+    if (g.audit.enabled) render_audit(&b, &g.audit);
     if (b.oom) {
         free(b.p);
         return NULL;

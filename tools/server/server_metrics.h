@@ -18,8 +18,30 @@ typedef struct srv_job_outcome {
     kvf_fuse_stats fst;
 } srv_job_outcome;
 
+/* The live fidelity audit (server_audit.h): fused requests also prefilled in full when idle. */
+typedef struct srv_audit_method_stats {
+    uint64_t n;          /* audits finished */
+    uint64_t top1_agree; /* of them: fused and full first token (argmax) the same */
+    uint64_t n_answer;   /* of them: greedy answers compared */
+    double   kl_sum;     /* sum of first-token KL(full || fused), nats */
+    double   f1_sum;     /* sum of the answers' token F1 */
+} srv_audit_method_stats;
+
+typedef struct srv_audit_stats {
+    bool                   enabled;
+    uint64_t               sampled;   /* fused requests picked for an audit */
+    uint64_t               skipped;   /* picked but dropped: too many audits waiting */
+    uint64_t               completed; /* audits finished */
+    uint64_t               units;     /* audit work units run (prefill micro-batches, decode steps) */
+    uint64_t               yields;    /* times a live request arrived with an audit in progress */
+    int32_t                pending;   /* audits waiting or in progress */
+    double                 seconds;   /* time spent in audit work */
+    srv_audit_method_stats m[KVF_METHOD_COUNT];
+} srv_audit_stats;
+
 typedef struct srv_gauges {
     srv_status      st;
+    srv_audit_stats audit;       /* enabled false without --audit-rate */
     bool            have_store;  /* store: per-tier statistics below */
     kvf_store_stats store;       /* summed over the tenants' stores */
     int32_t         n_caches;    /* chunk caches (tenant namespaces) open */

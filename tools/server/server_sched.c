@@ -16,11 +16,13 @@
 #include "store/chunk.h" /* kvf_chunk_cache_ops: the composite tenant + shared cache */
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -44,6 +46,7 @@ typedef struct slot {
     bool         hist_ok;
     char         hist_ns[SRV_NS_MAX];
     double       last_use;
+    srv_audit_item *audit; /* the fidelity audit following this job, or NULL */
 } slot;
 
 typedef struct ns_cache {
@@ -81,6 +84,7 @@ struct srv_sched {
     ns_cache       *caches;
     int             n_caches, cap_caches;
     mux_cache       mux;
+    srv_audit      *audit; /* NULL: off */
 };
 
 srv_sched_params srv_sched_default_params(void) {
@@ -94,6 +98,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.decode_ratio  = 1.0;
     p.cache_bytes   = (size_t)2048 << 20;
     p.store         = NULL;
+    p.audit         = srv_audit_default_params(); /* rate 0: off */
     return p;
 }
 
@@ -239,6 +244,10 @@ static void slot_release(srv_sched *s, slot *sl) {
     sl->job      = NULL;
     sl->phase    = SLOT_FREE;
     sl->last_use = srv_now_ms();
+    if (sl->audit) { /* the audit's full prefill waits for idle time */
+        srv_audit_end(s->audit, sl->audit, j->err_status == 0);
+        sl->audit = NULL;
+    }
     srv_job_outcome o = srv_job_outcome_of(j);
     srv_metrics_job(s->met, &o);
     double dur = (srv_now_ms() - j->t_arrival_ms) / 1e3;
@@ -282,6 +291,7 @@ static bool emit(srv_sched *s, slot *sl, int32_t tok, bool first) {
     char     piece[256];
     int32_t  k   = 0;
     bool     eog = kvf_token_is_eog(s->m, tok);
+    if (sl->audit) srv_audit_token(s->audit, sl->audit, tok, eog);
     if (!eog) {
         k = kvf_token_to_piece(s->m, tok, piece, sizeof piece, false);
         if (k < 0) k = 0; /* a piece longer than 256 bytes does not exist in practice */
@@ -431,6 +441,11 @@ static void prefill_unit(srv_sched *s, slot *sl) {
         j->cached_tokens = st.reused_tokens;
         j->prefill_ms    = dt;
         pthread_mutex_unlock(&j->mu);
+        if (s->audit) {
+            srv_audit_req ar = {.id = j->id, .fp = &j->fp, .st = &st, .segs = j->segs, .n_segs = j->n_segs,
+                                .logits = kvf_session_logits(sl->s, -1), .greedy = !(j->sp.temp > 0)};
+            sl->audit = srv_audit_begin(s->audit, &ar);
+        }
         first_token(s, sl);
         return;
     }
@@ -528,14 +543,41 @@ static bool expired(const srv_job *j, double now) {
 static void *sched_main(void *arg) {
     srv_sched *s = arg;
     srv_job   *adm[MAX_SLOTS];
+    bool       was_idle = true;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && (s->q_len == 0 || s->held) && s->n_busy == 0)
-            pthread_cond_wait(&s->cv, &s->mu);
+        /* idle: wait for a request; audit work runs only here, one unit at a time */
+        bool audit_now = false;
+        while (!s->stop && (s->q_len == 0 || s->held) && s->n_busy == 0) {
+            double wait = 0;
+            if (srv_audit_ready(s->audit, srv_now_ms(), &wait)) {
+                audit_now = true;
+                break;
+            }
+            if (wait > 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                double ns  = (double)ts.tv_nsec + wait * 1e6;
+                ts.tv_sec += (time_t)(ns / 1e9);
+                ts.tv_nsec = (long)fmod(ns, 1e9);
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            } else {
+                pthread_cond_wait(&s->cv, &s->mu);
+            }
+        }
         if (s->stop) {
             pthread_mutex_unlock(&s->mu);
             break;
         }
+        if (audit_now) {
+            pthread_mutex_unlock(&s->mu);
+            was_idle = true;
+            int r    = srv_audit_step(s->audit);
+            if (s->p.audit_hook) s->p.audit_hook(s->p.audit_hook_user, r);
+            continue;
+        }
+        if (was_idle && srv_audit_in_progress(s->audit)) srv_audit_note_yield(s->audit);
+        was_idle = false;
         double now = srv_now_ms();
         /* 1. cancelled or expired jobs leave the queue; 2. the rest take free slots */
         srv_job *gone[MAX_SLOTS * 8];
@@ -653,6 +695,13 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
             goto fail;
         }
     }
+    if (p->audit.rate > 0) {
+        srv_audit_params ap = p->audit;
+        ap.n_ctx            = p->n_ctx;
+        ap.n_threads        = p->n_threads;
+        ap.kv_type          = p->kv_type;
+        if (!(s->audit = srv_audit_new(m, &ap, err, errlen))) goto fail;
+    }
     /* open the first cache now, so a bad --store fails at startup */
     char e2[320] = "";
     if (!cache_for(s, p->multi_tenant ? SRV_NS_SHARED : "default", e2, sizeof e2)) {
@@ -689,6 +738,7 @@ void srv_sched_free(srv_sched *s) {
     }
     for (int i = 0; i < s->n_caches; i++) kvf_chunk_cache_free(s->caches[i].c);
     free(s->caches);
+    srv_audit_free(s->audit);
     free(s->slots);
     free(s->q);
     pthread_mutex_destroy(&s->mu);
@@ -742,8 +792,13 @@ void srv_sched_status(srv_sched *s, srv_status *out) {
     pthread_mutex_unlock(&s->mu);
 }
 
+srv_audit *srv_sched_audit(srv_sched *s) {
+    return s ? s->audit : NULL;
+}
+
 void srv_sched_gauges(srv_sched *s, srv_gauges *g) {
     srv_sched_status(s, &g->st);
+    srv_audit_get_stats(s->audit, &g->audit);
     pthread_mutex_lock(&s->cache_mu);
     g->n_caches = s->n_caches;
     for (int i = 0; i < s->n_caches; i++) {

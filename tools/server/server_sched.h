@@ -15,6 +15,8 @@
  *   4. decode steps for every slot that has a token to feed, each batched into one forward
  *      pass: one step, or, after prefill units that took P ms, steps for up to R * P ms
  *      (--decode-ratio R, default 1).
+ *   5. only when no request is queued or holds a slot: one unit of the fidelity audit
+ *      (--audit-rate; server_audit.h), within its CPU share (--audit-cpu).
  * So running requests get at least R / (1 + R) of the inference time while prompts wait
  * (a long prompt delays another request's next token by at most one unit), and a new request
  * waits for at most the units of the requests that arrived before it plus the decode bursts
@@ -24,6 +26,7 @@
 #define KVF_SERVER_SCHED_H
 
 #include "server/server_api.h"
+#include "server/server_audit.h"
 #include "server/server_metrics.h"
 
 typedef struct srv_sched srv_sched;
@@ -43,6 +46,11 @@ typedef struct srv_sched_params {
                                       directory DIR/t-<hash> and Redis prefix kvf:t-<hash>: when
                                       multi_tenant */
     bool        multi_tenant;  /* one chunk cache per tenant namespace, plus "shared" */
+    srv_audit_params audit;    /* live fidelity audit (audit.rate 0 = off; n_ctx, n_threads
+                                  and kv_type are the slots') */
+    /* tests: called on the inference thread after every audit unit (no lock held) */
+    void (*audit_hook)(void *user, int unit_result);
+    void *audit_hook_user;
 } srv_sched_params;
 
 srv_sched_params srv_sched_default_params(void);
@@ -70,5 +78,7 @@ void srv_sched_status(srv_sched *s, srv_status *out);
 /* Store tier statistics summed over the namespaces' caches (have_store false without
  * --store / --redis). */
 void srv_sched_gauges(srv_sched *s, srv_gauges *g);
+/* The fidelity audit (NULL when off): for GET /v1/audit. */
+srv_audit *srv_sched_audit(srv_sched *s);
 
 #endif /* KVF_SERVER_SCHED_H */

@@ -23,6 +23,7 @@ typedef enum {
     SRV_EP_MODELS,
     SRV_EP_HEALTH,
     SRV_EP_METRICS,
+    SRV_EP_AUDIT, /* /v1/audit */
     SRV_EP_OTHER,
     SRV_EP_COUNT
 } srv_endpoint;
@@ -31,7 +32,8 @@ typedef enum {
 static inline const char *srv_endpoint_name(srv_endpoint e) {
     static const char *const names[SRV_EP_COUNT] = {"chat_completions", "completions", "documents",
                                                     "document",         "models",      "health",
-                                                    "metrics",          "other"};
+                                                    "metrics",          "audit",
+                                                    "other"};
     return (unsigned)e < SRV_EP_COUNT ? names[e] : "other";
 }
 
