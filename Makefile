@@ -118,6 +118,7 @@ test: all $(MODEL) $(QWEN05) ## build everything and run every test (unit + inte
 test-models: all $(MODEL) $(QWEN05) $(QWEN15) ## the real-model parity tests on Qwen2.5-Coder 0.5B and 1.5B (long)
 	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN05) tests/integration/qwen_parity.sh
 	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN15) tests/integration/qwen_parity.sh
+	KVF_QWEN_MODEL=$(QWEN15) tests/integration/qwen_fusion.sh
 
 test-unit: all ## unit tests only (synthetic models, no downloads)
 	scripts/run-tests.sh --unit
@@ -162,6 +163,7 @@ EVAL      := $(CLI) eval -m $(MODEL)
 .PHONY: eval eval-sweep eval-needle eval-qwen
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
 $(BUILD)/tests/test_eval: $(wildcard tools/eval/eval_*.c tools/eval/eval_*.h) tools/cli/rag.c tools/cli/rag.h
+$(BUILD)/tests/tool_fusecheck: tools/cli/rag.c tools/cli/rag.h
 
 eval: cli $(MODEL) ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
