@@ -180,6 +180,26 @@ eval-qwen: cli $(QWEN05) ## MuSiQue, first 20 questions, full and a3 on Qwen2.5-
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,a3 --ratios 0.15 \
 	    --limit 20 --out $(EVAL_OUT)/qwen05-musique20 $(EVAL_ARGS)
 
+# Fidelity on Qwen2.5-Coder-0.5B (docs/selection.md): every method at four ratios; the committed
+# results/ folders are these runs (rerun to extend or check them: each resumes).
+RESULTS   ?= results
+FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
+FID_RATIOS  := 0.05,0.1,0.15,0.3
+FID_LIMIT   ?= 30
+.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-report
+eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
+	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
+
+eval-fidelity-needle: cli $(QWEN05) ## needle at 4k tokens (3 depths), full/a3/cacheblend/focus at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle4k
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
+	    --methods full,cacheblend,a3,focus --ratios 0.15 --lengths 4096 --depths 0.1,0.5,0.9 \
+	    -n 16 --out $(RESULTS)/qwen05-needle4k $(EVAL_ARGS)
+
+eval-fidelity-report: cli ## rebuild summary.md / report.md / plots of every results/ folder from its results.jsonl
+	for d in $(RESULTS)/*/; do $(CLI) eval --report-only --out $$d || exit 1; done
+
 eval-needle: cli $(MODEL) ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
 	$(EVAL) --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
 	    --methods full,cacheblend,a3 --ratios 0.15 --lengths 1024,2048,4096,8192 \

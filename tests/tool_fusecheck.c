@@ -301,7 +301,8 @@ int main(int argc, char **argv) {
                                       "(%.2e > 1e-2) while its V matches (%.2e)", dk, dv);
     }
     set_ref(&c);
-    static const kvf_method sel[] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND};
+    static const kvf_method sel[] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND, KVF_METHOD_KVSHARE,
+                                     KVF_METHOD_PROPHET, KVF_METHOD_FOCUS};
     for (size_t i = 0; i < sizeof sel / sizeof sel[0]; i++) {
         char what[64];
         snprintf(what, sizeof what, "ratio 1: %s", kvf_method_name(sel[i]));
