@@ -186,7 +186,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-report
+.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -196,6 +196,9 @@ eval-fidelity-needle: cli $(QWEN05) ## needle at 4k tokens (3 depths), full/a3/c
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
 	    --methods full,cacheblend,a3,focus --ratios 0.15 --lengths 4096 --depths 0.1,0.5,0.9 \
 	    -n 16 --out $(RESULTS)/qwen05-needle4k $(EVAL_ARGS)
+
+eval-fidelity-table: ## the README's fidelity table (examples with every run only) from results/qwen05-musique30
+	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-musique30/results.jsonl
 
 eval-fidelity-report: cli ## rebuild summary.md / report.md / plots of every results/ folder from its results.jsonl
 	for d in $(RESULTS)/*/; do $(CLI) eval --report-only --out $$d || exit 1; done
