@@ -118,6 +118,7 @@ test: all $(MODEL) $(QWEN05) ## build everything and run every test (unit + inte
 test-models: all $(MODEL) $(QWEN05) $(QWEN15) ## the real-model parity tests on Qwen2.5-Coder 0.5B and 1.5B (long)
 	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN05) tests/integration/qwen_parity.sh
 	PYTHON=$$(scripts/python-deps.sh) KVF_QWEN_MODEL=$(QWEN15) tests/integration/qwen_parity.sh
+	KVF_QWEN_MODEL=$(QWEN15) tests/integration/qwen_fusion.sh
 
 test-unit: all ## unit tests only (synthetic models, no downloads)
 	scripts/run-tests.sh --unit
@@ -172,6 +173,7 @@ EVAL      := $(CLI) eval -m $(MODEL)
 .PHONY: eval eval-sweep eval-needle eval-qwen
 # tests/test_eval.c compiles the eval sources of tools/ in: rebuild it when they change
 $(BUILD)/tests/test_eval: $(wildcard tools/eval/eval_*.c tools/eval/eval_*.h) tools/cli/rag.c tools/cli/rag.h
+$(BUILD)/tests/tool_fusecheck: tools/cli/rag.c tools/cli/rag.h
 
 eval: cli $(MODEL) ## MuSiQue, first 100 questions, all methods at r = 0.15 -> eval-out/musique (~1.5 h)
 	$(EVAL) --dataset musique --data $(SHARED)/data/musique-cacheblend/musique_s.json \
@@ -187,6 +189,29 @@ eval-qwen: cli $(QWEN05) ## MuSiQue, first 20 questions, full and a3 on Qwen2.5-
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,a3 --ratios 0.15 \
 	    --limit 20 --out $(EVAL_OUT)/qwen05-musique20 $(EVAL_ARGS)
+
+# Fidelity on Qwen2.5-Coder-0.5B (docs/selection.md): every method at four ratios; the committed
+# results/ folders are these runs (rerun to extend or check them: each resumes).
+RESULTS   ?= results
+FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
+FID_RATIOS  := 0.05,0.1,0.15,0.3
+FID_LIMIT   ?= 30
+.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-report eval-fidelity-table
+eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
+	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
+
+eval-fidelity-needle: cli $(QWEN05) ## needle at 4k tokens (3 depths), full/a3/cacheblend/focus at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle4k
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
+	    --methods full,cacheblend,a3,focus --ratios 0.15 --lengths 4096 --depths 0.1,0.5,0.9 \
+	    -n 16 --out $(RESULTS)/qwen05-needle4k $(EVAL_ARGS)
+
+eval-fidelity-table: ## the README's fidelity table (examples with every run only) from results/qwen05-musique30
+	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-musique30/results.jsonl
+
+eval-fidelity-report: cli ## rebuild summary.md / report.md / plots of every results/ folder from its results.jsonl
+	for d in $(RESULTS)/*/; do $(CLI) eval --report-only --out $$d || exit 1; done
 
 eval-needle: cli $(MODEL) ## needle heatmaps (4 lengths x 11 depths) for full, cacheblend, a3 -> eval-out/needle
 	$(EVAL) --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \

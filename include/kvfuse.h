@@ -235,12 +235,20 @@ typedef enum {
     KVF_METHOD_EPIC,       /* recompute the first k tokens of each document + the question */
     KVF_METHOD_CACHEBLEND, /* recompute the tokens whose layer-1 V deviates most */
     KVF_METHOD_A3,         /* recompute the tokens the question attends to most (A^3) */
+    KVF_METHOD_KVSHARE,    /* KVShare's dual high deviation: layer-1 question attention x
+                              layer-1 V deviation */
+    KVF_METHOD_PROPHET,    /* ProphetKV: the question's attention over the fused cache summed
+                              over every layer (a reuse pass first), then recompute */
+    KVF_METHOD_FOCUS,      /* kvfuse's own (docs/selection.md) */
     KVF_METHOD_COUNT
 } kvf_method;
 
 KVF_API const char *kvf_method_name(kvf_method m); /* "full", "prefix", ... */
 /* Method by name; -1 if unknown. */
 KVF_API int kvf_method_from_name(const char *name);
+/* Whether the method's recompute budget is set by kvf_fuse_params.ratio (cacheblend, a3,
+ * kvshare, prophet, focus). */
+KVF_API bool kvf_method_has_ratio(kvf_method m);
 
 typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING, KVF_EVICT_COUNT } kvf_evict;
 

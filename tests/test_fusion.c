@@ -135,9 +135,11 @@ static void test_ratio_one_equals_full(void) {
     int32_t ref_tok[6];
     greedy(sf, 6, ref_tok);
     kvf_session_free(sf);
-    kvf_method ms[] = {KVF_METHOD_A3, KVF_METHOD_CACHEBLEND, KVF_METHOD_FULL, KVF_METHOD_PREFIX};
+    kvf_method ms[] = {KVF_METHOD_A3,      KVF_METHOD_CACHEBLEND, KVF_METHOD_FULL,
+                       KVF_METHOD_PREFIX,  KVF_METHOD_KVSHARE,    KVF_METHOD_PROPHET,
+                       KVF_METHOD_FOCUS};
     for (int dt = 0; dt < 2; dt++)
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < (int)(sizeof ms / sizeof ms[0]); i++) {
             kvf_fuse_params fp = params(ms[i], 1.0f, dt ? KVF_CHUNK_F32 : KVF_CHUNK_F16);
             kvf_fuse_stats  st;
             CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
@@ -150,8 +152,7 @@ static void test_ratio_one_equals_full(void) {
             greedy(s, 6, tok);
             CHECK_MSG(memcmp(tok, ref_tok, sizeof tok) == 0, "%s r=1: greedy tokens differ",
                       kvf_method_name(ms[i]));
-            if (ms[i] == KVF_METHOD_A3 || ms[i] == KVF_METHOD_CACHEBLEND)
-                CHECK_EQ(st.recomputed_tokens, p.T - p.segs[0].n);
+            if (kvf_method_has_ratio(ms[i])) CHECK_EQ(st.recomputed_tokens, p.T - p.segs[0].n);
             CHECK_EQ(st.total_tokens, p.T);
         }
     free(ref);
@@ -397,7 +398,11 @@ static void test_determinism_and_threads(void) {
     int    docs[2] = {50, 41};
     prompt p;
     make_prompt(&p, 9, docs, 2, 7, 7);
+    static const kvf_method ms[] = {KVF_METHOD_A3, KVF_METHOD_KVSHARE, KVF_METHOD_PROPHET,
+                                    KVF_METHOD_FOCUS};
+    for (int mi = 0; mi < 4; mi++) {
     float *first = NULL;
+    int32_t first_rows[256], n_first = -1;
     for (int t = 1; t <= 3; t++) {
         kvf_session_params sp = kvf_session_default_params();
         sp.n_ctx              = p.T;
@@ -406,19 +411,28 @@ static void test_determinism_and_threads(void) {
         kvf_session_new(g_model, &sp, &s);
         kvf_chunk_cache *cache;
         kvf_chunk_cache_new_memory(0, &cache);
-        kvf_fuse_params fp = params(KVF_METHOD_A3, 0.2f, KVF_CHUNK_F16);
-        CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, NULL), KVF_OK);
+        kvf_fuse_params fp = params(ms[mi], 0.2f, KVF_CHUNK_F16);
+        kvf_fuse_stats  st;
+        CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+        /* the budget: floor((T - q) * r) document rows + the question */
+        CHECK_EQ(st.recomputed_tokens, (int32_t)floor((double)(p.T - 7) * 0.2) + 7);
         if (!first) {
             first = malloc(sizeof(float) * (size_t)g_nv);
             memcpy(first, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv);
+            n_first = s->n_fuse_rows;
+            memcpy(first_rows, s->fuse_rows, sizeof(int32_t) * (size_t)n_first);
         } else {
             CHECK_MSG(memcmp(first, kvf_session_logits(s, -1), sizeof(float) * (size_t)g_nv) == 0,
-                      "a3 logits differ with %d threads", t);
+                      "%s logits differ with %d threads", kvf_method_name(ms[mi]), t);
+            CHECK_MSG(n_first == s->n_fuse_rows &&
+                          memcmp(first_rows, s->fuse_rows, sizeof(int32_t) * (size_t)n_first) == 0,
+                      "%s selects other rows with %d threads", kvf_method_name(ms[mi]), t);
         }
         kvf_chunk_cache_free(cache);
         kvf_session_free(s);
     }
     free(first);
+    }
     free_prompt(&p);
 }
 
@@ -572,6 +586,16 @@ static void test_a3_selects_needle(void) {
                       found ? "selected" : "not selected", asks ? "mentions" : "does not mention");
         }
     }
+    /* the multi-layer methods find it too when the question mentions it (their layer-0
+     * attention is not constructed to miss it, so only this direction is asserted) */
+    ids[4][2] = needle;
+    for (int mi = 0; mi < 2; mi++) {
+        kvf_fuse_params fq = params(mi ? KVF_METHOD_FOCUS : KVF_METHOD_PROPHET, 0.05f, KVF_CHUNK_F16);
+        CHECK_EQ(kvf_session_fuse(s, cache, segs, 5, &fq, NULL), KVF_OK);
+        int found = 0;
+        for (int i = 0; i < s->n_fuse_rows; i++) found |= s->fuse_rows[i] == needle_pos;
+        CHECK_MSG(found, "%s: the needle the question mentions is not selected", kvf_method_name(fq.method));
+    }
     kvf_chunk_cache_free(cache);
     kvf_session_free(s);
     kvf_model_free(m);
@@ -646,6 +670,10 @@ static void test_errors_and_cache(void) {
     fp.method            = KVF_METHOD_A3;
     CHECK_EQ(kvf_session_fuse(s, cache, segs3, 3, &fp, NULL), KVF_OK);
     CHECK(kvf_method_from_name("cacheblend") == KVF_METHOD_CACHEBLEND);
+    CHECK(kvf_method_from_name("kvshare") == KVF_METHOD_KVSHARE);
+    CHECK(kvf_method_from_name("prophet") == KVF_METHOD_PROPHET);
+    CHECK(kvf_method_from_name("focus") == KVF_METHOD_FOCUS);
+    CHECK(kvf_method_has_ratio(KVF_METHOD_FOCUS) && !kvf_method_has_ratio(KVF_METHOD_EPIC));
     CHECK(kvf_method_from_name("nope") == -1);
     /* content addresses: stable, and sensitive to every input */
     uint8_t       fpr[16] = {1, 2, 3};

@@ -26,12 +26,13 @@
 #include "engine/kv_cells.h"
 #include "fusion/adaptive.h"
 #include "store/store.h"
+#include "fusion/select.h"
 
 #include <math.h>
 #include <string.h>
 
-static const char *const method_names[KVF_METHOD_COUNT] = {"full", "prefix",     "reuse",
-                                                           "epic", "cacheblend", "a3"};
+static const char *const method_names[KVF_METHOD_COUNT] = {
+    "full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus"};
 
 const char *kvf_method_name(kvf_method m) {
     return (unsigned)m < KVF_METHOD_COUNT ? method_names[m] : "unknown";
@@ -41,6 +42,11 @@ int kvf_method_from_name(const char *name) {
     for (int i = 0; i < KVF_METHOD_COUNT; i++)
         if (strcmp(name, method_names[i]) == 0) return i;
     return -1;
+}
+
+bool kvf_method_has_ratio(kvf_method m) {
+    return m == KVF_METHOD_CACHEBLEND || m == KVF_METHOD_A3 || m == KVF_METHOD_KVSHARE ||
+           m == KVF_METHOD_PROPHET || m == KVF_METHOD_FOCUS;
 }
 
 static const char *const evict_names[KVF_EVICT_COUNT] = {"none", "snapkv", "streaming"};
@@ -96,6 +102,7 @@ typedef struct {
     uint8_t               *built;     /* [n_layer]: fused cache layer written */
     int                    bad_seg;   /* segment whose chunk failed verification, or -1 */
     double                 ensure_ms; /* time inside ensure_layer (kept out of recompute_ms) */
+    kvf_qattn             *qa;        /* prophet/focus probe: question attention recorded here */
 } fuse_ctx;
 
 static int seg_of(const fuse_ctx *c, int32_t pos) {
@@ -344,6 +351,7 @@ static kvf_status recompute(fuse_ctx *c, const int32_t *rows, int32_t n, int l0,
             if (st != KVF_OK) return st;
             kvf_fwd_qkv(s, l, s->x, &b, NULL, NULL);
             capture_window(c, l, &b);
+            if (c->qa && (st = kvf_qattn_layer(c->qa, s, l, &b)) != KVF_OK) return st;
             kvf_fwd_attn_out(s, l, s->x, &b);
             kvf_fwd_mlp(s, l, s->x, u);
         }
@@ -381,7 +389,8 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
         kvf_free(kr), kvf_free(vr), kvf_free(old);
         return kvf_set_error(KVF_E_NOMEM, "out of memory selecting tokens");
     }
-    int blend = c->fp->method == KVF_METHOD_CACHEBLEND;
+    int kvshare = c->fp->method == KVF_METHOD_KVSHARE; /* att x dev: both signals */
+    int blend   = c->fp->method == KVF_METHOD_CACHEBLEND || kvshare;
     for (int32_t i0 = 0; i0 < n; i0 += s->U) {
         int32_t u = KVF_MIN(s->U, n - i0);
         for (int32_t i = 0; i < u; i++) {
@@ -424,7 +433,7 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
         }
     }
     kvf_free(kr), kvf_free(vr), kvf_free(old);
-    if (blend) return KVF_OK;
+    if (blend && !kvshare) return KVF_OK;
 
     /* a3: attention of the question rows to the document columns at the selection layer.
      * The layer's keys of columns P..T-1 are first copied into float rows kf[kh][d][col]
@@ -435,8 +444,9 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
     float  *lg   = kvf_malloc(sizeof(float) * (size_t)ncol);
     float  *qs   = kvf_malloc(sizeof(float) * (size_t)kvd);
     float  *kf   = kvf_malloc(sizeof(float) * (size_t)kvd * (size_t)ncol);
-    if (!lg || !qs || !kf) {
-        kvf_free(lg), kvf_free(qs), kvf_free(kf);
+    float  *dev  = kvshare ? kvf_malloc(sizeof(float) * (size_t)ncol) : NULL;
+    if (!lg || !qs || !kf || (kvshare && !dev)) {
+        kvf_free(lg), kvf_free(qs), kvf_free(kf), kvf_free(dev);
         return kvf_set_error(KVF_E_NOMEM, "out of memory scoring tokens");
     }
     for (int kh = 0; kh < hp->n_head_kv; kh++) {
@@ -449,6 +459,7 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
                 memcpy(row, (const float *)kt + (int64_t)d * s->ldk + c->P, sizeof(float) * (size_t)ncol);
         }
     }
+    if (dev) memcpy(dev, ss->score + c->P, sizeof(float) * (size_t)(q0 - c->P));
     for (int32_t j = c->P; j < q0; j++) ss->score[j] = 0.0f;
     int n_pass = c->fp->a3_per_head ? hp->n_head : 1;
     for (int32_t i = 0; i < c->q; i++) {
@@ -482,7 +493,11 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
     }
     kvf_free(lg), kvf_free(qs), kvf_free(kf);
     /* average pool, window `pool`, stride 1, zero padding counted */
-    int w = c->fp->pool < 1 ? 1 : c->fp->pool;
+    int w = c->fp->pool < 1 || kvshare ? 1 : c->fp->pool;
+    if (dev) { /* kvshare: the question's attention times the value deviation */
+        for (int32_t j = c->P; j < q0; j++) ss->score[j] *= dev[j - c->P];
+        kvf_free(dev);
+    }
     if (w > 1 && q0 > c->P) {
         float *tmp = kvf_malloc(sizeof(float) * (size_t)(q0 - c->P));
         if (!tmp) return kvf_set_error(KVF_E_NOMEM, "out of memory");
@@ -712,6 +727,40 @@ kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache, const 
     return st;
 }
 
+/* prophet / focus: run the question rows through every layer over the fused cache (as reuse
+ * does), recording their attention to the documents at each layer, then select the top
+ * floor((T - q) * ratio) document rows by the combined score (docs/selection.md). rows: I. */
+static kvf_status probe_select(fuse_ctx *c, int32_t *rows, int32_t *n_rows) {
+    const kvf_fuse_params *fp = c->fp;
+    int                    L  = c->m->hp.n_layer, focus = fp->method == KVF_METHOD_FOCUS;
+    int32_t                q0 = c->T - c->q, n = 0;
+    kvf_qattn              qa;
+    kvf_status             st = kvf_qattn_init(&qa, L, c->P, q0, q0, 0);
+    if (st != KVF_OK) return st;
+    for (int32_t p = q0; p < c->T; p++) rows[n++] = p;
+    c->qa = &qa;
+    st    = recompute(c, rows, n, 0, NULL);
+    c->qa = NULL;
+    float *score = kvf_calloc((size_t)c->T, sizeof(float));
+    if (st == KVF_OK && !score) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+    if (st == KVF_OK) {
+        /* prophet: every layer's attention summed; focus: the deeper half of the layers, each
+         * normalised to one vote, pooled like a3 so that the neighbours of a hit come along */
+        if (focus) kvf_qattn_combine(&qa, L / 2, L - 1, 1, 5, score + c->P);
+        else kvf_qattn_combine(&qa, 0, L - 1, 0, 1, score + c->P);
+        /* budget: fixed ratio, or chosen from the scores' concentration (adaptive.c) */
+        int32_t k = kvf_adaptive_k(score + c->P, q0 - c->P, c->T - c->q, fp, &c->st->score_mass);
+        if (k < 0) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+        else {
+            c->st->ratio_used = c->T > c->q ? (float)k / (float)(c->T - c->q) : 0.0f;
+            *n_rows           = select_topk(c, score, k, rows);
+        }
+    }
+    kvf_free(score);
+    kvf_qattn_free(&qa);
+    return st;
+}
+
 /* One attempt at the fused prefill from loaded chunks: fused cache layers (pipelined), row
  * selection, recompute, first-token logits. KVF_E_CORRUPT with c->bad_seg set when a chunk
  * fails verification on the way. */
@@ -745,7 +794,18 @@ static kvf_status run_fused(fuse_ctx *c, int32_t *rows, int32_t *n_rows_out, sel
                 rows[n_rows++] = p;
         for (int32_t p = q0; p < c->T; p++) rows[n_rows++] = p;
         break;
+    case KVF_METHOD_PROPHET:
+    case KVF_METHOD_FOCUS: {
+        /* the probe's forward work and scoring are recompute time (not twice, not as the
+         * first token) */
+        double t0 = kvf_time_ms(), e0 = c->ensure_ms, r0 = st->recompute_ms, f0 = st->first_token_ms;
+        if ((rc = probe_select(c, rows, &n_rows)) != KVF_OK) return rc;
+        st->recompute_ms   = r0 + kvf_time_ms() - t0 - (c->ensure_ms - e0);
+        st->first_token_ms = f0;
+        break;
+    }
     case KVF_METHOD_CACHEBLEND:
+    case KVF_METHOD_KVSHARE:
     case KVF_METHOD_A3: {
         int64_t qd = (int64_t)s->m->hp.n_head * s->m->hp.head_dim;
         if (!ss->score) {

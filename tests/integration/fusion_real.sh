@@ -39,7 +39,7 @@ def load(name):
     try: return [json.loads(l) for l in open(f"{d}/{name}") if l.strip()]
     except Exception as e: return []
 runs = {o["method"]: o for o in load("all.jsonl")}
-check(set(runs) == {"full", "prefix", "reuse", "epic", "cacheblend", "a3"}, f"every method ran: {sorted(runs)}")
+check(set(runs) == {"full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus"}, f"every method ran: {sorted(runs)}")
 for m, o in runs.items():
     check("7391" in o["text"], f"{m} answers with the passcode: {o['text']!r}")
     print(f"  {m:10s} ttft {o['ttft_ms']:8.1f} ms  recomputed {o['recomputed_tokens']:5d}/{o['total_tokens']}  {o['text']!r}")

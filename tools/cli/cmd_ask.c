@@ -24,7 +24,8 @@ static void help(void) {
         "      --prefix TEXT      instruction after the system message, before the documents\n"
         "      --musique          CacheBlend's MuSiQue prompt (instruction, passage and question\n"
         "                         format of ../shared/docs/fusion.md section 5)\n"
-        "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), all, or a\n"
+        "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), kvshare,\n"
+        "                         prophet, focus, all, or a\n"
         "                         comma-separated list (e.g. full,a3), run in that order\n"
         "      --ratio R          recompute ratio for the selective methods (default 0.15), or\n"
         "                         auto: picked per request (see --fidelity)\n"
@@ -199,7 +200,7 @@ int cmd_ask(int argc, char **argv) {
                 k = kvf_method_from_name(name);
             }
             if (k < 0)
-                return cli_fail("ask", "unknown method '%.*s' (full, prefix, reuse, epic, cacheblend, a3, all)",
+                return cli_fail("ask", "unknown method '%.*s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus, all)",
                                 (int)n, p);
             for (int i = 0; i < n_methods; i++)
                 if (methods[i] == k) return cli_fail("ask", "method '%.*s' given twice", (int)n, p);

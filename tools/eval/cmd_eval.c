@@ -53,12 +53,22 @@ static void help(void) {
         "                                         string_match_all\n"
         "      --data PATH       the dataset's file or directory\n"
         "      --out DIR         results directory (created; existing results are kept)\n"
-        "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3 (default:\n"
-        "                        all). full always runs first (it is the fidelity reference)\n"
-        "      --ratios LIST     recompute ratios of cacheblend and a3 (default 0.15); \"auto\"\n"
-        "                        picks the ratio per request (--fidelity, --ratio-min, --ratio-max)\n"
-        "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)\n"
-        "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)\n"
+        "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3,kvshare,
+"
+        "                        prophet,focus (default: all). full always runs first (it is the
+"
+        "                        fidelity reference)
+"
+        "      --ratios LIST     recompute ratios of the selective methods (cacheblend, a3,
+"
+        "                        kvshare, prophet, focus; default 0.15); \"auto\" picks the ratio
+"
+        "                        per request (--fidelity, --ratio-min, --ratio-max)
+"
+        "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)
+"
+        "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)
+"
         "      --limit N         the first N examples only (default: all)\n"
         "  -n, --n-predict N     answer tokens at most, greedy (default 32)\n"
         "      --epic-k K        epic: tokens recomputed per document (default 16)\n"
@@ -202,7 +212,7 @@ typedef struct {
 } spec;
 
 static int has_ratio(int method) {
-    return method == KVF_METHOD_CACHEBLEND || method == KVF_METHOD_A3;
+    return kvf_method_has_ratio((kvf_method)method);
 }
 
 static void spec_label(const spec *s, char *buf, size_t n) {
@@ -588,6 +598,8 @@ static double compute_frac(const kvf_fuse_stats *st, int method, int n_layer, in
     if (st->total_tokens <= 0) return NAN;
     double f = (double)st->recomputed_tokens / st->total_tokens;
     if (method == KVF_METHOD_FULL) return 1.0;
+    if (method == KVF_METHOD_PROPHET || method == KVF_METHOD_FOCUS) /* + the question probe */
+        return (f * st->total_tokens + st->question_tokens) / st->total_tokens;
     if (has_ratio(method)) {
         int full_layers = score_layer + 1 < n_layer ? score_layer + 1 : n_layer;
         return (full_layers + (n_layer - full_layers) * f) / n_layer;
@@ -710,12 +722,12 @@ int cmd_eval(int argc, char **argv) {
     int methods[KVF_METHOD_COUNT], n_methods = 0;
     {
         char *items[MAX_LIST], *buf;
-        int   n = split_list(methods_arg ? methods_arg : "full,prefix,reuse,epic,cacheblend,a3", items, MAX_LIST, &buf);
+        int   n = split_list(methods_arg ? methods_arg : "full,prefix,reuse,epic,cacheblend,a3,kvshare,prophet,focus", items, MAX_LIST, &buf);
         if (n <= 0) return free(buf), free(task_buf), cli_fail("eval", "--methods expects a comma-separated list");
         for (int i = 0; i < n; i++) {
             int k = !strcmp(items[i], "all") ? -2 : kvf_method_from_name(items[i]);
             if (k == -1) {
-                cli_fail("eval", "unknown method '%s' (full, prefix, reuse, epic, cacheblend, a3)", items[i]);
+                cli_fail("eval", "unknown method '%s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus)", items[i]);
                 free(buf), free(task_buf);
                 return 2;
             }

@@ -539,9 +539,10 @@ static void svg_heatmap(FILE *f, const eval_recs *rs, const group *G, const doub
 /* ---- line charts against the ratio --------------------------------------------------- */
 
 static const char *method_color(const char *m) {
-    static const char *const C[] = {"#000000", "#7f7f7f", "#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"};
+    static const char *const C[] = {"#000000", "#7f7f7f", "#d62728", "#ff7f0e", "#1f77b4",
+                                     "#2ca02c", "#8c564b", "#e377c2", "#9467bd"};
     int k = kvf_method_from_name(m);
-    return k >= 0 && k < 6 ? C[k] : "#9467bd";
+    return k >= 0 && k < (int)(sizeof C / sizeof C[0]) ? C[k] : "#17becf";
 }
 
 static double nice_step(double range) {

@@ -53,7 +53,8 @@ static void help(void) {
         "      --tenant-doc-mb N   MiB of document text each tenant may ingest (default 1024)\n"
         "      --max-tokens N      default answer limit of chat requests (default 1024)\n"
         "      --method M          fusion method of document requests without one: full, prefix,\n"
-        "                          reuse, epic, cacheblend, a3 (default a3)\n"
+        "                          reuse, epic, cacheblend, a3, kvshare, prophet, focus (default\n"
+        "                          a3)\n"
         "      --ratio R           default recompute ratio (default 0.15), or auto: picked per\n"
         "                          request (see --fidelity; a request may send \"ratio\": \"auto\")\n"
         "      --fidelity F        --ratio auto: share of the selection score's mass (a3: the\n"
@@ -261,7 +262,7 @@ int cmd_serve(int argc, char **argv) {
         case 'M': ac.max_tokens = (int32_t)cli_int("serve", "--max-tokens", optarg, 1, 1 << 24); break;
         case 'k': {
             int k = kvf_method_from_name(optarg);
-            if (k < 0) return cli_fail("serve", "unknown --method '%s' (full, prefix, reuse, epic, cacheblend, a3)", optarg);
+            if (k < 0) return cli_fail("serve", "unknown --method '%s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus)", optarg);
             ac.fp.method = (kvf_method)k;
             break;
         }

@@ -470,7 +470,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     cJSON *k = cJSON_CreateObject();
     cJSON_AddStringToObject(k, "method", j->fused ? kvf_method_name(j->fp.method) : "none");
     if (j->fused) {
-        if (j->fp.method == KVF_METHOD_A3 || j->fp.method == KVF_METHOD_CACHEBLEND) {
+        if (kvf_method_has_ratio(j->fp.method)) {
             if (j->fp.ratio_auto) { /* the ratio this request picked (once it is fused) */
                 cJSON_AddStringToObject(k, "ratio_mode", "auto");
                 cJSON_AddNumberToObject(k, "fidelity", round((double)j->fp.fidelity * 1e4) / 1e4);
@@ -1245,7 +1245,7 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
         if (k < 0) {
             char ex[64];
             excerpt(s, ex, sizeof ex);
-            return fail(e, 400, "kvfuse.method", "kvfuse.method must be one of full, prefix, reuse, epic, cacheblend, a3 (got \"%s\")", ex);
+            return fail(e, 400, "kvfuse.method", "kvfuse.method must be one of full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus (got \"%s\")", ex);
         }
         j->fp.method = (kvf_method)k;
     }

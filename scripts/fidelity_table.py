@@ -1,0 +1,48 @@
+#!/usr/bin/env python3
+"""fidelity_table.py RESULTS.jsonl - the README's fidelity table from a `kvfuse eval` results file.
+
+Only the examples on which every (method, ratio) of the file has a run are counted, so every
+cell averages the same examples (an interrupted evaluation leaves its last example partial).
+Per method and ratio: answer agreement with full (token F1 of the greedy answers, %), exact
+agreement (%), first-token KL(full || method) in nats, task F1 against the gold answer (%),
+and the estimated compute share of full prefill (%). Prints a Markdown table.
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip())
+    recs = []
+    with open(sys.argv[1]) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                recs.append(json.loads(line))
+    if not recs:
+        sys.exit(f"{sys.argv[1]}: no records")
+    order = ["full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus"]
+    groups = sorted({(r["method"], r["ratio"]) for r in recs},
+                    key=lambda g: (order.index(g[0]) if g[0] in order else 99, g[1] or 0))
+    by_ex = defaultdict(dict)
+    for r in recs:
+        by_ex[r["id"]][(r["method"], r["ratio"])] = r
+    ids = sorted(i for i, d in by_ex.items() if all(g in d for g in groups))
+    if not ids:
+        sys.exit("no example has a run of every method and ratio")
+    print(f"{len(ids)} examples ({', '.join(ids)}), each cell the mean over all of them\n")
+    print("| method | ratio | agreement F1 | agreement EM | first-token KL | F1 vs gold | compute % |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for g in groups:
+        rs = [by_ex[i][g] for i in ids]
+        n = len(rs)
+        mean = lambda k: sum(float(r[k]) for r in rs) / n
+        ratio = "-" if g[1] is None else f"{g[1]:g}"
+        print(f"| {g[0]} | {ratio} | {100 * mean('fid_f1'):.1f} | {100 * mean('fid_em'):.1f} | "
+              f"{mean('kl'):.3f} | {100 * mean('score'):.1f} | {100 * mean('compute_frac'):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
