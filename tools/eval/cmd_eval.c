@@ -53,22 +53,14 @@ static void help(void) {
         "                                         string_match_all\n"
         "      --data PATH       the dataset's file or directory\n"
         "      --out DIR         results directory (created; existing results are kept)\n"
-        "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3,kvshare,
-"
-        "                        prophet,focus (default: all). full always runs first (it is the
-"
-        "                        fidelity reference)
-"
-        "      --ratios LIST     recompute ratios of the selective methods (cacheblend, a3,
-"
-        "                        kvshare, prophet, focus; default 0.15); \"auto\" picks the ratio
-"
-        "                        per request (--fidelity, --ratio-min, --ratio-max)
-"
-        "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)
-"
-        "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)
-"
+        "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3,kvshare,\n"
+        "                        prophet,focus (default: all). full always runs first (it is the\n"
+        "                        fidelity reference)\n"
+        "      --ratios LIST     recompute ratios of the selective methods (cacheblend, a3,\n"
+        "                        kvshare, prophet, focus; default 0.15); \"auto\" picks the ratio\n"
+        "                        per request (--fidelity, --ratio-min, --ratio-max)\n"
+        "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)\n"
+        "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)\n"
         "      --limit N         the first N examples only (default: all)\n"
         "  -n, --n-predict N     answer tokens at most, greedy (default 32)\n"
         "      --epic-k K        epic: tokens recomputed per document (default 16)\n"
