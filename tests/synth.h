@@ -995,4 +995,53 @@ SG_FN kvf_status synth_model_file(const synth_cfg *cfg, const char *path, synth_
     return KVF_OK;
 }
 
+/* The duplicate-token model and prompt of the needle selection tests: 2 layers, float weights;
+ * layer 0 is the identity (zero output projections), layer 1 has Wq = Wk = I (a query attends to
+ * earlier occurrences of its own token) and only two rotary dimensions. Written to `path`.
+ * ids gets 5 segments of SYNTH_NEEDLE_LENS tokens: documents from the lower half of the
+ * vocabulary, the question (segment 4) from the upper half, so the needle token
+ * SYNTH_NEEDLE, planted at prompt position SYNTH_NEEDLE_POS (segment 2), is the only token they
+ * share; the caller decides whether the question mentions it. */
+#define SYNTH_NEEDLE      100
+#define SYNTH_NEEDLE_POS  (8 + 60 + 37)
+#define SYNTH_NEEDLE_LENS {8, 60, 60, 60, 6}
+SG_FN kvf_status synth_needle_file(const char *path, int32_t ids[5][64]) {
+    synth_cfg  cfg = {.wtype = KVF_TYPE_F32, .etype = KVF_TYPE_F32, .n_layer = 2, .n_embd = 64,
+                      .n_head = 4, .n_head_kv = 4, .n_ctx = 512, .seed = 21};
+    synth_info info;
+    sg_writer *w;
+    kvf_status st = synth_build(&cfg, &w, &info);
+    if (st != KVF_OK) return st;
+    const char *zero[] = {"blk.0.attn_output.weight", "blk.0.ffn_down.weight"};
+    for (int i = 0; i < 2; i++) {
+        sg_tensor *t = sg_find_tensor(w, zero[i]);
+        memset(t->data, 0, t->nbytes);
+    }
+    const char *ident[] = {"blk.1.attn_q.weight", "blk.1.attn_k.weight"};
+    for (int i = 0; i < 2; i++) {
+        sg_tensor *t = sg_find_tensor(w, ident[i]);
+        float     *f = (float *)t->data;
+        memset(f, 0, t->nbytes);
+        for (int r = 0; r < 64; r++) f[r * 64 + r] = 1.0f; /* sharp: scores scale with |e|^2 */
+    }
+    uint32_t two = 2;
+    sg_remove_kv(w, "llama.rope.dimension_count");
+    sg_add_scalar(w, "llama.rope.dimension_count", GGUF_T_UINT32, &two);
+    int r = sg_write_file(w, path);
+    sg_free(w);
+    if (r != 0) return kvf_set_error(KVF_E_IO, "synth: cannot write '%s'", path);
+    const int lens[5] = SYNTH_NEEDLE_LENS;
+    int       half    = (info.n_vocab - 3) / 2;
+    uint64_t  x       = 5;
+    for (int sgi = 0; sgi < 5; sgi++)
+        for (int i = 0; i < lens[sgi]; i++) {
+            do {
+                x           = x * 6364136223846793005ull + 1442695040888963407ull;
+                ids[sgi][i] = (int32_t)((x >> 33) % (uint64_t)half) + (sgi == 4 ? half : 0);
+            } while (ids[sgi][i] == SYNTH_NEEDLE);
+        }
+    ids[2][37] = SYNTH_NEEDLE;
+    return KVF_OK;
+}
+
 #endif /* KVF_TEST_SYNTH_H */

@@ -230,51 +230,15 @@ static void test_fuse_auto(void) {
  * no RoPE on most dimensions): a question that contains a document token attends to it, one
  * that does not spreads its attention. Auto picks fewer rows for the first. */
 static void test_fuse_auto_follows_concentration(void) {
-    synth_cfg  cfg = {.wtype = KVF_TYPE_F32, .etype = KVF_TYPE_F32, .n_layer = 2, .n_embd = 64,
-                      .n_head = 4, .n_head_kv = 4, .n_ctx = 512, .seed = 21};
-    synth_info info;
-    sg_writer *w;
-    if (synth_build(&cfg, &w, &info) != KVF_OK) {
-        T_FAILMSG("synth_build: %s", kvf_errmsg());
-        return;
-    }
-    const char *zero[] = {"blk.0.attn_output.weight", "blk.0.ffn_down.weight"};
-    for (int i = 0; i < 2; i++) {
-        sg_tensor *t = sg_find_tensor(w, zero[i]);
-        memset(t->data, 0, t->nbytes);
-    }
-    const char *ident[] = {"blk.1.attn_q.weight", "blk.1.attn_k.weight"};
-    for (int i = 0; i < 2; i++) {
-        sg_tensor *t = sg_find_tensor(w, ident[i]);
-        float     *f = (float *)t->data;
-        memset(f, 0, t->nbytes);
-        for (int r = 0; r < 64; r++) f[r * 64 + r] = 1.0f; /* sharp: scores scale with |e|^2 */
-    }
-    uint32_t two = 2;
-    sg_remove_kv(w, "llama.rope.dimension_count");
-    sg_add_scalar(w, "llama.rope.dimension_count", GGUF_T_UINT32, &two);
     char path[400];
     snprintf(path, sizeof path, "%s/needle.gguf", tmpdir);
-    sg_write_file(w, path);
-    sg_free(w);
+    int32_t    ids[5][64];
+    int        lens[5] = SYNTH_NEEDLE_LENS, needle = SYNTH_NEEDLE, needle_pos = SYNTH_NEEDLE_POS;
     kvf_model *m;
-    if (kvf_model_load(path, NULL, &m) != KVF_OK) {
-        T_FAILMSG("load: %s", kvf_errmsg());
+    if (synth_needle_file(path, ids) != KVF_OK || kvf_model_load(path, NULL, &m) != KVF_OK) {
+        T_FAILMSG("needle model: %s", kvf_errmsg());
         return;
     }
-    int      nv = info.n_vocab, half = (nv - 3) / 2, needle = 100;
-    int      lens[5] = {8, 60, 60, 60, 6};
-    int32_t  ids[5][64];
-    uint64_t x = 5;
-    for (int sgi = 0; sgi < 5; sgi++)
-        for (int i = 0; i < lens[sgi]; i++) {
-            do {
-                x           = x * 6364136223846793005ull + 1442695040888963407ull;
-                ids[sgi][i] = (int32_t)((x >> 33) % (uint64_t)half) + (sgi == 4 ? half : 0);
-            } while (ids[sgi][i] == needle);
-        }
-    ids[2][37]            = needle;
-    int         needle_pos = 8 + 60 + 37;
     kvf_segment segs[5];
     for (int i = 0; i < 5; i++) segs[i].ids = ids[i], segs[i].n = lens[i];
     kvf_session     *s = new_session(m, 256);
