@@ -196,16 +196,32 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-report eval-fidelity-table
+.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
 
-eval-fidelity-needle: cli $(QWEN05) ## needle at 4k tokens (3 depths), full/a3/cacheblend/focus at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle4k
+eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), every method at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
-	    --methods full,cacheblend,a3,focus --ratios 0.15 --lengths 4096 --depths 0.1,0.5,0.9 \
-	    -n 16 --out $(RESULTS)/qwen05-needle4k $(EVAL_ARGS)
+	    --methods $(FID_METHODS) --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
+	    -n 16 --out $(RESULTS)/qwen05-needle $(EVAL_ARGS)
+
+eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4k and 8k (2 each), 5 methods at r=0.15 on the 0.5B -> results/qwen05-ruler
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \
+	    --haystack $(SHARED)/data/needle/PaulGrahamEssays --methods full,cacheblend,a3,prophet,focus \
+	    --ratios 0.15 --lengths 4096,8192 --ruler-n 2 -n 16 --out $(RESULTS)/qwen05-ruler $(EVAL_ARGS)
+
+eval-fidelity-kv: cli $(QWEN05) ## Lost-in-the-Middle kv-retrieval (75 keys, ~5k tokens), first 6, every method at r=0.15 on the 0.5B -> results/qwen05-kv
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset kv-retrieval \
+	    --data $(SHARED)/data/kv-retrieval/kv-retrieval-75_keys.jsonl.gz --methods $(FID_METHODS) \
+	    --ratios 0.15 --limit 6 -n 24 --out $(RESULTS)/qwen05-kv $(EVAL_ARGS)
+
+eval-fidelity-15b: cli $(QWEN15) ## MuSiQue, first 6 questions, 6 methods at r=0.15/0.3 on Qwen2.5-Coder-1.5B -> results/qwen15-musique
+	$(CLI) eval -m qwen2.5-coder-1.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json \
+	    --methods full,reuse,cacheblend,a3,prophet,focus --ratios 0.15,0.3 --limit 6 -n 16 \
+	    --out $(RESULTS)/qwen15-musique $(EVAL_ARGS)
 
 eval-fidelity-table: ## the README's fidelity table (examples with every run only) from results/qwen05-musique30
 	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-musique30/results.jsonl

@@ -189,9 +189,10 @@ KVF_API kvf_session_params kvf_session_default_params(void);
 KVF_API kvf_status kvf_session_new(const kvf_model *model, const kvf_session_params *params,
                                    kvf_session **out);
 KVF_API void kvf_session_free(kvf_session *s);
-/* Bytes kvf_session_new allocates for these parameters (NULL: the defaults): the KV cache,
+/* Bytes kvf_session_new reserves for these parameters (NULL: the defaults): the KV cache,
  * 2 * n_layer * n_head_kv * head_dim * (4 for f32, 2 for f16) bytes per cell, with n_ctx rounded
- * up to 64 cells, plus scratch. -1 if the parameters are invalid. Nothing is allocated. */
+ * up to 64 cells (address space, committed only as cells fill: see kvf_session_trim), plus
+ * scratch (committed). -1 if the parameters are invalid. Nothing is allocated. */
 KVF_API int64_t kvf_session_memory(const kvf_model *model, const kvf_session_params *params);
 
 #define KVF_EVAL_ALL_LOGITS 1u /* keep logits for every evaluated token, not only the last */
@@ -219,6 +220,13 @@ KVF_API int32_t kvf_session_n_past(const kvf_session *s);
 KVF_API int32_t kvf_session_threads(const kvf_session *s);
 /* Forget every token from position n_keep on (0 clears the session). */
 KVF_API kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep);
+/* The KV cache is reserved address space (the full n_ctx) whose memory is committed as cells
+ * are written. kvf_session_trim returns the memory above the cells in use to the OS (after a
+ * truncate, or when a session goes idle); kvf_session_kv_resident gives the KV bytes in memory
+ * now (at page granularity), kvf_session_kv_bytes_per_token the exact bytes one token needs. */
+KVF_API void    kvf_session_trim(kvf_session *s);
+KVF_API int64_t kvf_session_kv_resident(const kvf_session *s);
+KVF_API int64_t kvf_session_kv_bytes_per_token(const kvf_model *model, kvf_kv_type kv_type);
 
 /* ---- KV cache fusion ----------------------------------------------------------------- */
 

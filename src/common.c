@@ -1,11 +1,14 @@
-/* common.c - status strings, per-thread error messages, logging, allocation and clocks. */
+/* common.c - status strings, per-thread error messages, logging, allocation (heap and
+ * demand-paged reservations) and clocks. */
 #include "common.h"
 
 #include <stdatomic.h>
 
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *kvf_version(void) {
     return KVF_VERSION;
@@ -124,6 +127,48 @@ void *kvf_alloc_aligned(size_t n) {
 
 void kvf_free_aligned(void *p) {
     free(p);
+}
+
+size_t kvf_page_size(void) {
+    long ps = sysconf(_SC_PAGESIZE);
+    return ps > 0 ? (size_t)ps : 4096;
+}
+
+void *kvf_vmem_reserve(size_t n) {
+    if (alloc_should_fail() || n == 0) return NULL;
+    /* MAP_NORESERVE: no swap reservation, so untouched address space is not counted against
+     * the commit limit (overcommit modes 0 and 1). */
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_NOHUGEPAGE
+    /* huge pages would commit 2 MiB around the first write: memory would no longer follow the
+     * tokens held */
+    madvise(p, n, MADV_NOHUGEPAGE);
+#endif
+    return p;
+}
+
+void kvf_vmem_release(void *p, size_t n) {
+    if (p) munmap(p, n);
+}
+
+void kvf_vmem_discard(void *p, size_t off, size_t end) {
+    size_t ps = kvf_page_size();
+    off       = (off + ps - 1) / ps * ps; /* p is page aligned (mmap) */
+    end       = end / ps * ps;
+    if (end > off) madvise((char *)p + off, end - off, MADV_DONTNEED);
+}
+
+size_t kvf_vmem_resident(const void *p, size_t n) {
+    size_t        ps = kvf_page_size(), pages = (n + ps - 1) / ps, res = 0;
+    unsigned char vec[256];
+    for (size_t i = 0; i < pages; i += sizeof vec) {
+        size_t k = pages - i < sizeof vec ? pages - i : sizeof vec;
+        if (mincore((char *)p + i * ps, k * ps, vec) != 0) return 0;
+        for (size_t j = 0; j < k; j++) res += vec[j] & 1;
+    }
+    return res * ps;
 }
 
 char *kvf_strdup(const char *s) {

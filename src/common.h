@@ -63,6 +63,17 @@ void *kvf_alloc_aligned(size_t n);
 void  kvf_free_aligned(void *p);
 char *kvf_strdup(const char *s);
 
+/* Demand-paged reservations (the session KV cache, after vAttention): kvf_vmem_reserve maps n
+ * bytes of zero-filled address space without committing memory; the kernel commits a page when
+ * it is first written. kvf_vmem_discard returns the pages lying wholly inside [off, end) (they
+ * read as zeros again), kvf_vmem_resident counts the bytes of [p, p + n) in memory (mincore),
+ * kvf_vmem_release unmaps. The fault-injection hook below applies to kvf_vmem_reserve too. */
+void  *kvf_vmem_reserve(size_t n);
+void   kvf_vmem_release(void *p, size_t n);
+void   kvf_vmem_discard(void *p, size_t off, size_t end);
+size_t kvf_vmem_resident(const void *p, size_t n);
+size_t kvf_page_size(void);
+
 /* Test hook (fault injection): make the n-th allocation from now fail (0 disables). */
 void kvf_alloc_fail_after(long n);
 

@@ -565,6 +565,76 @@ static void test_session_memory(void) {
     kvf_model_free(m);
 }
 
+/* The KV cache is demand-paged: a long-context session commits memory only for the cells it
+ * fills, exactly page by page, and kvf_session_trim returns what lies above the cells kept
+ * without disturbing them. */
+static int64_t kv_pages_expected(int64_t cells, int n_layer, int n_head_kv, int hd, int64_t es,
+                                 int64_t ps) {
+    int64_t k_row = (cells * es + ps - 1) / ps; /* pages of one key row (rows are page aligned) */
+    int64_t v_head = (cells * hd * es + ps - 1) / ps;
+    return (int64_t)n_layer * n_head_kv * (hd * k_row + v_head) * ps;
+}
+
+static void test_demand_paged_kv(void) {
+    synth_cfg  cfg = {.arch = "qwen2", .n_layer = 3, .n_ctx = 32768, .rope_base = 1e6f, .seed = 23};
+    synth_info info;
+    const char *path = tmp_path("paged.gguf");
+    CHECK_EQ(synth_model_file(&cfg, path, &info), KVF_OK);
+    kvf_model *m = load(path, NULL, KVF_PREC_Q16);
+    if (!m) return;
+    const int64_t ps = sysconf(_SC_PAGESIZE), L = 3, H = info.cfg.n_head_kv, hd = info.head_dim;
+    int           nv = info.n_vocab, n = 300;
+    int32_t      *ids = malloc(sizeof(int32_t) * (size_t)n);
+    make_ids(ids, n, nv, 91);
+    CHECK_EQ(kvf_session_kv_bytes_per_token(m, KVF_KV_F32), 2 * L * H * hd * 4);
+    CHECK_EQ(kvf_session_kv_bytes_per_token(m, KVF_KV_F16), 2 * L * H * hd * 2);
+    for (int f16 = 0; f16 < 2; f16++) {
+        const int64_t      es = f16 ? 2 : 4;
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx              = 32768;
+        sp.kv_type            = f16 ? KVF_KV_F16 : KVF_KV_F32;
+        kvf_session *s = NULL;
+        CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+        if (!s) break;
+        CHECK_EQ(kvf_session_kv_resident(s), 0); /* 32k cells reserved, nothing committed */
+        CHECK_EQ(kvf_session_eval(s, ids, n, 0), KVF_OK);
+        int64_t want = kv_pages_expected(n, (int)L, (int)H, (int)hd, es, ps);
+        CHECK_MSG(kvf_session_kv_resident(s) == want, "%s: %d cells hold %lld bytes, want %lld",
+                  f16 ? "f16" : "f32", n, (long long)kvf_session_kv_resident(s), (long long)want);
+        float *last = malloc(sizeof(float) * (size_t)nv);
+        memcpy(last, kvf_session_logits(s, -1), sizeof(float) * (size_t)nv);
+        /* truncate keeps the pages (a request that refills them pays no faults); trim returns
+         * those above the cells kept, which must survive unchanged */
+        CHECK_EQ(kvf_session_truncate(s, 100), KVF_OK);
+        CHECK_EQ(kvf_session_kv_resident(s), want);
+        kvf_session_trim(s);
+        want = kv_pages_expected(100, (int)L, (int)H, (int)hd, es, ps);
+        CHECK_MSG(kvf_session_kv_resident(s) == want, "%s: trimmed to 100 cells: %lld bytes, want %lld",
+                  f16 ? "f16" : "f32", (long long)kvf_session_kv_resident(s), (long long)want);
+        CHECK_EQ(kvf_session_eval(s, ids + 100, n - 100, 0), KVF_OK);
+        CHECK_MSG(!memcmp(last, kvf_session_logits(s, -1), sizeof(float) * (size_t)nv),
+                  "%s: logits after trim and re-evaluation differ", f16 ? "f16" : "f32");
+        CHECK_EQ(kvf_session_truncate(s, 0), KVF_OK);
+        kvf_session_trim(s);
+        CHECK_EQ(kvf_session_kv_resident(s), 0);
+        CHECK_EQ(kvf_session_eval(s, ids, n, 0), KVF_OK); /* zero pages again, same answer */
+        CHECK(!memcmp(last, kvf_session_logits(s, -1), sizeof(float) * (size_t)nv));
+        free(last);
+        kvf_session_free(s);
+    }
+    /* a million-cell session reserves gigabytes of address space but commits none of it */
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = 1 << 20;
+    kvf_session *big      = NULL;
+    CHECK_EQ(kvf_session_new(m, &sp, &big), KVF_OK);
+    CHECK(kvf_session_memory(m, &sp) > (int64_t)(1 << 20) * 2 * L * H * hd * 4);
+    CHECK_EQ(kvf_session_kv_resident(big), 0);
+    kvf_session_trim(NULL);
+    kvf_session_free(big);
+    free(ids);
+    kvf_model_free(m);
+}
+
 /* malformed models: each must fail to load with a message naming the problem */
 static void test_bad_models(void) {
     struct {
@@ -674,6 +744,7 @@ int main(void) {
     RUN(test_f16_cache);
     RUN(test_session_errors);
     RUN(test_session_memory);
+    RUN(test_demand_paged_kv);
     RUN(test_bad_models);
     RUN(test_sampler);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

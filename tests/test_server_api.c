@@ -776,6 +776,82 @@ static void test_sched(void) {
     srv_docs_free(d);
 }
 
+/* --kv-budget: jobs whose prompt + max_tokens would together exceed the KV budget run one
+ * after another (a job alone runs whatever its size), idle slots give up the prefixes they keep
+ * when a new job needs the room, and the answers are those of an unbounded server. */
+static int32_t held_tokens(srv_sched *s) {
+    int32_t n = 0;
+    for (int i = 0; i < s->p.n_slots; i++) n += kvf_session_n_past(s->slots[i].s);
+    return n;
+}
+
+static void test_sched_kv_budget(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    static const char *const bodies[3] = {
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"the quick brown fox\"}], \"max_tokens\": 40, \"stop\": \"\\u0001\"}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a lazy dog sleeps\"}], \"max_tokens\": 40, \"stop\": \"\\u0001\"}",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 40, \"stop\": \"\\u0001\"}",
+    };
+    char *want[3] = {0}, err[256];
+    for (int pass = 0; pass < 2; pass++) {
+        srv_sched_params sp = srv_sched_default_params();
+        sp.n_slots          = 3;
+        sp.n_ctx            = 512;
+        sp.n_threads        = 1;
+        sp.kv_budget        = pass ? 0 : 1;
+        srv_sched *s        = srv_sched_new(g_model, &sp, m, err, sizeof err);
+        CHECK(s != NULL);
+        if (!s) break;
+        srv_job *js[3];
+        int      ra;
+        for (int i = 0; i < 3; i++) js[i] = make_job(a, NULL, bodies[i]);
+        if (!js[0] || !js[1] || !js[2]) break;
+        int64_t need = job_kv(s, js[0]); /* room for one job, not two */
+        s->p.kv_budget = pass ? 0 : need + need / 2;
+        srv_sched_hold(s, true);
+        for (int i = 0; i < 3; i++) CHECK(srv_sched_submit(s, js[i], &ra) == SRV_SUBMIT_OK);
+        srv_sched_hold(s, false);
+        int batched = 0;
+        for (int i = 0; i < 3; i++) {
+            wait_done(js[i]);
+            CHECK_EQ(js[i]->err_status, 0);
+            batched += js[i]->batch_max > 1;
+            if (pass == 0) want[i] = strndup(js[i]->text ? js[i]->text : "", js[i]->len);
+            else
+                CHECK_MSG(want[i] && js[i]->text && !strcmp(want[i], js[i]->text),
+                          "job %d: budgeted \"%s\" vs unbounded \"%s\"", i, want[i] ? want[i] : "",
+                          js[i]->text ? js[i]->text : "");
+            srv_job_release(js[i]);
+        }
+        srv_status st;
+        srv_sched_status(s, &st);
+        if (pass == 0) {
+            CHECK_MSG(batched == 0, "%d jobs shared decode steps under a budget for one", batched);
+            CHECK_EQ(st.kv_budget, need + need / 2);
+            /* the slots keep prefixes within the budget: the last job's admission dropped the others */
+            CHECK_MSG(held_tokens(s) <= need + need / 2, "idle slots hold %d tokens, budget %lld",
+                      held_tokens(s), (long long)(need + need / 2));
+            CHECK(st.kv_resident > 0 && st.kv_resident < st.kv_reserved);
+            /* one job larger than the whole budget still runs when it is alone */
+            srv_job *big = make_job(a, NULL, "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"max_tokens\": 200}");
+            char    *t   = big ? run_one(s, big) : NULL;
+            CHECK(t != NULL && job_kv(s, big) > s->p.kv_budget);
+            free(t);
+            if (big) srv_job_release(big);
+        } else {
+            CHECK(batched > 0); /* unbounded: the three ran together */
+            CHECK_EQ(st.kv_budget, 0);
+        }
+        srv_sched_free(s);
+    }
+    for (int i = 0; i < 3; i++) free(want[i]);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
 /* Tenants' chunk caches are separate; shared documents are cached once for everybody. */
 static void test_sched_tenants(void) {
     char         err[256];
@@ -1072,6 +1148,7 @@ int main(void) {
     RUN(test_responses);
     RUN(test_metrics);
     RUN(test_sched);
+    RUN(test_sched_kv_budget);
     RUN(test_sched_tenants);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);

@@ -10,6 +10,12 @@
  *
  * Layout per layer: keys transposed, kt[h][i][cell] (head h, component i; row stride ldk), so
  * attention streams 16 keys per vector; values v[h][cell][i]. ldk = n_ctx rounded up to 64.
+ *
+ * Memory (after vAttention): all layers' kt and vc lie in one reservation of address space
+ * (kvf_vmem_reserve) whose pages the kernel commits when a cell is first written, so a session
+ * with a long context costs memory in proportion to the cells it has filled, with the kernels
+ * unchanged (each head keeps one contiguous range). kvf_session_trim returns the pages above
+ * n_cells; a key row commits a page per 4096 / element-size cells, a value row per cell.
  */
 #ifndef KVF_KV_CELLS_H
 #define KVF_KV_CELLS_H
@@ -21,6 +27,8 @@
 #include "engine/threadpool.h"
 
 #include <string.h>
+
+#define KVF_SCRATCH_MAX 16
 
 struct kvf_session {
     const kvf_model   *m;
@@ -34,6 +42,8 @@ struct kvf_session {
     int32_t  n_ctx;       /* cells */
     int64_t  ldk;         /* row stride of kt and cell capacity of v (n_ctx rounded to 64) */
     void   **kt, **vc;    /* [n_layer] -> see above; f32 or f16 elements (kv_f16) */
+    void    *kv_map;      /* one demand-paged reservation holding every kt[l] and vc[l] */
+    size_t   kv_map_bytes;
     int      kv_f16;      /* cache elements are IEEE halves */
     int32_t *cell_pos;    /* [n_ctx] position of the token in each cell */
     int32_t *cell_tok;    /* [n_ctx] its token id */
@@ -49,8 +59,15 @@ struct kvf_session {
     float     *rcos, *rsin;                          /* [U][n_rot/2] for the current batch */
     kvf_actbuf act;                                  /* quantised rows, up to max(n_embd, n_ff) */
     float     *attn_work;                            /* [threads][attn_work_stride] */
+    struct {
+        void  *p;
+        size_t n;
+    } scratch[KVF_SCRATCH_MAX]; /* the reservations above (freed / trimmed together) */
+    int        n_scratch;
     int64_t    attn_work_stride;
-    float     *split_o; /* decode split-K partials: [items][rows per item][head_dim + 2] */
+    float     *split_o; /* decode split-K partials: [items][rows per item][head_dim + 2]
+                           (demand-paged reservation of split_bytes) */
+    size_t     split_bytes;
     int64_t    split_cap;
     float     *batch_logits; /* kvf_decode_batch: [rows][n_vocab] */
     int64_t    batch_logits_cap;

@@ -182,32 +182,40 @@ void kvf_weight_row(const kvf_weight *w, int64_t row, float *out) {
 
 /* ---- activations ----------------------------------------------------------------------- */
 
+/* One demand-paged reservation (common.h) carved into the buffers, each KVF_ALIGN-aligned:
+ * only the rows a batch uses are committed, and kvf_actbuf_discard returns them. */
 kvf_status kvf_actbuf_init(kvf_actbuf *a, int64_t max_rows, int64_t max_in) {
     memset(a, 0, sizeof *a);
     a->max_rows = max_rows;
     a->max_in   = max_in;
-    a->q        = kvf_alloc_aligned((size_t)(max_rows * max_in));
-    a->d        = kvf_alloc_aligned((size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float));
-    a->s16      = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(float));
-    a->qsum     = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(int32_t));
-    a->ql       = kvf_alloc_aligned((size_t)(max_rows * max_in));
-    a->dl       = kvf_alloc_aligned((size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float));
-    a->qsuml    = kvf_alloc_aligned((size_t)(max_rows * (max_in / 16)) * sizeof(int32_t));
-    if (!a->q || !a->d || !a->s16 || !a->qsum || !a->ql || !a->dl || !a->qsuml) {
-        kvf_actbuf_free(a);
-        return kvf_set_error(KVF_E_NOMEM, "out of memory for activation buffers");
-    }
+    size_t sz[7] = {(size_t)(max_rows * max_in),
+                    (size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float),
+                    (size_t)(max_rows * (max_in / 16)) * sizeof(float),
+                    (size_t)(max_rows * (max_in / 16)) * sizeof(int32_t),
+                    (size_t)(max_rows * max_in),
+                    (size_t)(max_rows * (max_in / KVF_QK)) * sizeof(float),
+                    (size_t)(max_rows * (max_in / 16)) * sizeof(int32_t)};
+    size_t off[7], total = 0;
+    for (int i = 0; i < 7; i++) off[i] = total, total += (sz[i] + KVF_ALIGN - 1) / KVF_ALIGN * KVF_ALIGN;
+    char *base = kvf_vmem_reserve(total);
+    if (!base) return kvf_set_error(KVF_E_NOMEM, "out of memory for activation buffers");
+    a->map = base, a->map_bytes = total;
+    a->q     = (int8_t *)(base + off[0]);
+    a->d     = (float *)(base + off[1]);
+    a->s16   = (float *)(base + off[2]);
+    a->qsum  = (int32_t *)(base + off[3]);
+    a->ql    = (int8_t *)(base + off[4]);
+    a->dl    = (float *)(base + off[5]);
+    a->qsuml = (int32_t *)(base + off[6]);
     return KVF_OK;
 }
 
+void kvf_actbuf_discard(kvf_actbuf *a) {
+    if (a->map) kvf_vmem_discard(a->map, 0, a->map_bytes);
+}
+
 void kvf_actbuf_free(kvf_actbuf *a) {
-    kvf_free_aligned(a->q);
-    kvf_free_aligned(a->d);
-    kvf_free_aligned(a->s16);
-    kvf_free_aligned(a->qsum);
-    kvf_free_aligned(a->ql);
-    kvf_free_aligned(a->dl);
-    kvf_free_aligned(a->qsuml);
+    kvf_vmem_release(a->map, a->map_bytes);
     memset(a, 0, sizeof *a);
 }
 

@@ -35,14 +35,19 @@ void kvf_weight_free(kvf_weight *w);
 /* Row r of the packed matrix back to floats (the packing's exact inverse of decoding). */
 void kvf_weight_row(const kvf_weight *w, int64_t r, float *out);
 
-/* Quantised activation rows: buffers sized for up to max_rows rows of n_in (owned). */
+/* Quantised activation rows: buffers sized for up to max_rows rows of n_in (owned; one
+ * demand-paged reservation, map). kvf_actbuf_discard returns their memory between batches
+ * (contents are lost). */
 typedef struct kvf_actbuf {
     int64_t max_rows, max_in;
     int8_t  *q, *ql;
     float   *d, *dl, *s16;
     int32_t *qsum, *qsuml;
+    void    *map;
+    size_t   map_bytes;
 } kvf_actbuf;
 kvf_status kvf_actbuf_init(kvf_actbuf *a, int64_t max_rows, int64_t max_in);
+void       kvf_actbuf_discard(kvf_actbuf *a);
 void       kvf_actbuf_free(kvf_actbuf *a);
 
 /* Quantise n rows x[i * ldx .. + n_in) into `a` (in parallel) and describe them in *act;

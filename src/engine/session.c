@@ -13,16 +13,13 @@ kvf_session_params kvf_session_default_params(void) {
 
 void kvf_session_free(kvf_session *s) {
     if (!s) return;
-    if (s->kt)
-        for (int l = 0; l < s->m->hp.n_layer; l++) kvf_free_aligned(s->kt[l]);
-    if (s->vc)
-        for (int l = 0; l < s->m->hp.n_layer; l++) kvf_free_aligned(s->vc[l]);
+    kvf_vmem_release(s->kv_map, s->kv_map_bytes);
+    kvf_vmem_release(s->split_o, s->split_bytes);
     kvf_free(s->kt), kvf_free(s->vc);
     kvf_free(s->cell_pos), kvf_free(s->cell_tok);
-    float *bufs[] = {s->x,    s->xb,   s->q,         s->kb,      s->vb,     s->att, s->hb,
-                     s->hb2,  s->rcos, s->rsin,      s->attn_work, s->split_o, s->logits,
-                     s->batch_logits};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) kvf_free_aligned(bufs[i]);
+    for (int i = 0; i < s->n_scratch; i++) kvf_vmem_release(s->scratch[i].p, s->scratch[i].n);
+    kvf_free_aligned(s->logits);
+    kvf_free_aligned(s->batch_logits);
     kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
     kvf_free(s->fuse_rows);
     kvf_actbuf_free(&s->act);
@@ -30,9 +27,17 @@ void kvf_session_free(kvf_session *s) {
     kvf_free(s);
 }
 
-static float *alloc_f(int64_t n, int *fail) {
-    float *p = kvf_alloc_aligned(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (!p) *fail = 1;
+/* Scratch of the forward pass: demand-paged reservations (common.h), registered so that
+ * kvf_session_trim can return their memory while the session is idle and free can unmap them. */
+static float *alloc_f(kvf_session *s, int64_t n, int *fail) {
+    size_t bytes = sizeof(float) * (size_t)(n > 0 ? n : 1);
+    float *p     = s->n_scratch < KVF_SCRATCH_MAX ? kvf_vmem_reserve(bytes) : NULL;
+    if (!p) {
+        *fail = 1;
+        return NULL;
+    }
+    s->scratch[s->n_scratch].p     = p;
+    s->scratch[s->n_scratch++].n = bytes;
     return p;
 }
 
@@ -110,32 +115,37 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->kt        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
     s->vc        = kvf_calloc((size_t)hp->n_layer, sizeof(void *));
     if (!s->kt || !s->vc) fail = 1;
+    /* one demand-paged reservation for every layer's keys and values: memory is committed as
+     * cells are written and returned by kvf_session_trim (kv_cells.h) */
     size_t kv_bytes = (size_t)kv_layer_bytes(hp, p.n_ctx, p.kv_type);
+    s->kv_map_bytes = 2 * (size_t)hp->n_layer * kv_bytes;
+    if (!fail && !(s->kv_map = kvf_vmem_reserve(s->kv_map_bytes))) fail = 1;
     for (int l = 0; !fail && l < hp->n_layer; l++) {
-        if (!(s->kt[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
-        if (!(s->vc[l] = kvf_alloc_aligned(kv_bytes))) fail = 1;
+        s->kt[l] = (char *)s->kv_map + (size_t)(2 * l) * kv_bytes;
+        s->vc[l] = (char *)s->kv_map + (size_t)(2 * l + 1) * kv_bytes;
     }
     s->cell_pos = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
     s->cell_tok = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
     if (!s->cell_pos || !s->cell_tok) fail = 1;
     int64_t U = s->U;
-    s->x      = alloc_f(U * hp->n_embd, &fail);
-    s->xb     = alloc_f(U * hp->n_embd, &fail);
-    s->q      = alloc_f(U * qd, &fail);
-    s->att    = alloc_f(U * qd, &fail);
-    s->kb     = alloc_f(U * kvd, &fail);
-    s->vb     = alloc_f(U * kvd, &fail);
-    s->hb     = alloc_f(U * hp->n_ff, &fail);
-    s->hb2    = alloc_f(U * hp->n_ff, &fail);
-    s->rcos   = alloc_f(U * (hp->n_rot / 2), &fail);
-    s->rsin   = alloc_f(U * (hp->n_rot / 2), &fail);
+    s->x      = alloc_f(s, U * hp->n_embd, &fail);
+    s->xb     = alloc_f(s, U * hp->n_embd, &fail);
+    s->q      = alloc_f(s, U * qd, &fail);
+    s->att    = alloc_f(s, U * qd, &fail);
+    s->kb     = alloc_f(s, U * kvd, &fail);
+    s->vb     = alloc_f(s, U * kvd, &fail);
+    s->hb     = alloc_f(s, U * hp->n_ff, &fail);
+    s->hb2    = alloc_f(s, U * hp->n_ff, &fail);
+    s->rcos   = alloc_f(s, U * (hp->n_rot / 2), &fail);
+    s->rsin   = alloc_f(s, U * (hp->n_rot / 2), &fail);
     s->attn_work_stride = (kvf_attn_work_floats(KVF_ATTN_MAX_M) + 15) / 16 * 16;
-    s->attn_work = alloc_f(s->attn_work_stride * kvf_pool_size(s->pool), &fail);
+    s->attn_work = alloc_f(s, s->attn_work_stride * kvf_pool_size(s->pool), &fail);
     s->split_cap = (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M *
                    (hp->head_dim + 2);
-    s->split_o   = alloc_f(s->split_cap, &fail);
+    s->split_bytes = sizeof(float) * (size_t)s->split_cap; /* demand-paged like the KV cache */
+    if (!(s->split_o = kvf_vmem_reserve(s->split_bytes))) fail = 1;
     s->logits_cap = 1;
-    s->logits     = alloc_f(hp->n_vocab, &fail);
+    if (!(s->logits = kvf_alloc_aligned(sizeof(float) * (size_t)hp->n_vocab))) fail = 1;
     s->b_pos      = kvf_malloc(sizeof(int32_t) * (size_t)U);
     s->b_cell     = kvf_malloc(sizeof(int32_t) * (size_t)U);
     s->b_end      = kvf_malloc(sizeof(int32_t) * (size_t)U);
@@ -183,6 +193,34 @@ kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep) {
     s->n_logits    = 0;
     s->last_eval_n = 0;
     return KVF_OK;
+}
+
+void kvf_session_trim(kvf_session *s) {
+    if (!s || !s->kv_map) return;
+    const kvf_hparams *hp = &s->m->hp;
+    size_t es = kvf_kv_esize(s), hd = (size_t)hp->head_dim, ldk = (size_t)s->ldk;
+    size_t used = (size_t)s->n_cells;
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int h = 0; h < hp->n_head_kv; h++) {
+            /* keys: one row of ldk cells per component; values: ldk rows of head_dim */
+            size_t k0 = (size_t)((char *)kvf_kt_at(s, l, h) - (char *)s->kv_map);
+            for (size_t i = 0; i < hd; i++)
+                kvf_vmem_discard(s->kv_map, k0 + (i * ldk + used) * es, k0 + (i + 1) * ldk * es);
+            size_t v0 = (size_t)((char *)kvf_v_at(s, l, h) - (char *)s->kv_map);
+            kvf_vmem_discard(s->kv_map, v0 + used * hd * es, v0 + ldk * hd * es);
+        }
+    kvf_vmem_discard(s->split_o, 0, s->split_bytes);
+    for (int i = 0; i < s->n_scratch; i++) kvf_vmem_discard(s->scratch[i].p, 0, s->scratch[i].n);
+    kvf_actbuf_discard(&s->act);
+}
+
+int64_t kvf_session_kv_resident(const kvf_session *s) {
+    return s && s->kv_map ? (int64_t)kvf_vmem_resident(s->kv_map, s->kv_map_bytes) : 0;
+}
+
+int64_t kvf_session_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t) {
+    if (!m) return -1;
+    return 2 * (int64_t)m->hp.n_layer * m->hp.n_head_kv * m->hp.head_dim * (t == KVF_KV_F16 ? 2 : 4);
 }
 
 static kvf_status ensure_logits(kvf_session *s, int64_t rows) {
@@ -270,10 +308,10 @@ kvf_status kvf_decode_batch(kvf_session *const *sessions, const int32_t *tokens,
     int64_t g = hp->n_head / hp->n_head_kv;
     int64_t need = (int64_t)hp->n_head_kv * n * ((max_end + 255) / 256) * g * (hp->head_dim + 2);
     if (need > lead->split_cap) {
-        float *p = kvf_alloc_aligned(sizeof(float) * (size_t)need);
+        float *p = kvf_vmem_reserve(sizeof(float) * (size_t)need);
         if (!p) return kvf_set_error(KVF_E_NOMEM, "out of memory for batched decode");
-        kvf_free_aligned(lead->split_o);
-        lead->split_o = p, lead->split_cap = need;
+        kvf_vmem_release(lead->split_o, lead->split_bytes);
+        lead->split_o = p, lead->split_cap = need, lead->split_bytes = sizeof(float) * (size_t)need;
     }
     if (n > lead->batch_logits_cap) {
         float *p = kvf_alloc_aligned(sizeof(float) * (size_t)n * (size_t)hp->n_vocab);

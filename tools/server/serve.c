@@ -34,8 +34,12 @@ static void help(void) {
         "      --port N            port (default 8080; 0 = any free port, see --port-file)\n"
         "      --port-file FILE    write the port to FILE once listening\n"
         "      --ctx N             tokens per request slot: prompt + answer (default: the\n"
-        "                          model's context, lowered to fit --parallel slots in 3/4 of\n"
-        "                          the available memory)\n"
+        "                          model's context, lowered until one full slot and every\n"
+        "                          slot's scratch fit in 3/4 of the available memory)\n"
+        "      --kv-budget N       KV cache tokens all slots may hold at once (default: what\n"
+        "                          3/4 of the available memory holds; 0 = no limit). Slots\n"
+        "                          reserve their context but commit memory only as tokens\n"
+        "                          arrive; a request waits while running ones could fill it\n"
         "      --parallel N        request slots decoded together, 1..64 (default 4)\n"
         "      --kv T              slots' KV cache: f32 (default) or f16 (half the memory)\n"
         "      --queue N           requests that may wait for a slot; beyond: 429 with\n"
@@ -144,63 +148,66 @@ static int write_port_file(const char *path, int port) {
     return 0;
 }
 
-/* Memory of the slots' sessions with a context of n_ctx tokens (KV cache, scratch, history),
- * plus the fidelity audit's session when --audit-rate is on. */
-static int64_t slots_memory(const kvf_model *m, const srv_sched_params *sp, int32_t n_ctx) {
+/* Memory the slots commit when they start with a context of n_ctx tokens: scratch and token
+ * history; their KV caches are demand-paged reservations (committed as cells fill), so they
+ * count apart: kv_bytes per token. The fidelity audit's session counts as one more slot. */
+static int64_t slots_scratch(const kvf_model *m, const srv_sched_params *sp, int32_t n_ctx) {
     kvf_session_params p = kvf_session_default_params();
     p.n_ctx              = n_ctx;
     p.n_threads          = sp->n_threads;
     p.kv_type            = sp->kv_type;
     int64_t one          = kvf_session_memory(m, &p);
-    return one < 0 ? -1 : (one + 4 * (int64_t)n_ctx) * (sp->n_slots + (sp->audit.rate > 0));
+    int64_t kv           = kvf_session_kv_bytes_per_token(m, sp->kv_type) * (((int64_t)n_ctx + 63) / 64 * 64);
+    return one < 0 ? -1 : (one - kv + 4 * (int64_t)n_ctx) * (sp->n_slots + (sp->audit.rate > 0));
 }
 
-/* The slots' context: without --ctx the model's training context, lowered (with a note) until
- * --parallel sessions fit in 3/4 of the available memory; an explicit --ctx whose sessions do
- * not fit in the available memory is an error. Returns 0 or -1 (message printed). */
-static int slots_context(const kvf_model *m, srv_sched_params *sp, bool ctx_set) {
+/* The slots' context and KV budget. Memory at start is the slots' scratch; the KV caches fill
+ * on demand, bounded by sp->kv_budget tokens held at once (server_sched.h): by default what 3/4
+ * of the available memory holds after the scratch. Without --ctx the context is the model's,
+ * lowered (with a note) until one full slot fits in that budget; with --ctx the same is an
+ * error. Returns 0 or -1 (message printed). */
+static int slots_context(const kvf_model *m, srv_sched_params *sp, bool ctx_set, bool budget_set) {
     int32_t     train = kvf_model_n_ctx_train(m);
-    int64_t     avail = cli_mem_available();
+    int64_t     avail = cli_mem_available(), tok = kvf_session_kv_bytes_per_token(m, sp->kv_type);
     const char *kv    = sp->kv_type == KVF_KV_F16 ? "f16" : "f32";
-    char        b1[32], b2[32];
-    if (ctx_set) {
-        if (sp->n_ctx > train)
-            fprintf(stderr, "kvfuse serve: note: --ctx %d is more than the model's training context (%d)\n",
-                    sp->n_ctx, train);
-        int64_t need = slots_memory(m, sp, sp->n_ctx);
-        if (avail >= 0 && need > avail) {
-            cli_fail("serve", "--ctx %d with --parallel %d needs %s of %s KV cache and scratch, more "
-                              "than the %s of memory available: lower --ctx or --parallel%s",
-                     sp->n_ctx, sp->n_slots, cli_bytes(b1, sizeof b1, need), kv,
-                     cli_bytes(b2, sizeof b2, avail), sp->kv_type == KVF_KV_F16 ? "" : ", or use --kv f16");
+    const char *f16   = sp->kv_type == KVF_KV_F16 ? "" : ", or use --kv f16";
+    char        b1[32], b2[32], b3[32];
+    if (ctx_set && sp->n_ctx > train)
+        fprintf(stderr, "kvfuse serve: note: --ctx %d is more than the model's training context (%d)\n",
+                sp->n_ctx, train);
+    if (!ctx_set) sp->n_ctx = train < 64 ? 64 : train > (1 << 20) ? 1 << 20 : train;
+    if (avail < 0) return 0; /* unknown: trust the model's context, no budget */
+    int64_t usable = avail / 4 * 3;
+    /* one full slot's KV on top of every slot's scratch must fit */
+    int32_t ctx0 = sp->n_ctx;
+    while (slots_scratch(m, sp, sp->n_ctx) + tok * sp->n_ctx > usable) {
+        if (ctx_set) {
+            cli_fail("serve", "--ctx %d with --parallel %d needs %s of scratch and %s of %s KV cache "
+                              "for one full slot, more than 3/4 of the %s of memory available: lower "
+                              "--ctx or --parallel%s",
+                     sp->n_ctx, sp->n_slots, cli_bytes(b1, sizeof b1, slots_scratch(m, sp, sp->n_ctx)),
+                     cli_bytes(b3, sizeof b3, tok * sp->n_ctx), kv, cli_bytes(b2, sizeof b2, avail), f16);
             return -1;
         }
-        return 0;
+        if (sp->n_ctx <= 256) {
+            cli_fail("serve", "%d slots of even 256 tokens do not fit in the %s of memory available: "
+                              "lower --parallel%s",
+                     sp->n_slots, cli_bytes(b2, sizeof b2, avail), f16);
+            return -1;
+        }
+        sp->n_ctx = sp->n_ctx / 2 / 256 * 256 > 256 ? sp->n_ctx / 2 / 256 * 256 : 256;
     }
-    sp->n_ctx = train < 64 ? 64 : train > (1 << 20) ? 1 << 20 : train;
-    if (avail < 0) return 0; /* unknown: trust the model's context */
-    int64_t budget = avail / 4 * 3;
-    int64_t full   = slots_memory(m, sp, sp->n_ctx);
-    if (full <= budget) return 0;
-    /* the largest multiple of 256 tokens that fits (memory grows with the context) */
-    int32_t lo = 0, hi = sp->n_ctx / 256;
-    while (lo < hi) {
-        int32_t mid = (lo + hi + 1) / 2;
-        if (slots_memory(m, sp, mid * 256) <= budget) lo = mid;
-        else hi = mid - 1;
+    if (sp->n_ctx != ctx0)
+        fprintf(stderr, "kvfuse serve: note: one slot's full context of %d tokens (%s of %s KV cache) "
+                        "and %d slots' scratch do not fit in 3/4 of the %s available: --ctx lowered "
+                        "to %d (set --ctx, --parallel%s to choose)\n",
+                ctx0, cli_bytes(b1, sizeof b1, tok * ctx0), kv, sp->n_slots,
+                cli_bytes(b2, sizeof b2, avail), sp->n_ctx, sp->kv_type == KVF_KV_F16 ? "" : " or --kv f16");
+    if (!budget_set) {
+        int64_t fit   = (usable - slots_scratch(m, sp, sp->n_ctx)) / tok;
+        int64_t total = (int64_t)sp->n_ctx * sp->n_slots;
+        sp->kv_budget = fit >= total ? 0 : fit; /* 0: every slot can fill its context */
     }
-    if (lo == 0) {
-        cli_fail("serve", "%d slots of even 256 tokens do not fit in the %s of memory available: "
-                          "lower --parallel%s",
-                 sp->n_slots, cli_bytes(b2, sizeof b2, avail), sp->kv_type == KVF_KV_F16 ? "" : ", or use --kv f16");
-        return -1;
-    }
-    fprintf(stderr, "kvfuse serve: note: the model's context of %d tokens x %d slots needs %s of %s "
-                    "KV cache and scratch, more than 3/4 of the %s available: --ctx lowered to %d "
-                    "(set --ctx, --parallel%s to choose)\n",
-            train, sp->n_slots, cli_bytes(b1, sizeof b1, full), kv, cli_bytes(b2, sizeof b2, avail),
-            lo * 256, sp->kv_type == KVF_KV_F16 ? "" : " or --kv f16");
-    sp->n_ctx = lo * 256;
     return 0;
 }
 
@@ -226,7 +233,7 @@ int cmd_serve(int argc, char **argv) {
         {"fidelity", required_argument, 0, 2000},  {"ratio-min", required_argument, 0, 2001},
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
-        {"audit-tokens", required_argument, 0, 2006},
+        {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
         CLI_STORE_OPTIONS,                         {0, 0, 0, 0}};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
     srv_api_config   ac    = srv_api_default_config();
@@ -235,7 +242,7 @@ int cmd_serve(int argc, char **argv) {
     kvf_precision    prec  = KVF_PREC_Q16;
     long             tenant_docs = 10000, tenant_doc_mb = 1024, cache_mb = 2048;
     kvf_store_params store = kvf_store_default_params();
-    bool             mem_budget_set = false, ctx_set = false;
+    bool             mem_budget_set = false, ctx_set = false, kv_budget_set = false;
     int              c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:qvh", opts, NULL)) != -1) {
@@ -247,6 +254,7 @@ int cmd_serve(int argc, char **argv) {
         case 'p': hp.port = (int)cli_int("serve", "--port", optarg, 0, 65535); break;
         case 'P': port_file = optarg; break;
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
+        case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;
         case 'C': sp.prefill_chunk = (int32_t)cli_int("serve", "--prefill-chunk", optarg, 16, 1 << 20); break;
@@ -336,7 +344,7 @@ int cmd_serve(int argc, char **argv) {
         cli_fail("serve", "out of memory");
         goto out;
     }
-    if (slots_context(m, &sp, ctx_set) != 0) goto out;
+    if (slots_context(m, &sp, ctx_set, kv_budget_set) != 0) goto out;
     ac.model_id = mid;
     ac.n_ctx    = sp.n_ctx;
     if (!(sched = srv_sched_new(m, &sp, met, err, sizeof err))) {
@@ -361,14 +369,18 @@ int cmd_serve(int argc, char **argv) {
         snprintf(ratio_txt, sizeof ratio_txt, "auto (fidelity %.2f, %.2f..%.2f)", ac.fp.fidelity, ac.fp.ratio_min, ac.fp.ratio_max);
     else
         snprintf(ratio_txt, sizeof ratio_txt, "%.2f", ac.fp.ratio);
+    char kvbudget_txt[64] = "";
+    if (sp.kv_budget > 0)
+        snprintf(kvbudget_txt, sizeof kvbudget_txt, ", at most %lld held at once", (long long)sp.kv_budget);
     if (sp.audit.rate > 0)
         snprintf(audit_txt, sizeof audit_txt, "; fidelity audit of %.3g of fused requests, <= %.0f%% CPU",
                  sp.audit.rate, 100 * sp.audit.cpu);
     fprintf(stderr,
-            "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s; "
+            "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s%s; "
             "documents: %s, ratio %s; chunk cache: %s; %s%s)\n",
             strchr(hp.host, ':') ? "[" : "", hp.host, strchr(hp.host, ':') ? "]" : "", port, mid,
-            sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvf_method_name(ac.fp.method), ratio_txt,
+            sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvbudget_txt,
+            kvf_method_name(ac.fp.method), ratio_txt,
             sp.store ? (store.dir && store.redis ? "store (disk + redis)" : store.dir ? "store (disk)" : "store (redis)") : "memory",
             tenants ? "API keys required" : "no API keys", audit_txt);
     int sig = 0;

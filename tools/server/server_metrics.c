@@ -345,6 +345,12 @@ char *srv_metrics_render(srv_metrics *m, size_t *len) {
     gauge(&b, "kvfuse_documents", "documents in the registry", (double)g.st.documents);
     gauge(&b, "kvfuse_chunk_caches", "chunk caches open (one per tenant namespace in use)", g.n_caches);
     gauge(&b, "kvfuse_resident_memory_bytes", "resident set size of the server", (double)srv_rss_bytes());
+    gauge(&b, "kvfuse_kv_resident_bytes", "memory the slots' KV caches hold now (committed as tokens arrive)",
+          (double)g.st.kv_resident);
+    gauge(&b, "kvfuse_kv_reserved_bytes", "address space the slots reserve for their KV caches (--ctx x --parallel)",
+          (double)g.st.kv_reserved);
+    gauge(&b, "kvfuse_kv_budget_tokens", "KV tokens the slots may hold at once (--kv-budget; 0 = no limit)",
+          (double)g.st.kv_budget);
     if (g.audit.enabled) render_audit(&b, &g.audit);
     if (b.oom) {
         free(b.p);

@@ -244,6 +244,7 @@ static void slot_release(srv_sched *s, slot *sl) {
     sl->job      = NULL;
     sl->phase    = SLOT_FREE;
     sl->last_use = srv_now_ms();
+    kvf_session_trim(sl->s); /* idle: keep memory only for the prefix it holds */
     if (sl->audit) { /* the audit's full prefill waits for idle time */
         srv_audit_end(s->audit, sl->audit, j->err_status == 0);
         sl->audit = NULL;
@@ -365,6 +366,48 @@ static slot *choose_slot(srv_sched *s, const srv_job *j, const int32_t *flat, in
     return best;
 }
 
+/* ---- KV budget (demand-paged sessions) --------------------------------------------------- */
+
+/* KV tokens job j may fill: its prompt and answer, at most a session */
+static int64_t job_kv(const srv_sched *s, const srv_job *j) {
+    int64_t n = (int64_t)j->n_prompt + (j->max_tokens > 0 ? j->max_tokens : 0);
+    return n < s->p.n_ctx ? n : s->p.n_ctx;
+}
+
+/* KV tokens the running jobs may fill */
+static int64_t busy_kv(const srv_sched *s) {
+    int64_t n = 0;
+    for (int i = 0; i < s->p.n_slots; i++)
+        if (s->slots[i].phase != SLOT_FREE) n += job_kv(s, s->slots[i].job);
+    return n;
+}
+
+/* Before job j starts in slot `use`: if the running jobs' KV, j's and the prefixes idle slots
+ * keep for reuse exceed the budget, idle slots give theirs up, least recently used first. */
+static void make_kv_room(srv_sched *s, const slot *use, const srv_job *j) {
+    if (s->p.kv_budget <= 0) return;
+    int64_t need = busy_kv(s) + job_kv(s, j);
+    for (int i = 0; i < s->p.n_slots; i++) {
+        const slot *sl = &s->slots[i];
+        if (sl != use && sl->phase == SLOT_FREE) need += kvf_session_n_past(sl->s);
+    }
+    while (need > s->p.kv_budget) {
+        slot *old = NULL;
+        for (int i = 0; i < s->p.n_slots; i++) {
+            slot *sl = &s->slots[i];
+            if (sl != use && sl->phase == SLOT_FREE && kvf_session_n_past(sl->s) > 0 &&
+                (!old || sl->last_use < old->last_use))
+                old = sl;
+        }
+        if (!old) break;
+        need -= kvf_session_n_past(old->s);
+        kvf_session_truncate(old->s, 0);
+        kvf_session_trim(old->s);
+        old->hist_ok = false;
+        old->n_hist  = 0;
+    }
+}
+
 /* Give job j a free slot (there is one). */
 static void admit(srv_sched *s, srv_job *j) {
     double now  = srv_now_ms();
@@ -375,6 +418,7 @@ static void admit(srv_sched *s, srv_job *j) {
         return;
     }
     slot *sl = choose_slot(s, j, j->fused ? NULL : flat, n_flat);
+    make_kv_room(s, sl, j);
     pthread_mutex_lock(&s->mu);
     s->n_busy++;
     pthread_mutex_unlock(&s->mu);
@@ -583,14 +627,20 @@ static void *sched_main(void *arg) {
         srv_job *gone[MAX_SLOTS * 8];
         int      n_gone = 0, n_adm = 0, keep = 0;
         int      free_slots = s->held ? 0 : s->p.n_slots - s->n_busy;
+        int64_t  kv_used = busy_kv(s); /* first come, first served: a job that does not fit */
+        bool     kv_full = false;      /* the KV budget holds back the ones behind it too */
         for (int i = 0; i < s->q_len; i++) {
             srv_job *j = s->q[(s->q_head + i) % s->q_cap];
             if ((atomic_load(&j->cancel) || expired(j, now)) && n_gone < (int)(sizeof gone / sizeof gone[0]))
                 gone[n_gone++] = j;
-            else if (n_adm < free_slots)
-                adm[n_adm++] = j;
-            else
+            else if (n_adm < free_slots && !kv_full &&
+                     (s->p.kv_budget <= 0 || kv_used + job_kv(s, j) <= s->p.kv_budget ||
+                      (s->n_busy == 0 && n_adm == 0)))
+                adm[n_adm++] = j, kv_used += job_kv(s, j);
+            else {
+                if (n_adm < free_slots) kv_full = true; /* a free slot but no KV room */
                 s->q[(s->q_head + keep++) % s->q_cap] = j;
+            }
         }
         s->q_len = keep;
         pthread_mutex_unlock(&s->mu);
@@ -790,6 +840,12 @@ void srv_sched_status(srv_sched *s, srv_status *out) {
     out->max_queue = s->p.max_queue;
     out->draining  = s->stop;
     pthread_mutex_unlock(&s->mu);
+    /* mincore on the reservations: no session state is read, so no lock is needed */
+    out->kv_resident = 0;
+    for (int i = 0; i < s->p.n_slots; i++) out->kv_resident += kvf_session_kv_resident(s->slots[i].s);
+    out->kv_reserved = (int64_t)s->p.n_slots * kvf_session_kv_bytes_per_token(s->m, s->p.kv_type) *
+                       (((int64_t)s->p.n_ctx + 63) / 64 * 64);
+    out->kv_budget = s->p.kv_budget;
 }
 
 srv_audit *srv_sched_audit(srv_sched *s) {

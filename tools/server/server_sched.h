@@ -41,6 +41,11 @@ typedef struct srv_sched_params {
     int32_t     prefill_units; /* K: prefill units between decode bursts */
     double      decode_ratio;  /* R: decode time after prefill units, relative to their time */
     size_t      cache_bytes;   /* memory chunk cache of each namespace (0 = unbounded) */
+    int64_t     kv_budget;     /* KV cache tokens all slots may hold at once (0 = no limit): the
+                                  sessions' KV is demand-paged, so this bounds its memory; a job
+                                  is admitted when the running jobs' prompt + max_tokens and its
+                                  own fit (idle slots' kept prefixes are dropped to make room),
+                                  or when no other job runs */
     const kvf_store_params *store; /* NULL: memory caches; else every namespace opens a chunk
                                       store with these parameters (borrowed), its own
                                       directory DIR/t-<hash> and Redis prefix kvf:t-<hash>: when

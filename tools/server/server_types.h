@@ -42,6 +42,9 @@ typedef struct srv_status {
     int     queued, active, slots, max_queue;
     bool    draining;
     int64_t documents;
+    int64_t kv_resident; /* bytes of the slots' KV caches in memory now (demand-paged) */
+    int64_t kv_reserved; /* bytes of address space the slots reserve for their KV caches */
+    int64_t kv_budget;   /* KV tokens the slots may hold at once (0 = no limit) */
 } srv_status;
 
 #endif /* KVF_SERVER_TYPES_H */
