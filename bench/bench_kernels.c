@@ -49,7 +49,7 @@ typedef struct {
 static void run_attn(void *p) {
     at_run *r = p;
     for (int h = 0; h < 8; h++)
-        r->K->attn(r->q, r->o, r->end, r->M, r->kt, r->ldk, r->v, 64, 0.125f, r->work);
+        r->K->attn(r->q, r->o, r->end, r->M, r->kt, r->v, 64, 0.125f, r->work);
 }
 
 int main(int argc, char **argv) {

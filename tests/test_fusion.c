@@ -225,8 +225,8 @@ static void test_rope_recovery(void) {
         int pos = k + t;
         for (int h = 0; h < hp->n_head_kv; h++)
             for (int i = 0; i < hd; i++)
-                bad += kvf_kv_get(s, kvf_kt_at(s, 0, h), (int64_t)i * s->ldk + pos) !=
-                       kvf_kv_get(full, kvf_kt_at(full, 0, h), (int64_t)i * full->ldk + pos);
+                bad += kvf_kv_get(s, kvf_kt_at(s, 0, h), kvf_kt_idx(i, pos, hd)) !=
+                       kvf_kv_get(full, kvf_kt_at(full, 0, h), kvf_kt_idx(i, pos, hd));
         /* the alternative: post-RoPE at the old position t, rotated by the delta k */
         kvf_chunk_read(NULL, ch, 0, 0, t, 1, pre);
         memcpy(post, pre, sizeof(float) * (size_t)kvd);
@@ -236,7 +236,7 @@ static void test_rope_recovery(void) {
         kvf_rope_row(hp, post, hp->n_head_kv, c, sn);
         for (int h = 0; h < hp->n_head_kv; h++)
             for (int i = 0; i < hd; i++)
-                worst_delta = fmax(worst_delta, fabs(post[h * hd + i] - kvf_kv_get(full, kvf_kt_at(full, 0, h), (int64_t)i * full->ldk + pos)));
+                worst_delta = fmax(worst_delta, fabs(post[h * hd + i] - kvf_kv_get(full, kvf_kt_at(full, 0, h), kvf_kt_idx(i, pos, hd))));
     }
     KVF_UNUSED(half);
     CHECK_MSG(bad == 0, "%d layer-0 keys differ after RoPE recovery", bad);

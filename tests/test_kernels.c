@@ -433,14 +433,13 @@ static void test_attention(void) {
             }
             float *work = kvf_alloc_aligned(sizeof(float) * (size_t)kvf_attn_work_floats(M));
             float  scale = 1.0f / sqrtf((float)hd);
-            kvf_kernels_ref.attn((const float *const *)qp, op[0], kv_end, M, kt, ldk, v, hd,
-                                 scale, work);
+            kvf_kernels_ref.attn((const float *const *)qp, op[0], kv_end, M, kt, v, hd, scale,
+                                 work);
             float state[2 * 64];
             memcpy(state, work + (int64_t)M * KVF_ATTN_BK, sizeof(float) * (size_t)(2 * M));
             for (int k = 1; k < n_isas; k++) {
                 if (hd > 128 || (isas[k] == &kvf_kernels_avx2 && hd % 32)) continue;
-                isas[k]->attn((const float *const *)qp, op[1], kv_end, M, kt, ldk, v, hd, scale,
-                              work);
+                isas[k]->attn((const float *const *)qp, op[1], kv_end, M, kt, v, hd, scale, work);
                 double worst = 0;
                 for (int i = 0; i < M * hd; i++)
                     worst = fmax(worst, fabs(ob[0][i] - ob[1][i]));
@@ -459,12 +458,12 @@ static void test_attention(void) {
                 double mx = -1e300, sum = 0, ref0 = 0;
                 for (int j = 0; j < n; j++) {
                     double s = 0;
-                    for (int i = 0; i < hd; i++) s += (double)qp[m][i] * kt[i * ldk + j];
+                    for (int i = 0; i < hd; i++) s += (double)qp[m][i] * kt[kvf_kt_idx(i, j, hd)];
                     mx = fmax(mx, s * scale);
                 }
                 for (int j = 0; j < n; j++) {
                     double s = 0;
-                    for (int i = 0; i < hd; i++) s += (double)qp[m][i] * kt[i * ldk + j];
+                    for (int i = 0; i < hd; i++) s += (double)qp[m][i] * kt[kvf_kt_idx(i, j, hd)];
                     double p = exp(s * scale - mx);
                     sum += p;
                     ref0 += p * v[(int64_t)j * hd + 0];
@@ -498,9 +497,9 @@ static void test_attention_f16(void) {
     for (int i = 0; i < 7 * 64; i++) qb[i] = t_randf();
     for (int m = 0; m < M; m++) qp[m] = qb + m * hd, op0[m] = o0 + m * hd, op1[m] = o1 + m * hd;
     float *work = kvf_alloc_aligned(sizeof(float) * (size_t)kvf_attn_work_floats(M));
-    kvf_kernels_ref.attn((const float *const *)qp, op0, end, M, ktf, ldk, vf, hd, 0.125f, work);
+    kvf_kernels_ref.attn((const float *const *)qp, op0, end, M, ktf, vf, hd, 0.125f, work);
     for (int k = 0; k < n_isas; k++) {
-        isas[k]->attn_f16((const float *const *)qp, op1, end, M, kt, ldk, v, hd, 0.125f, work);
+        isas[k]->attn_f16((const float *const *)qp, op1, end, M, kt, v, hd, 0.125f, work);
         double worst = 0;
         for (int i = 0; i < M * hd; i++) worst = fmax(worst, fabs(o0[i] - o1[i]));
         CHECK_MSG(worst < 2e-5, "%s attn_f16 differs from f32 attention on the same values by %.3g",
@@ -518,13 +517,13 @@ static void test_attention_large_logits(void) {
     for (int i = 0; i < 64; i++) q[i] = 100.0f;
     for (int j = 0; j < 70; j++)
         for (int i = 0; i < 64; i++) {
-            kt[i * 128 + j]  = j == 66 ? 10.0f : 1.0f;
+            kt[kvf_kt_idx(i, j, 64)] = j == 66 ? 10.0f : 1.0f;
             v[j * 64 + i]    = (float)j;
         }
     int32_t end  = 70;
     float  *work = kvf_alloc_aligned(sizeof(float) * (size_t)kvf_attn_work_floats(1));
     for (int k = 0; k < n_isas; k++) {
-        isas[k]->attn((const float *const *)qp, op, &end, 1, kt, 128, v, hd, 0.125f, work);
+        isas[k]->attn((const float *const *)qp, op, &end, 1, kt, v, hd, 0.125f, work);
         CHECK_MSG(isfinite(o[0]) && fabsf(o[0] - 66.0f) < 1e-3f, "%s: %g", isas[k]->name, o[0]);
     }
     kvf_free_aligned(kt), kvf_free_aligned(v), kvf_free_aligned(work);

@@ -570,9 +570,10 @@ static void test_session_memory(void) {
  * without disturbing them. */
 static int64_t kv_pages_expected(int64_t cells, int n_layer, int n_head_kv, int hd, int64_t es,
                                  int64_t ps) {
-    int64_t k_row = (cells * es + ps - 1) / ps; /* pages of one key row (rows are page aligned) */
+    /* keys: tiles of 64 cells x hd, contiguous per head; values: cells x hd (page aligned) */
+    int64_t k_head = ((cells + 63) / 64 * 64 * hd * es + ps - 1) / ps;
     int64_t v_head = (cells * hd * es + ps - 1) / ps;
-    return (int64_t)n_layer * n_head_kv * (hd * k_row + v_head) * ps;
+    return (int64_t)n_layer * n_head_kv * (k_head + v_head) * ps;
 }
 
 static void test_demand_paged_kv(void) {

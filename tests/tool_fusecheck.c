@@ -103,7 +103,7 @@ static void cell_kv(const kvf_session *s, int l, int32_t cell, int v, float *out
     for (int h = 0; h < s->m->hp.n_head_kv; h++)
         for (int i = 0; i < hd; i++)
             out[h * hd + i] = v ? kvf_kv_get(s, kvf_v_at(s, l, h), (int64_t)cell * hd + i)
-                                : kvf_kv_get(s, kvf_kt_at(s, l, h), (int64_t)i * s->ldk + cell);
+                                : kvf_kv_get(s, kvf_kt_at(s, l, h), kvf_kt_idx(i, cell, s->m->hp.head_dim));
 }
 
 /* max |a - b| / max(1, max |a|) over cells [c0, c1) of layer l, K or V; the fused cache cell

@@ -159,7 +159,7 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         kvf_session *ts   = c->b->sess ? c->b->sess[r] : s; /* whose cache */
         for (int h = 0; h < hp->n_head_kv; h++) {
             void *kt = kvf_kt_at(ts, c->l, h);
-            for (int i = 0; i < hd; i++) kvf_kv_put(ts, kt, (int64_t)i * ts->ldk + cell, k[h * hd + i]);
+            for (int i = 0; i < hd; i++) kvf_kv_put(ts, kt, kvf_kt_idx(i, cell, hd), k[h * hd + i]);
             kvf_kv_put_row(ts, kvf_v_at(ts, c->l, h), (int64_t)cell * hd, v + h * hd, hd);
         }
     }
@@ -224,7 +224,8 @@ static void attn_task(void *p, int ith, int nth) {
                 }
             }
         kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
-        const void *kt = (const char *)kvf_kt_at(ts, c->l, h) + j0 * (int64_t)kvf_kv_esize(ts);
+        /* j0 is a multiple of the key tile: its tile starts j0 * hd elements in */
+        const void *kt = (const char *)kvf_kt_at(ts, c->l, h) + j0 * hd * (int64_t)kvf_kv_esize(ts);
         const void *v  = (const char *)kvf_v_at(ts, c->l, h) + j0 * hd * (int64_t)kvf_kv_esize(ts);
         if (c->n_chunks > 1) {
             /* rows whose keys end before this chunk contribute nothing: mark them */
@@ -238,9 +239,9 @@ static void attn_task(void *p, int ith, int nth) {
                 if (end[m] < 1) end[m] = 1; /* computed but discarded below */
         }
         if (ts->kv_f16)
-            s->attn_K->attn_f16(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
+            s->attn_K->attn_f16(qp, op, end, M, kt, v, hd, scale, work);
         else
-            s->attn_K->attn(qp, op, end, M, kt, ts->ldk, v, hd, scale, work);
+            s->attn_K->attn(qp, op, end, M, kt, v, hd, scale, work);
         if (c->n_chunks > 1) {
             const float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
             for (int m = 0, r = r0; r < r1; r++)

@@ -8,19 +8,21 @@
  * fusion recomputes arbitrary subsets of rows against a fully populated cache with the same
  * steps, and eviction compacts cells while positions keep their original values.
  *
- * Layout per layer: keys transposed, kt[h][i][cell] (head h, component i; row stride ldk), so
- * attention streams 16 keys per vector; values v[h][cell][i]. ldk = n_ctx rounded up to 64.
+ * Layout per layer: keys transposed in tiles of 64 cells, kt[h][cell / 64][i][cell % 64] (head h,
+ * component i: kvf_kt_idx in kernels.h), so attention streams 16 keys per vector from one
+ * contiguous tile; values v[h][cell][i]. ldk = n_ctx rounded up to 64 (cell capacity).
  *
  * Memory (after vAttention): all layers' kt and vc lie in one reservation of address space
  * (kvf_vmem_reserve) whose pages the kernel commits when a cell is first written, so a session
  * with a long context costs memory in proportion to the cells it has filled, with the kernels
  * unchanged (each head keeps one contiguous range). kvf_session_trim returns the pages above
- * n_cells; a key row commits a page per 4096 / element-size cells, a value row per cell.
+ * n_cells; keys commit a tile (64 cells) at a time, values a cell at a time.
  */
 #ifndef KVF_KV_CELLS_H
 #define KVF_KV_CELLS_H
 
 #include "kvfuse.h"
+#include "engine/kernels/kernels.h"
 #include "engine/matmul.h"
 #include "engine/model.h"
 #include "engine/quant.h"
@@ -40,7 +42,7 @@ struct kvf_session {
 
     /* KV cache */
     int32_t  n_ctx;       /* cells */
-    int64_t  ldk;         /* row stride of kt and cell capacity of v (n_ctx rounded to 64) */
+    int64_t  ldk;         /* cell capacity of kt and v (n_ctx rounded up to the key tile, 64) */
     void   **kt, **vc;    /* [n_layer] -> see above; f32 or f16 elements (kv_f16) */
     void    *kv_map;      /* one demand-paged reservation holding every kt[l] and vc[l] */
     size_t   kv_map_bytes;
@@ -86,8 +88,8 @@ struct kvf_session {
 };
 
 /* Cache addressing. kvf_kt_at / kvf_v_at give the start of a head's keys / values; elements are
- * addressed by index (keys: component * ldk + cell; values: cell * head_dim + component) and
- * read or written with kvf_kv_get / kvf_kv_put, which convert f16 caches. */
+ * addressed by index (keys: kvf_kt_idx(component, cell, head_dim); values: cell * head_dim +
+ * component) and read or written with kvf_kv_get / kvf_kv_put, which convert f16 caches. */
 static inline size_t kvf_kv_esize(const kvf_session *s) {
     return s->kv_f16 ? 2 : 4;
 }
@@ -106,6 +108,21 @@ static inline void kvf_kv_put(const kvf_session *s, void *base, int64_t i, float
     else
         ((float *)base)[i] = v;
 }
+/* Component d of the keys of cells c0 .. c0+n-1 (kt: a head's keys) as floats, tile by tile. */
+static inline void kvf_kt_row(const kvf_session *s, const void *kt, int d, int64_t c0, int64_t n,
+                              float *out) {
+    const int64_t hd = s->m->hp.head_dim;
+    for (int64_t c = c0; c < c0 + n;) {
+        int64_t run = KVF_ATTN_BK - c % KVF_ATTN_BK, i = kvf_kt_idx(d, c, hd);
+        if (run > c0 + n - c) run = c0 + n - c;
+        if (s->kv_f16)
+            s->K->f16_to_f32((const uint16_t *)kt + i, out + (c - c0), run);
+        else
+            memcpy(out + (c - c0), (const float *)kt + i, sizeof(float) * (size_t)run);
+        c += run;
+    }
+}
+
 /* Store n consecutive floats at element index i (values rows), converting for f16 caches. */
 static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, const float *src,
                                   int n) {

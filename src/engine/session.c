@@ -202,10 +202,11 @@ void kvf_session_trim(kvf_session *s) {
     size_t used = (size_t)s->n_cells;
     for (int l = 0; l < hp->n_layer; l++)
         for (int h = 0; h < hp->n_head_kv; h++) {
-            /* keys: one row of ldk cells per component; values: ldk rows of head_dim */
+            /* keys: tiles of 64 cells x head_dim from the first tile above the cells in use;
+             * values: ldk rows of head_dim */
             size_t k0 = (size_t)((char *)kvf_kt_at(s, l, h) - (char *)s->kv_map);
-            for (size_t i = 0; i < hd; i++)
-                kvf_vmem_discard(s->kv_map, k0 + (i * ldk + used) * es, k0 + (i + 1) * ldk * es);
+            size_t t0 = (used + KVF_ATTN_BK - 1) / KVF_ATTN_BK * KVF_ATTN_BK;
+            kvf_vmem_discard(s->kv_map, k0 + t0 * hd * es, k0 + ldk * hd * es);
             size_t v0 = (size_t)((char *)kvf_v_at(s, l, h) - (char *)s->kv_map);
             kvf_vmem_discard(s->kv_map, v0 + used * hd * es, v0 + ldk * hd * es);
         }

@@ -263,7 +263,7 @@ static void build_task(void *p, int ith, int nth) {
                              c->rsin + (int64_t)pos * half);
                 for (int h = 0; h < hp->n_head_kv; h++) {
                     void *kt = kvf_kt_at(s, l, h);
-                    for (int i = 0; i < hd; i++) kvf_kv_put(s, kt, (int64_t)i * s->ldk + pos, k[h * hd + i]);
+                    for (int i = 0; i < hd; i++) kvf_kv_put(s, kt, kvf_kt_idx(i, pos, hd), k[h * hd + i]);
                 }
             }
             kvf_chunk_read(s->K, ch, l, 1, r0, n, buf);
@@ -452,11 +452,7 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
     for (int kh = 0; kh < hp->n_head_kv; kh++) {
         const void *kt = kvf_kt_at(s, sl, kh);
         for (int d = 0; d < hd; d++) {
-            float *row = kf + ((int64_t)kh * hd + d) * ncol;
-            if (s->kv_f16)
-                s->K->f16_to_f32((const uint16_t *)kt + (int64_t)d * s->ldk + c->P, row, ncol);
-            else
-                memcpy(row, (const float *)kt + (int64_t)d * s->ldk + c->P, sizeof(float) * (size_t)ncol);
+            kvf_kt_row(s, kt, d, c->P, ncol, kf + ((int64_t)kh * hd + d) * ncol);
         }
     }
     if (dev) memcpy(dev, ss->score + c->P, sizeof(float) * (size_t)(q0 - c->P));
@@ -545,7 +541,7 @@ static void compact_head(kvf_session *s, int l, int h, const int32_t *keep, int3
         int32_t j = keep[i];
         if (j == i) continue;
         for (int d = 0; d < hd; d++)
-            memcpy(kt + ((int64_t)d * s->ldk + i) * es, kt + ((int64_t)d * s->ldk + j) * es, es);
+            memcpy(kt + kvf_kt_idx(d, i, hd) * (int64_t)es, kt + kvf_kt_idx(d, j, hd) * (int64_t)es, es);
         memmove(v + (int64_t)i * hd * es, v + (int64_t)j * hd * es, es * (size_t)hd);
     }
 }
@@ -584,7 +580,7 @@ static kvf_status evict(fuse_ctx *c) {
                         float        mx   = -INFINITY;
                         for (int32_t j = 0; j <= last; j++) {
                             float dot = 0;
-                            for (int d = 0; d < hd; d++) dot += q[d] * kvf_kv_get(s, kt, (int64_t)d * s->ldk + j);
+                            for (int d = 0; d < hd; d++) dot += q[d] * kvf_kv_get(s, kt, kvf_kt_idx(d, j, hd));
                             lg[j] = dot * scale;
                             mx    = fmaxf(mx, lg[j]);
                         }

@@ -119,11 +119,7 @@ kvf_status kvf_qattn_layer(kvf_qattn *a, kvf_session *s, int l, const kvf_batch 
     for (int kh = 0; kh < hp->n_head_kv; kh++) {
         const void *kt = kvf_kt_at(s, l, kh);
         for (int d = 0; d < hd; d++) {
-            float *row = a->kf + ((int64_t)kh * hd + d) * c_end;
-            if (s->kv_f16)
-                s->K->f16_to_f32((const uint16_t *)kt + (int64_t)d * s->ldk, row, c_end);
-            else
-                memcpy(row, (const float *)kt + (int64_t)d * s->ldk, sizeof(float) * (size_t)c_end);
+            kvf_kt_row(s, kt, d, 0, c_end, a->kf + ((int64_t)kh * hd + d) * c_end);
         }
     }
     qattn_task t = {.a = a, .s = s, .b = b, .rows = rows, .n_rows = n_rows, .c_end = c_end};

@@ -68,20 +68,26 @@ typedef void (*kvf_gemm_fn)(const uint8_t *panel, int64_t nb, const kvf_act *x, 
 
 /* Attention of M query vectors against one KV head of a cache (exact softmax):
  *   o_m = sum_{j < kv_end[m]} softmax_j(scale * q_m . k_j) v_j
- * q[m] and o[m] point at head_dim floats; kt is the head's keys transposed, kt[i * ldk + j]
- * = component i of key j; v[j * head_dim + i]. kv_end[m] >= 1. `work` (64-byte aligned) has
+ * q[m] and o[m] point at head_dim floats; kt is the head's keys in tiles of KVF_ATTN_BK cells
+ * (kt[kvf_kt_idx(i, j, head_dim)] = component i of key j, see below); v[j * head_dim + i]. kv_end[m] >= 1. `work` (64-byte aligned) has
  * room for kvf_attn_work_floats(M) floats. On return work[M*KVF_ATTN_BK + m] holds row m's
  * maximum score and work[M*KVF_ATTN_BK + M + m] the sum of exp(score - maximum): the softmax
  * state that split-K decoding merges across key chunks. */
 typedef void (*kvf_attn_fn)(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                            const float *kt, int64_t ldk, const float *v, int head_dim,
+                            const float *kt, const float *v, int head_dim,
                             float scale, float *work);
 /* The same with keys and values stored as IEEE halves (f16 KV cache). */
 typedef void (*kvf_attn_f16_fn)(const float *const *q, float *const *o, const int32_t *kv_end,
-                                int M, const uint16_t *kt, int64_t ldk, const uint16_t *v,
+                                int M, const uint16_t *kt, const uint16_t *v,
                                 int head_dim, float scale, float *work);
 #define KVF_ATTN_BK 64 /* keys per block */
 #define KVF_ATTN_MAX_M 64
+/* Keys of a KV head are stored in tiles of KVF_ATTN_BK cells: tile t holds keys 64t..64t+63
+ * as [head_dim][64], so a tile is contiguous (16 KiB for head_dim 64 in f32): attention reads
+ * it as one stream, and a demand-paged cache commits keys 64 cells at a time. */
+static inline int64_t kvf_kt_idx(int64_t i, int64_t j, int64_t head_dim) {
+    return ((j / KVF_ATTN_BK) * head_dim + i) * KVF_ATTN_BK + j % KVF_ATTN_BK;
+}
 static inline int64_t kvf_attn_work_floats(int M) {
     return (int64_t)M * (KVF_ATTN_BK + 4) + 64;
 }

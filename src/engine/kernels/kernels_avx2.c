@@ -443,13 +443,13 @@ AI __m256 ld8(const void *p, int64_t i, const int F16) {
 }
 
 /* S[m][kofs .. kofs+32) for R rows (3 x 4 accumulators fit in 16 registers) */
-AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t ldk,
-                int64_t j, int kofs, int hd, float scale, float *S, const int F16) {
+AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t j,
+                int kofs, int hd, float scale, float *S, const int F16) {
     __m256 acc[3][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < 4; t++) acc[r][t] = _mm256_setzero_ps();
     for (int i = 0; i < hd; i++) {
-        int64_t kr = (int64_t)i * ldk + j;
+        int64_t kr = kvf_kt_idx(i, j, hd); /* 32 keys of one tile */
         __m256  k0 = ld8(kt, kr, F16), k1 = ld8(kt, kr + 8, F16);
         __m256  k2 = ld8(kt, kr + 16, F16), k3 = ld8(kt, kr + 24, F16);
         for (int r = 0; r < R; r++) {
@@ -493,7 +493,7 @@ AI void pv_rows(float *const *o, int m0, const int R, const float *P, const floa
 }
 
 AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                  const void *kt, int64_t ldk, const void *v, int hd, float scale, float *work,
+                  const void *kt, const void *v, int hd, float scale, float *work,
                   const int F16) {
     KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 32 == 0);
     float *S = work, *mrow = S + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M, *alpha = lrow + M;
@@ -508,8 +508,8 @@ AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end,
         int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
         for (int kofs = 0; kofs < KVF_ATTN_BK; kofs += 32) {
             int m = 0;
-            for (; m + 3 <= M; m += 3) qk_rows(q, m, 3, kt, ldk, j0 + kofs, kofs, hd, scale, S, F16);
-            for (; m < M; m++) qk_rows(q, m, 1, kt, ldk, j0 + kofs, kofs, hd, scale, S, F16);
+            for (; m + 3 <= M; m += 3) qk_rows(q, m, 3, kt, j0 + kofs, kofs, hd, scale, S, F16);
+            for (; m < M; m++) qk_rows(q, m, 1, kt, j0 + kofs, kofs, hd, scale, S, F16);
         }
         for (int m = 0; m < M; m++) {
             float  *s   = S + (int64_t)m * KVF_ATTN_BK;
@@ -550,14 +550,14 @@ AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end,
 }
 
 static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                 const float *kt, int64_t ldk, const float *v, int hd, float scale, float *work) {
-    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 0);
+                 const float *kt, const float *v, int hd, float scale, float *work) {
+    attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 0);
 }
 
 static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                     const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                     const uint16_t *kt, const uint16_t *v, int hd, float scale,
                      float *work) {
-    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 1);
+    attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 1);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */

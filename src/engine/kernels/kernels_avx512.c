@@ -371,13 +371,13 @@ AI __m512 ld16(const void *p, int64_t i, const int F16) {
 }
 
 /* S[m][0..64) = scale * q_m . k_{j0..j0+64} for R rows starting at m0 */
-AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t ldk,
-                int64_t j0, int hd, float scale, float *S, const int F16) {
+AI void qk_rows(const float *const *q, int m0, const int R, const void *kt, int64_t j0, int hd,
+                float scale, float *S, const int F16) {
     __m512 acc[6][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
     for (int i = 0; i < hd; i++) {
-        int64_t kr = (int64_t)i * ldk + j0;
+        int64_t kr = kvf_kt_idx(i, j0, hd); /* the 64 keys of tile j0 / 64 */
         __m512  k0 = ld16(kt, kr, F16), k1 = ld16(kt, kr + 16, F16);
         __m512  k2 = ld16(kt, kr + 32, F16), k3 = ld16(kt, kr + 48, F16);
         for (int r = 0; r < R; r++) {
@@ -435,7 +435,7 @@ AI void pv_block(float *const *o, int M, const float *P, const float *alpha, con
 }
 
 AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                  const void *kt, int64_t ldk, const void *v, int hd, float scale, float *work,
+                  const void *kt, const void *v, int hd, float scale, float *work,
                   const int F16) {
     KVF_ASSERT(M <= KVF_ATTN_MAX_M && hd % 16 == 0 && hd <= 128);
     float *S     = work;                        /* [M][64], 64-byte aligned by the caller */
@@ -452,13 +452,13 @@ AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end,
     for (int64_t j0 = 0; j0 < n_max; j0 += KVF_ATTN_BK) {
         int jn = (int)KVF_MIN((int64_t)KVF_ATTN_BK, n_max - j0);
         int m  = 0;
-        for (; m + 6 <= M; m += 6) qk_rows(q, m, 6, kt, ldk, j0, hd, scale, S, F16);
+        for (; m + 6 <= M; m += 6) qk_rows(q, m, 6, kt, j0, hd, scale, S, F16);
         switch (M - m) {
-        case 5: qk_rows(q, m, 5, kt, ldk, j0, hd, scale, S, F16); break;
-        case 4: qk_rows(q, m, 4, kt, ldk, j0, hd, scale, S, F16); break;
-        case 3: qk_rows(q, m, 3, kt, ldk, j0, hd, scale, S, F16); break;
-        case 2: qk_rows(q, m, 2, kt, ldk, j0, hd, scale, S, F16); break;
-        case 1: qk_rows(q, m, 1, kt, ldk, j0, hd, scale, S, F16); break;
+        case 5: qk_rows(q, m, 5, kt, j0, hd, scale, S, F16); break;
+        case 4: qk_rows(q, m, 4, kt, j0, hd, scale, S, F16); break;
+        case 3: qk_rows(q, m, 3, kt, j0, hd, scale, S, F16); break;
+        case 2: qk_rows(q, m, 2, kt, j0, hd, scale, S, F16); break;
+        case 1: qk_rows(q, m, 1, kt, j0, hd, scale, S, F16); break;
         default: break;
         }
         for (m = 0; m < M; m++) {
@@ -502,14 +502,14 @@ AI void attn_impl(const float *const *q, float *const *o, const int32_t *kv_end,
 }
 
 static void attn(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                 const float *kt, int64_t ldk, const float *v, int hd, float scale, float *work) {
-    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 0);
+                 const float *kt, const float *v, int hd, float scale, float *work) {
+    attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 0);
 }
 
 static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                     const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                     const uint16_t *kt, const uint16_t *v, int hd, float scale,
                      float *work) {
-    attn_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, work, 1);
+    attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 1);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */

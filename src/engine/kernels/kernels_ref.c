@@ -111,7 +111,7 @@ static inline float ld_kv(const void *p, int64_t i, int f16) {
 }
 
 static void attn_ref_impl(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                          const void *kt, int64_t ldk, const void *v, int hd, float scale,
+                          const void *kt, const void *v, int hd, float scale,
                           int f16, float *work) {
     float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
     for (int m = 0; m < M; m++) {
@@ -120,7 +120,7 @@ static void attn_ref_impl(const float *const *q, float *const *o, const int32_t 
         /* first pass: the maximum score (scores are recomputed in the second pass) */
         for (int j = 0; j < n; j++) {
             float s = 0.0f;
-            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, i * ldk + j, f16);
+            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, kvf_kt_idx(i, j, hd), f16);
             s *= scale;
             if (s > mx) mx = s;
         }
@@ -130,7 +130,7 @@ static void attn_ref_impl(const float *const *q, float *const *o, const int32_t 
         memset(acc, 0, sizeof(float) * (size_t)hd);
         for (int j = 0; j < n; j++) {
             float s = 0.0f;
-            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, i * ldk + j, f16);
+            for (int i = 0; i < hd; i++) s += q[m][i] * ld_kv(kt, kvf_kt_idx(i, j, hd), f16);
             float p = expf(s * scale - mx);
             sum += p;
             for (int i = 0; i < hd; i++) acc[i] += p * ld_kv(v, (int64_t)j * hd + i, f16);
@@ -142,15 +142,15 @@ static void attn_ref_impl(const float *const *q, float *const *o, const int32_t 
 }
 
 static void attn_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                     const float *kt, int64_t ldk, const float *v, int hd, float scale,
+                     const float *kt, const float *v, int hd, float scale,
                      float *work) {
-    attn_ref_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, 0, work);
+    attn_ref_impl(q, o, kv_end, M, kt, v, hd, scale, 0, work);
 }
 
 static void attn_f16_ref(const float *const *q, float *const *o, const int32_t *kv_end, int M,
-                         const uint16_t *kt, int64_t ldk, const uint16_t *v, int hd, float scale,
+                         const uint16_t *kt, const uint16_t *v, int hd, float scale,
                          float *work) {
-    attn_ref_impl(q, o, kv_end, M, kt, ldk, v, hd, scale, 1, work);
+    attn_ref_impl(q, o, kv_end, M, kt, v, hd, scale, 1, work);
 }
 
 /* ---- small ops ------------------------------------------------------------------------- */
