@@ -4,7 +4,8 @@
 # report RSS against (tokens held x KV bytes per token + weights); before that, the page-fault
 # cost from build/bench/kv_paging. Not part of `make test`.
 #   bench/kv_paging.sh [MODEL]      (default qwen2.5-coder-0.5b)
-#   env: SLOTS (32), CTX (32768), DOC_TOKENS (~3000 per request), KV (f32 or f16),
+#   env: SLOTS (32), CTX (32768), DOC_TOKENS (~4000 per request: 32 x 3.3k = 107k tokens held
+#        with the 0.5B), KV (f32 or f16),
 #        SHARED (../shared), JSON (write the numbers there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ echo "kv_paging: kvfuse serve --parallel $SLOTS --ctx $CTX --kv $KV ..." >&2
 spid=$!
 for _ in $(seq 600); do [ -s "$work/port" ] && break; sleep 0.2; done
 [ -s "$work/port" ] || { echo "kv_paging: the server did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
-"$PY" - "$(cat "$work/port")" "$spid" "$ESSAYS" "$SLOTS" "${DOC_TOKENS:-3000}" "$WEIGHTS" "$TOK" "${JSON:-}" <<'PYEOF'
+"$PY" - "$(cat "$work/port")" "$spid" "$ESSAYS" "$SLOTS" "${DOC_TOKENS:-4000}" "$WEIGHTS" "$TOK" "${JSON:-}" <<'PYEOF'
 import json, os, sys, threading, time, urllib.request
 port, pid, essays, slots, doc_tokens, weights, tok, out = sys.argv[1:9]
 slots, doc_tokens, weights, tok = int(slots), int(doc_tokens), float(weights), int(tok)
