@@ -42,8 +42,7 @@ typedef struct {
     float            **o;
     int32_t           *end;
     int                M;
-    float             *kt, *v, *work;
-    int64_t            ldk;
+    float             *kt, *v, *work; /* keys in tiles of 64 (kvf_kt_idx) */
 } at_run;
 
 static void run_attn(void *p) {
@@ -121,10 +120,9 @@ int main(int argc, char **argv) {
     for (int mi = 0; mi < 2; mi++)
         for (int ti = 0; ti < 2; ti++) {
             int     M = Ms[mi], T = Ts[ti];
-            int64_t ldk = T;
-            float  *kt = kvf_alloc_aligned(sizeof(float) * 64 * (size_t)ldk);
-            float  *v  = kvf_alloc_aligned(sizeof(float) * (size_t)ldk * 64);
-            for (int64_t i = 0; i < 64 * ldk; i++) kt[i] = sinf((float)i), v[i] = cosf((float)i);
+            float  *kt = kvf_alloc_aligned(sizeof(float) * 64 * (size_t)T); /* T: whole tiles */
+            float  *v  = kvf_alloc_aligned(sizeof(float) * (size_t)T * 64);
+            for (int64_t i = 0; i < 64 * (int64_t)T; i++) kt[i] = sinf((float)i), v[i] = cosf((float)i);
             float      *qb = malloc(sizeof(float) * (size_t)(M * 64)), *ob = malloc(sizeof(float) * (size_t)(M * 64));
             const float *qp[64];
             float       *op[64];
@@ -139,7 +137,7 @@ int main(int argc, char **argv) {
             flops *= 8;
             printf("%6d %6d", M, T);
             for (int k = 0; k < n_isa; k++) {
-                at_run r  = {isas[k], qp, op, end, M, kt, v, work, ldk};
+                at_run r  = {isas[k], qp, op, end, M, kt, v, work};
                 double ms = best_of(isas[k] == &kvf_kernels_ref ? 1 : reps, run_attn, &r);
                 printf(" %10.1f", flops / (ms * 1e6));
             }
