@@ -345,6 +345,12 @@ KVF_API kvf_status kvf_session_fuse(kvf_session *s, kvf_chunk_cache *cache,
 /* Positions recomputed by the last kvf_session_fuse on s (sorted; *n set), or NULL. Borrowed:
  * valid until the next fuse or kvf_session_free. */
 KVF_API const int32_t *kvf_session_fused_rows(const kvf_session *s, int32_t *n);
+/* Tokens of the prompt's cached chunks: the prefix and document segments (all but the last)
+ * whose chunks `cache` holds now under the keys kvf_session_fuse would look up with `fp`.
+ * For ordering work by how much of it is already computed; -1 on bad arguments. */
+KVF_API int64_t kvf_fuse_cached_tokens(const kvf_model *model, kvf_chunk_cache *cache,
+                                       const kvf_segment *segs, int32_t n_segs,
+                                       const kvf_fuse_params *fp);
 /* Precompute and cache the KV of documents segs[1..n_segs-2] (and the prefix) without
  * answering; stats as above (precompute_ms, chunk_hits/misses). */
 KVF_API kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache,

@@ -852,6 +852,64 @@ static void test_sched_kv_budget(void) {
     srv_docs_free(d);
 }
 
+/* Queue order (after KVShare): with one slot busy, a request whose documents' KV is cached is
+ * admitted before an earlier one with nothing cached; past the aging bound, arrival order. */
+static void test_sched_cache_order(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots          = 1;
+    sp.n_ctx            = 512;
+    sp.n_threads        = 1;
+    sp.aging_ms         = 60000;
+    char       err[256];
+    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char fused0[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 4, "
+                                 "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}";
+    static const char fused1[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"what rained?\"}], \"max_tokens\": 4, "
+                                 "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}";
+    static const char plain[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a lazy dog sleeps in the sun\"}], \"max_tokens\": 4}";
+    srv_job *j0 = make_job(a, NULL, fused0); /* puts the documents' chunks in the cache */
+    char    *t  = j0 ? run_one(s, j0) : NULL;
+    CHECK(t != NULL && j0->fst.chunk_misses > 0);
+    free(t);
+    if (j0) srv_job_release(j0);
+    /* aging 60 s: the cached request first; 0 (arrival order only) and 1 ms (both aged): plain first */
+    const double aging[3] = {60000, 0, 1};
+    for (int pass = 0; pass < 3; pass++) {
+        int      ra;
+        srv_job *p = make_job(a, NULL, plain), *f = make_job(a, NULL, fused1);
+        if (!p || !f) break;
+        srv_sched_hold(s, true);
+        s->p.aging_ms = aging[pass];
+        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK); /* p arrives first */
+        usleep(3000);
+        CHECK(srv_sched_submit(s, f, &ra) == SRV_SUBMIT_OK);
+        usleep(3000);
+        srv_sched_hold(s, false);
+        wait_done(p), wait_done(f);
+        CHECK(p->err_status == 0 && f->err_status == 0);
+        /* one slot: the second admitted waits for the first to finish */
+        double pa = p->t_arrival_ms + p->queue_ms, fa = f->t_arrival_ms + f->queue_ms;
+        if (pass == 0) {
+            CHECK_MSG(fa < pa, "the cached request was admitted %.1f ms after the uncached one", fa - pa);
+            CHECK(f->kv_scored && f->kv_cached > 0 && f->kv_cached < f->n_prompt && p->kv_cached == 0);
+            CHECK(f->fst.chunk_hits > 0 && f->fst.chunk_misses == 0);
+        } else {
+            CHECK_MSG(pa < fa, "aging %.0f ms: arrival order expected, the later request went %.1f ms first",
+                      aging[pass], pa - fa);
+        }
+        srv_job_release(p), srv_job_release(f);
+    }
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
 /* Tenants' chunk caches are separate; shared documents are cached once for everybody. */
 static void test_sched_tenants(void) {
     char         err[256];
@@ -1149,6 +1207,7 @@ int main(void) {
     RUN(test_metrics);
     RUN(test_sched);
     RUN(test_sched_kv_budget);
+    RUN(test_sched_cache_order);
     RUN(test_sched_tenants);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);

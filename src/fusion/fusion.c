@@ -188,6 +188,24 @@ static kvf_chunk_key seg_key(const fuse_ctx *c, int i, const int32_t **ctx, int3
                               c->seg_start[i + 1] - c->seg_start[i]);
 }
 
+int64_t kvf_fuse_cached_tokens(const kvf_model *m, kvf_chunk_cache *cache, const kvf_segment *segs,
+                               int32_t n_segs, const kvf_fuse_params *fp) {
+    if (!m || !cache || !segs || !fp || n_segs < 1) return -1;
+    int64_t n = 0;
+    for (int32_t i = 0; i + 1 < n_segs; i++) {
+        if (segs[i].n <= 0 || !segs[i].ids) continue;
+        int           alone = i == 0 || fp->chunk_alone; /* as seg_key */
+        kvf_chunk_key key   = kvf_chunk_key_make(m->cache_id, fp->dtype, alone ? NULL : segs[0].ids,
+                                                 alone ? 0 : segs[0].n, segs[i].ids, segs[i].n);
+        kvf_chunk    *ch    = cache->ops->get_deferred ? cache->ops->get_deferred(cache, &key)
+                                                       : cache->ops->get(cache, &key);
+        if (!ch) continue;
+        if (ch->n_tokens == segs[i].n) n += segs[i].n;
+        kvf_chunk_release(ch);
+    }
+    return n;
+}
+
 /* Chunk of segment i: from the cache (deferred: verified later by the loader, unless eager),
  * else computed and stored. */
 static kvf_status get_chunk(fuse_ctx *c, int i, int eager) {

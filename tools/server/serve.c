@@ -44,6 +44,10 @@ static void help(void) {
         "      --kv T              slots' KV cache: f32 (default) or f16 (half the memory)\n"
         "      --queue N           requests that may wait for a slot; beyond: 429 with\n"
         "                          Retry-After (default 16)\n"
+        "      --queue-aging MS    waiting requests go by how much of their prompt's KV is\n"
+        "                          cached (documents' chunks, a slot's kept prefix), most\n"
+        "                          first, until they have waited MS ms; then by arrival\n"
+        "                          (default 2000; 0 = arrival order only)\n"
         "      --prefill-chunk N   tokens per prefill unit of a plain prompt (default 512)\n"
         "      --prefill-per-step K  prefill units between two decode bursts (default 1)\n"
         "      --decode-ratio R    after prefill units of P ms, decode running requests for up\n"
@@ -234,6 +238,7 @@ int cmd_serve(int argc, char **argv) {
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
+        {"queue-aging", required_argument, 0, 2008},
         CLI_STORE_OPTIONS,                         {0, 0, 0, 0}};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
     srv_api_config   ac    = srv_api_default_config();
@@ -254,6 +259,7 @@ int cmd_serve(int argc, char **argv) {
         case 'p': hp.port = (int)cli_int("serve", "--port", optarg, 0, 65535); break;
         case 'P': port_file = optarg; break;
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
+        case 2008: sp.aging_ms = cli_float("serve", "--queue-aging", optarg, 0, 1e9); break;
         case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;

@@ -91,6 +91,10 @@ typedef struct srv_job {
     double       t_arrival_ms;  /* monotonic ms */
     double       timeout_ms;    /* 0 = none */
 
+    /* --- queue order: the scheduler thread only --- */
+    int32_t      kv_cached;     /* prompt tokens whose KV is already cached (estimate) */
+    bool         kv_scored;     /* kv_cached was computed */
+
     /* --- progress: guarded by mu --- */
     pthread_mutex_t mu;
     pthread_cond_t  cv;

@@ -75,6 +75,8 @@ struct srv_sched {
     pthread_cond_t  cv;
     srv_job       **q;
     int             q_head, q_len, q_cap;
+    int            *q_order; /* [q_cap] scratch of the admission order (inference thread) */
+    srv_job       **q_score; /* [q_cap] scratch: jobs to score (inference thread) */
     int             n_busy;
     bool            stop;
     bool            held; /* srv_sched_hold: queued jobs wait */
@@ -96,6 +98,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.prefill_chunk = 512;
     p.prefill_units = 1;
     p.decode_ratio  = 1.0;
+    p.aging_ms      = 2000;
     p.cache_bytes   = (size_t)2048 << 20;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */
@@ -408,6 +411,66 @@ static void make_kv_room(srv_sched *s, const slot *use, const srv_job *j) {
     }
 }
 
+/* ---- queue order (after KVShare) --------------------------------------------------------- */
+
+/* How many of j's prompt tokens have their KV cached: its documents' chunks in the tenant's
+ * caches (fused), or the longest prefix an idle slot of the same tenant keeps (plain). */
+static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
+    if (j->fused && j->fp.method != KVF_METHOD_FULL) {
+        char             err[160];
+        kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
+        int64_t          n = c ? kvf_fuse_cached_tokens(s->m, c, j->segs, j->n_segs, &j->fp) : 0;
+        return n > 0 ? (int32_t)n : 0;
+    }
+    int32_t best = 0;
+    for (int i = 0; i < s->p.n_slots; i++) {
+        const slot *sl = &s->slots[i];
+        if (sl->phase != SLOT_FREE || !sl->hist_ok || strcmp(sl->hist_ns, j->ns)) continue;
+        int32_t n = 0, k = 0; /* common prefix of the history and the segments, without copying */
+        for (int32_t g = 0; g < j->n_segs && n == k; g++)
+            for (int32_t t = 0; t < j->segs[g].n && k < sl->n_hist && sl->hist[k] == j->segs[g].ids[t]; t++) n++, k++;
+        if (n > best) best = n;
+    }
+    return best;
+}
+
+/* Score the queued jobs not scored yet, outside the queue lock (a chunk lookup may read a
+ * store). Only this thread removes jobs from the queue, so the pointers stay valid. */
+static void score_queue(srv_sched *s) {
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->q_len; i++) {
+        srv_job *j = s->q[(s->q_head + i) % s->q_cap];
+        if (!j->kv_scored) s->q_score[n++] = j;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++) {
+        s->q_score[i]->kv_cached = cached_tokens_of(s, s->q_score[i]);
+        s->q_score[i]->kv_scored = true;
+    }
+}
+
+typedef struct {
+    srv_sched *s;
+    double     now;
+} order_ctx;
+
+/* Admission order: jobs past the aging bound first, by arrival; then by the share of the
+ * prompt already cached, most first; ties by arrival. */
+static int by_admission(const void *a, const void *b, void *arg) {
+    const order_ctx *o = arg;
+    const srv_job   *x = o->s->q[(o->s->q_head + *(const int *)a) % o->s->q_cap];
+    const srv_job   *y = o->s->q[(o->s->q_head + *(const int *)b) % o->s->q_cap];
+    bool             ox = o->now - x->t_arrival_ms > o->s->p.aging_ms, oy = o->now - y->t_arrival_ms > o->s->p.aging_ms;
+    if (ox != oy) return ox ? -1 : 1;
+    if (!ox) {
+        double fx = (double)x->kv_cached / (x->n_prompt > 0 ? x->n_prompt : 1);
+        double fy = (double)y->kv_cached / (y->n_prompt > 0 ? y->n_prompt : 1);
+        if (fx != fy) return fx > fy ? -1 : 1;
+    }
+    return *(const int *)a - *(const int *)b; /* queue position = arrival order */
+}
+
 /* Give job j a free slot (there is one). */
 static void admit(srv_sched *s, srv_job *j) {
     double now  = srv_now_ms();
@@ -625,22 +688,41 @@ static void *sched_main(void *arg) {
         double now = srv_now_ms();
         /* 1. cancelled or expired jobs leave the queue; 2. the rest take free slots */
         srv_job *gone[MAX_SLOTS * 8];
-        int      n_gone = 0, n_adm = 0, keep = 0;
+        int      n_gone = 0, n_adm = 0, keep = 0, n_ord = 0;
         int      free_slots = s->held ? 0 : s->p.n_slots - s->n_busy;
-        int64_t  kv_used = busy_kv(s); /* first come, first served: a job that does not fit */
-        bool     kv_full = false;      /* the KV budget holds back the ones behind it too */
+        int64_t  kv_used = busy_kv(s); /* in admission order: a job that does not fit the KV */
+        bool     kv_full = false;      /* budget holds back the ones after it too */
+        if (s->p.aging_ms > 0 && free_slots > 0 && s->q_len > 0) {
+            pthread_mutex_unlock(&s->mu);
+            score_queue(s);
+            pthread_mutex_lock(&s->mu);
+            free_slots = s->held ? 0 : s->p.n_slots - s->n_busy;
+        }
         for (int i = 0; i < s->q_len; i++) {
             srv_job *j = s->q[(s->q_head + i) % s->q_cap];
             if ((atomic_load(&j->cancel) || expired(j, now)) && n_gone < (int)(sizeof gone / sizeof gone[0]))
-                gone[n_gone++] = j;
-            else if (n_adm < free_slots && !kv_full &&
-                     (s->p.kv_budget <= 0 || kv_used + job_kv(s, j) <= s->p.kv_budget ||
-                      (s->n_busy == 0 && n_adm == 0)))
+                gone[n_gone++] = j, s->q[(s->q_head + i) % s->q_cap] = NULL;
+            else
+                s->q_order[n_ord++] = i;
+        }
+        if (s->p.aging_ms > 0 && n_ord > 1) {
+            order_ctx oc = {s, now};
+            qsort_r(s->q_order, (size_t)n_ord, sizeof(int), by_admission, &oc);
+        }
+        for (int k = 0; k < n_ord; k++) {
+            int      i = s->q_order[k];
+            srv_job *j = s->q[(s->q_head + i) % s->q_cap];
+            if (n_adm < free_slots && !kv_full &&
+                (s->p.kv_budget <= 0 || kv_used + job_kv(s, j) <= s->p.kv_budget || (s->n_busy == 0 && n_adm == 0))) {
                 adm[n_adm++] = j, kv_used += job_kv(s, j);
-            else {
-                if (n_adm < free_slots) kv_full = true; /* a free slot but no KV room */
-                s->q[(s->q_head + keep++) % s->q_cap] = j;
+                s->q[(s->q_head + i) % s->q_cap] = NULL;
+            } else if (n_adm < free_slots) {
+                kv_full = true; /* a free slot but no KV room */
             }
+        }
+        for (int i = 0; i < s->q_len; i++) { /* the rest stay, in arrival order */
+            srv_job *j = s->q[(s->q_head + i) % s->q_cap];
+            if (j) s->q[(s->q_head + keep++) % s->q_cap] = j;
         }
         s->q_len = keep;
         pthread_mutex_unlock(&s->mu);
@@ -721,11 +803,13 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
     s->avg_job_s = 2.0;
     s->q_cap     = p->n_slots + p->max_queue;
     s->q         = calloc((size_t)s->q_cap, sizeof *s->q);
+    s->q_order   = calloc((size_t)s->q_cap, sizeof *s->q_order);
+    s->q_score   = calloc((size_t)s->q_cap, sizeof *s->q_score);
     s->slots     = calloc((size_t)p->n_slots, sizeof *s->slots);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     pthread_mutex_init(&s->cache_mu, NULL);
-    if (!s->q || !s->slots) {
+    if (!s->q || !s->q_order || !s->q_score || !s->slots) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -791,6 +875,8 @@ void srv_sched_free(srv_sched *s) {
     srv_audit_free(s->audit);
     free(s->slots);
     free(s->q);
+    free(s->q_order);
+    free(s->q_score);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->cache_mu);

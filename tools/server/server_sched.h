@@ -41,6 +41,10 @@ typedef struct srv_sched_params {
     int32_t     prefill_units; /* K: prefill units between decode bursts */
     double      decode_ratio;  /* R: decode time after prefill units, relative to their time */
     size_t      cache_bytes;   /* memory chunk cache of each namespace (0 = unbounded) */
+    double      aging_ms;      /* queue order (after KVShare): jobs waiting at most this long go
+                                  by the share of their prompt's KV already cached (documents'
+                                  chunks, a slot's kept prefix), older ones first in arrival
+                                  order; 0 = arrival order only */
     int64_t     kv_budget;     /* KV cache tokens all slots may hold at once (0 = no limit): the
                                   sessions' KV is demand-paged, so this bounds its memory; a job
                                   is admitted when the running jobs' prompt + max_tokens and its
