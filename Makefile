@@ -215,7 +215,7 @@ eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4
 eval-fidelity-kv: cli $(QWEN05) ## Lost-in-the-Middle kv-retrieval (75 keys, ~5k tokens), first 6, every method at r=0.15 on the 0.5B -> results/qwen05-kv
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset kv-retrieval \
 	    --data $(SHARED)/data/kv-retrieval/kv-retrieval-75_keys.jsonl.gz --methods $(FID_METHODS) \
-	    --ratios 0.15 --limit 6 -n 48 --out $(RESULTS)/qwen05-kv $(EVAL_ARGS)
+	    --ratios 0.15 --limit 6 -n 96 --out $(RESULTS)/qwen05-kv $(EVAL_ARGS)
 
 eval-fidelity-15b: cli $(QWEN15) ## MuSiQue, first 6 questions, 6 methods at r=0.15/0.3 on Qwen2.5-Coder-1.5B -> results/qwen15-musique
 	$(CLI) eval -m qwen2.5-coder-1.5b --dataset musique \
