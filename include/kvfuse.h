@@ -227,6 +227,9 @@ KVF_API kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep);
 KVF_API void    kvf_session_trim(kvf_session *s);
 KVF_API int64_t kvf_session_kv_resident(const kvf_session *s);
 KVF_API int64_t kvf_session_kv_bytes_per_token(const kvf_model *model, kvf_kv_type kv_type);
+/* Bytes of address space a session with these parameters reserves for its KV cache (part of
+ * kvf_session_memory); -1 if the parameters are invalid. */
+KVF_API int64_t kvf_session_kv_reserved(const kvf_model *model, const kvf_session_params *params);
 
 /* ---- KV cache fusion ----------------------------------------------------------------- */
 

@@ -598,6 +598,7 @@ static void test_demand_paged_kv(void) {
         CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
         if (!s) break;
         CHECK_EQ(kvf_session_kv_resident(s), 0); /* 32k cells reserved, nothing committed */
+        CHECK_EQ(kvf_session_kv_reserved(m, &sp), 2 * L * H * hd * es * 32768);
         CHECK_EQ(kvf_session_eval(s, ids, n, 0), KVF_OK);
         int64_t want = kv_pages_expected(n, (int)L, (int)H, (int)hd, es, ps);
         CHECK_MSG(kvf_session_kv_resident(s) == want, "%s: %d cells hold %lld bytes, want %lld",

@@ -68,8 +68,7 @@ struct kvf_session {
     int        n_scratch;
     int64_t    attn_work_stride;
     float     *split_o; /* decode split-K partials: [items][rows per item][head_dim + 2]
-                           (demand-paged reservation of split_bytes) */
-    size_t     split_bytes;
+                           (demand-paged reservation of split_cap floats) */
     int64_t    split_cap;
     float     *batch_logits; /* kvf_decode_batch: [rows][n_vocab] */
     int64_t    batch_logits_cap;

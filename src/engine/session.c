@@ -14,7 +14,7 @@ kvf_session_params kvf_session_default_params(void) {
 void kvf_session_free(kvf_session *s) {
     if (!s) return;
     kvf_vmem_release(s->kv_map, s->kv_map_bytes);
-    kvf_vmem_release(s->split_o, s->split_bytes);
+    kvf_vmem_release(s->split_o, sizeof(float) * (size_t)s->split_cap);
     kvf_free(s->kt), kvf_free(s->vc);
     kvf_free(s->cell_pos), kvf_free(s->cell_tok);
     for (int i = 0; i < s->n_scratch; i++) kvf_vmem_release(s->scratch[i].p, s->scratch[i].n);
@@ -57,11 +57,21 @@ static kvf_status session_params(const kvf_model *m, const kvf_session_params *p
     return KVF_OK;
 }
 
+/* KV cache bytes of one cell of one layer's keys (or values) */
+static int64_t kv_cell_bytes(const kvf_hparams *hp, kvf_kv_type t) {
+    return (int64_t)hp->n_head_kv * hp->head_dim * (t == KVF_KV_F16 ? 2 : 4);
+}
+
 /* KV cache bytes of one layer's keys (or values) for n_ctx cells: the cell capacity is n_ctx
  * rounded up to 64 (ldk). */
 static int64_t kv_layer_bytes(const kvf_hparams *hp, int64_t n_ctx, kvf_kv_type t) {
-    int64_t ldk = (n_ctx + 63) / 64 * 64;
-    return (int64_t)hp->n_head_kv * hp->head_dim * ldk * (t == KVF_KV_F16 ? 2 : 4);
+    return kv_cell_bytes(hp, t) * ((n_ctx + 63) / 64 * 64);
+}
+
+int64_t kvf_session_kv_reserved(const kvf_model *m, const kvf_session_params *params) {
+    kvf_session_params p;
+    if (!m || session_params(m, params, &p) != KVF_OK) return -1;
+    return 2 * (int64_t)m->hp.n_layer * kv_layer_bytes(&m->hp, p.n_ctx, p.kv_type);
 }
 
 int64_t kvf_session_memory(const kvf_model *m, const kvf_session_params *params) {
@@ -71,7 +81,7 @@ int64_t kvf_session_memory(const kvf_model *m, const kvf_session_params *params)
     int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim, qd = (int64_t)hp->n_head * hp->head_dim;
     int64_t U = p.n_ubatch, thr = p.n_threads > 0 ? p.n_threads : kvf_n_cpus();
     int64_t max_in = KVF_MAX(KVF_MAX((int64_t)hp->n_embd, (int64_t)hp->n_ff), qd);
-    int64_t b = 2 * (int64_t)hp->n_layer * kv_layer_bytes(hp, p.n_ctx, p.kv_type); /* K and V */
+    int64_t b = kvf_session_kv_reserved(m, &p); /* K and V */
     b += 2 * 4 * (int64_t)p.n_ctx;                                                /* cell_pos, cell_tok */
     int64_t fl = U * (2 * hp->n_embd + 2 * qd + 2 * kvd + 2 * hp->n_ff + hp->n_rot) +
                  (kvf_attn_work_floats(KVF_ATTN_MAX_M) + 15) / 16 * 16 * thr +
@@ -142,8 +152,8 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->attn_work = alloc_f(s, s->attn_work_stride * kvf_pool_size(s->pool), &fail);
     s->split_cap = (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M *
                    (hp->head_dim + 2);
-    s->split_bytes = sizeof(float) * (size_t)s->split_cap; /* demand-paged like the KV cache */
-    if (!(s->split_o = kvf_vmem_reserve(s->split_bytes))) fail = 1;
+    /* demand-paged like the KV cache */
+    if (!(s->split_o = kvf_vmem_reserve(sizeof(float) * (size_t)s->split_cap))) fail = 1;
     s->logits_cap = 1;
     if (!(s->logits = kvf_alloc_aligned(sizeof(float) * (size_t)hp->n_vocab))) fail = 1;
     s->b_pos      = kvf_malloc(sizeof(int32_t) * (size_t)U);
@@ -157,7 +167,7 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
         return kvf_set_error(KVF_E_NOMEM,
                              "out of memory creating a session (n_ctx %d needs %.1f MiB of %s KV "
                              "cache)",
-                             p.n_ctx, (double)(2 * hp->n_layer * kv_layer_bytes(hp, p.n_ctx, p.kv_type)) / 1048576.0,
+                             p.n_ctx, (double)kvf_session_kv_reserved(m, &p) / 1048576.0,
                              p.kv_type == KVF_KV_F16 ? "f16" : "f32");
     }
     *out = s;
@@ -200,17 +210,16 @@ void kvf_session_trim(kvf_session *s) {
     const kvf_hparams *hp = &s->m->hp;
     size_t es = kvf_kv_esize(s), hd = (size_t)hp->head_dim, ldk = (size_t)s->ldk;
     size_t used = (size_t)s->n_cells;
+    size_t t0   = (used + KVF_ATTN_BK - 1) / KVF_ATTN_BK * KVF_ATTN_BK; /* first key tile unused */
     for (int l = 0; l < hp->n_layer; l++)
         for (int h = 0; h < hp->n_head_kv; h++) {
-            /* keys: tiles of 64 cells x head_dim from the first tile above the cells in use;
-             * values: ldk rows of head_dim */
+            /* keys: tiles of 64 cells x head_dim from t0 on; values: ldk rows of head_dim */
             size_t k0 = (size_t)((char *)kvf_kt_at(s, l, h) - (char *)s->kv_map);
-            size_t t0 = (used + KVF_ATTN_BK - 1) / KVF_ATTN_BK * KVF_ATTN_BK;
             kvf_vmem_discard(s->kv_map, k0 + t0 * hd * es, k0 + ldk * hd * es);
             size_t v0 = (size_t)((char *)kvf_v_at(s, l, h) - (char *)s->kv_map);
             kvf_vmem_discard(s->kv_map, v0 + used * hd * es, v0 + ldk * hd * es);
         }
-    kvf_vmem_discard(s->split_o, 0, s->split_bytes);
+    kvf_vmem_discard(s->split_o, 0, sizeof(float) * (size_t)s->split_cap);
     for (int i = 0; i < s->n_scratch; i++) kvf_vmem_discard(s->scratch[i].p, 0, s->scratch[i].n);
     kvf_actbuf_discard(&s->act);
 }
@@ -221,7 +230,7 @@ int64_t kvf_session_kv_resident(const kvf_session *s) {
 
 int64_t kvf_session_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t) {
     if (!m) return -1;
-    return 2 * (int64_t)m->hp.n_layer * m->hp.n_head_kv * m->hp.head_dim * (t == KVF_KV_F16 ? 2 : 4);
+    return 2 * (int64_t)m->hp.n_layer * kv_cell_bytes(&m->hp, t);
 }
 
 static kvf_status ensure_logits(kvf_session *s, int64_t rows) {
@@ -311,8 +320,8 @@ kvf_status kvf_decode_batch(kvf_session *const *sessions, const int32_t *tokens,
     if (need > lead->split_cap) {
         float *p = kvf_vmem_reserve(sizeof(float) * (size_t)need);
         if (!p) return kvf_set_error(KVF_E_NOMEM, "out of memory for batched decode");
-        kvf_vmem_release(lead->split_o, lead->split_bytes);
-        lead->split_o = p, lead->split_cap = need, lead->split_bytes = sizeof(float) * (size_t)need;
+        kvf_vmem_release(lead->split_o, sizeof(float) * (size_t)lead->split_cap);
+        lead->split_o = p, lead->split_cap = need;
     }
     if (n > lead->batch_logits_cap) {
         float *p = kvf_alloc_aligned(sizeof(float) * (size_t)n * (size_t)hp->n_vocab);

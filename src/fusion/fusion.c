@@ -179,13 +179,21 @@ static kvf_status compute_chunk(kvf_session *s, const int32_t *ctx, int32_t n_ct
     return KVF_OK;
 }
 
-/* Content address of segment i's chunk and the context it is computed after. */
+/* Content address of the chunk of segment i (ids[n]) of a prompt whose prefix segment is
+ * prefix[n_prefix], and the context it is computed after (*ctx, *n_ctx): the prefix itself
+ * and, with chunk_alone, every segment are computed alone, the others after the prefix. */
+static kvf_chunk_key chunk_key_of(const kvf_model *m, const kvf_fuse_params *fp, int i,
+                                  const int32_t *prefix, int32_t n_prefix, const int32_t *ids,
+                                  int32_t n, const int32_t **ctx, int32_t *n_ctx) {
+    int alone = i == 0 || fp->chunk_alone;
+    *ctx      = alone ? NULL : prefix;
+    *n_ctx    = alone ? 0 : n_prefix;
+    return kvf_chunk_key_make(m->cache_id, fp->dtype, *ctx, *n_ctx, ids, n);
+}
+
 static kvf_chunk_key seg_key(const fuse_ctx *c, int i, const int32_t **ctx, int32_t *n_ctx) {
-    int alone = i == 0 || c->fp->chunk_alone;
-    *ctx      = alone ? NULL : c->ids;
-    *n_ctx    = alone ? 0 : c->P;
-    return kvf_chunk_key_make(c->m->cache_id, c->fp->dtype, *ctx, *n_ctx, c->ids + c->seg_start[i],
-                              c->seg_start[i + 1] - c->seg_start[i]);
+    return chunk_key_of(c->m, c->fp, i, c->ids, c->P, c->ids + c->seg_start[i],
+                        c->seg_start[i + 1] - c->seg_start[i], ctx, n_ctx);
 }
 
 int64_t kvf_fuse_cached_tokens(const kvf_model *m, kvf_chunk_cache *cache, const kvf_segment *segs,
@@ -194,10 +202,10 @@ int64_t kvf_fuse_cached_tokens(const kvf_model *m, kvf_chunk_cache *cache, const
     int64_t n = 0;
     for (int32_t i = 0; i + 1 < n_segs; i++) {
         if (segs[i].n <= 0 || !segs[i].ids) continue;
-        int           alone = i == 0 || fp->chunk_alone; /* as seg_key */
-        kvf_chunk_key key   = kvf_chunk_key_make(m->cache_id, fp->dtype, alone ? NULL : segs[0].ids,
-                                                 alone ? 0 : segs[0].n, segs[i].ids, segs[i].n);
-        kvf_chunk    *ch    = cache->ops->get_deferred ? cache->ops->get_deferred(cache, &key)
+        const int32_t *ctx;
+        int32_t        n_ctx;
+        kvf_chunk_key  key = chunk_key_of(m, fp, i, segs[0].ids, segs[0].n, segs[i].ids, segs[i].n, &ctx, &n_ctx);
+        kvf_chunk     *ch  = cache->ops->get_deferred ? cache->ops->get_deferred(cache, &key)
                                                        : cache->ops->get(cache, &key);
         if (!ch) continue;
         if (ch->n_tokens == segs[i].n) n += segs[i].n;

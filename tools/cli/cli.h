@@ -89,8 +89,6 @@ int32_t *cli_tokenize_prompt(const char *cmd, const kvf_model *m, const char *te
 int64_t cli_mem_available(void);
 /* "1.50 GiB", "12.0 KiB", ... into buf; returns buf. */
 const char *cli_bytes(char *buf, size_t n, int64_t b);
-/* KV cache bytes per token (keys and values of every layer) for a session cache type. */
-int64_t cli_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t);
 /* 0 if n_sessions sessions with params sp (plus `extra` bytes) fit in the available memory;
  * else prints "kvfuse <cmd>: a context of N tokens needs X ..., more than the Y available:
  * <hint>" and returns -1. Unknown available memory counts as enough. */

@@ -36,12 +36,6 @@ const char *cli_bytes(char *buf, size_t n, int64_t b) {
     return buf;
 }
 
-int64_t cli_kv_bytes_per_token(const kvf_model *m, kvf_kv_type t) {
-    kvf_model_info in;
-    kvf_model_get_info(m, &in);
-    return 2 * (int64_t)in.n_layer * in.n_head_kv * in.head_dim * (t == KVF_KV_F16 ? 2 : 4);
-}
-
 int cli_check_memory(const char *cmd, const kvf_model *m, const kvf_session_params *sp,
                      int n_sessions, int64_t extra, const char *hint) {
     int64_t one = kvf_session_memory(m, sp);

@@ -267,7 +267,7 @@ int cmd_ask(int argc, char **argv) {
     sp.n_ctx              = (int64_t)req.total + n_predict + 1 < limit ? req.total + (int32_t)n_predict + 1 : limit;
     /* besides the session: the documents' chunk KV, kept in memory */
     int64_t chunk_bytes = (int64_t)(req.total - req.segs[0].n - req.segs[req.n_segs - 1].n) *
-                          cli_kv_bytes_per_token(m, fp.dtype == KVF_CHUNK_F32 ? KVF_KV_F32 : KVF_KV_F16);
+                          kvf_session_kv_bytes_per_token(m, fp.dtype == KVF_CHUNK_F32 ? KVF_KV_F32 : KVF_KV_F16);
     if (cli_check_memory("ask", m, &sp, 1, use_store ? 0 : chunk_bytes, "use fewer or shorter documents") != 0) {
         rc = 1;
         goto out_req;

@@ -77,8 +77,8 @@ int cmd_info(int argc, char **argv) {
      * and scratch, kvf_session_memory) */
     char               b[6][32];
     kvf_session_params sp   = kvf_session_default_params();
-    int64_t            t32  = cli_kv_bytes_per_token(m, KVF_KV_F32);
-    int64_t            t16  = cli_kv_bytes_per_token(m, KVF_KV_F16);
+    int64_t            t32  = kvf_session_kv_bytes_per_token(m, KVF_KV_F32);
+    int64_t            t16  = kvf_session_kv_bytes_per_token(m, KVF_KV_F16);
     int64_t            n    = in.n_ctx_train;
     sp.kv_type              = KVF_KV_F32;
     int64_t            s32  = kvf_session_memory(m, &sp);

@@ -161,8 +161,9 @@ static int64_t slots_scratch(const kvf_model *m, const srv_sched_params *sp, int
     p.n_threads          = sp->n_threads;
     p.kv_type            = sp->kv_type;
     int64_t one          = kvf_session_memory(m, &p);
-    int64_t kv           = kvf_session_kv_bytes_per_token(m, sp->kv_type) * (((int64_t)n_ctx + 63) / 64 * 64);
-    return one < 0 ? -1 : (one - kv + 4 * (int64_t)n_ctx) * (sp->n_slots + (sp->audit.rate > 0));
+    return one < 0 ? -1
+                   : (one - kvf_session_kv_reserved(m, &p) + 4 * (int64_t)n_ctx) *
+                         (sp->n_slots + (sp->audit.rate > 0));
 }
 
 /* The slots' context and KV budget. Memory at start is the slots' scratch; the KV caches fill

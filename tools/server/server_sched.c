@@ -355,15 +355,19 @@ static int32_t *flatten(const srv_job *j, int32_t *n) {
     return f;
 }
 
+/* Tokens of the plain prompt flat[n_flat] that free slot sl already holds (same tenant only) */
+static int32_t slot_prefix(const slot *sl, const srv_job *j, const int32_t *flat, int32_t n_flat) {
+    if (!flat || !sl->hist_ok || strcmp(sl->hist_ns, j->ns)) return 0;
+    return common_prefix(sl->hist, sl->n_hist, flat, n_flat);
+}
+
 static slot *choose_slot(srv_sched *s, const srv_job *j, const int32_t *flat, int32_t n_flat) {
     slot   *best = NULL;
     int32_t best_lcp = -1;
     for (int i = 0; i < s->p.n_slots; i++) {
         slot *sl = &s->slots[i];
         if (sl->phase != SLOT_FREE) continue;
-        int32_t lcp = 0;
-        if (flat && sl->hist_ok && !strcmp(sl->hist_ns, j->ns))
-            lcp = common_prefix(sl->hist, sl->n_hist, flat, n_flat);
+        int32_t lcp = slot_prefix(sl, j, flat, n_flat);
         if (lcp > best_lcp || (lcp == best_lcp && sl->last_use < best->last_use)) best = sl, best_lcp = lcp;
     }
     return best;
@@ -414,7 +418,7 @@ static void make_kv_room(srv_sched *s, const slot *use, const srv_job *j) {
 /* ---- queue order (after KVShare) --------------------------------------------------------- */
 
 /* How many of j's prompt tokens have their KV cached: its documents' chunks in the tenant's
- * caches (fused), or the longest prefix an idle slot of the same tenant keeps (plain). */
+ * caches (fused), or the longest prefix an idle slot keeps that admit() would reuse (plain). */
 static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
     if (j->fused && j->fp.method != KVF_METHOD_FULL) {
         char             err[160];
@@ -422,15 +426,15 @@ static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
         int64_t          n = c ? kvf_fuse_cached_tokens(s->m, c, j->segs, j->n_segs, &j->fp) : 0;
         return n > 0 ? (int32_t)n : 0;
     }
-    int32_t best = 0;
-    for (int i = 0; i < s->p.n_slots; i++) {
-        const slot *sl = &s->slots[i];
-        if (sl->phase != SLOT_FREE || !sl->hist_ok || strcmp(sl->hist_ns, j->ns)) continue;
-        int32_t n = 0, k = 0; /* common prefix of the history and the segments, without copying */
-        for (int32_t g = 0; g < j->n_segs && n == k; g++)
-            for (int32_t t = 0; t < j->segs[g].n && k < sl->n_hist && sl->hist[k] == j->segs[g].ids[t]; t++) n++, k++;
-        if (n > best) best = n;
-    }
+    if (j->fused) return 0; /* method full: prefilled without a slot's prefix (admit) */
+    int32_t  n_flat = 0, best = 0;
+    int32_t *flat   = flatten(j, &n_flat);
+    for (int i = 0; flat && i < s->p.n_slots; i++)
+        if (s->slots[i].phase == SLOT_FREE) {
+            int32_t n = slot_prefix(&s->slots[i], j, flat, n_flat);
+            if (n > best) best = n;
+        }
+    free(flat);
     return best;
 }
 
@@ -501,9 +505,7 @@ static void admit(srv_sched *s, srv_job *j) {
     }
     if (plain) {
         /* reuse the slot's previous tokens (same tenant, plain prompts only) */
-        int32_t lcp = 0;
-        if (!j->fused && sl->hist_ok && !strcmp(sl->hist_ns, j->ns))
-            lcp = common_prefix(sl->hist, sl->n_hist, flat, n_flat);
+        int32_t lcp = j->fused ? 0 : slot_prefix(sl, j, flat, n_flat);
         if (lcp >= n_flat) lcp = n_flat - 1; /* evaluate at least one token for its logits */
         if (kvf_session_truncate(sl->s, lcp) != KVF_OK) {
             lcp = 0;
@@ -929,8 +931,10 @@ void srv_sched_status(srv_sched *s, srv_status *out) {
     /* mincore on the reservations: no session state is read, so no lock is needed */
     out->kv_resident = 0;
     for (int i = 0; i < s->p.n_slots; i++) out->kv_resident += kvf_session_kv_resident(s->slots[i].s);
-    out->kv_reserved = (int64_t)s->p.n_slots * kvf_session_kv_bytes_per_token(s->m, s->p.kv_type) *
-                       (((int64_t)s->p.n_ctx + 63) / 64 * 64);
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = s->p.n_ctx;
+    sp.kv_type            = s->p.kv_type;
+    out->kv_reserved      = (int64_t)s->p.n_slots * kvf_session_kv_reserved(s->m, &sp);
     out->kv_budget = s->p.kv_budget;
 }
 
