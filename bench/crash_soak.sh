@@ -163,7 +163,8 @@ while [ "$kills" -lt "$KILLS" ]; do
         pid=$!
         (
             for _ in $(seq 1 100); do [ -s "$T/port" ] && break; sleep 0.02; done
-            [ -s "$T/port" ] && curl -s -m 30 "http://127.0.0.1:$(cat "$T/port")/v1/chat/completions" \
+            port=$(cat "$T/port" 2>/dev/null) # the victim may be killed (and the file gone) meanwhile
+            [ -n "$port" ] && curl -s -m 30 "http://127.0.0.1:$port/v1/chat/completions" \
                 -d "{\"messages\": [{\"role\": \"user\", \"content\": \"Summarise.\"}], \"documents\": [\"Soak document $attempts: $(head -c 2000 "${DOCS[0]}" | tr -d '\"\\\n' | cut -c$((attempts % 500 + 1))-)\"], \"max_tokens\": 4}" >/dev/null
         ) &
         cpid=$!

@@ -231,6 +231,52 @@ KVF_API int64_t kvf_session_kv_bytes_per_token(const kvf_model *model, kvf_kv_ty
  * kvf_session_memory); -1 if the parameters are invalid. */
 KVF_API int64_t kvf_session_kv_reserved(const kvf_model *model, const kvf_session_params *params);
 
+/* Sparse prefill attention (src/engine/attn_sparse.c, docs/long-context.md). Keys are taken
+ * in blocks of 64 cells; a row always attends to its sink block (cells 0..63) and its own
+ * recent keys densely, and the mode decides which older blocks it reads as well:
+ *   KVF_ATTN_SALE   SALE (arXiv 2505.24179): after exact attention over the sink and the
+ *                   `local` most recent keys, every other causal block is estimated with
+ *                   8-bit Q.K products (centred keys) and kept if some estimated weight,
+ *                   relative to the mass already found, exceeds `threshold` for some row of
+ *                   the query tile; the kept blocks are then computed exactly. Applies to
+ *                   batches of two or more rows (prefill, fusion's recompute); one-token
+ *                   decode stays dense. threshold 0 keeps every block (dense).
+ *   KVF_ATTN_POWER  PowerAttention (arXiv 2503.03588): a row in query block p/B reads key
+ *                   block b (B = `block` cells) if b == 0, p/B - b < `window`, or p/B - b is a
+ *                   power of two; prefill and decode. A training-free use: the models were not
+ *                   trained for this pattern.
+ * Layer l stays dense when (dense_period > 0 ? l % dense_period : l) < dense_layers, and every
+ * row whose keys number fewer than min_keys is dense. */
+typedef enum { KVF_ATTN_DENSE = 0, KVF_ATTN_SALE, KVF_ATTN_POWER, KVF_ATTN_COUNT } kvf_attn_mode;
+
+typedef struct kvf_attn_params {
+    kvf_attn_mode mode;
+    float         threshold;    /* SALE: relative weight that keeps a block (0.008) */
+    int32_t       local;        /* SALE: recent keys attended densely (128) */
+    int32_t       block;        /* PowerAttention: block size in cells, a multiple of 64 (256) */
+    int32_t       window;       /* PowerAttention: recent blocks read densely (5) */
+    int32_t       dense_layers; /* SALE: 2 (the first two); PowerAttention: 2 of every 7 */
+    int32_t       dense_period; /* 0: the first dense_layers layers; else l % period */
+    int32_t       min_keys;     /* rows with fewer keys stay dense (SALE 1024, power 0) */
+} kvf_attn_params;
+
+/* The defaults of a mode (KVF_ATTN_DENSE: sparse attention off). */
+KVF_API kvf_attn_params kvf_attn_default_params(kvf_attn_mode mode);
+KVF_API const char     *kvf_attn_name(kvf_attn_mode mode); /* "dense", "sale", "power" */
+KVF_API int             kvf_attn_from_name(const char *name); /* -1 if unknown */
+/* Set the attention of a session's following evaluations (fusion's recompute included; chunks
+ * for the store are always computed densely); validated: KVF_E_INVAL with a message for a bad
+ * value. Dense is the default of a new session. SALE keeps 8-bit codes of the keys it has
+ * seen, head_dim + 4 bytes per cell, KV head and layer (about an eighth of an f32 KV cache),
+ * in address space the session reserves but commits only when SALE runs; kvf_session_memory
+ * does not count them. */
+KVF_API kvf_status      kvf_session_set_attn(kvf_session *s, const kvf_attn_params *p);
+KVF_API kvf_attn_params kvf_session_attn(const kvf_session *s);
+/* Key blocks (64 cells of one KV head, counted once per query vector) that attention read in
+ * the sparse layers since the last call, and the causal blocks it could have read; both reset
+ * to 0. read / causal is the density of sparse attention (dense layers are not counted). */
+KVF_API void kvf_session_attn_density(kvf_session *s, int64_t *read, int64_t *causal);
+
 /* ---- KV cache fusion ----------------------------------------------------------------- */
 
 /* A retrieval-augmented prompt is split into segments: segment 0 is the system prefix (its KV

@@ -529,6 +529,63 @@ static void test_attention_large_logits(void) {
     kvf_free_aligned(kt), kvf_free_aligned(v), kvf_free_aligned(work);
 }
 
+/* SALE's block estimate: every ISA returns exactly the reference's decision, which is checked
+ * against the estimate computed here from the codes; thresholds sit just below and just above
+ * each row's true maximum, and lim hides the maximum when it lies beyond the row's keys. */
+static int est_expect(const int8_t *q, const uint8_t *k, const float *ks, const float *qs,
+                      const float *t, const int32_t *lim, int M, int hd) {
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < lim[m] && j < KVF_ATTN_BK; j++) {
+            int32_t dot = 0;
+            for (int i = 0; i < hd; i++)
+                dot += ((int32_t)k[(i / 4) * 256 + j * 4 + i % 4] - 128) * q[m * hd + i];
+            if (((float)dot * ks[j]) * qs[m] > t[m]) return 1;
+        }
+    return 0;
+}
+
+static void test_attn_est(void) {
+    static const int hds[] = {4, 16, 64, 128, 256};
+    for (int hi = 0; hi < 5; hi++) {
+        int      hd = hds[hi], M = 13;
+        int8_t  *q  = malloc((size_t)(M * hd));
+        uint8_t *k  = malloc((size_t)(64 * hd));
+        float    ks[64], qs[13], t[13], best[13];
+        int32_t  qsum[13], lim[13], arg[13];
+        for (int i = 0; i < 64 * hd; i++) k[i] = (uint8_t)(1 + (t_rand64() % 255)); /* codes -127..127 */
+        for (int j = 0; j < 64; j++) ks[j] = 0.001f + t_randf() * t_randf();
+        for (int m = 0; m < M; m++) {
+            qsum[m] = 0;
+            for (int i = 0; i < hd; i++) q[m * hd + i] = (int8_t)((int)(t_rand64() % 127) - 63), qsum[m] += q[m * hd + i];
+            qs[m] = 0.01f + fabsf(t_randf());
+            best[m] = -INFINITY, arg[m] = 0;
+            for (int j = 0; j < 64; j++) {
+                int32_t dot = 0;
+                for (int i = 0; i < hd; i++)
+                    dot += ((int32_t)k[(i / 4) * 256 + j * 4 + i % 4] - 128) * q[m * hd + i];
+                float e = ((float)dot * ks[j]) * qs[m];
+                if (e > best[m]) best[m] = e, arg[m] = j;
+            }
+        }
+        for (int trial = 0; trial < 200; trial++) {
+            int hot = trial % M; /* the one row that may fire */
+            for (int m = 0; m < M; m++) {
+                t[m]   = best[m] + 1.0f + fabsf(best[m]); /* above every estimate */
+                lim[m] = (trial / M) % 3 == 0 ? 64 : (int32_t)(t_rand64() % 70) - 3;
+            }
+            t[hot] = trial % 2 ? nextafterf(best[hot], -INFINITY) : best[hot];
+            int want = est_expect(q, k, ks, qs, t, lim, M, hd);
+            CHECK_EQ(want, trial % 2 && lim[hot] > arg[hot]);
+            for (int c = 0; c < n_isas; c++) {
+                int got = isas[c]->attn_est(q, qsum, qs, t, lim, M, k, ks, hd);
+                CHECK_MSG(got == want, "%s attn_est hd %d trial %d: %d, want %d", isas[c]->name, hd,
+                          trial, got, want);
+            }
+        }
+        free(q), free(k);
+    }
+}
+
 static void test_small_ops(void) {
     int64_t n = 1000 + 7;
     float  *x = malloc(sizeof(float) * (size_t)n), *w = malloc(sizeof(float) * (size_t)n);
@@ -653,6 +710,7 @@ int main(void) {
     RUN(test_attention);
     RUN(test_attention_large_logits);
     RUN(test_attention_f16);
+    RUN(test_attn_est);
     RUN(test_small_ops);
     RUN(test_threadpool);
     RUN(test_f16);

@@ -265,6 +265,12 @@ static void test_malformed(void) {
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"evict\": \"all\"}}", 400, "kvfuse.evict", "snapkv"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"colour\": 1}}", 400, "kvfuse", "kvfuse.colour"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"budget\": 1}}", 400, "kvfuse.budget", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": \"sparse\"}}", 400, "kvfuse.attn", "sparse"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": 3}}", 400, "kvfuse.attn", "mode name or an object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"threshold\": 0.1}}}", 400, "kvfuse.attn.mode", "needs"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 100}}}", 400, "kvfuse.attn.block", "multiple of 64"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"mode\": \"sale\", \"threshold\": 2}}}", 400, "kvfuse.attn.threshold", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"mode\": \"sale\", \"tau\": 2}}}", 400, "kvfuse.attn", "kvfuse.attn.tau"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         call_out o = call(a, "POST", "/v1/chat/completions", NULL, cases[i].body);
@@ -375,6 +381,32 @@ static void test_prompts(void) {
         srv_job *j = o.job;
         CHECK(j->fused && j->n_segs == 5 && j->n_documents == 3 && j->n_docs == 2);
         CHECK(j->fp.method == KVF_METHOD_EPIC && j->fp.ratio == 0.5f && j->fp.evict == KVF_EVICT_SNAPKV && j->fp.budget == 64);
+        CHECK_EQ((int)j->attn.mode, (int)KVF_ATTN_DENSE); /* the server's default */
+    }
+    call_free(&o);
+    /* a request's own attention: a mode name (its defaults), or an object */
+    o = call(a, "POST", "/v1/chat/completions", NULL,
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": \"power\"}}");
+    CHECK_EQ(o.status, 0);
+    if (o.job) {
+        kvf_attn_params want = kvf_attn_default_params(KVF_ATTN_POWER);
+        CHECK(!memcmp(&o.job->attn, &want, sizeof want));
+    }
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", NULL,
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"mode\": \"sale\", "
+             "\"threshold\": 0.02, \"local\": 256, \"dense_layers\": 1, \"min_keys\": 0}}}");
+    CHECK_EQ(o.status, 0);
+    if (o.job) {
+        const kvf_attn_params *p = &o.job->attn;
+        CHECK(p->mode == KVF_ATTN_SALE && p->threshold == 0.02f && p->local == 256 && p->dense_layers == 1 &&
+              p->min_keys == 0 && p->dense_period == 0);
+    }
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", NULL, body);
+    CHECK_EQ(o.status, 0);
+    if (o.job) {
+        srv_job *j = o.job;
         /* prefix ends with "<|im_start|>user\n"; the question ends with the assistant opening */
         int32_t      n0 = j->segs[0].n, nq = j->segs[4].n;
         char         pre[256], q[256];

@@ -175,6 +175,7 @@ void kvf_fwd_qkv(kvf_session *s, int l, const float *x, const kvf_batch *b, floa
     kvf_matmul_multi(s->pool, s->K, mm, 3, &a, b->n);
     qkv_ctx c = {l, b, k_raw, v_raw};
     run_rows(s, b->n, qkv_post_rows, &c);
+    for (int32_t r = 0; r < b->n; r++) kvf_attn_sparse_written(b->sess ? b->sess[r] : s, l, b->cell[r]);
 }
 
 /* Attention work items. A tile groups TR consecutive rows and the g query heads sharing one KV
@@ -290,6 +291,10 @@ static void attention(kvf_session *s, int l, const kvf_batch *b) {
     int                g  = hp->n_head / hp->n_head_kv;
     attn_ctx           c  = {.s = s, .l = l, .b = b};
     c.TR                  = b->sess ? 1 : KVF_MAX(1, KVF_MIN(16, KVF_ATTN_MAX_M / g));
+    if (kvf_attn_sparse_wanted(s, l, b)) {
+        kvf_attn_sparse(s, l, b, c.TR);
+        return;
+    }
     c.Mmax                = c.TR * g;
     c.n_tiles             = (b->n + c.TR - 1) / c.TR;
     int32_t max_end       = 0;

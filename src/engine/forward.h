@@ -37,4 +37,20 @@ void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, floa
 void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
 void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
 
+/* ---- sparse attention (attn_sparse.c: SALE, PowerAttention) ---------------------------- */
+/* 1 if layer l of batch b runs sparse attention (some row's session has a sparse mode that
+ * applies to this layer and batch), else 0: forward.c then uses its dense kernels. */
+int kvf_attn_sparse_wanted(const kvf_session *s, int l, const kvf_batch *b);
+/* Attention of batch b at layer l into s->att, in query tiles of TR rows x the query heads of
+ * one KV head (forward.c's tiling), reading only the key blocks each tile's mode selects. */
+void kvf_attn_sparse(kvf_session *s, int l, const kvf_batch *b, int TR);
+/* Cells from `cell` on of layer l (-1: of every layer) were written outside the forward pass
+ * or rewritten by it: SALE's codes of them are stale. Every writer of key cells calls this. */
+void kvf_attn_sparse_written(kvf_session *s, int l, int32_t cell);
+/* Bytes of the session buffers sparse attention uses (reserved at session creation, committed
+ * only when used): 8-bit keys of one layer, their scales and means, per-thread work. */
+int64_t kvf_attn_sparse_bytes(const kvf_hparams *hp, int64_t ldk, int threads);
+/* Per-thread work floats (attn_sparse_work_stride) for a context of ldk cells. */
+int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk);
+
 #endif /* KVF_FORWARD_H */

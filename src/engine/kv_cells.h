@@ -30,7 +30,7 @@
 
 #include <string.h>
 
-#define KVF_SCRATCH_MAX 16
+#define KVF_SCRATCH_MAX 24
 
 struct kvf_session {
     const kvf_model   *m;
@@ -73,6 +73,18 @@ struct kvf_session {
     float     *batch_logits; /* kvf_decode_batch: [rows][n_vocab] */
     int64_t    batch_logits_cap;
     int32_t   *b_pos, *b_cell, *b_end; /* [U] batch description for eval */
+
+    /* sparse attention (attn_sparse.c); buffers are demand-paged, committed only when used */
+    kvf_attn_params     attn;
+    uint8_t            *sq_k;     /* [n_layer][n_head_kv][ldk / 64][head_dim * 64] SALE's 8-bit
+                                     centred keys (kernels.h layout) */
+    float              *sq_ks;    /* [n_layer][n_head_kv][ldk] their scales */
+    float              *sq_kbar;  /* [n_layer][n_head_kv][head_dim] the means they are centred on */
+    int32_t            *sq_valid; /* [n_layer] cells 0 .. sq_valid[l]-1 of layer l are coded
+                                     from the cache as it is (kvf_attn_sparse_written) */
+    float              *sp_work; /* [threads][sp_stride] */
+    int64_t             sp_stride;
+    atomic_int_fast64_t sp_read, sp_causal; /* kvf_session_attn_density */
 
     /* rows recomputed by the last kvf_session_fuse (sorted positions), for inspection */
     int32_t *fuse_rows;

@@ -22,6 +22,7 @@ void kvf_session_free(kvf_session *s) {
     kvf_free_aligned(s->batch_logits);
     kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
     kvf_free(s->fuse_rows);
+    kvf_free(s->sq_valid);
     kvf_actbuf_free(&s->act);
     kvf_pool_free(s->pool);
     kvf_free(s);
@@ -150,6 +151,16 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->rsin   = alloc_f(s, U * (hp->n_rot / 2), &fail);
     s->attn_work_stride = (kvf_attn_work_floats(KVF_ATTN_MAX_M) + 15) / 16 * 16;
     s->attn_work = alloc_f(s, s->attn_work_stride * kvf_pool_size(s->pool), &fail);
+    /* sparse attention: address space only until a sparse mode is used */
+    s->attn      = kvf_attn_default_params(KVF_ATTN_DENSE);
+    s->sp_stride = kvf_attn_sparse_stride(hp, s->ldk);
+    s->sp_work   = alloc_f(s, s->sp_stride * kvf_pool_size(s->pool), &fail);
+    s->sq_ks     = alloc_f(s, (int64_t)hp->n_layer * hp->n_head_kv * s->ldk, &fail);
+    s->sq_kbar   = alloc_f(s, (int64_t)hp->n_layer * kvd, &fail);
+    s->sq_k      = (uint8_t *)alloc_f(s, (int64_t)hp->n_layer * hp->n_head_kv * s->ldk * hp->head_dim / 4, &fail);
+    if (!(s->sq_valid = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t)))) fail = 1;
+    atomic_init(&s->sp_read, 0);
+    atomic_init(&s->sp_causal, 0);
     s->split_cap = (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M *
                    (hp->head_dim + 2);
     /* demand-paged like the KV cache */
@@ -199,6 +210,7 @@ kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep) {
     int32_t c = 0;
     while (c < s->n_cells && s->cell_pos[c] < n_keep) c++;
     s->n_cells     = c;
+    kvf_attn_sparse_written(s, -1, c);
     s->n_past      = n_keep;
     s->n_logits    = 0;
     s->last_eval_n = 0;
@@ -222,6 +234,7 @@ void kvf_session_trim(kvf_session *s) {
     kvf_vmem_discard(s->split_o, 0, sizeof(float) * (size_t)s->split_cap);
     for (int i = 0; i < s->n_scratch; i++) kvf_vmem_discard(s->scratch[i].p, 0, s->scratch[i].n);
     kvf_actbuf_discard(&s->act);
+    kvf_attn_sparse_written(s, -1, 0); /* the codes were in the scratch just returned */
 }
 
 int64_t kvf_session_kv_resident(const kvf_session *s) {

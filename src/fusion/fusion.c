@@ -167,9 +167,14 @@ static kvf_status compute_chunk(kvf_session *s, const int32_t *ctx, int32_t n_ct
     kvf_chunk *c = kvf_chunk_alloc(dt, n, hp->n_layer, hp->n_head_kv * hp->head_dim, ids, n_ctx);
     if (!c) return kvf_set_error(KVF_E_NOMEM, "out of memory for a chunk of %d tokens", n);
     kvf_session_truncate(s, 0);
+    /* chunks are shared through the store: always computed with dense attention, so an entry
+     * never depends on the attention mode of the request that computed it */
+    kvf_attn_params attn = kvf_session_attn(s), dense = kvf_attn_default_params(KVF_ATTN_DENSE);
+    kvf_session_set_attn(s, &dense);
     kvf_status st = KVF_OK;
     if (n_ctx > 0) st = kvf_session_eval(s, ctx, n_ctx, 0);
     if (st == KVF_OK) st = prefill_capture(s, ids, n_ctx, n, c);
+    kvf_session_set_attn(s, &attn);
     kvf_session_truncate(s, 0);
     if (st != KVF_OK) {
         kvf_chunk_release(c);
@@ -279,6 +284,7 @@ static void build_task(void *p, int ith, int nth) {
         kvf_chunk *ch = c->chunks[seg];
         if (!ch) continue;
         int32_t p0 = c->seg_start[seg];
+        kvf_attn_sparse_written(s, l, p0);
         for (int32_t r0 = 0; r0 < ch->n_tokens; r0 += BUILD_ROWS) {
             int32_t n = KVF_MIN(BUILD_ROWS, ch->n_tokens - r0);
             kvf_chunk_read(s->K, ch, l, 0, r0, n, buf);
@@ -563,6 +569,7 @@ static void compact_head(kvf_session *s, int l, int h, const int32_t *keep, int3
     int    hd = s->m->hp.head_dim;
     size_t es = kvf_kv_esize(s);
     char  *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
+    kvf_attn_sparse_written(s, l, 0);
     for (int32_t i = 0; i < n; i++) {
         int32_t j = keep[i];
         if (j == i) continue;

@@ -112,6 +112,14 @@ check "no precompute on a hit" is "$(j "d['kvfuse']['precompute_ms'] == 0")" Tru
 FULLANS=$(j "d['choices'][0]['message']['content']")
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"method\": \"full\"}}"
 check "method full recomputes everything" is "$(j "d['kvfuse']['method'] == 'full' and d['kvfuse']['recomputed_tokens'] == d['kvfuse']['total_tokens']")" True
+FULLDENSE=$(j "d['choices'][0]['message']['content']")
+# sparse attention per request: SALE with threshold 0 is dense attention, bit for bit
+req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"method\": \"full\", \"attn\": {\"mode\": \"sale\", \"threshold\": 0, \"min_keys\": 0, \"dense_layers\": 0}}}"
+check "attn sale reported" is "$(j "d['kvfuse'].get('attn')")" sale
+check "attn sale, threshold 0 = dense answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLDENSE"
+req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 64, \"window\": 1, \"dense_layers\": 0}}}"
+check "attn power 200" is "$CODE" 200
+check "attn power reported" is "$(j "d['kvfuse'].get('attn')")" power
 req GET "$U/v1/documents/$ID2"; check "get document" is "$(j "d['text']")" "Turing
 
 Alan Turing proposed the Turing test in 1950."
@@ -184,6 +192,7 @@ bad_case 404 "documents[0]" "{$GOODMSG, \"documents\": [\"doc-000000000000000000
 bad_case 400 kvfuse.method "{$GOODMSG, \"documents\": [\"x\"], \"kvfuse\": {\"method\": \"turbo\"}}"
 bad_case 400 kvfuse.ratio "{$GOODMSG, \"documents\": [\"x\"], \"kvfuse\": {\"ratio\": -1}}"
 bad_case 400 kvfuse.evict "{$GOODMSG, \"kvfuse\": {\"evict\": 3}}"
+bad_case 400 kvfuse.attn "{$GOODMSG, \"kvfuse\": {\"attn\": \"fast\"}}"
 bad_case 400 messages "{\"messages\": [{\"role\": \"user\", \"content\": \"$(printf 'word %.0s' $(seq 1 2100))\"}]}"
 bad_case 400 "" "$(printf '{"messages": [{"role": "user", "content": "\xff\xfe bad"}]}')"
 URL="$U/v1/completions" bad_case 400 prompt '{"prompt": 12}'

@@ -79,6 +79,35 @@ void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
     "      --ratio-min R      --ratio auto: least ratio (default 0.05)\n"                        \
     "      --ratio-max R      --ratio auto: largest ratio (default 0.5)\n"
 
+/* Sparse prefill attention options (tools/cli/cli_attn.c), shared by generate, ask, bench, eval
+ * and serve: add CLI_ATTN_OPTIONS to a getopt_long table, call cli_attn_opt() on every option
+ * code (1 when consumed; exits with a message on a bad value), then cli_attn_params() for the
+ * mode's defaults with the options given applied, whatever their order. */
+#define CLI_ATTN_OPT_BASE 1100
+#define CLI_ATTN_OPTIONS                                                                       \
+    {"attn", required_argument, 0, CLI_ATTN_OPT_BASE + 0},                                     \
+        {"attn-threshold", required_argument, 0, CLI_ATTN_OPT_BASE + 1},                       \
+        {"attn-local", required_argument, 0, CLI_ATTN_OPT_BASE + 2},                           \
+        {"attn-block", required_argument, 0, CLI_ATTN_OPT_BASE + 3},                           \
+        {"attn-window", required_argument, 0, CLI_ATTN_OPT_BASE + 4},                          \
+        {"attn-dense", required_argument, 0, CLI_ATTN_OPT_BASE + 5},                           \
+        {"attn-min", required_argument, 0, CLI_ATTN_OPT_BASE + 6}
+#define CLI_ATTN_HELP                                                                          \
+    "      --attn MODE        prefill attention: dense (default), sale (block-sparse from an\n" \
+    "                         8-bit estimate), power (PowerAttention's static pattern)\n"       \
+    "      --attn-threshold T sale: relative weight that keeps a 64-key block (0.008)\n"       \
+    "      --attn-local N     sale: recent keys always attended (128)\n"                       \
+    "      --attn-block B     power: block size, a multiple of 64 (256)\n"                     \
+    "      --attn-window W    power: recent blocks always attended (5)\n"                      \
+    "      --attn-dense N[/P] dense layers: the first N, or l %% P < N (sale 2, power 2/7)\n"  \
+    "      --attn-min N       rows with fewer keys stay dense (sale 1024, power 0)\n"
+typedef struct cli_attn {
+    int             mode, set;      /* set: bit i = option CLI_ATTN_OPT_BASE + i given */
+    kvf_attn_params v;              /* the values given */
+} cli_attn;
+int             cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a);
+kvf_attn_params cli_attn_params(const cli_attn *a);
+
 /* Tokenize `text` (special tokens parsed, BOS if the model wants it). With chat, wrap it as a
  * user message (after an optional system message) in the model's chat template and open the
  * assistant turn. Returns a malloc'd array (count in *n) or NULL with a message printed. */

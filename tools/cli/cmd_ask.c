@@ -54,7 +54,9 @@ static void help(void) {
         "\n"
         "Chunk store (default: an in-memory cache for this run; with --store / --redis the\n"
         "document KV is read from and written to a persistent store, see `kvfuse ingest`):\n"
-        CLI_STORE_HELP,
+        CLI_STORE_HELP
+        "\nSparse attention (of the full prefill and of the rows fusion recomputes):\n"
+        CLI_ATTN_HELP,
         KVF_DEFAULT_MODEL_NAME);
 }
 
@@ -123,7 +125,7 @@ int cmd_ask(int argc, char **argv) {
         {"kv", required_argument, 0, 'V'},        {"fidelity", required_argument, 0, 'F'},
         {"ratio-min", required_argument, 0, 'i'}, {"ratio-max", required_argument, 0, 'x'},
         {"precision", required_argument, 0, 'X'}, {"help", no_argument, 0, 'h'},
-        CLI_STORE_OPTIONS,                        {0, 0, 0, 0}};
+        CLI_STORE_OPTIONS,                        CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     const char     *model = NULL, *docs_json = NULL, *question = NULL, *system = NULL,
                *prefix = NULL, *isa = NULL, *method = "a3";
     const char     *doc_files[256];
@@ -134,10 +136,12 @@ int cmd_ask(int argc, char **argv) {
     kvf_kv_type     kv        = KVF_KV_F32;
     kvf_fuse_params fp        = kvf_fuse_default_params();
     kvf_store_params stp      = kvf_store_default_params();
+    cli_attn         ca        = {0};
     int             c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:d:q:n:t:c:h", opts, NULL)) != -1) {
         if (cli_store_opt("ask", c, optarg, &stp)) continue;
+        if (cli_attn_opt("ask", c, optarg, &ca)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'd':
@@ -272,7 +276,8 @@ int cmd_ask(int argc, char **argv) {
         rc = 1;
         goto out_req;
     }
-    if (kvf_session_new(m, &sp, &s) != KVF_OK ||
+    kvf_attn_params ap = cli_attn_params(&ca);
+    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK ||
         (use_store ? kvf_store_open(m, &stp, &cache) : kvf_chunk_cache_new_memory(0, &cache)) != KVF_OK) {
         rc = cli_fail("ask", "%s", kvf_errmsg());
         goto out_req;

@@ -35,7 +35,11 @@ static void help(void) {
            "\n"
            "GFLOP/s counts the matrix products and attention of each token (2 flops per\n"
            "multiply-add; prefill skips the output matrix, computed for the last row only);\n"
-           "decode GB/s counts the packed weights plus the KV cache one token reads.\n",
+           "decode GB/s counts the packed weights plus the KV cache one token reads.\n"
+           "With a sparse --attn the rates still count dense attention's work (an effective\n"
+           "rate, comparable across modes); --json adds attn and attn_density, the share of\n"
+           "causal key blocks the sparse layers read.\n\n"
+           CLI_ATTN_HELP,
            KVF_DEFAULT_MODEL_NAME);
 }
 
@@ -109,8 +113,9 @@ int cmd_bench(int argc, char **argv) {
         {"json", no_argument, 0, 'J'},        {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'}, {"kv", required_argument, 0, 'V'},
         {"no-peak", no_argument, 0, 'P'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},        CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     const char *model = NULL, *plist = "512", *isa = NULL;
+    cli_attn    ca = {0};
     long        n_gen = 128, reps = 5, n_threads = 0, ubatch = 0, batch = 1, depth_opt = -1;
     bool        json = false, peak = true;
     kvf_precision prec = KVF_PREC_Q16;
@@ -118,6 +123,7 @@ int cmd_bench(int argc, char **argv) {
     int         c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:r:t:u:b:d:h", opts, NULL)) != -1) {
+        if (cli_attn_opt("bench", c, optarg, &ca)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'p': plist = optarg; break;
@@ -191,15 +197,22 @@ int cmd_bench(int argc, char **argv) {
             rc = 1;
             break;
         }
+        kvf_attn_params ap = cli_attn_params(&ca);
         if (kvf_session_new(m, &sp, &s) != KVF_OK) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
+            break;
+        }
+        if (kvf_session_set_attn(s, &ap) != KVF_OK) {
+            rc = cli_fail("bench", "%s", kvf_errmsg());
+            kvf_session_free(s);
             break;
         }
         kvf_session *extra[256] = {s};
         for (long i = 1; i < batch && rc == 0; i++) {
             kvf_session_params bp = sp;
             bp.n_ctx              = depth + (int32_t)n_gen + 1;
-            if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK) rc = cli_fail("bench", "%s", kvf_errmsg());
+            if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK || kvf_session_set_attn(extra[i], &ap) != KVF_OK)
+                rc = cli_fail("bench", "%s", kvf_errmsg());
         }
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)need);
         fill_ids(ids, need, info.n_vocab);
@@ -225,6 +238,8 @@ int cmd_bench(int argc, char **argv) {
             }
         }
         fprintf(stderr, "\r%60s\r", "");
+        int64_t a_read, a_causal;
+        kvf_session_attn_density(s, &a_read, &a_causal);
         if (rc == 0) {
             double pm, psd, tm, tsd;
             cli_stats(pp, (int)reps, &pm, &psd);
@@ -250,7 +265,8 @@ int cmd_bench(int argc, char **argv) {
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", pp[r]);
                 printf("], \"decode_runs\": [");
                 for (long r = 0; r < reps; r++) printf("%s%.3f", r ? ", " : "", tg[r]);
-                printf("]}\n");
+                printf("], \"attn\": \"%s\", \"attn_density\": %.4f}\n", kvf_attn_name(ap.mode),
+                       a_causal ? (double)a_read / (double)a_causal : 1.0);
             } else {
                 char pf[32] = "-", df[32] = "-";
                 if (pk_gflops > 0) snprintf(pf, sizeof pf, "%.0f%%", 100 * pfl / pk_gflops);
@@ -258,6 +274,9 @@ int cmd_bench(int argc, char **argv) {
                 printf("%8d %8d %8ld %12.1f ± %5.1f %9.1f (%5s) %12.1f ± %5.1f %9.1f (%5s)\n",
                        n_threads ? (int)n_threads : kvf_session_threads(s), n_p, n_gen, pm, psd,
                        pfl, pf, tm, tsd, dgb, df);
+                if (ap.mode != KVF_ATTN_DENSE)
+                    printf("         attention %s: the sparse layers read %.1f%% of the causal key blocks\n",
+                           kvf_attn_name(ap.mode), a_causal ? 100.0 * (double)a_read / (double)a_causal : 100.0);
             }
             fflush(stdout);
         }

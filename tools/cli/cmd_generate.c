@@ -28,7 +28,8 @@ static void help(void) {
            "      --isa NAME       kernels: auto, ref, avx2, avx512\n"
            "      --kv T           session KV cache: f32 (default) or f16 (half the memory)\n"
            "      --precision P    matmul arithmetic: q16 (default; ~f32 accuracy), q8\n"
-           "                       (int8 activations like llama.cpp; fastest), f32 (reference)\n",
+           "                       (int8 activations like llama.cpp; fastest), f32 (reference)\n"
+           CLI_ATTN_HELP,
            KVF_DEFAULT_MODEL_NAME);
 }
 
@@ -42,16 +43,18 @@ int cmd_generate(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"ctx", required_argument, 0, 'c'},
         {"json", no_argument, 0, 'J'},         {"isa", required_argument, 0, 'I'},
         {"precision", required_argument, 0, 'X'}, {"kv", required_argument, 0, 'V'},      {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     const char        *model = NULL, *prompt = NULL, *file = NULL, *system = NULL, *isa = NULL;
     bool               chat = false, json = false;
     kvf_precision      prec = KVF_PREC_Q16;
     kvf_kv_type        kv   = KVF_KV_F32;
     long               n_predict = 128, n_threads = 0, n_ctx = 0;
     kvf_sampler_params sp        = kvf_sampler_default_params();
+    cli_attn           ca = {0};
     int                c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:f:n:t:c:h", opts, NULL)) != -1) {
+        if (cli_attn_opt("generate", c, optarg, &ca)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'p': prompt = optarg; break;
@@ -122,14 +125,16 @@ int cmd_generate(int argc, char **argv) {
     sprm.n_ctx              = (int32_t)n_ctx;
     sprm.n_threads          = (int32_t)n_threads;
     sprm.kv_type            = kv;
-    kvf_session *s;
+    kvf_session *s = NULL;
     if (cli_check_memory("generate", m, &sprm, 1, 0,
                          kv == KVF_KV_F16 ? "lower --ctx or -n" : "lower --ctx or -n, or use --kv f16") != 0) {
         free(ids);
         kvf_model_free(m);
         return 1;
     }
-    if (kvf_session_new(m, &sprm, &s) != KVF_OK) {
+    kvf_attn_params ap = cli_attn_params(&ca);
+    if (kvf_session_new(m, &sprm, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK) {
+        if (s) kvf_session_free(s);
         free(ids);
         kvf_model_free(m);
         return cli_fail("generate", "%s", kvf_errmsg());

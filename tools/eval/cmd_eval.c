@@ -90,7 +90,11 @@ static void help(void) {
         "\n"
         "Progress and the ETA go to stderr. The settings that change results (model, dataset,\n"
         "n-predict, epic-k, evict, dtype, seed, ...) are kept in DIR/config.json; a rerun with\n"
-        "different ones is refused.\n",
+        "different ones is refused.\n"
+        "\n"
+        "Sparse attention (every method's prefill and recompute, `full` included: compare with\n"
+        "a dense run in another --out directory; the documents' chunks stay dense):\n"
+        CLI_ATTN_HELP,
         KVF_DEFAULT_MODEL_NAME);
 }
 
@@ -617,7 +621,8 @@ int cmd_eval(int argc, char **argv) {
         {"no-progress", no_argument, 0, 'Q'},      {"show", no_argument, 0, 'S'},
         {"fidelity", required_argument, 0, 'F'},   {"ratio-min", required_argument, 0, 'i'},
         {"ratio-max", required_argument, 0, 'x'},  {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        CLI_ATTN_OPTIONS,                          {0, 0, 0, 0}};
+    cli_attn        ca    = {0};
     const char     *model = NULL, *out_dir = NULL, *isa = NULL, *methods_arg = NULL;
     eval_options    eo    = eval_default_options();
     kvf_fuse_params fp    = kvf_fuse_default_params();
@@ -630,6 +635,7 @@ int cmd_eval(int argc, char **argv) {
     int             c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:n:t:h", opts, NULL)) != -1) {
+        if (cli_attn_opt("eval", c, optarg, &ca)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'D': eo.dataset = optarg; break;
@@ -804,6 +810,18 @@ int cmd_eval(int argc, char **argv) {
     cJSON_AddNumberToObject(cfg, "chunk_tokens", eo.chunk_tokens);
     cJSON_AddNumberToObject(cfg, "seed", (double)eo.seed);
     cJSON_AddNumberToObject(cfg, "kv_pairs", eo.kv_pairs);
+    kvf_attn_params ap = cli_attn_params(&ca);
+    if (ap.mode != KVF_ATTN_DENSE) { /* absent for dense: older result folders stay valid */
+        cJSON *at = cJSON_AddObjectToObject(cfg, "attn");
+        cJSON_AddStringToObject(at, "mode", kvf_attn_name(ap.mode));
+        cJSON_AddNumberToObject(at, "threshold", round((double)ap.threshold * 1e6) / 1e6);
+        cJSON_AddNumberToObject(at, "local", ap.local);
+        cJSON_AddNumberToObject(at, "block", ap.block);
+        cJSON_AddNumberToObject(at, "window", ap.window);
+        cJSON_AddNumberToObject(at, "dense_layers", ap.dense_layers);
+        cJSON_AddNumberToObject(at, "dense_period", ap.dense_period);
+        cJSON_AddNumberToObject(at, "min_keys", ap.min_keys);
+    }
     cJSON_AddNumberToObject(cfg, "ruler_keys", eo.ruler_keys);
     if (any_auto) { /* the auto runs' target and bounds (absent from older directories) */
         cJSON_AddNumberToObject(cfg, "fidelity", round(fp.fidelity * 1e6) / 1e6);
@@ -869,7 +887,8 @@ int cmd_eval(int argc, char **argv) {
     kvf_session_params sp = kvf_session_default_params();
     sp.n_threads          = n_threads;
     sp.n_ctx              = n_ctx;
-    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_chunk_cache_new_memory((size_t)cache_mb << 20, &cache) != KVF_OK) {
+    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK ||
+        kvf_chunk_cache_new_memory((size_t)cache_mb << 20, &cache) != KVF_OK) {
         free(todo);
         rc = cli_fail("eval", "%s", kvf_errmsg());
         goto out;

@@ -97,6 +97,10 @@ static void help(void) {
         "own Redis key prefix):\n"
         CLI_STORE_HELP
         "\n"
+        "Prefill attention (the default of every request; a request may choose its own with\n"
+        "\"kvfuse\": {\"attn\": \"sale\"} or {\"attn\": {\"mode\": \"sale\", \"threshold\": 0.01}}):\n"
+        CLI_ATTN_HELP
+        "\n"
         "Example:\n"
         "  kvfuse serve --port 8080 &\n"
         "  curl -s localhost:8080/v1/chat/completions -d '{\"messages\": [{\"role\": \"user\",\n"
@@ -240,7 +244,8 @@ int cmd_serve(int argc, char **argv) {
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
         {"queue-aging", required_argument, 0, 2008},
-        CLI_STORE_OPTIONS,                         {0, 0, 0, 0}};
+        CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
+    cli_attn         ca    = {0};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
     srv_api_config   ac    = srv_api_default_config();
     srv_sched_params sp    = srv_sched_default_params();
@@ -254,6 +259,7 @@ int cmd_serve(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "m:t:qvh", opts, NULL)) != -1) {
         if (c == CLI_STORE_OPT_BASE + 4) mem_budget_set = true;
         if (cli_store_opt("serve", c, optarg, &store)) continue;
+        if (cli_attn_opt("serve", c, optarg, &ca)) continue;
         switch (c) {
         case 'm': model = optarg; break;
         case 'H': hp.host = optarg; break;
@@ -315,6 +321,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (optind < argc) return cli_fail("serve", "unexpected argument '%s'", argv[optind]);
     if (ac.fp.ratio_min > ac.fp.ratio_max) return cli_fail("serve", "--ratio-min must be <= --ratio-max");
+    ac.attn = cli_attn_params(&ca);
     sp.cache_bytes = (size_t)cache_mb << 20;
     if (store.dir || store.redis) {
         if (!mem_budget_set) store.mem_budget = sp.cache_bytes;
@@ -351,6 +358,12 @@ int cmd_serve(int argc, char **argv) {
         cli_fail("serve", "out of memory");
         goto out;
     }
+    kvf_model_info mi;
+    kvf_model_get_info(m, &mi);
+    if (ac.attn.mode == KVF_ATTN_SALE && (mi.head_dim % 4 || mi.head_dim > 256)) {
+        cli_fail("serve", "--attn sale needs a head dimension that is a multiple of 4 (this model's is %d)", mi.head_dim);
+        goto out;
+    }
     if (slots_context(m, &sp, ctx_set, kv_budget_set) != 0) goto out;
     ac.model_id = mid;
     ac.n_ctx    = sp.n_ctx;
@@ -384,10 +397,10 @@ int cmd_serve(int argc, char **argv) {
                  sp.audit.rate, 100 * sp.audit.cpu);
     fprintf(stderr,
             "kvfuse serve: listening on http://%s%s%s:%d  (model %s; %d slots x %d tokens %s%s; "
-            "documents: %s, ratio %s; chunk cache: %s; %s%s)\n",
+            "documents: %s, ratio %s; attention %s; chunk cache: %s; %s%s)\n",
             strchr(hp.host, ':') ? "[" : "", hp.host, strchr(hp.host, ':') ? "]" : "", port, mid,
             sp.n_slots, sp.n_ctx, sp.kv_type == KVF_KV_F16 ? "f16" : "f32", kvbudget_txt,
-            kvf_method_name(ac.fp.method), ratio_txt,
+            kvf_method_name(ac.fp.method), ratio_txt, kvf_attn_name(ac.attn.mode),
             sp.store ? (store.dir && store.redis ? "store (disk + redis)" : store.dir ? "store (disk)" : "store (redis)") : "memory",
             tenants ? "API keys required" : "no API keys", audit_txt);
     int sig = 0;

@@ -482,6 +482,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
         }
         cJSON_AddStringToObject(k, "evict", kvf_evict_name(j->fp.evict));
     }
+    if (j->attn.mode != KVF_ATTN_DENSE) cJSON_AddStringToObject(k, "attn", kvf_attn_name(j->attn.mode));
     cJSON_AddNumberToObject(k, "documents", j->n_documents);
     const kvf_fuse_stats *st = &j->fst;
     if (j->fused) {
@@ -1223,19 +1224,72 @@ static int build_text_prompt(srv_api *a, srv_job *j, const char *prompt, req_doc
 
 /* ---- completion requests ---------------------------------------------------------------- */
 
+/* kvfuse.attn: a mode name ("dense", "sale", "power": its defaults, or the server's own
+ * settings when the server runs that mode) or an object {"mode", "threshold", "local",
+ * "block", "window", "dense_layers", "dense_period", "min_keys"} */
+static int parse_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
+    const char *name = cJSON_IsString(ax) ? ax->valuestring : NULL;
+    if (!name && !cJSON_IsObject(ax))
+        return fail(e, 400, "kvfuse.attn", "kvfuse.attn must be a mode name or an object {\"mode\", \"threshold\", ...}, not %s", jtype(ax));
+    if (!name) {
+        static const char *const known[] = {"mode", "threshold", "local", "block", "window", "dense_layers", "dense_period", "min_keys"};
+        for (const cJSON *c = ax->child; c; c = c->next) {
+            bool ok = false;
+            for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
+            if (!ok) {
+                char ex[64];
+                excerpt(c->string ? c->string : "", ex, sizeof ex);
+                return fail(e, 400, "kvfuse.attn", "kvfuse.attn.%s is not a known field (mode, threshold, local, block, window, dense_layers, dense_period, min_keys)", ex);
+            }
+        }
+        if (opt_str(ax, "mode", "kvfuse.attn.mode", &name, e) < 0) return -1;
+        if (!name) return fail(e, 400, "kvfuse.attn.mode", "kvfuse.attn needs a \"mode\"");
+    }
+    int mode = kvf_attn_from_name(name);
+    if (mode < 0) {
+        char ex[64];
+        excerpt(name, ex, sizeof ex);
+        return fail(e, 400, "kvfuse.attn", "kvfuse.attn mode must be \"dense\", \"sale\" or \"power\" (got \"%s\")", ex);
+    }
+    j->attn = (int)a->cfg.attn.mode == mode ? a->cfg.attn : kvf_attn_default_params((kvf_attn_mode)mode);
+    if (cJSON_IsString(ax)) return 0;
+    double    d;
+    long long v;
+    int       k;
+    if ((k = opt_num(ax, "threshold", "kvfuse.attn.threshold", 0, 0.999999, &d, e)) < 0) return -1;
+    if (k) j->attn.threshold = (float)d;
+    if ((k = opt_int(ax, "local", "kvfuse.attn.local", 0, 1 << 22, &v, e)) < 0) return -1;
+    if (k) j->attn.local = (int32_t)v;
+    if ((k = opt_int(ax, "block", "kvfuse.attn.block", 64, 1 << 20, &v, e)) < 0) return -1;
+    if (k) {
+        if (v % 64) return fail(e, 400, "kvfuse.attn.block", "kvfuse.attn.block must be a multiple of 64 (got %lld)", v);
+        j->attn.block = (int32_t)v;
+    }
+    if ((k = opt_int(ax, "window", "kvfuse.attn.window", 1, 1 << 20, &v, e)) < 0) return -1;
+    if (k) j->attn.window = (int32_t)v;
+    if ((k = opt_int(ax, "dense_layers", "kvfuse.attn.dense_layers", 0, 4096, &v, e)) < 0) return -1;
+    if (k) j->attn.dense_layers = (int32_t)v;
+    if ((k = opt_int(ax, "dense_period", "kvfuse.attn.dense_period", 0, 4096, &v, e)) < 0) return -1;
+    if (k) j->attn.dense_period = (int32_t)v;
+    if ((k = opt_int(ax, "min_keys", "kvfuse.attn.min_keys", 0, 1 << 22, &v, e)) < 0) return -1;
+    if (k) j->attn.min_keys = (int32_t)v;
+    return 0;
+}
+
 static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     j->fp           = a->cfg.fp;
+    j->attn         = a->cfg.attn;
     const cJSON *kx = cJSON_GetObjectItemCaseSensitive(root, "kvfuse");
     if (!kx || cJSON_IsNull(kx)) return 0;
     if (!cJSON_IsObject(kx)) return fail(e, 400, "kvfuse", "kvfuse must be an object {\"method\", \"ratio\", \"evict\", \"budget\"}, not %s", jtype(kx));
     for (const cJSON *c = kx->child; c; c = c->next) {
-        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool"};
+        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn"};
         bool                     ok      = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
         if (!ok) {
             char ex[64];
             excerpt(c->string ? c->string : "", ex, sizeof ex);
-            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool)", ex);
+            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn)", ex);
         }
     }
     const char *s = NULL;
@@ -1286,6 +1340,8 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (k) j->fp.epic_k = (int32_t)v;
     if ((k = opt_int(kx, "pool", "kvfuse.pool", 1, 101, &v, e)) < 0) return -1;
     if (k) j->fp.pool = (int32_t)v;
+    const cJSON *ax = cJSON_GetObjectItemCaseSensitive(kx, "attn");
+    if (ax && !cJSON_IsNull(ax) && parse_attn(a, ax, j, e) < 0) return -1;
     return 0;
 }
 
@@ -1763,6 +1819,7 @@ srv_api_config srv_api_default_config(void) {
     c.max_body    = 8u << 20;
     c.fp          = kvf_fuse_default_params();
     c.fp.method   = KVF_METHOD_A3;
+    c.attn        = kvf_attn_default_params(KVF_ATTN_DENSE);
     c.temperature = 0;
     c.timeout_ms  = 300e3;
     return c;

@@ -84,6 +84,7 @@ typedef struct srv_job {
     int32_t      n_documents;   /* documents in the prompt (registered + inline) */
     bool         fused;         /* documents given: fusion with fp */
     kvf_fuse_params fp;
+    kvf_attn_params attn;       /* prefill attention (kvfuse.attn, else the server's --attn) */
     kvf_sampler_params sp;      /* temp 0 = greedy */
     int32_t      max_tokens;
     char         stop[SRV_MAX_STOP][SRV_STOP_MAX + 1];
@@ -171,6 +172,7 @@ typedef struct srv_api_config {
     int32_t     max_ingest;     /* documents per POST /v1/documents */
     size_t      max_body;       /* bytes (413 above) */
     kvf_fuse_params fp;         /* defaults for document requests (method, ratio, evict) */
+    kvf_attn_params attn;       /* default prefill attention (--attn) */
     float       temperature;    /* default when the request has none */
     double      timeout_ms;     /* per request (0 = none) */
     bool        public_metrics; /* /metrics without an admin key even when keys are set */

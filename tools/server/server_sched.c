@@ -44,6 +44,7 @@ typedef struct slot {
     int32_t     *hist;
     int32_t      n_hist;
     bool         hist_ok;
+    kvf_attn_params hist_attn; /* the attention hist's KV was computed with */
     char         hist_ns[SRV_NS_MAX];
     double       last_use;
     srv_audit_item *audit; /* the fidelity audit following this job, or NULL */
@@ -358,6 +359,7 @@ static int32_t *flatten(const srv_job *j, int32_t *n) {
 /* Tokens of the plain prompt flat[n_flat] that free slot sl already holds (same tenant only) */
 static int32_t slot_prefix(const slot *sl, const srv_job *j, const int32_t *flat, int32_t n_flat) {
     if (!flat || !sl->hist_ok || strcmp(sl->hist_ns, j->ns)) return 0;
+    if (memcmp(&sl->hist_attn, &j->attn, sizeof j->attn)) return 0; /* other attention, other KV */
     return common_prefix(sl->hist, sl->n_hist, flat, n_flat);
 }
 
@@ -503,6 +505,10 @@ static void admit(srv_sched *s, srv_job *j) {
         slot_fail(s, sl, 500, "server_error", "out of memory");
         return;
     }
+    if (kvf_session_set_attn(sl->s, &j->attn) != KVF_OK) {
+        slot_fail(s, sl, 400, "invalid_request_error", "kvfuse.attn: %s", kvf_errmsg());
+        return;
+    }
     if (plain) {
         /* reuse the slot's previous tokens (same tenant, plain prompts only) */
         int32_t lcp = j->fused ? 0 : slot_prefix(sl, j, flat, n_flat);
@@ -514,6 +520,7 @@ static void admit(srv_sched *s, srv_job *j) {
         sl->pf_done      = lcp;
         sl->n_hist       = lcp;
         sl->hist_ok      = true;
+        sl->hist_attn    = j->attn;
         snprintf(sl->hist_ns, sizeof sl->hist_ns, "%s", j->ns);
         j->cached_tokens = lcp; /* read by the HTTP side only once the job is done */
     } else {

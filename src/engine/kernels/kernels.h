@@ -92,6 +92,19 @@ static inline int64_t kvf_attn_work_floats(int M) {
     return (int64_t)M * (KVF_ATTN_BK + 4) + 64;
 }
 
+/* SALE's block estimate (sparse prefill attention, forward.c). One block of 64 keys quantised
+ * to 8 bits: k[(i / 4) * 256 + j * 4 + i % 4] = code(j, i) + 128 for key j and component i
+ * (codes in [-127, 127]; the 4-byte groups of 4 components match vpdpbusd), ks[j] its scale.
+ * M query vectors q[m * hd + i] with codes in [-63, 63], so that an unsigned x signed byte
+ * pair sums within int16 on AVX2 (vpmaddubsw); qsum[m] = sum_i q[m * hd + i]. With the exact
+ *   acc(m, j) = sum_i (code(j, i) + 128) * q(m, i) - 128 * qsum[m]
+ * it returns 1 if ((float)acc(m, j) * ks[j]) * qs[m] > t[m] for some m and some j < lim[m]
+ * (rows with lim[m] <= 0 take no part), else 0. hd is a multiple of 4 (at most 256). Every
+ * table performs these operations exactly, so the blocks chosen are the same on every ISA. */
+typedef int (*kvf_attn_est_fn)(const int8_t *q, const int32_t *qsum, const float *qs,
+                               const float *t, const int32_t *lim, int M, const uint8_t *k,
+                               const float *ks, int hd);
+
 typedef struct kvf_kernels {
     const char *name;
     kvf_gemm_fn gemm[KVF_PANEL_KINDS];   /* indexed by kvf_panel_kind; integer panels read x->q etc. */
@@ -103,6 +116,7 @@ typedef struct kvf_kernels {
                          int32_t *qsum, int8_t *ql, float *dl, int32_t *qsuml);
     kvf_attn_fn     attn;
     kvf_attn_f16_fn attn_f16;
+    kvf_attn_est_fn attn_est;
     /* y = x / sqrt(mean(x^2) + eps) * w */
     void (*rmsnorm)(const float *x, const float *w, float *y, int64_t n, float eps);
     /* out[i] = silu(g[i]) * u[i] */

@@ -560,6 +560,36 @@ static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_e
     attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 1);
 }
 
+/* SALE block estimate (kernels.h): 8 keys per vector; vpmaddubsw on (code + 128) x q, whose
+ * pair sums stay within int16 because |q| <= 63, then vpmaddwd with ones. */
+static int attn_est(const int8_t *q, const int32_t *qsum, const float *qs, const float *t,
+                    const int32_t *lim, int M, const uint8_t *k, const float *ks, int hd) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), ones = _mm256_set1_epi16(1);
+    for (int m = 0; m < M; m++) {
+        if (lim[m] <= 0) continue;
+        __m256i acc[8];
+        for (int g = 0; g < 8; g++) acc[g] = _mm256_set1_epi32(-128 * qsum[m]);
+        const int8_t *qm = q + (int64_t)m * hd;
+        for (int i4 = 0; i4 < hd / 4; i4++) {
+            __m256i        qb = bcast4(qm + 4 * i4);
+            const uint8_t *kb = k + (int64_t)i4 * 4 * KVF_ATTN_BK;
+            for (int g = 0; g < 8; g++) {
+                __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(kb + 32 * g)), qb);
+                acc[g]    = _mm256_add_epi32(acc[g], _mm256_madd_epi16(p, ones));
+            }
+        }
+        __m256 qsv = _mm256_set1_ps(qs[m]), tv = _mm256_set1_ps(t[m]);
+        for (int g = 0; g < 8 && 8 * g < lim[m]; g++) {
+            __m256  e    = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[g]),
+                                                       _mm256_loadu_ps(ks + 8 * g)), qsv);
+            __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(lim[m] - 8 * g), lane);
+            __m256  hit  = _mm256_and_ps(_mm256_cmp_ps(e, tv, _CMP_GT_OQ), _mm256_castsi256_ps(live));
+            if (_mm256_movemask_ps(hit)) return 1;
+        }
+    }
+    return 0;
+}
+
 /* ---- small ops ------------------------------------------------------------------------- */
 
 static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -618,6 +648,7 @@ const kvf_kernels kvf_kernels_avx2 = {
     .quantize_row = quantize_row,
     .attn         = attn,
     .attn_f16     = attn_f16,
+    .attn_est     = attn_est,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
     .axpy         = axpy,

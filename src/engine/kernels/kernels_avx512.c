@@ -512,6 +512,35 @@ static void attn_f16(const float *const *q, float *const *o, const int32_t *kv_e
     attn_impl(q, o, kv_end, M, kt, v, hd, scale, work, 1);
 }
 
+/* SALE block estimate (kernels.h): 16 keys per vector, one vpdpbusd per 4 components. */
+static int attn_est(const int8_t *q, const int32_t *qsum, const float *qs, const float *t,
+                    const int32_t *lim, int M, const uint8_t *k, const float *ks, int hd) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 ksv[4];
+    for (int g = 0; g < 4; g++) ksv[g] = _mm512_loadu_ps(ks + 16 * g);
+    for (int m = 0; m < M; m++) {
+        if (lim[m] <= 0) continue;
+        __m512i acc[4];
+        for (int g = 0; g < 4; g++) acc[g] = _mm512_set1_epi32(-128 * qsum[m]);
+        const int8_t *qm = q + (int64_t)m * hd;
+        for (int i4 = 0; i4 < hd / 4; i4++) {
+            int32_t qv;
+            memcpy(&qv, qm + 4 * i4, 4);
+            __m512i        qb = _mm512_set1_epi32(qv);
+            const uint8_t *kb = k + (int64_t)i4 * 4 * KVF_ATTN_BK;
+            for (int g = 0; g < 4; g++)
+                acc[g] = _mm512_dpbusd_epi32(acc[g], _mm512_loadu_si512(kb + 64 * g), qb);
+        }
+        __m512 qsv = _mm512_set1_ps(qs[m]), tv = _mm512_set1_ps(t[m]);
+        for (int g = 0; g < 4 && 16 * g < lim[m]; g++) {
+            __m512    e    = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[g]), ksv[g]), qsv);
+            __mmask16 live = _mm512_cmplt_epi32_mask(lane, _mm512_set1_epi32(lim[m] - 16 * g));
+            if (_mm512_mask_cmp_ps_mask(live, e, tv, _CMP_GT_OQ)) return 1;
+        }
+    }
+    return 0;
+}
+
 /* ---- small ops ------------------------------------------------------------------------- */
 
 static void rmsnorm(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -570,6 +599,7 @@ const kvf_kernels kvf_kernels_avx512 = {
     .quantize_row = quantize_row,
     .attn         = attn,
     .attn_f16     = attn_f16,
+    .attn_est     = attn_est,
     .rmsnorm      = rmsnorm,
     .swiglu       = swiglu,
     .axpy         = axpy,

@@ -153,6 +153,19 @@ static void attn_f16_ref(const float *const *q, float *const *o, const int32_t *
     attn_ref_impl(q, o, kv_end, M, kt, v, hd, scale, 1, work);
 }
 
+static int attn_est_ref(const int8_t *q, const int32_t *qsum, const float *qs, const float *t,
+                        const int32_t *lim, int M, const uint8_t *k, const float *ks, int hd) {
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < lim[m] && j < KVF_ATTN_BK; j++) {
+            int32_t acc = 0;
+            for (int i = 0; i < hd; i++)
+                acc += (int32_t)k[(i / 4) * 4 * KVF_ATTN_BK + j * 4 + i % 4] * q[(int64_t)m * hd + i];
+            acc -= 128 * qsum[m];
+            if (((float)acc * ks[j]) * qs[m] > t[m]) return 1;
+        }
+    return 0;
+}
+
 /* ---- small ops ------------------------------------------------------------------------- */
 
 static void rmsnorm_ref(const float *x, const float *w, float *y, int64_t n, float eps) {
@@ -186,6 +199,7 @@ const kvf_kernels kvf_kernels_ref = {
     .quantize_row = kvf_quantize_row_q8_ref,
     .attn         = attn_ref,
     .attn_f16     = attn_f16_ref,
+    .attn_est     = attn_est_ref,
     .rmsnorm      = rmsnorm_ref,
     .swiglu       = swiglu_ref,
     .axpy         = axpy_ref,

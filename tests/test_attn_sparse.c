@@ -1,0 +1,290 @@
+/* test_attn_sparse.c - sparse prefill attention (SALE, PowerAttention) on synthetic models.
+ *
+ * Hand-built caches whose values name their key block (value j = one-hot of block j / 64) show
+ * exactly which blocks a row read: with equal scores, the output's component b is the share of
+ * the row's keys that lie in block b, so a block that was skipped reads 0. Then, through the
+ * whole forward pass: the modes switched off (threshold 0, a window over every block) give
+ * dense attention's logits bit for bit, a threshold that keeps every block gives them within
+ * float tolerance, and the parameters are validated. */
+#include "harness.h"
+#include "synth.h"
+
+#include "common.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
+#include "kvfuse.h"
+
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#define N_KEYS 1000 /* cells filled: blocks 0..15 */
+#define HD 32       /* head_dim: n_embd 128, 4 heads, 2 KV heads */
+
+static kvf_model *load_synth_heads(const char *tag, int n_ctx, uint64_t seed, int n_head,
+                                   int n_head_kv) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kvf-test-sparse-%s-%d.gguf", tag, (int)getpid());
+    synth_cfg cfg = {.n_embd = HD * n_head, .n_head = n_head, .n_head_kv = n_head_kv,
+                     .n_ctx = n_ctx, .seed = seed};
+    synth_info info;
+    kvf_model *m = NULL;
+    if (synth_model_file(&cfg, path, &info) != KVF_OK) {
+        T_FAILMSG("synth: %s", kvf_errmsg());
+        return NULL;
+    }
+    kvf_model_params mp = kvf_model_default_params();
+    if (kvf_model_load(path, &mp, &m) != KVF_OK) T_FAILMSG("load: %s", kvf_errmsg());
+    unlink(path);
+    return m;
+}
+
+static kvf_model *load_synth(const char *tag, int n_ctx, uint64_t seed) {
+    return load_synth_heads(tag, n_ctx, seed, 4, 2);
+}
+
+/* Layer 0's cache: keys zero except `hot` (-1: none), whose keys are `amp` * e_0; values
+ * one-hot of the key block. */
+static void fill_cache(kvf_session *s, int hot, float amp) {
+    for (int h = 0; h < s->m->hp.n_head_kv; h++) {
+        void *kt = kvf_kt_at(s, 0, h), *v = kvf_v_at(s, 0, h);
+        for (int j = 0; j < N_KEYS; j++)
+            for (int i = 0; i < HD; i++) {
+                kvf_kv_put(s, kt, kvf_kt_idx(i, j, HD), (i == 0 && j / 64 == hot) ? amp : 0.0f);
+                kvf_kv_put(s, v, (int64_t)j * HD + i, i == j / 64 ? 1.0f : 0.0f);
+            }
+    }
+    s->n_cells = s->n_past = N_KEYS;
+    kvf_attn_sparse_written(s, -1, 0); /* a writer of key cells says so */
+}
+
+/* Attention of rows at positions pos[0..n) (query e_0 * qamp for every head) at layer 0 */
+static void run_rows(kvf_session *s, const int32_t *pos, int n, float qamp) {
+    int32_t cell[16], end[16], qd = s->m->hp.n_head * HD;
+    for (int r = 0; r < n; r++) {
+        cell[r] = pos[r], end[r] = pos[r] + 1;
+        for (int i = 0; i < qd; i++) s->q[r * qd + i] = i % HD == 0 ? qamp : 0.0f;
+    }
+    kvf_batch b = {.n = n, .pos = pos, .cell = cell, .kv_end = end, .sess = NULL};
+    kvf_attn_sparse(s, 0, &b, 2);
+}
+
+/* which blocks row r read, from the one-hot values: a bit mask; every head of the row must
+ * agree (they read the same blocks), else ~0u */
+static unsigned blocks_read(const kvf_session *s, int r) {
+    unsigned mask = 0;
+    for (int h = 0; h < s->m->hp.n_head; h++) {
+        unsigned mh = 0;
+        for (int b = 0; b < 16; b++)
+            if (s->att[(r * s->m->hp.n_head + h) * HD + b] > 0.0f) mh |= 1u << b;
+        if (h > 0 && mh != mask) return ~0u;
+        mask = mh;
+    }
+    return mask;
+}
+
+static void test_sale_selects_blocks(void) {
+    kvf_model *m = load_synth("sale", 2048, 3);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_attn_params a = kvf_attn_default_params(KVF_ATTN_SALE);
+    a.dense_layers = 0, a.min_keys = 0;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    /* the query scores block 7's keys at 3 (weight e^3 against ~1 per key of the ~190 keys in
+     * the sink and local window: ~0.1 > 0.008), every other key at 0 (~0.005 < 0.008) */
+    float amp = 3.0f * sqrtf((float)HD);
+    fill_cache(s, 7, amp);
+    int32_t pos[3] = {997, 998, 999};
+    run_rows(s, pos, 3, 1.0f);
+    unsigned want = 1u << 0 | 1u << 7 | 1u << 13 | 1u << 14 | 1u << 15; /* sink, hot, local */
+    for (int r = 0; r < 3; r++)
+        CHECK_MSG(blocks_read(s, r) == want, "row %d read blocks %#x, want %#x", r,
+                  blocks_read(s, r), want);
+    int64_t rd, cz;
+    kvf_session_attn_density(s, &rd, &cz);
+    /* 2 KV heads x 2 tiles (rows {997, 998}, {999}) x 2 query heads x 16 causal blocks */
+    CHECK_EQ(cz, 2 * 16 * 6);
+    CHECK_EQ(rd, 2 * 5 * 6);
+    /* block 7's output weight: 64 keys at e^3 against the sink's 64 and blocks 13..15's 168 */
+    float w = 64.0f * expf(3.0f);
+    CHECK_NEAR(s->att[2 * 4 * HD + 7], w / (w + 64.0f + (999 - 832 + 1)), 1e-4);
+    /* no hot block: only the sink and the local window */
+    fill_cache(s, -1, 0.0f);
+    run_rows(s, pos, 3, 1.0f);
+    CHECK_EQ(blocks_read(s, 0), 1u << 0 | 1u << 13 | 1u << 14 | 1u << 15);
+    /* a threshold that keeps everything reads every block, equal to dense within tolerance */
+    a.threshold = 1e-30f;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    fill_cache(s, 7, amp);
+    run_rows(s, pos, 3, 1.0f);
+    CHECK_EQ(blocks_read(s, 0), 0xffffu);
+    float dense[4 * HD];
+    memcpy(dense, s->att, sizeof dense);
+    a.threshold = 0.0f; /* 0: dense, through one run of every block */
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    run_rows(s, pos, 3, 1.0f);
+    for (int i = 0; i < 4 * HD; i++) CHECK_NEAR(dense[i], s->att[i], 1e-5);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+static void test_power_pattern(void) {
+    kvf_model *m = load_synth("power", 2048, 4);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_attn_params a = kvf_attn_default_params(KVF_ATTN_POWER);
+    a.block = 64, a.window = 2, a.dense_layers = 0;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    fill_cache(s, -1, 0.0f); /* equal scores: a row's output is the share of its keys per block */
+    /* rows in query blocks 15 and 14 in one tile: each gets its own pattern */
+    int32_t pos[2] = {999, 959};
+    run_rows(s, pos, 2, 1.0f);
+    /* block 15: the sink, distance < 2 (15, 14), powers of two 1, 2, 4, 8 (14, 13, 11, 7) */
+    unsigned w15 = 1u << 0 | 1u << 15 | 1u << 14 | 1u << 13 | 1u << 11 | 1u << 7;
+    /* block 14: 0, 14, 13, 12, 10, 6 */
+    unsigned w14 = 1u << 0 | 1u << 14 | 1u << 13 | 1u << 12 | 1u << 10 | 1u << 6;
+    CHECK_MSG(blocks_read(s, 0) == w15, "row 999 read %#x, want %#x", blocks_read(s, 0), w15);
+    CHECK_MSG(blocks_read(s, 1) == w14, "row 959 read %#x, want %#x", blocks_read(s, 1), w14);
+    /* shares: row 999 reads 5 full blocks and 40 keys of block 15 */
+    CHECK_NEAR(s->att[7], 64.0f / (5 * 64 + 40), 1e-5);
+    CHECK_NEAR(s->att[15], 40.0f / (5 * 64 + 40), 1e-5);
+    kvf_session_free(s);
+    /* three query heads per KV head, three rows in one tile, three query blocks */
+    kvf_model_free(m);
+    m = load_synth_heads("power3", 2048, 7, 3, 1);
+    if (!m) return;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    fill_cache(s, -1, 0.0f);
+    int32_t pos3[3] = {999, 959, 900};
+    run_rows(s, pos3, 3, 1.0f);
+    CHECK_MSG(blocks_read(s, 0) == w15, "g=3: row 999 read %#x, want %#x", blocks_read(s, 0), w15);
+    CHECK_MSG(blocks_read(s, 1) == w14, "g=3: row 959 read %#x, want %#x", blocks_read(s, 1), w14);
+    /* block 14 as well (900 / 64 = 14) */
+    CHECK_MSG(blocks_read(s, 2) == w14, "g=3: row 900 read %#x, want %#x", blocks_read(s, 2), w14);
+    /* a window over every block is dense attention, bit for bit (one run) */
+    a.window = 1000;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_OK);
+    run_rows(s, pos, 2, 1.0f);
+    CHECK_EQ(blocks_read(s, 0), 0xffffu);
+    CHECK_NEAR(s->att[3], 64.0f / 1000.0f, 1e-6);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+/* logits of every row of a 1300-token prompt (deterministic pseudo-text) */
+static float *prefill_logits(kvf_model *m, const kvf_attn_params *a, int n, int64_t *density_pm) {
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2, sp.n_ubatch = 128;
+    if (kvf_session_new(m, &sp, &s) != KVF_OK) return NULL;
+    if (a && kvf_session_set_attn(s, a) != KVF_OK) {
+        kvf_session_free(s);
+        return NULL;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) ids[i] = 32 + (i * 7 + i / 13) % 90;
+    int64_t nv  = kvf_model_n_vocab(m);
+    float  *out = NULL;
+    if (kvf_session_eval(s, ids, n, KVF_EVAL_ALL_LOGITS) == KVF_OK) {
+        out = malloc(sizeof(float) * (size_t)(nv * n));
+        for (int i = 0; i < n; i++) memcpy(out + i * nv, kvf_session_logits(s, i), sizeof(float) * (size_t)nv);
+    } else {
+        T_FAILMSG("eval: %s", kvf_errmsg());
+    }
+    int64_t rd, cz;
+    kvf_session_attn_density(s, &rd, &cz);
+    if (density_pm) *density_pm = cz ? rd * 1000 / cz : -1;
+    free(ids);
+    kvf_session_free(s);
+    return out;
+}
+
+static double max_diff(const float *a, const float *b, int64_t n) {
+    double d = 0;
+    for (int64_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    return d;
+}
+
+static void test_forward_switched_off(void) {
+    kvf_model *m = load_synth("fwd", 2048, 5);
+    if (!m) return;
+    int     n  = 1300;
+    int64_t nv = kvf_model_n_vocab(m), dpm;
+    float  *dense = prefill_logits(m, NULL, n, NULL);
+    kvf_attn_params a = kvf_attn_default_params(KVF_ATTN_SALE);
+    a.threshold = 0.0f, a.min_keys = 0, a.dense_layers = 0;
+    float *s0 = prefill_logits(m, &a, n, &dpm);
+    CHECK(dense && s0);
+    if (dense && s0) CHECK_MSG(memcmp(dense, s0, sizeof(float) * (size_t)(nv * n)) == 0, "SALE with threshold 0 differs from dense");
+    CHECK_EQ(dpm, 1000);
+    a.threshold = 1e-30f; /* every block kept, in several runs merged */
+    float *s1 = prefill_logits(m, &a, n, &dpm);
+    CHECK(s1 != NULL);
+    if (dense && s1) {
+        double d = max_diff(dense, s1, nv * n);
+        CHECK_MSG(d < 1e-3, "SALE keeping every block: max logit difference %.3g", d);
+    }
+    CHECK_EQ(dpm, 1000);
+    a.threshold = 0.05f; /* a real threshold: some blocks skipped, logits still sane */
+    float *s2 = prefill_logits(m, &a, n, &dpm);
+    CHECK(s2 != NULL);
+    CHECK_MSG(dpm > 0 && dpm < 1000, "SALE density %lld per mille", (long long)dpm);
+    if (s2) {
+        int finite = 1;
+        for (int64_t i = 0; i < nv * n; i++) finite &= isfinite(s2[i]);
+        CHECK(finite);
+    }
+    kvf_attn_params p = kvf_attn_default_params(KVF_ATTN_POWER);
+    p.window = 100, p.block = 64, p.dense_layers = 0;
+    float *p0 = prefill_logits(m, &p, n, &dpm);
+    if (dense && p0) CHECK_MSG(memcmp(dense, p0, sizeof(float) * (size_t)(nv * n)) == 0, "power with a window over everything differs from dense");
+    CHECK_EQ(dpm, 1000);
+    p.window = 2;
+    float *p1 = prefill_logits(m, &p, n, &dpm);
+    CHECK(p1 != NULL);
+    CHECK_MSG(dpm > 0 && dpm < 700, "power density %lld per mille", (long long)dpm);
+    free(dense), free(s0), free(s1), free(s2), free(p0), free(p1);
+    kvf_model_free(m);
+}
+
+static void test_params(void) {
+    kvf_model *m = load_synth("par", 256, 6);
+    if (!m) return;
+    kvf_session *s;
+    CHECK_EQ(kvf_session_new(m, NULL, &s), KVF_OK);
+    CHECK_EQ((int)kvf_session_attn(s).mode, (int)KVF_ATTN_DENSE);
+    CHECK_EQ(kvf_attn_from_name("sale"), (int)KVF_ATTN_SALE);
+    CHECK_EQ(kvf_attn_from_name("power"), (int)KVF_ATTN_POWER);
+    CHECK_EQ(kvf_attn_from_name("dense"), (int)KVF_ATTN_DENSE);
+    CHECK_EQ(kvf_attn_from_name("sparse"), -1);
+    CHECK_STR(kvf_attn_name(KVF_ATTN_POWER), "power");
+    kvf_attn_params a = kvf_attn_default_params(KVF_ATTN_SALE);
+    a.threshold = 1.5f;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_E_INVAL);
+    CHECK_CONTAINS(kvf_errmsg(), "threshold");
+    a = kvf_attn_default_params(KVF_ATTN_POWER);
+    a.block = 100;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_E_INVAL);
+    a.block = 64, a.window = 0;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_E_INVAL);
+    a.window = 5, a.mode = (kvf_attn_mode)7;
+    CHECK_EQ(kvf_session_set_attn(s, &a), KVF_E_INVAL);
+    CHECK_EQ((int)kvf_session_attn(s).mode, (int)KVF_ATTN_DENSE); /* unchanged by failures */
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+int main(void) {
+    RUN(test_params);
+    RUN(test_sale_selects_blocks);
+    RUN(test_power_pattern);
+    RUN(test_forward_switched_off);
+    return TEST_REPORT();
+}
