@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
+        bench bench-peer bench-attn bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -141,6 +141,9 @@ bench: cli $(MODEL) ## prefill/decode tokens per second on the default model
 
 bench-peer: cli $(MODEL) ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run, every model present
 	bench/peer.sh --models all
+
+bench-attn: all ## sparse prefill attention (SALE, PowerAttention) vs dense on real text, 4k and 16k tokens, Qwen2.5-Coder-0.5B (bench/sparse_attn.sh)
+	PYTHON=$$(scripts/python-deps.sh) bench/sparse_attn.sh $(or $(ATTN_MODEL),qwen2.5-coder-0.5b)
 
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh

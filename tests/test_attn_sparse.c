@@ -254,6 +254,164 @@ static void test_forward_switched_off(void) {
     kvf_model_free(m);
 }
 
+/* ---- MAC-Attention (decode) -------------------------------------------------------------- */
+
+/* dense attention of row `pos`'s query heads (s->q row 0) over keys [a, e) of layer 0, head h:
+ * outputs o[gi] and states */
+static void ref_range(kvf_session *s, int h, int64_t a, int64_t e, float *o, float *m, float *l) {
+    int          g = s->m->hp.n_head / s->m->hp.n_head_kv;
+    const float *qp[8];
+    float       *op[8], work[8 * (KVF_ATTN_BK + 4) + 64] __attribute__((aligned(64)));
+    int32_t      end[8];
+    for (int gi = 0; gi < g; gi++) qp[gi] = s->q + (h * g + gi) * HD, op[gi] = o + gi * HD, end[gi] = (int32_t)(e - a);
+    s->attn_K->attn(qp, op, end, g, (const float *)kvf_kt_at(s, 0, h) + a * HD, (const float *)kvf_v_at(s, 0, h) + a * HD,
+                    HD, 1.0f / sqrtf((float)HD), work);
+    for (int gi = 0; gi < g; gi++) m[gi] = work[g * KVF_ATTN_BK + gi], l[gi] = work[g * KVF_ATTN_BK + g + gi];
+}
+
+static void merge_ref(float *o, float *m, float *l, const float *o2, float m2, float l2) {
+    float mx = fmaxf(*m, m2), w1 = expf(*m - mx) * *l, w2 = expf(m2 - mx) * l2;
+    for (int i = 0; i < HD; i++) o[i] = (w1 * o[i] + w2 * o2[i]) / (w1 + w2);
+    *m = mx, *l = w1 + w2;
+}
+
+/* one decode step at position pos through kvf_attn_mac; q (post-RoPE) and q_pre given */
+static void mac_step(kvf_session *s, int32_t pos, const float *q, const float *qpre) {
+    int qd = s->m->hp.n_head * HD;
+    memcpy(s->q, q, sizeof(float) * (size_t)qd);
+    memcpy(s->q_pre, qpre, sizeof(float) * (size_t)qd);
+    int32_t   cell = pos, end = pos + 1;
+    kvf_batch b = {.n = 1, .pos = &pos, .cell = &cell, .kv_end = &end, .sess = NULL};
+    CHECK(kvf_attn_mac_wanted(s, &b));
+    kvf_attn_mac(s, 0, &b);
+}
+
+static void test_mac_match_amend_complete(void) {
+    kvf_model *m = load_synth("mac", 2048, 8);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_decode_attn_params d = kvf_decode_attn_default_params(KVF_DECODE_MAC);
+    d.band = 64, d.min_keys = 0, d.lookback = 64;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+    /* random keys and values in layer 0 */
+    uint64_t st = 12345;
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < N_KEYS; j++)
+            for (int i = 0; i < HD; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                float x = (float)((st >> 40) % 2001) / 1000.0f - 1.0f;
+                kvf_kv_put(s, kvf_kt_at(s, 0, h), kvf_kt_idx(i, j, HD), 2.0f * x);
+                kvf_kv_put(s, kvf_v_at(s, 0, h), (int64_t)j * HD + i, x * (float)(i % 5));
+            }
+    s->n_cells = s->n_past = N_KEYS;
+    kvf_attn_sparse_written(s, -1, 0);
+    float q[4 * HD], q2[4 * HD], qpre[4 * HD], far[4 * HD], o[4 * HD], om[4], ol[4], o2[4 * HD], m2[4], l2[4];
+    for (int i = 0; i < 4 * HD; i++) q[i] = sinf((float)i), q2[i] = cosf((float)i * 0.7f), qpre[i] = 1.0f + (float)(i % 3), far[i] = -qpre[i];
+    int64_t hits, looks;
+    kvf_session_decode_hits(s, NULL, NULL);
+    /* step at 700: nothing remembered yet: dense, computed as [0, 576) + [576, 701) (the band
+     * boundary 701 - 64 rounded down to 64 cells) */
+    mac_step(s, 700, q, qpre);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(hits, 0);
+    CHECK_EQ(looks, 4);
+    for (int h = 0; h < 2; h++) {
+        ref_range(s, h, 0, 701, o, om, ol);
+        for (int i = 0; i < 2 * HD; i++) CHECK_NEAR(s->att[h * 2 * HD + i], o[i], 1e-5);
+    }
+    /* step at 760 with the same pre-RoPE query but another post-RoPE query: a hit, so the state
+     * over [0, 576) is the one computed with the first query; amend [576, 640), complete
+     * [640, 761) with the new query */
+    mac_step(s, 760, q2, qpre);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(hits, 4);
+    CHECK_EQ(looks, 4);
+    for (int h = 0; h < 2; h++) {
+        memcpy(s->q, q, sizeof q);
+        ref_range(s, h, 0, 576, o, om, ol); /* the remembered state (first query) */
+        memcpy(s->q, q2, sizeof q2);
+        ref_range(s, h, 576, 640, o2, m2, l2);
+        for (int gi = 0; gi < 2; gi++) merge_ref(o + gi * HD, &om[gi], &ol[gi], o2 + gi * HD, m2[gi], l2[gi]);
+        ref_range(s, h, 640, 761, o2, m2, l2);
+        for (int gi = 0; gi < 2; gi++) merge_ref(o + gi * HD, &om[gi], &ol[gi], o2 + gi * HD, m2[gi], l2[gi]);
+        for (int i = 0; i < 2 * HD; i++) CHECK_NEAR(s->att[h * 2 * HD + i], o[i], 1e-5);
+        /* and it differs from dense attention with the new query: the old state was reused */
+        ref_range(s, h, 0, 761, o2, m2, l2);
+        double dd = 0;
+        for (int i = 0; i < 2 * HD; i++) dd = fmax(dd, fabs((double)o2[i] - s->att[h * 2 * HD + i]));
+        CHECK_MSG(dd > 1e-3, "head %d: a reused state should differ from dense (%.3g)", h, dd);
+    }
+    /* a distant query misses: dense */
+    mac_step(s, 770, q2, far);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(hits, 0);
+    for (int h = 0; h < 2; h++) {
+        ref_range(s, h, 0, 771, o, om, ol);
+        for (int i = 0; i < 2 * HD; i++) CHECK_NEAR(s->att[h * 2 * HD + i], o[i], 1e-5);
+    }
+    /* a match more than `lookback` positions back is not used */
+    mac_step(s, 900, q2, qpre);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(hits, 0);
+    /* rewriting cells forgets the states that covered them */
+    mac_step(s, 905, q2, qpre);
+    kvf_session_decode_hits(s, &hits, NULL);
+    CHECK_EQ(hits, 4);
+    kvf_attn_sparse_written(s, 0, 100);
+    mac_step(s, 910, q2, qpre);
+    kvf_session_decode_hits(s, &hits, NULL);
+    CHECK_EQ(hits, 0);
+    /* tau 1 (exact match only, here impossible once the query moves) and validation */
+    d.tau = 1.5f;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_E_INVAL);
+    d.tau = 0.9f, d.lookback = 513;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_E_INVAL);
+    CHECK_EQ(kvf_decode_attn_from_name("mac"), (int)KVF_DECODE_MAC);
+    CHECK_EQ(kvf_decode_attn_from_name("louis"), -1);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+/* decoding through the forward pass: MAC whose min_keys exceeds the context is dense, token for
+ * token; MAC in force looks up once per step, layer and query head */
+static void test_mac_forward(void) {
+    kvf_model *m = load_synth("macfwd", 2048, 9);
+    if (!m) return;
+    int32_t toks[3][24];
+    int64_t hits[3] = {-1, -1, -1}, looks[3] = {-1, -1, -1};
+    for (int mode = 0; mode < 3; mode++) {
+        kvf_session       *s;
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx = 2048, sp.n_threads = 2;
+        if (kvf_session_new(m, &sp, &s) != KVF_OK) break;
+        kvf_decode_attn_params d = kvf_decode_attn_default_params(mode ? KVF_DECODE_MAC : KVF_DECODE_DENSE);
+        d.min_keys = mode == 1 ? 100000 : 0, d.band = 64;
+        CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+        int32_t ids[600];
+        for (int i = 0; i < 600; i++) ids[i] = 40 + (i * 11) % 80;
+        CHECK_EQ(kvf_session_eval(s, ids, 600, 0), KVF_OK);
+        int nv = kvf_model_n_vocab(m);
+        for (int t = 0; t < 24; t++) {
+            const float *lg = kvf_session_logits(s, -1);
+            int          best = 0;
+            for (int v = 1; v < nv; v++)
+                if (lg[v] > lg[best]) best = v;
+            toks[mode][t] = best;
+            CHECK_EQ(kvf_session_eval(s, &best, 1, 0), KVF_OK);
+        }
+        kvf_session_decode_hits(s, &hits[mode], &looks[mode]);
+        kvf_session_free(s);
+    }
+    CHECK(!memcmp(toks[0], toks[1], sizeof toks[0]));
+    CHECK_EQ(looks[1], 0);
+    CHECK_EQ(looks[2], 24 * 2 * 4); /* 24 steps x 2 layers x 4 query heads */
+    CHECK(hits[2] >= 0 && hits[2] <= looks[2]);
+    kvf_model_free(m);
+}
+
 static void test_params(void) {
     kvf_model *m = load_synth("par", 256, 6);
     if (!m) return;
@@ -286,5 +444,7 @@ int main(void) {
     RUN(test_sale_selects_blocks);
     RUN(test_power_pattern);
     RUN(test_forward_switched_off);
+    RUN(test_mac_match_amend_complete);
+    RUN(test_mac_forward);
     return TEST_REPORT();
 }

@@ -266,6 +266,8 @@ static void test_malformed(void) {
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"colour\": 1}}", 400, "kvfuse", "kvfuse.colour"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"budget\": 1}}", 400, "kvfuse.budget", "between"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": \"sparse\"}}", 400, "kvfuse.attn", "sparse"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": \"louis\"}}", 400, "kvfuse.decode_attn", "louis"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"lookback\": 1000}}}", 400, "kvfuse.decode_attn.lookback", "between"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": 3}}", 400, "kvfuse.attn", "mode name or an object"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"threshold\": 0.1}}}", 400, "kvfuse.attn.mode", "needs"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 100}}}", 400, "kvfuse.attn.block", "multiple of 64"},
@@ -402,6 +404,11 @@ static void test_prompts(void) {
         CHECK(p->mode == KVF_ATTN_SALE && p->threshold == 0.02f && p->local == 256 && p->dense_layers == 1 &&
               p->min_keys == 0 && p->dense_period == 0);
     }
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", NULL,
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"tau\": 0.8, \"band\": 128}}}");
+    CHECK_EQ(o.status, 0);
+    if (o.job) CHECK(o.job->dattn.mode == KVF_DECODE_MAC && o.job->dattn.tau == 0.8f && o.job->dattn.band == 128 && o.job->dattn.lookback == 512);
     call_free(&o);
     o = call(a, "POST", "/v1/chat/completions", NULL, body);
     CHECK_EQ(o.status, 0);

@@ -84,7 +84,8 @@ void kvf_session_attn_density(kvf_session *s, int64_t *read, int64_t *causal) {
 /* Per-thread work: tmp o [MAXM][hd] | 5 x [MAXM] floats | 3 x [MAXM] int32 | q codes
  * [MAXM][hd] int8 | keep flags [ldk / 64] bytes. */
 int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk) {
-    int64_t f = (int64_t)MAXM * hp->head_dim + 8 * MAXM + (int64_t)MAXM * hp->head_dim / 4 +
+    /* (MAC, attn_mac.c, uses the first 2 * MAXM * hd floats) */
+    int64_t f = 2 * (int64_t)MAXM * hp->head_dim + 8 * MAXM + (int64_t)MAXM * hp->head_dim / 4 +
                 (ldk / BK + 3) / 4;
     return (f + 15) / 16 * 16;
 }
@@ -121,6 +122,7 @@ int kvf_attn_sparse_wanted(const kvf_session *s, int l, const kvf_batch *b) {
  * keys are centred on is fixed when the layer is coded from cell 0 (any constant is exact: the
  * estimate adds q . kbar back). */
 void kvf_attn_sparse_written(kvf_session *s, int l, int32_t cell) {
+    kvf_attn_mac_written(s, l, cell);
     if (!s->sq_valid) return;
     for (int i = l < 0 ? 0 : l; i < (l < 0 ? s->m->hp.n_layer : l + 1); i++)
         if (s->sq_valid[i] > cell) s->sq_valid[i] = cell;

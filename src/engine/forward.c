@@ -153,6 +153,9 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         if (c->k_raw) memcpy(c->k_raw + r * kvd, k, sizeof(float) * (size_t)kvd);
         if (c->v_raw) memcpy(c->v_raw + r * kvd, v, sizeof(float) * (size_t)kvd);
         const float *cs = s->rcos + (int64_t)r * half, *sn = s->rsin + (int64_t)r * half;
+        kvf_session *qs = c->b->sess ? c->b->sess[r] : s; /* MAC matches pre-RoPE queries */
+        if (qs->dattn.mode == KVF_DECODE_MAC && (c->b->sess || c->b->n == 1))
+            memcpy(s->q_pre + r * qd, q, sizeof(float) * (size_t)qd);
         kvf_rope_row(hp, q, hp->n_head, cs, sn);
         kvf_rope_row(hp, k, hp->n_head_kv, cs, sn);
         int32_t      cell = c->b->cell[r];
@@ -291,7 +294,14 @@ static void attention(kvf_session *s, int l, const kvf_batch *b) {
     int                g  = hp->n_head / hp->n_head_kv;
     attn_ctx           c  = {.s = s, .l = l, .b = b};
     c.TR                  = b->sess ? 1 : KVF_MAX(1, KVF_MIN(16, KVF_ATTN_MAX_M / g));
-    if (kvf_attn_sparse_wanted(s, l, b)) {
+    /* a decode batch that mixes PowerAttention and MAC sessions runs the power pattern, and
+     * the MAC rows densely (exact) for this layer */
+    int sparse = kvf_attn_sparse_wanted(s, l, b);
+    if (!sparse && kvf_attn_mac_wanted(s, b)) {
+        kvf_attn_mac(s, l, b);
+        return;
+    }
+    if (sparse) {
         kvf_attn_sparse(s, l, b, c.TR);
         return;
     }

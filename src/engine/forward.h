@@ -53,4 +53,13 @@ int64_t kvf_attn_sparse_bytes(const kvf_hparams *hp, int64_t ldk, int threads);
 /* Per-thread work floats (attn_sparse_work_stride) for a context of ldk cells. */
 int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk);
 
+/* ---- decode attention (attn_mac.c: MAC-Attention) ---------------------------------------- */
+/* 1 if batch b is a decode step (one row per session) and some row's session uses MAC. */
+int  kvf_attn_mac_wanted(const kvf_session *s, const kvf_batch *b);
+/* Attention of decode batch b at layer l into s->att (MAC for MAC sessions, dense else). */
+void kvf_attn_mac(kvf_session *s, int l, const kvf_batch *b);
+/* Cells from `cell` on of layer l (-1: all) were rewritten: remembered states that covered
+ * them are forgotten (called by kvf_attn_sparse_written). */
+void kvf_attn_mac_written(kvf_session *s, int l, int32_t cell);
+
 #endif /* KVF_FORWARD_H */

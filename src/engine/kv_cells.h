@@ -31,6 +31,7 @@
 #include <string.h>
 
 #define KVF_SCRATCH_MAX 24
+#define KVF_MAC_MAX 512 /* most queries MAC remembers per layer and head */
 
 struct kvf_session {
     const kvf_model   *m;
@@ -85,6 +86,15 @@ struct kvf_session {
     float              *sp_work; /* [threads][sp_stride] */
     int64_t             sp_stride;
     atomic_int_fast64_t sp_read, sp_causal; /* kvf_session_attn_density */
+    /* MAC-Attention (attn_mac.c): per layer and query head a ring of KVF_MAC_MAX entries
+     * [pre-RoPE q (hd) | o (hd) | m | l] with the position of each (-1: empty) */
+    kvf_decode_attn_params dattn;
+    float              *mac_ring;  /* [n_layer][n_head][KVF_MAC_MAX][2 hd + 2] */
+    int32_t            *mac_pos;   /* [n_layer][n_head][KVF_MAC_MAX] */
+    int32_t            *mac_next;  /* [n_layer] the slot the next step writes */
+    int32_t            *mac_hi;    /* [n_layer] every stored state covers cells below this */
+    float              *q_pre;     /* [U][n_head * hd] pre-RoPE queries of a decode batch */
+    atomic_int_fast64_t mac_hits, mac_lookups;
 
     /* rows recomputed by the last kvf_session_fuse (sorted positions), for inspection */
     int32_t *fuse_rows;

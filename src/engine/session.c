@@ -23,6 +23,7 @@ void kvf_session_free(kvf_session *s) {
     kvf_free(s->b_pos), kvf_free(s->b_cell), kvf_free(s->b_end);
     kvf_free(s->fuse_rows);
     kvf_free(s->sq_valid);
+    kvf_free(s->mac_next), kvf_free(s->mac_hi);
     kvf_actbuf_free(&s->act);
     kvf_pool_free(s->pool);
     kvf_free(s);
@@ -159,6 +160,16 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->sq_kbar   = alloc_f(s, (int64_t)hp->n_layer * kvd, &fail);
     s->sq_k      = (uint8_t *)alloc_f(s, (int64_t)hp->n_layer * hp->n_head_kv * s->ldk * hp->head_dim / 4, &fail);
     if (!(s->sq_valid = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t)))) fail = 1;
+    /* MAC-Attention's rings: address space until MAC is used */
+    s->dattn    = kvf_decode_attn_default_params(KVF_DECODE_DENSE);
+    s->mac_ring = alloc_f(s, (int64_t)hp->n_layer * hp->n_head * KVF_MAC_MAX * (2 * hp->head_dim + 2), &fail);
+    s->mac_pos  = (int32_t *)alloc_f(s, (int64_t)hp->n_layer * hp->n_head * KVF_MAC_MAX, &fail);
+    s->q_pre    = alloc_f(s, (int64_t)s->U * qd, &fail);
+    s->mac_next = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
+    s->mac_hi   = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
+    if (!s->mac_next || !s->mac_hi) fail = 1;
+    atomic_init(&s->mac_hits, 0);
+    atomic_init(&s->mac_lookups, 0);
     atomic_init(&s->sp_read, 0);
     atomic_init(&s->sp_causal, 0);
     s->split_cap = (int64_t)hp->n_head_kv * ((p.n_ctx + 255) / 256) * KVF_ATTN_MAX_M *

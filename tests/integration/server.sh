@@ -120,6 +120,9 @@ check "attn sale, threshold 0 = dense answer" is "$(j "d['choices'][0]['message'
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 64, \"window\": 1, \"dense_layers\": 0}}}"
 check "attn power 200" is "$CODE" 200
 check "attn power reported" is "$(j "d['kvfuse'].get('attn')")" power
+req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"band\": 64, \"min_keys\": 0}}}"
+check "decode_attn mac 200" is "$CODE" 200
+check "decode_attn mac reported" is "$(j "d['kvfuse'].get('decode_attn')")" mac
 req GET "$U/v1/documents/$ID2"; check "get document" is "$(j "d['text']")" "Turing
 
 Alan Turing proposed the Turing test in 1950."

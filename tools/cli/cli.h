@@ -91,7 +91,12 @@ void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
         {"attn-block", required_argument, 0, CLI_ATTN_OPT_BASE + 3},                           \
         {"attn-window", required_argument, 0, CLI_ATTN_OPT_BASE + 4},                          \
         {"attn-dense", required_argument, 0, CLI_ATTN_OPT_BASE + 5},                           \
-        {"attn-min", required_argument, 0, CLI_ATTN_OPT_BASE + 6}
+        {"attn-min", required_argument, 0, CLI_ATTN_OPT_BASE + 6},                             \
+        {"decode-attn", required_argument, 0, CLI_ATTN_OPT_BASE + 7},                          \
+        {"mac-tau", required_argument, 0, CLI_ATTN_OPT_BASE + 8},                              \
+        {"mac-lookback", required_argument, 0, CLI_ATTN_OPT_BASE + 9},                         \
+        {"mac-band", required_argument, 0, CLI_ATTN_OPT_BASE + 10},                            \
+        {"mac-min", required_argument, 0, CLI_ATTN_OPT_BASE + 11}
 #define CLI_ATTN_HELP                                                                          \
     "      --attn MODE        prefill attention: dense (default), sale (block-sparse from an\n" \
     "                         8-bit estimate), power (PowerAttention's static pattern)\n"       \
@@ -100,13 +105,23 @@ void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
     "      --attn-block B     power: block size, a multiple of 64 (256)\n"                     \
     "      --attn-window W    power: recent blocks always attended (5)\n"                      \
     "      --attn-dense N[/P] dense layers: the first N, or l %% P < N (sale 2, power 2/7)\n"  \
-    "      --attn-min N       rows with fewer keys stay dense (sale 1024, power 0)\n"
+    "      --attn-min N       rows with fewer keys stay dense (sale 1024, power 0)\n"       \
+    "      --decode-attn M    decode attention: dense (default) or mac (MAC-Attention: reuse\n" \
+    "                         the attention of a recent similar query over old keys)\n"    \
+    "      --mac-tau T        mac: match when |q - q'| <= (1 - T) |q| (0.9)\n"              \
+    "      --mac-lookback N   mac: recent steps matched against, <= 512 (512)\n"           \
+    "      --mac-band N       mac: recent keys always recomputed (256)\n"                  \
+    "      --mac-min N        mac: rows with fewer keys stay dense (2048)\n"
 typedef struct cli_attn {
-    int             mode, set;      /* set: bit i = option CLI_ATTN_OPT_BASE + i given */
-    kvf_attn_params v;              /* the values given */
+    int                    mode, dmode, set; /* set: bit i = option CLI_ATTN_OPT_BASE + i given */
+    kvf_attn_params        v;                /* the values given */
+    kvf_decode_attn_params d;
 } cli_attn;
-int             cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a);
-kvf_attn_params cli_attn_params(const cli_attn *a);
+int                    cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a);
+kvf_attn_params        cli_attn_params(const cli_attn *a);
+kvf_decode_attn_params cli_decode_attn_params(const cli_attn *a);
+/* both on a session; KVF_OK or the library's status (message in kvf_errmsg()) */
+kvf_status             cli_attn_apply(kvf_session *s, const cli_attn *a);
 
 /* Tokenize `text` (special tokens parsed, BOS if the model wants it). With chat, wrap it as a
  * user message (after an optional system message) in the model's chat template and open the

@@ -6,7 +6,7 @@
 
 int cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a) {
     int i = c - CLI_ATTN_OPT_BASE;
-    if (i < 0 || i > 6) return 0;
+    if (i < 0 || i > 11) return 0;
     switch (i) {
     case 0:
         if ((a->mode = kvf_attn_from_name(arg)) < 0) {
@@ -38,6 +38,16 @@ int cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a) {
         break;
     }
     case 6: a->v.min_keys = (int32_t)cli_int(cmd, "--attn-min", arg, 0, 1 << 22); break;
+    case 7:
+        if ((a->dmode = kvf_decode_attn_from_name(arg)) < 0) {
+            cli_fail(cmd, "--decode-attn: unknown mode '%s' (dense, mac)", arg);
+            exit(2);
+        }
+        break;
+    case 8: a->d.tau = (float)cli_float(cmd, "--mac-tau", arg, 0, 1); break;
+    case 9: a->d.lookback = (int32_t)cli_int(cmd, "--mac-lookback", arg, 1, 512); break;
+    case 10: a->d.band = (int32_t)cli_int(cmd, "--mac-band", arg, 1, 1 << 22); break;
+    case 11: a->d.min_keys = (int32_t)cli_int(cmd, "--mac-min", arg, 0, 1 << 22); break;
     }
     a->set |= 1 << i;
     return 1;
@@ -52,4 +62,20 @@ kvf_attn_params cli_attn_params(const cli_attn *a) {
     if (a->set & 32) p.dense_layers = a->v.dense_layers, p.dense_period = a->v.dense_period;
     if (a->set & 64) p.min_keys = a->v.min_keys;
     return p;
+}
+
+kvf_decode_attn_params cli_decode_attn_params(const cli_attn *a) {
+    kvf_decode_attn_params p = kvf_decode_attn_default_params((kvf_decode_mode)a->dmode);
+    if (a->set & (1 << 8)) p.tau = a->d.tau;
+    if (a->set & (1 << 9)) p.lookback = a->d.lookback;
+    if (a->set & (1 << 10)) p.band = a->d.band;
+    if (a->set & (1 << 11)) p.min_keys = a->d.min_keys;
+    return p;
+}
+
+kvf_status cli_attn_apply(kvf_session *s, const cli_attn *a) {
+    kvf_attn_params        p = cli_attn_params(a);
+    kvf_decode_attn_params d = cli_decode_attn_params(a);
+    kvf_status             st = kvf_session_set_attn(s, &p);
+    return st != KVF_OK ? st : kvf_session_set_decode_attn(s, &d);
 }

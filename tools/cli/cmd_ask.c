@@ -276,8 +276,7 @@ int cmd_ask(int argc, char **argv) {
         rc = 1;
         goto out_req;
     }
-    kvf_attn_params ap = cli_attn_params(&ca);
-    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK ||
+    if (kvf_session_new(m, &sp, &s) != KVF_OK || cli_attn_apply(s, &ca) != KVF_OK ||
         (use_store ? kvf_store_open(m, &stp, &cache) : kvf_chunk_cache_new_memory(0, &cache)) != KVF_OK) {
         rc = cli_fail("ask", "%s", kvf_errmsg());
         goto out_req;

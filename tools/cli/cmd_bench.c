@@ -202,7 +202,7 @@ int cmd_bench(int argc, char **argv) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
             break;
         }
-        if (kvf_session_set_attn(s, &ap) != KVF_OK) {
+        if (cli_attn_apply(s, &ca) != KVF_OK) {
             rc = cli_fail("bench", "%s", kvf_errmsg());
             kvf_session_free(s);
             break;
@@ -211,7 +211,7 @@ int cmd_bench(int argc, char **argv) {
         for (long i = 1; i < batch && rc == 0; i++) {
             kvf_session_params bp = sp;
             bp.n_ctx              = depth + (int32_t)n_gen + 1;
-            if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK || kvf_session_set_attn(extra[i], &ap) != KVF_OK)
+            if (kvf_session_new(m, &bp, &extra[i]) != KVF_OK || cli_attn_apply(extra[i], &ca) != KVF_OK)
                 rc = cli_fail("bench", "%s", kvf_errmsg());
         }
         int32_t *ids = malloc(sizeof(int32_t) * (size_t)need);

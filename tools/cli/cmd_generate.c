@@ -24,7 +24,8 @@ static void help(void) {
            "                       training context; a longer prompt is an error)\n"
            "      --json           print one JSON object at the end instead of streaming:\n"
            "                       text, tokens, prompt_tokens, prefill_ms, ttft_ms,\n"
-           "                       decode_tok_s, stop\n"
+           "                       decode_tok_s, stop (and attn, attn_density: the share of\n"
+           "                       causal key blocks the prefill's sparse layers read)\n"
            "      --isa NAME       kernels: auto, ref, avx2, avx512\n"
            "      --kv T           session KV cache: f32 (default) or f16 (half the memory)\n"
            "      --precision P    matmul arithmetic: q16 (default; ~f32 accuracy), q8\n"
@@ -133,7 +134,7 @@ int cmd_generate(int argc, char **argv) {
         return 1;
     }
     kvf_attn_params ap = cli_attn_params(&ca);
-    if (kvf_session_new(m, &sprm, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK) {
+    if (kvf_session_new(m, &sprm, &s) != KVF_OK || cli_attn_apply(s, &ca) != KVF_OK) {
         if (s) kvf_session_free(s);
         free(ids);
         kvf_model_free(m);
@@ -147,6 +148,8 @@ int cmd_generate(int argc, char **argv) {
         return rc;
     }
     double  t2      = cli_now_ms();
+    int64_t a_read, a_causal; /* the prefill's sparse attention density */
+    kvf_session_attn_density(s, &a_read, &a_causal);
     int32_t n_vocab = kvf_model_n_vocab(m);
     int32_t tok     = kvf_sampler_sample(smp, kvf_session_logits(s, -1), n_vocab);
     double  t_first = cli_now_ms();
@@ -197,8 +200,17 @@ int cmd_generate(int argc, char **argv) {
         printf("{\"text\": ");
         json_str(stdout, text, len);
         printf(", \"tokens\": %d, \"prompt_tokens\": %d, \"prefill_ms\": %.3f, \"ttft_ms\": "
-               "%.3f, \"decode_ms\": %.3f, \"decode_tok_s\": %.3f, \"stop\": \"%s\"}\n",
+               "%.3f, \"decode_ms\": %.3f, \"decode_tok_s\": %.3f, \"stop\": \"%s\"",
                n_gen, n_prompt, t2 - t1, t_first - t0, dec_ms, dec_tok_s, stop);
+        if (ap.mode != KVF_ATTN_DENSE)
+            printf(", \"attn\": \"%s\", \"attn_density\": %.4f", kvf_attn_name(ap.mode),
+                   a_causal ? (double)a_read / (double)a_causal : 1.0);
+        int64_t mh, ml;
+        kvf_session_decode_hits(s, &mh, &ml);
+        if (ca.dmode != KVF_DECODE_DENSE)
+            printf(", \"decode_attn\": \"%s\", \"mac_hit_rate\": %.4f", kvf_decode_attn_name((kvf_decode_mode)ca.dmode),
+                   ml ? (double)mh / (double)ml : 0.0);
+        printf("}\n");
     } else {
         printf("\n");
         fflush(stdout); /* the text and its newline before the stats on stderr */

@@ -822,6 +822,15 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(at, "dense_period", ap.dense_period);
         cJSON_AddNumberToObject(at, "min_keys", ap.min_keys);
     }
+    kvf_decode_attn_params dp = cli_decode_attn_params(&ca);
+    if (dp.mode != KVF_DECODE_DENSE) {
+        cJSON *at = cJSON_AddObjectToObject(cfg, "decode_attn");
+        cJSON_AddStringToObject(at, "mode", kvf_decode_attn_name(dp.mode));
+        cJSON_AddNumberToObject(at, "tau", round((double)dp.tau * 1e6) / 1e6);
+        cJSON_AddNumberToObject(at, "lookback", dp.lookback);
+        cJSON_AddNumberToObject(at, "band", dp.band);
+        cJSON_AddNumberToObject(at, "min_keys", dp.min_keys);
+    }
     cJSON_AddNumberToObject(cfg, "ruler_keys", eo.ruler_keys);
     if (any_auto) { /* the auto runs' target and bounds (absent from older directories) */
         cJSON_AddNumberToObject(cfg, "fidelity", round(fp.fidelity * 1e6) / 1e6);
@@ -887,7 +896,7 @@ int cmd_eval(int argc, char **argv) {
     kvf_session_params sp = kvf_session_default_params();
     sp.n_threads          = n_threads;
     sp.n_ctx              = n_ctx;
-    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_session_set_attn(s, &ap) != KVF_OK ||
+    if (kvf_session_new(m, &sp, &s) != KVF_OK || cli_attn_apply(s, &ca) != KVF_OK ||
         kvf_chunk_cache_new_memory((size_t)cache_mb << 20, &cache) != KVF_OK) {
         free(todo);
         rc = cli_fail("eval", "%s", kvf_errmsg());

@@ -321,7 +321,8 @@ int cmd_serve(int argc, char **argv) {
     }
     if (optind < argc) return cli_fail("serve", "unexpected argument '%s'", argv[optind]);
     if (ac.fp.ratio_min > ac.fp.ratio_max) return cli_fail("serve", "--ratio-min must be <= --ratio-max");
-    ac.attn = cli_attn_params(&ca);
+    ac.attn  = cli_attn_params(&ca);
+    ac.dattn = cli_decode_attn_params(&ca);
     sp.cache_bytes = (size_t)cache_mb << 20;
     if (store.dir || store.redis) {
         if (!mem_budget_set) store.mem_budget = sp.cache_bytes;

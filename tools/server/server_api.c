@@ -483,6 +483,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
         cJSON_AddStringToObject(k, "evict", kvf_evict_name(j->fp.evict));
     }
     if (j->attn.mode != KVF_ATTN_DENSE) cJSON_AddStringToObject(k, "attn", kvf_attn_name(j->attn.mode));
+    if (j->dattn.mode != KVF_DECODE_DENSE) cJSON_AddStringToObject(k, "decode_attn", kvf_decode_attn_name(j->dattn.mode));
     cJSON_AddNumberToObject(k, "documents", j->n_documents);
     const kvf_fuse_stats *st = &j->fst;
     if (j->fused) {
@@ -1276,20 +1277,62 @@ static int parse_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
     return 0;
 }
 
+/* kvfuse.decode_attn: "dense" / "mac", or {"mode", "tau", "lookback", "band", "min_keys"} */
+static int parse_decode_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
+    const char *name = cJSON_IsString(ax) ? ax->valuestring : NULL;
+    if (!name && !cJSON_IsObject(ax))
+        return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn must be a mode name or an object {\"mode\", \"tau\", ...}, not %s", jtype(ax));
+    if (!name) {
+        static const char *const known[] = {"mode", "tau", "lookback", "band", "min_keys"};
+        for (const cJSON *c = ax->child; c; c = c->next) {
+            bool ok = false;
+            for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
+            if (!ok) {
+                char ex[64];
+                excerpt(c->string ? c->string : "", ex, sizeof ex);
+                return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn.%s is not a known field (mode, tau, lookback, band, min_keys)", ex);
+            }
+        }
+        if (opt_str(ax, "mode", "kvfuse.decode_attn.mode", &name, e) < 0) return -1;
+        if (!name) return fail(e, 400, "kvfuse.decode_attn.mode", "kvfuse.decode_attn needs a \"mode\"");
+    }
+    int mode = kvf_decode_attn_from_name(name);
+    if (mode < 0) {
+        char ex[64];
+        excerpt(name, ex, sizeof ex);
+        return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn mode must be \"dense\" or \"mac\" (got \"%s\")", ex);
+    }
+    j->dattn = (int)a->cfg.dattn.mode == mode ? a->cfg.dattn : kvf_decode_attn_default_params((kvf_decode_mode)mode);
+    if (cJSON_IsString(ax)) return 0;
+    double    d;
+    long long v;
+    int       k;
+    if ((k = opt_num(ax, "tau", "kvfuse.decode_attn.tau", 0, 1, &d, e)) < 0) return -1;
+    if (k) j->dattn.tau = (float)d;
+    if ((k = opt_int(ax, "lookback", "kvfuse.decode_attn.lookback", 1, 512, &v, e)) < 0) return -1;
+    if (k) j->dattn.lookback = (int32_t)v;
+    if ((k = opt_int(ax, "band", "kvfuse.decode_attn.band", 1, 1 << 22, &v, e)) < 0) return -1;
+    if (k) j->dattn.band = (int32_t)v;
+    if ((k = opt_int(ax, "min_keys", "kvfuse.decode_attn.min_keys", 0, 1 << 22, &v, e)) < 0) return -1;
+    if (k) j->dattn.min_keys = (int32_t)v;
+    return 0;
+}
+
 static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     j->fp           = a->cfg.fp;
     j->attn         = a->cfg.attn;
+    j->dattn        = a->cfg.dattn;
     const cJSON *kx = cJSON_GetObjectItemCaseSensitive(root, "kvfuse");
     if (!kx || cJSON_IsNull(kx)) return 0;
     if (!cJSON_IsObject(kx)) return fail(e, 400, "kvfuse", "kvfuse must be an object {\"method\", \"ratio\", \"evict\", \"budget\"}, not %s", jtype(kx));
     for (const cJSON *c = kx->child; c; c = c->next) {
-        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn"};
+        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn", "decode_attn"};
         bool                     ok      = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
         if (!ok) {
             char ex[64];
             excerpt(c->string ? c->string : "", ex, sizeof ex);
-            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn)", ex);
+            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn, decode_attn)", ex);
         }
     }
     const char *s = NULL;
@@ -1342,6 +1385,8 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (k) j->fp.pool = (int32_t)v;
     const cJSON *ax = cJSON_GetObjectItemCaseSensitive(kx, "attn");
     if (ax && !cJSON_IsNull(ax) && parse_attn(a, ax, j, e) < 0) return -1;
+    const cJSON *dx = cJSON_GetObjectItemCaseSensitive(kx, "decode_attn");
+    if (dx && !cJSON_IsNull(dx) && parse_decode_attn(a, dx, j, e) < 0) return -1;
     return 0;
 }
 
@@ -1820,6 +1865,7 @@ srv_api_config srv_api_default_config(void) {
     c.fp          = kvf_fuse_default_params();
     c.fp.method   = KVF_METHOD_A3;
     c.attn        = kvf_attn_default_params(KVF_ATTN_DENSE);
+    c.dattn       = kvf_decode_attn_default_params(KVF_DECODE_DENSE);
     c.temperature = 0;
     c.timeout_ms  = 300e3;
     return c;

@@ -85,6 +85,7 @@ typedef struct srv_job {
     bool         fused;         /* documents given: fusion with fp */
     kvf_fuse_params fp;
     kvf_attn_params attn;       /* prefill attention (kvfuse.attn, else the server's --attn) */
+    kvf_decode_attn_params dattn; /* decode attention (kvfuse.decode_attn, else --decode-attn) */
     kvf_sampler_params sp;      /* temp 0 = greedy */
     int32_t      max_tokens;
     char         stop[SRV_MAX_STOP][SRV_STOP_MAX + 1];
@@ -173,6 +174,7 @@ typedef struct srv_api_config {
     size_t      max_body;       /* bytes (413 above) */
     kvf_fuse_params fp;         /* defaults for document requests (method, ratio, evict) */
     kvf_attn_params attn;       /* default prefill attention (--attn) */
+    kvf_decode_attn_params dattn; /* default decode attention (--decode-attn) */
     float       temperature;    /* default when the request has none */
     double      timeout_ms;     /* per request (0 = none) */
     bool        public_metrics; /* /metrics without an admin key even when keys are set */

@@ -505,7 +505,7 @@ static void admit(srv_sched *s, srv_job *j) {
         slot_fail(s, sl, 500, "server_error", "out of memory");
         return;
     }
-    if (kvf_session_set_attn(sl->s, &j->attn) != KVF_OK) {
+    if (kvf_session_set_attn(sl->s, &j->attn) != KVF_OK || kvf_session_set_decode_attn(sl->s, &j->dattn) != KVF_OK) {
         slot_fail(s, sl, 400, "invalid_request_error", "kvfuse.attn: %s", kvf_errmsg());
         return;
     }
