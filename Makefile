@@ -199,7 +199,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-fidelity eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-fidelity eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -209,6 +209,11 @@ eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), ev
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
 	    --methods $(FID_METHODS) --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
 	    -n 32 --out $(RESULTS)/qwen05-needle $(EVAL_ARGS)
+
+eval-attn-needle: cli $(QWEN05) ## needle at 4k and 8k (3 depths), full and a3 at r=0.15 with sparse attention ATTN_ARGS (e.g. "--attn sale") -> results/qwen05-needle-$(ATTN_TAG)
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
+	    --methods full,a3 --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
+	    -n 32 --out $(RESULTS)/qwen05-needle-$(ATTN_TAG) $(ATTN_ARGS) $(EVAL_ARGS)
 
 eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4k and 8k (2 each), 5 methods at r=0.15 on the 0.5B -> results/qwen05-ruler
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \

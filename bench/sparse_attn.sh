@@ -1,6 +1,7 @@
 #!/bin/bash
-# sparse_attn.sh - prefill speed of sparse attention (issue 12: SALE, PowerAttention) against
-# dense attention on real text, same model, same run. For each length, a prompt of Paul Graham
+# sparse_attn.sh - speed of sparse attention (issue 12: SALE and PowerAttention for prefill,
+# MAC-Attention, mode "mac", for decode) against dense attention on real text, same model,
+# same run. For each length, a prompt of Paul Graham
 # essays cut to about that many tokens is prefilled by `kvfuse generate` once per mode and
 # repetition (the modes interleaved, so a change in machine load hits them alike), followed by
 # N greedy tokens whose text is compared with dense's. Not part of `make test`.
@@ -36,9 +37,14 @@ for L in $LENGTHS; do
         for mode in $MODES; do
             extra=()
             [ "$mode" != dense ] && extra=(${ATTN_ARGS:-})
+            if [ "$mode" = mac ]; then # MAC-Attention is a decode method: dense prefill
+                flags=(--attn dense --decode-attn mac)
+            else
+                flags=(--attn "$mode")
+            fi
             echo "sparse_attn: ~$L tokens, $mode, rep $r/$REPS ..." >&2
             "$KVFUSE" generate -m "$MODEL" -f "$work/p$L.txt" -n "$N" --ctx $((L + N + 512)) --json \
-                --attn "$mode" "${extra[@]}" 2>"$work/err" > "$work/one.json" ||
+                "${flags[@]}" "${extra[@]}" 2>"$work/err" > "$work/one.json" ||
                 { cat "$work/err" >&2; exit 1; }
             "$PY" -c 'import json, sys; d = json.load(open(sys.argv[1])); d.update(length=int(sys.argv[2]), mode=sys.argv[3], rep=int(sys.argv[4])); print(json.dumps(d))' \
                 "$work/one.json" "$L" "$mode" "$r" >> "$out"
@@ -48,19 +54,22 @@ done
 "$PY" - "$out" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-print("%7s %-6s %8s %12s %8s %8s %10s %s" % ("length", "mode", "tokens", "prefill t/s", "x dense", "density", "decode t/s", "same text as dense"))
+print("%7s %-6s %8s %12s %8s %8s %10s %8s %8s %s" % ("length", "mode", "tokens", "prefill t/s", "x dense", "density", "decode t/s", "x dense", "MAC hits", "same text as dense"))
 for L in sorted({r["length"] for r in runs}):
     by = {}
     for r in runs:
         if r["length"] == L: by.setdefault(r["mode"], []).append(r)
     def tps(rs): return statistics.median(x["prompt_tokens"] / x["prefill_ms"] * 1e3 for x in rs)
     base = tps(by["dense"]) if "dense" in by else None
+    dbase = statistics.median(x["decode_tok_s"] for x in by["dense"]) if "dense" in by else None
     dense_text = by["dense"][0]["text"] if "dense" in by else None
     for mode, rs in by.items():
         t = tps(rs)
-        print("%7d %-6s %8d %12.1f %8s %8s %10.1f %s" % (
+        dt = statistics.median(x["decode_tok_s"] for x in rs)
+        print("%7d %-6s %8d %12.1f %8s %8s %10.2f %8s %8s %s" % (
             L, mode, rs[0]["prompt_tokens"], t, "%.2f" % (t / base) if base else "-",
             "%.3f" % rs[0]["attn_density"] if "attn_density" in rs[0] else "-",
-            statistics.median(x["decode_tok_s"] for x in rs),
+            dt, "%.2f" % (dt / dbase) if dbase else "-",
+            "%.3f" % rs[0]["mac_hit_rate"] if "mac_hit_rate" in rs[0] else "-",
             "-" if dense_text is None or mode == "dense" else ("yes" if rs[0]["text"] == dense_text else "no: %r" % rs[0]["text"][:40])))
 EOF

@@ -125,13 +125,6 @@ static void attn_range(const kvf_session *s, const kvf_session *ts, int l, int h
 }
 
 /* (o, m, l) merged with (o2, m2, l2) */
-static void merge(float *o, float *m, float *l, const float *o2, float m2, float l2, int hd) {
-    float mx = fmaxf(*m, m2), w1 = expf(*m - mx) * *l, w2 = expf(m2 - mx) * l2;
-    float inv = 1.0f / (w1 + w2);
-    for (int i = 0; i < hd; i++) o[i] = (w1 * o[i] + w2 * o2[i]) * inv;
-    *m = mx, *l = w1 + w2;
-}
-
 static void mac_task(void *p, int ith, int nth) {
     KVF_UNUSED(nth);
     mac_ctx           *c  = p;
@@ -193,7 +186,7 @@ static void mac_task(void *p, int ith, int nth) {
                 if (Ek < E) { /* amend: the band between the match's boundary and ours */
                     float bm, bl;
                     attn_range(s, ts, l, h, qp + gi, tp + gi, 1, Ek, E, work, &bm, &bl);
-                    merge(ap[gi], &am[gi], &al[gi], tp[gi], bm, bl, hd);
+                    kvf_attn_merge(ap[gi], &am[gi], &al[gi], tp[gi], bm, bl, hd);
                 }
             }
         } else {
@@ -212,7 +205,7 @@ static void mac_task(void *p, int ith, int nth) {
         /* complete: the fresh tail [E, e) */
         attn_range(s, ts, l, h, qp, tp, g, E, e, work, tm, tl);
         for (int gi = 0; gi < g; gi++) {
-            merge(ap[gi], &am[gi], &al[gi], tp[gi], tm[gi], tl[gi], hd);
+            kvf_attn_merge(ap[gi], &am[gi], &al[gi], tp[gi], tm[gi], tl[gi], hd);
             memcpy(op[gi], ap[gi], sizeof(float) * (size_t)hd);
         }
     }

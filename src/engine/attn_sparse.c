@@ -15,10 +15,10 @@
  * already found); (3) every other causal block is estimated with 8-bit products of the query
  * and the keys centred on their mean (q . kbar is added back exactly per row) and kept if some
  * estimate crosses some vector's threshold; (4) the kept blocks are computed exactly and
- * merged. Deviations from the paper: 8-bit instead of 4-bit codes (x86 has no 4-bit product),
- * query tiles of forward.c's size instead of 64 rows, 64-key blocks instead of 32, one keep
- * decision per tile for all heads of a KV group, one threshold for every head (no per-head
- * calibration). */
+ * merged. The blocks are chosen per query head, for the rows of the tile together.
+ * Deviations from the paper: 8-bit instead of 4-bit codes (x86 has no 4-bit product), query
+ * tiles of forward.c's size instead of 64 rows, 64-key blocks instead of 32, one threshold for
+ * every head (no per-head calibration). */
 #include "common.h"
 #include "engine/forward.h"
 #include "engine/kv_cells.h"
@@ -233,18 +233,6 @@ typedef struct {
     int32_t       *e2;          /* [M] a run's ends */
 } run_ctx;
 
-static void merge(float *o, float *m, float *l, const float *o2, float m2, float l2, int hd) {
-    if (*l == 0.0f) {
-        memcpy(o, o2, sizeof(float) * (size_t)hd);
-        *m = m2, *l = l2;
-        return;
-    }
-    float mx = fmaxf(*m, m2), w1 = expf(*m - mx) * *l, w2 = expf(m2 - mx) * l2;
-    float inv = 1.0f / (w1 + w2);
-    for (int i = 0; i < hd; i++) o[i] = (w1 * o[i] + w2 * o2[i]) * inv;
-    *m = mx, *l = w1 + w2;
-}
-
 /* Exact attention over every run of consecutive kept blocks [0, nb), merged into the state.
  * Returns the number of blocks read. */
 static int64_t run_blocks(const kvf_session *s, const kvf_session *ts, run_ctx *r,
@@ -276,7 +264,7 @@ static int64_t run_blocks(const kvf_session *s, const kvf_session *ts, run_ctx *
             const float *mrow = r->work + (int64_t)r->M * BK, *lrow = mrow + r->M;
             for (int m = 0; m < r->M; m++)
                 if (r->end[m] > j0)
-                    merge(r->o[m], &r->st_m[m], &r->st_l[m], tp[m], mrow[m], lrow[m], r->hd);
+                    kvf_attn_merge(r->o[m], &r->st_m[m], &r->st_l[m], tp[m], mrow[m], lrow[m], r->hd);
             read += b1 - b;
         }
         b = b1;
@@ -380,7 +368,18 @@ static void sparse_task(void *p, int ith, int nth) {
         n_causal += nb * M;
         const kvf_attn_params *a = &ts->attn;
         if (c->sale && max_end >= a->min_keys && a->threshold > 0.0f) {
-            n_read += sale_item(s, ts, c->l, &rc, h, keep, nb, scale, fw) * M;
+            /* blocks are chosen per query head (its vectors are every g-th of the tile) */
+            int          R = M / g;
+            const float *hq[MAXM];
+            float       *ho[MAXM];
+            int32_t      he[MAXM];
+            for (int gi = 0; gi < g; gi++) {
+                for (int k = 0; k < R; k++) hq[k] = qp[k * g + gi], ho[k] = op[k * g + gi], he[k] = end[k * g + gi];
+                run_ctx hr = rc;
+                hr.q = hq, hr.o = ho, hr.end = he, hr.M = R;
+                for (int k = 0; k < R; k++) hr.st_m[k] = -INFINITY, hr.st_l[k] = 0.0f;
+                n_read += sale_item(s, ts, c->l, &hr, h, keep, nb, scale, fw) * R;
+            }
         } else if (!c->sale && a->mode == KVF_ATTN_POWER && !layer_dense(a, c->l) &&
                    max_end >= a->min_keys) {
             /* rows of one query block share a pattern: one group each */

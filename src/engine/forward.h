@@ -6,6 +6,8 @@
 
 #include "engine/kv_cells.h"
 
+#include <math.h>
+
 typedef struct kvf_batch {
     int32_t        n;
     const int32_t *pos;    /* [n] RoPE positions */
@@ -36,6 +38,22 @@ void kvf_fwd_logits(kvf_session *s, const float *x, int32_t n, int64_t ldx, floa
  * vectors (head_dim floats each) with such a table. */
 void kvf_rope_table(const kvf_model *m, int32_t pos, float *cos_out, float *sin_out);
 void kvf_rope_row(const kvf_hparams *hp, float *v, int n_vec, const float *c, const float *sn);
+
+/* Softmax states of attention over disjoint key ranges merge exactly: (o, m, l) becomes the
+ * state over both ranges, given (o2, m2, l2) (o normalised, m the maximum score, l the sum of
+ * exp(score - m)); an empty state (l == 0) takes the other. */
+static inline void kvf_attn_merge(float *o, float *m, float *l, const float *o2, float m2, float l2,
+                                  int hd) {
+    if (*l == 0.0f) {
+        for (int i = 0; i < hd; i++) o[i] = o2[i];
+        *m = m2, *l = l2;
+        return;
+    }
+    float mx = fmaxf(*m, m2), w1 = expf(*m - mx) * *l, w2 = expf(m2 - mx) * l2;
+    float inv = 1.0f / (w1 + w2);
+    for (int i = 0; i < hd; i++) o[i] = (w1 * o[i] + w2 * o2[i]) * inv;
+    *m = mx, *l = w1 + w2;
+}
 
 /* ---- sparse attention (attn_sparse.c: SALE, PowerAttention) ---------------------------- */
 /* 1 if layer l of batch b runs sparse attention (some row's session has a sparse mode that

@@ -1225,27 +1225,42 @@ static int build_text_prompt(srv_api *a, srv_job *j, const char *prompt, req_doc
 
 /* ---- completion requests ---------------------------------------------------------------- */
 
+/* The mode of kvfuse.<field> (attn, decode_attn): a mode name, or an object whose fields are all
+ * in known[] (a comma-separated list for the message) and whose "mode" is given. Sets *name;
+ * -1 after a 400. */
+static int attn_mode_name(const cJSON *ax, const char *field, const char *const *known, size_t n_known,
+                          const char *known_list, const char **name, verr *e) {
+    char path[48];
+    snprintf(path, sizeof path, "kvfuse.%s", field);
+    *name = cJSON_IsString(ax) ? ax->valuestring : NULL;
+    if (*name) return 0;
+    if (!cJSON_IsObject(ax))
+        return fail(e, 400, path, "%s must be a mode name or an object {%s}, not %s", path, known_list, jtype(ax));
+    for (const cJSON *c = ax->child; c; c = c->next) {
+        bool ok = false;
+        for (size_t i = 0; i < n_known; i++) ok |= c->string && !strcmp(c->string, known[i]);
+        if (!ok) {
+            char ex[64];
+            excerpt(c->string ? c->string : "", ex, sizeof ex);
+            return fail(e, 400, path, "%s.%s is not a known field (%s)", path, ex, known_list);
+        }
+    }
+    char mpath[64];
+    snprintf(mpath, sizeof mpath, "%s.mode", path);
+    if (opt_str(ax, "mode", mpath, name, e) < 0) return -1;
+    if (!*name) return fail(e, 400, mpath, "%s needs a \"mode\"", path);
+    return 0;
+}
+
 /* kvfuse.attn: a mode name ("dense", "sale", "power": its defaults, or the server's own
  * settings when the server runs that mode) or an object {"mode", "threshold", "local",
  * "block", "window", "dense_layers", "dense_period", "min_keys"} */
 static int parse_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
-    const char *name = cJSON_IsString(ax) ? ax->valuestring : NULL;
-    if (!name && !cJSON_IsObject(ax))
-        return fail(e, 400, "kvfuse.attn", "kvfuse.attn must be a mode name or an object {\"mode\", \"threshold\", ...}, not %s", jtype(ax));
-    if (!name) {
-        static const char *const known[] = {"mode", "threshold", "local", "block", "window", "dense_layers", "dense_period", "min_keys"};
-        for (const cJSON *c = ax->child; c; c = c->next) {
-            bool ok = false;
-            for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
-            if (!ok) {
-                char ex[64];
-                excerpt(c->string ? c->string : "", ex, sizeof ex);
-                return fail(e, 400, "kvfuse.attn", "kvfuse.attn.%s is not a known field (mode, threshold, local, block, window, dense_layers, dense_period, min_keys)", ex);
-            }
-        }
-        if (opt_str(ax, "mode", "kvfuse.attn.mode", &name, e) < 0) return -1;
-        if (!name) return fail(e, 400, "kvfuse.attn.mode", "kvfuse.attn needs a \"mode\"");
-    }
+    static const char *const known[] = {"mode", "threshold", "local", "block", "window", "dense_layers", "dense_period", "min_keys"};
+    const char              *name;
+    if (attn_mode_name(ax, "attn", known, sizeof known / sizeof known[0],
+                       "mode, threshold, local, block, window, dense_layers, dense_period, min_keys", &name, e) < 0)
+        return -1;
     int mode = kvf_attn_from_name(name);
     if (mode < 0) {
         char ex[64];
@@ -1279,23 +1294,11 @@ static int parse_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
 
 /* kvfuse.decode_attn: "dense" / "mac", or {"mode", "tau", "lookback", "band", "min_keys"} */
 static int parse_decode_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
-    const char *name = cJSON_IsString(ax) ? ax->valuestring : NULL;
-    if (!name && !cJSON_IsObject(ax))
-        return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn must be a mode name or an object {\"mode\", \"tau\", ...}, not %s", jtype(ax));
-    if (!name) {
-        static const char *const known[] = {"mode", "tau", "lookback", "band", "min_keys"};
-        for (const cJSON *c = ax->child; c; c = c->next) {
-            bool ok = false;
-            for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
-            if (!ok) {
-                char ex[64];
-                excerpt(c->string ? c->string : "", ex, sizeof ex);
-                return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn.%s is not a known field (mode, tau, lookback, band, min_keys)", ex);
-            }
-        }
-        if (opt_str(ax, "mode", "kvfuse.decode_attn.mode", &name, e) < 0) return -1;
-        if (!name) return fail(e, 400, "kvfuse.decode_attn.mode", "kvfuse.decode_attn needs a \"mode\"");
-    }
+    static const char *const known[] = {"mode", "tau", "lookback", "band", "min_keys"};
+    const char              *name;
+    if (attn_mode_name(ax, "decode_attn", known, sizeof known / sizeof known[0], "mode, tau, lookback, band, min_keys",
+                       &name, e) < 0)
+        return -1;
     int mode = kvf_decode_attn_from_name(name);
     if (mode < 0) {
         char ex[64];
