@@ -117,6 +117,8 @@ FULLDENSE=$(j "d['choices'][0]['message']['content']")
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"method\": \"full\", \"attn\": {\"mode\": \"sale\", \"threshold\": 0, \"min_keys\": 0, \"dense_layers\": 0}}}"
 check "attn sale reported" is "$(j "d['kvfuse'].get('attn')")" sale
 check "attn sale, threshold 0 = dense answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLDENSE"
+req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"sale\", \"threshold\": 0, \"min_keys\": 0, \"dense_layers\": 0}}}"
+check "a3 with attn sale, threshold 0 = dense a3 answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 64, \"window\": 1, \"dense_layers\": 0}}}"
 check "attn power 200" is "$CODE" 200
 check "attn power reported" is "$(j "d['kvfuse'].get('attn')")" power
