@@ -284,7 +284,6 @@ static void build_task(void *p, int ith, int nth) {
         kvf_chunk *ch = c->chunks[seg];
         if (!ch) continue;
         int32_t p0 = c->seg_start[seg];
-        kvf_attn_sparse_written(s, l, p0);
         for (int32_t r0 = 0; r0 < ch->n_tokens; r0 += BUILD_ROWS) {
             int32_t n = KVF_MIN(BUILD_ROWS, ch->n_tokens - r0);
             kvf_chunk_read(s->K, ch, l, 0, r0, n, buf);
@@ -311,6 +310,12 @@ static void build_task(void *p, int ith, int nth) {
 
 static kvf_status build_layer(fuse_ctx *c, int l) {
     build_ctx bc = {.c = c, .n_load = c->n_load, .layer = l};
+    /* the cells of the segments about to be written; said once, before the threads write */
+    for (int32_t seg = 0; seg < c->n_load; seg++)
+        if (c->chunks[seg]) {
+            kvf_attn_sparse_written(c->s, l, c->seg_start[seg]);
+            break;
+        }
     atomic_init(&bc.next, 0);
     atomic_init(&bc.failed, 0);
     kvf_pool_run(c->s->pool, build_task, &bc);
