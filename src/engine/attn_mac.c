@@ -85,12 +85,8 @@ void kvf_attn_mac_written(kvf_session *s, int l, int32_t cell) {
                                                                  the rings' pages returned */
 }
 
-static int is_decode(const kvf_batch *b) {
-    return b->sess != NULL || b->n == 1;
-}
-
 int kvf_attn_mac_wanted(const kvf_session *s, const kvf_batch *b) {
-    if (!is_decode(b)) return 0;
+    if (!kvf_batch_is_decode(b)) return 0;
     for (int32_t r = 0; r < b->n; r++)
         if ((b->sess ? b->sess[r] : s)->dattn.mode == KVF_DECODE_MAC) return 1;
     return 0;
@@ -110,21 +106,22 @@ typedef struct {
 static void attn_range(const kvf_session *s, const kvf_session *ts, int l, int h,
                        const float *const *q, float *const *o, int M, int64_t a, int64_t e,
                        float *work, float *m_out, float *l_out) {
-    int     hd = s->m->hp.head_dim;
-    size_t  es = kvf_kv_esize(ts);
-    int32_t end[KVF_ATTN_MAX_M];
+    int32_t end[KVF_ATTN_MAX_M] = {0}; /* (zeroed: the compiler cannot see only M are read) */
     for (int m = 0; m < M; m++) end[m] = (int32_t)(e - a);
-    const void *kt = (const char *)kvf_kt_at(ts, l, h) + a * hd * (int64_t)es;
-    const void *v  = (const char *)kvf_v_at(ts, l, h) + a * hd * (int64_t)es;
-    float       scale = 1.0f / sqrtf((float)hd);
-    if (ts->kv_f16)
-        s->attn_K->attn_f16(q, o, end, M, kt, v, hd, scale, work);
-    else
-        s->attn_K->attn(q, o, end, M, kt, v, hd, scale, work);
+    kvf_attn_call(s, ts, l, h, a, q, o, end, M, work);
     for (int m = 0; m < M; m++) m_out[m] = work[(int64_t)M * BK + m], l_out[m] = work[(int64_t)M * BK + M + m];
 }
 
-/* (o, m, l) merged with (o2, m2, l2) */
+/* The band boundary of a row with e keys: e - band rounded down to the key tile (0 if none) */
+static int64_t band_edge(int64_t e, int32_t band) {
+    return e > band ? (e - band) / BK * BK : 0;
+}
+
+/* MAC runs for a row with e keys (else the row is dense and nothing is remembered) */
+static int mac_applies(const kvf_decode_attn_params *d, int64_t e) {
+    return d->mode == KVF_DECODE_MAC && e >= d->min_keys && band_edge(e, d->band) > 0;
+}
+
 static void mac_task(void *p, int ith, int nth) {
     KVF_UNUSED(nth);
     mac_ctx           *c  = p;
@@ -148,8 +145,8 @@ static void mac_task(void *p, int ith, int nth) {
             op[gi] = s->att + r * qd + (int64_t)(h * g + gi) * hd;
             ap[gi] = ao + (int64_t)gi * hd, tp[gi] = to + (int64_t)gi * hd;
         }
-        int64_t E = e - d->band > 0 ? (e - d->band) / BK * BK : 0;
-        if (d->mode != KVF_DECODE_MAC || e < d->min_keys || E == 0) {
+        int64_t E = band_edge(e, d->band);
+        if (!mac_applies(d, e)) {
             attn_range(s, ts, l, h, qp, op, g, 0, e, work, am, al);
             continue;
         }
@@ -180,7 +177,7 @@ static void mac_task(void *p, int ith, int nth) {
                 int64_t      k  = ring_at(ts, l, h * g + gi) + hit[gi];
                 const float *rq = ts->mac_ring + k * rs;
                 int32_t      pk = ts->mac_pos[k];
-                int64_t      Ek = pk + 1 - d->band > 0 ? (pk + 1 - d->band) / BK * BK : 0;
+                int64_t      Ek = band_edge(pk + 1, d->band);
                 memcpy(ap[gi], rq + hd, sizeof(float) * (size_t)hd);
                 am[gi] = rq[2 * hd], al[gi] = rq[2 * hd + 1];
                 if (Ek < E) { /* amend: the band between the match's boundary and ours */
@@ -218,9 +215,8 @@ void kvf_attn_mac(kvf_session *s, int l, const kvf_batch *b) {
     /* every MAC session of the batch wrote this step into slot mac_next[l] */
     for (int32_t r = 0; r < b->n; r++) {
         kvf_session *ts = b->sess ? b->sess[r] : s;
-        if (ts->dattn.mode != KVF_DECODE_MAC) continue;
-        int64_t e = b->kv_end[r], E = e - ts->dattn.band > 0 ? (e - ts->dattn.band) / BK * BK : 0;
-        if (e < ts->dattn.min_keys || E == 0) continue;
+        int64_t      e  = b->kv_end[r], E = band_edge(e, ts->dattn.band);
+        if (!mac_applies(&ts->dattn, e)) continue;
         ts->mac_next[l] = (ts->mac_next[l] + 1) % ts->dattn.lookback;
         if (E > ts->mac_hi[l]) ts->mac_hi[l] = (int32_t)E;
     }

@@ -81,18 +81,14 @@ void kvf_session_attn_density(kvf_session *s, int64_t *read, int64_t *causal) {
     if (causal) *causal = c;
 }
 
-/* Per-thread work: tmp o [MAXM][hd] | 5 x [MAXM] floats | 3 x [MAXM] int32 | q codes
- * [MAXM][hd] int8 | keep flags [ldk / 64] bytes. */
+/* Per-thread work (floats): sparse_task's run output [MAXM][hd] | states 3 x [MAXM] | SALE's
+ * query scales, thresholds, sums, limits 4 x [MAXM] | query codes [MAXM][hd] int8 | keep flags
+ * [ldk / 64] bytes; attn_mac.c uses the first 2 x [MAXM][hd] (that is less than the total). */
 int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk) {
-    /* (MAC, attn_mac.c, uses the first 2 * MAXM * hd floats) */
-    int64_t f = 2 * (int64_t)MAXM * hp->head_dim + 8 * MAXM + (int64_t)MAXM * hp->head_dim / 4 +
+    int64_t f = (int64_t)MAXM * hp->head_dim + 7 * MAXM + ((int64_t)MAXM * hp->head_dim + 3) / 4 +
                 (ldk / BK + 3) / 4;
+    f = KVF_MAX(f, 2 * (int64_t)MAXM * hp->head_dim);
     return (f + 15) / 16 * 16;
-}
-
-int64_t kvf_attn_sparse_bytes(const kvf_hparams *hp, int64_t ldk, int threads) {
-    return (int64_t)hp->n_layer * hp->n_head_kv * (ldk * (hp->head_dim + 4) + 4 * hp->head_dim) +
-           4 * kvf_attn_sparse_stride(hp, ldk) * threads;
 }
 
 static int layer_dense(const kvf_attn_params *a, int l) {
@@ -222,7 +218,7 @@ static void quantize_keys(kvf_session *s, int l, int64_t n_keys) {
 /* ---- block runs and state merging ------------------------------------------------------ */
 
 typedef struct {
-    const void  *kt, *v; /* the KV head's keys and values */
+    int            l, h; /* layer and KV head */
     const float *const *q;
     float *const *o;     /* final outputs, accumulated */
     const int32_t *end;  /* kv_end of each query vector */
@@ -236,9 +232,8 @@ typedef struct {
 /* Exact attention over every run of consecutive kept blocks [0, nb), merged into the state.
  * Returns the number of blocks read. */
 static int64_t run_blocks(const kvf_session *s, const kvf_session *ts, run_ctx *r,
-                          const uint8_t *keep, int64_t nb, float scale) {
+                          const uint8_t *keep, int64_t nb) {
     int64_t read = 0;
-    size_t  es   = kvf_kv_esize(ts);
     for (int64_t b = 0; b < nb;) {
         if (!keep[b]) {
             b++;
@@ -255,12 +250,7 @@ static int64_t run_blocks(const kvf_session *s, const kvf_session *ts, run_ctx *
             tp[m] = r->tmp + (int64_t)m * r->hd;
         }
         if (any) {
-            const void *kt = (const char *)r->kt + j0 * r->hd * (int64_t)es;
-            const void *v  = (const char *)r->v + j0 * r->hd * (int64_t)es;
-            if (ts->kv_f16)
-                s->attn_K->attn_f16(r->q, tp, r->e2, r->M, kt, v, r->hd, scale, r->work);
-            else
-                s->attn_K->attn(r->q, tp, r->e2, r->M, kt, v, r->hd, scale, r->work);
+            kvf_attn_call(s, ts, r->l, r->h, j0, r->q, tp, r->e2, r->M, r->work);
             const float *mrow = r->work + (int64_t)r->M * BK, *lrow = mrow + r->M;
             for (int m = 0; m < r->M; m++)
                 if (r->end[m] > j0)
@@ -286,8 +276,9 @@ static int is_pow2(int64_t x) {
 }
 
 /* SALE on one item; returns the blocks read */
-static int64_t sale_item(const kvf_session *s, const kvf_session *ts, int l, run_ctx *r, int h,
-                         uint8_t *keep, int64_t nb, float scale, float *fw) {
+static int64_t sale_item(const kvf_session *s, const kvf_session *ts, run_ctx *r, uint8_t *keep,
+                         int64_t nb, float scale, float *fw) {
+    int l = r->l, h = r->h;
     const kvf_attn_params *a  = &ts->attn;
     int                    hd = r->hd, M = r->M;
     memset(keep, 0, (size_t)nb);
@@ -296,7 +287,7 @@ static int64_t sale_item(const kvf_session *s, const kvf_session *ts, int l, run
         int64_t lo = KVF_MAX((int64_t)0, (int64_t)r->end[m] - a->local) / BK, hi = (r->end[m] - 1) / BK;
         for (int64_t b = lo; b <= hi; b++) keep[b] = 1;
     }
-    int64_t read = run_blocks(s, ts, r, keep, nb, scale);
+    int64_t read = run_blocks(s, ts, r, keep, nb);
     /* estimate the rest: 8-bit query codes, thresholds in the estimate's units */
     float   *qs = fw, *t = fw + MAXM;
     int32_t *qsum = (int32_t *)(fw + 2 * MAXM), *lim = (int32_t *)(fw + 3 * MAXM);
@@ -329,7 +320,7 @@ static int64_t sale_item(const kvf_session *s, const kvf_session *ts, int l, run
         keep[b] = (uint8_t)s->attn_K->attn_est(qc, qsum, qs, t, lim, M, kq + b * hd * BK, ks + b * BK, hd);
         any |= keep[b];
     }
-    if (any) read += run_blocks(s, ts, r, keep, nb, scale);
+    if (any) read += run_blocks(s, ts, r, keep, nb);
     return read;
 }
 
@@ -361,7 +352,7 @@ static void sparse_task(void *p, int ith, int nth) {
             }
         const kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
         int64_t            nb = (max_end + BK - 1) / BK;
-        run_ctx rc = {.kt = kvf_kt_at(ts, c->l, h), .v = kvf_v_at(ts, c->l, h), .q = qp, .o = op,
+        run_ctx rc = {.l = c->l, .h = h, .q = qp, .o = op,
                       .end = end, .M = M, .hd = hd, .st_m = st, .st_l = st + MAXM, .tmp = tmp,
                       .work = work, .e2 = e2};
         for (int m = 0; m < M; m++) rc.st_m[m] = -INFINITY, rc.st_l[m] = 0.0f;
@@ -378,7 +369,7 @@ static void sparse_task(void *p, int ith, int nth) {
                 run_ctx hr = rc;
                 hr.q = hq, hr.o = ho, hr.end = he, hr.M = R;
                 for (int k = 0; k < R; k++) hr.st_m[k] = -INFINITY, hr.st_l[k] = 0.0f;
-                n_read += sale_item(s, ts, c->l, &hr, h, keep, nb, scale, fw) * R;
+                n_read += sale_item(s, ts, &hr, keep, nb, scale, fw) * R;
             }
         } else if (!c->sale && a->mode == KVF_ATTN_POWER && !layer_dense(a, c->l) &&
                    max_end >= a->min_keys) {
@@ -397,12 +388,12 @@ static void sparse_task(void *p, int ith, int nth) {
                 run_ctx gr = rc;
                 gr.q = qp + m0, gr.o = op + m0, gr.end = end + m0, gr.M = m1 - m0;
                 gr.st_m = rc.st_m + m0, gr.st_l = rc.st_l + m0;
-                n_read += run_blocks(s, ts, &gr, keep, gnb, scale) * (m1 - m0);
+                n_read += run_blocks(s, ts, &gr, keep, gnb) * (m1 - m0);
                 m0 = m1;
             }
         } else {
             memset(keep, 1, (size_t)nb);
-            n_read += run_blocks(s, ts, &rc, keep, nb, scale) * M;
+            n_read += run_blocks(s, ts, &rc, keep, nb) * M;
         }
     }
     atomic_fetch_add(&s->sp_read, n_read);

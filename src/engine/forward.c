@@ -154,7 +154,7 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         if (c->v_raw) memcpy(c->v_raw + r * kvd, v, sizeof(float) * (size_t)kvd);
         const float *cs = s->rcos + (int64_t)r * half, *sn = s->rsin + (int64_t)r * half;
         kvf_session *qs = c->b->sess ? c->b->sess[r] : s; /* MAC matches pre-RoPE queries */
-        if (qs->dattn.mode == KVF_DECODE_MAC && (c->b->sess || c->b->n == 1))
+        if (qs->dattn.mode == KVF_DECODE_MAC && kvf_batch_is_decode(c->b))
             memcpy(s->q_pre + r * qd, q, sizeof(float) * (size_t)qd);
         kvf_rope_row(hp, q, hp->n_head, cs, sn);
         kvf_rope_row(hp, k, hp->n_head_kv, cs, sn);
@@ -196,6 +196,18 @@ typedef struct {
     atomic_int_fast64_t next;
 } attn_ctx;
 
+void kvf_attn_call(const kvf_session *s, const kvf_session *ts, int l, int h, int64_t j0,
+                   const float *const *q, float *const *o, const int32_t *end, int M, float *work) {
+    int    hd    = s->m->hp.head_dim;
+    float  scale = 1.0f / sqrtf((float)hd);
+    size_t off   = (size_t)(j0 * hd) * kvf_kv_esize(ts); /* j0 * hd elements in (tile-aligned) */
+    const void *kt = (const char *)kvf_kt_at(ts, l, h) + off, *v = (const char *)kvf_v_at(ts, l, h) + off;
+    if (ts->kv_f16)
+        s->attn_K->attn_f16(q, o, end, M, kt, v, hd, scale, work);
+    else
+        s->attn_K->attn(q, o, end, M, kt, v, hd, scale, work);
+}
+
 static void attn_task(void *p, int ith, int nth) {
     KVF_UNUSED(nth);
     attn_ctx          *c  = p;
@@ -204,7 +216,6 @@ static void attn_task(void *p, int ith, int nth) {
     int     g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
     int64_t qd   = (int64_t)hp->n_head * hd;
     float  *work = s->attn_work + ith * s->attn_work_stride;
-    float   scale = 1.0f / sqrtf((float)hd);
     for (int64_t it; (it = kvf_claim(&c->next, c->n_items)) >= 0;) {
         int     h     = (int)(it % hp->n_head_kv);
         int64_t rest  = it / hp->n_head_kv;
@@ -228,9 +239,6 @@ static void attn_task(void *p, int ith, int nth) {
                 }
             }
         kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
-        /* j0 is a multiple of the key tile: its tile starts j0 * hd elements in */
-        const void *kt = (const char *)kvf_kt_at(ts, c->l, h) + j0 * hd * (int64_t)kvf_kv_esize(ts);
-        const void *v  = (const char *)kvf_v_at(ts, c->l, h) + j0 * hd * (int64_t)kvf_kv_esize(ts);
         if (c->n_chunks > 1) {
             /* rows whose keys end before this chunk contribute nothing: mark them */
             int any = 0;
@@ -242,10 +250,7 @@ static void attn_task(void *p, int ith, int nth) {
             for (int m = 0; m < M; m++)
                 if (end[m] < 1) end[m] = 1; /* computed but discarded below */
         }
-        if (ts->kv_f16)
-            s->attn_K->attn_f16(qp, op, end, M, kt, v, hd, scale, work);
-        else
-            s->attn_K->attn(qp, op, end, M, kt, v, hd, scale, work);
+        kvf_attn_call(s, ts, c->l, h, j0, qp, op, end, M, work);
         if (c->n_chunks > 1) {
             const float *mrow = work + (int64_t)M * KVF_ATTN_BK, *lrow = mrow + M;
             for (int m = 0, r = r0; r < r1; r++)

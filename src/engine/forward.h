@@ -55,6 +55,17 @@ static inline void kvf_attn_merge(float *o, float *m, float *l, const float *o2,
     *m = mx, *l = w1 + w2;
 }
 
+/* Attention of M query vectors q (outputs o) over the keys and values of layer l, KV head h of
+ * session ts from cell j0 (a multiple of the key tile) on, vector m seeing end[m] cells; the
+ * kernel of s (f32 or f16 cache). work holds the softmax states afterwards (kernels.h). Every
+ * attention path (dense, split-K, sparse, MAC) calls the kernels through this. */
+void kvf_attn_call(const kvf_session *s, const kvf_session *ts, int l, int h, int64_t j0,
+                   const float *const *q, float *const *o, const int32_t *end, int M, float *work);
+/* A decode step: one row per session (batched decode across sessions, or a single token). */
+static inline int kvf_batch_is_decode(const kvf_batch *b) {
+    return b->sess != NULL || b->n == 1;
+}
+
 /* ---- sparse attention (attn_sparse.c: SALE, PowerAttention) ---------------------------- */
 /* 1 if layer l of batch b runs sparse attention (some row's session has a sparse mode that
  * applies to this layer and batch), else 0: forward.c then uses its dense kernels. */
@@ -65,9 +76,6 @@ void kvf_attn_sparse(kvf_session *s, int l, const kvf_batch *b, int TR);
 /* Cells from `cell` on of layer l (-1: of every layer) were written outside the forward pass
  * or rewritten by it: SALE's codes of them are stale. Every writer of key cells calls this. */
 void kvf_attn_sparse_written(kvf_session *s, int l, int32_t cell);
-/* Bytes of the session buffers sparse attention uses (reserved at session creation, committed
- * only when used): 8-bit keys of one layer, their scales and means, per-thread work. */
-int64_t kvf_attn_sparse_bytes(const kvf_hparams *hp, int64_t ldk, int threads);
 /* Per-thread work floats (attn_sparse_work_stride) for a context of ldk cells. */
 int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk);
 
