@@ -277,34 +277,61 @@ KVF_API kvf_attn_params kvf_session_attn(const kvf_session *s);
  * to 0. read / causal is the density of sparse attention (dense layers are not counted). */
 KVF_API void kvf_session_attn_density(kvf_session *s, int64_t *read, int64_t *causal);
 
-/* Decode attention (src/engine/attn_mac.c). KVF_DECODE_MAC is MAC-Attention (arXiv
- * 2604.00235): each decode step of a query head looks for the nearest of its last `lookback`
- * queries (pre-RoPE, L2); on a close enough match (|q - q'| <= (1 - tau) |q|) it reuses that
- * step's attention state over the keys older than the band, recomputes the band
- * [that step's boundary, this step's boundary) and attends freshly to the `band` most recent
- * keys, merging the three exactly by their softmax states; a KV group takes the reused path
- * only if all its query heads match. Boundaries are rounded down to 64 cells. Rows with fewer
- * than min_keys keys, and prefill, stay dense. */
-typedef enum { KVF_DECODE_DENSE = 0, KVF_DECODE_MAC, KVF_DECODE_COUNT } kvf_decode_mode;
+/* Decode attention (src/engine/attn_mac.c, attn_louis.c). Rows with fewer than min_keys keys,
+ * and prefill, stay dense.
+ *   KVF_DECODE_MAC    MAC-Attention (arXiv 2604.00235): each decode step of a query head looks
+ *                     for the nearest of its last `lookback` queries (pre-RoPE, L2); on a close
+ *                     enough match (|q - q'| <= (1 - tau) |q|) it reuses that step's attention
+ *                     state over the keys older than the band, recomputes the band [that step's
+ *                     boundary, this step's boundary) and attends freshly to the `band` most
+ *                     recent keys, merging the three exactly by their softmax states; a KV group
+ *                     takes the reused path only if all its query heads match. Boundaries are
+ *                     rounded down to 64 cells.
+ *   KVF_DECODE_LOUIS  LouisKV (arXiv 2510.11292): per layer and KV head, the keys older than the
+ *                     `band` most recent are grouped into units: the input's keys by spherical
+ *                     k-means (`cluster` keys per cluster on average, within windows of 1024
+ *                     keys), the output's in segments of 64 cells as decoding moves past them.
+ *                     A step attends to the 16 sink keys, the recent keys and the units selected
+ *                     at the last semantic boundary, at most `budget` keys; a boundary is a step
+ *                     whose pre-RoPE queries' mean cosine with the previous step's is below
+ *                     `tau`, where each KV head reselects its units by their mean keys' softmax
+ *                     weight under its query heads. The first dense_layers layers stay dense. */
+typedef enum {
+    KVF_DECODE_DENSE = 0,
+    KVF_DECODE_MAC,
+    KVF_DECODE_LOUIS,
+    KVF_DECODE_COUNT
+} kvf_decode_mode;
 
 typedef struct kvf_decode_attn_params {
     kvf_decode_mode mode;
-    float           tau;      /* match when |q - q'| <= (1 - tau) |q| (0.9) */
-    int32_t         lookback; /* recent steps matched against, at most 512 (512) */
-    int32_t         band;     /* recent keys always recomputed (256) */
+    float           tau;      /* MAC: match when |q - q'| <= (1 - tau) |q| (0.9); LouisKV:
+                                 boundary when the queries' mean cosine < tau (0.7) */
+    int32_t         lookback; /* MAC: recent steps matched against, at most 512 (512) */
+    int32_t         band;     /* recent keys always attended exactly (256) */
     int32_t         min_keys; /* rows with fewer keys stay dense (2048) */
+    int32_t         budget;   /* LouisKV: keys of selected units per KV head (2048) */
+    int32_t         cluster;  /* LouisKV: mean keys per input cluster, 4..256 (16) */
+    int32_t         dense_layers; /* LouisKV: the first layers stay dense (2) */
 } kvf_decode_attn_params;
 
 KVF_API kvf_decode_attn_params kvf_decode_attn_default_params(kvf_decode_mode mode);
-KVF_API const char *kvf_decode_attn_name(kvf_decode_mode mode); /* "dense", "mac" */
+KVF_API const char *kvf_decode_attn_name(kvf_decode_mode mode); /* "dense", "mac", "louis" */
 KVF_API int         kvf_decode_attn_from_name(const char *name);  /* -1 if unknown */
 /* Set the decode attention of a session (validated; dense by default). Changing it forgets the
- * remembered queries. MAC keeps, per layer and query head, `lookback` queries with their
- * states: (2 head_dim + 2) floats each, in address space reserved at session creation. */
+ * remembered queries and units. MAC keeps, per layer and query head, `lookback` queries with
+ * their states: (2 head_dim + 2) floats each. LouisKV keeps per layer and KV head its units'
+ * mean keys (about 1/cluster of the keys) and a copy of the selected keys and values (up to
+ * `budget` cells). Both in address space reserved at session creation, committed when used. */
 KVF_API kvf_status kvf_session_set_decode_attn(kvf_session *s, const kvf_decode_attn_params *p);
 KVF_API kvf_decode_attn_params kvf_session_decode_attn(const kvf_session *s);
-/* Query-head lookups of MAC since the last call, and how many reused a state; both reset. */
+/* Decode steps (per layer and query head for MAC, per layer and KV head for LouisKV) that ran
+ * the method since the last call, and how many reused: a MAC state, or LouisKV's selection
+ * (no boundary); both reset. */
 KVF_API void kvf_session_decode_hits(kvf_session *s, int64_t *hits, int64_t *lookups);
+/* Keys LouisKV's decode steps attended (per layer and KV head) since the last call, and the
+ * keys dense attention would have read; both reset. */
+KVF_API void kvf_session_decode_density(kvf_session *s, int64_t *read, int64_t *total);
 
 /* ---- KV cache fusion ----------------------------------------------------------------- */
 

@@ -275,15 +275,15 @@ static void merge_ref(float *o, float *m, float *l, const float *o2, float m2, f
     *m = mx, *l = w1 + w2;
 }
 
-/* one decode step at position pos through kvf_attn_mac; q (post-RoPE) and q_pre given */
+/* one decode step at position pos through kvf_attn_decode; q (post-RoPE) and q_pre given */
 static void mac_step(kvf_session *s, int32_t pos, const float *q, const float *qpre) {
     int qd = s->m->hp.n_head * HD;
     memcpy(s->q, q, sizeof(float) * (size_t)qd);
     memcpy(s->q_pre, qpre, sizeof(float) * (size_t)qd);
     int32_t   cell = pos, end = pos + 1;
     kvf_batch b = {.n = 1, .pos = &pos, .cell = &cell, .kv_end = &end, .sess = NULL};
-    CHECK(kvf_attn_mac_wanted(s, &b));
-    kvf_attn_mac(s, 0, &b);
+    CHECK(kvf_attn_decode_wanted(s, &b));
+    kvf_attn_decode(s, 0, &b);
 }
 
 static void test_mac_match_amend_complete(void) {
@@ -370,7 +370,7 @@ static void test_mac_match_amend_complete(void) {
     d.tau = 0.9f, d.lookback = 513;
     CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_E_INVAL);
     CHECK_EQ(kvf_decode_attn_from_name("mac"), (int)KVF_DECODE_MAC);
-    CHECK_EQ(kvf_decode_attn_from_name("louis"), -1);
+    CHECK_EQ(kvf_decode_attn_from_name("quest"), -1);
     kvf_session_free(s);
     kvf_model_free(m);
 }
@@ -412,6 +412,214 @@ static void test_mac_forward(void) {
     kvf_model_free(m);
 }
 
+/* ---- LouisKV (decode) ---------------------------------------------------------------------- */
+
+/* Layer 0: keys [16, 704) point along e_t for topic t = (cell / 64) % 8 (amplitude 4), with
+ * values one-hot of t; the sink [0, 16) and the cells from 704 on have zero keys and values
+ * e_8 and e_9. A step at position 999 has the recent window [704, 1000) (band 256), so the
+ * units cover [16, 704): k-means finds the topics, and a query along e_t selects topic t. */
+static void fill_topics(kvf_session *s) {
+    for (int h = 0; h < s->m->hp.n_head_kv; h++)
+        for (int j = 0; j < N_KEYS; j++) {
+            int t = (j / 64) % 8, mark = j < KVF_LOUIS_SINK ? 8 : j >= 704 ? 9 : t;
+            for (int i = 0; i < HD; i++) {
+                kvf_kv_put(s, kvf_kt_at(s, 0, h), kvf_kt_idx(i, j, HD), mark == t && i == t ? 4.0f : 0.0f);
+                kvf_kv_put(s, kvf_v_at(s, 0, h), (int64_t)j * HD + i, i == mark ? 1.0f : 0.0f);
+            }
+        }
+    s->n_cells = s->n_past = N_KEYS;
+    kvf_attn_sparse_written(s, -1, 0);
+}
+
+/* q = a * e_t for every head, pre-RoPE query qp * e_u */
+static void louis_step(kvf_session *s, int32_t pos, int t, float a, int u) {
+    float q[4 * HD], qp[4 * HD];
+    for (int i = 0; i < 4 * HD; i++) q[i] = i % HD == t ? a : 0.0f, qp[i] = i % HD == u ? 1.0f : 0.0f;
+    mac_step(s, pos, q, qp);
+}
+
+static void test_louis_units_select(void) {
+    kvf_model *m = load_synth("louis", 2048, 10);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_decode_attn_params d = kvf_decode_attn_default_params(KVF_DECODE_LOUIS);
+    CHECK_NEAR(d.tau, 0.7, 1e-6);
+    d.min_keys = 0, d.dense_layers = 0, d.budget = 64;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+    fill_topics(s);
+    int64_t hits, looks, rd, tot;
+    kvf_session_decode_hits(s, NULL, NULL);
+    kvf_session_decode_density(s, NULL, NULL);
+    louis_step(s, 999, 3, 4.0f, 0);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(looks, 2); /* one boundary per KV head */
+    CHECK_EQ(hits, 0);
+    CHECK_EQ(s->lv_cover[0], 704);
+    /* topic 3 is block [192, 256): one cluster of 64 keys, exactly the budget */
+    double e16 = exp(16.0 / sqrt((double)HD)), Z = 64 * e16 + 16 + 296;
+    for (int h = 0; h < 4; h++) {
+        const float *o = s->att + h * HD;
+        CHECK_NEAR(o[3], 64 * e16 / Z, 1e-5);
+        CHECK_NEAR(o[8], 16 / Z, 1e-5);
+        CHECK_NEAR(o[9], 296 / Z, 1e-5);
+        for (int i = 0; i < 8; i++)
+            if (i != 3) CHECK_EQ(o[i], 0.0f);
+    }
+    kvf_session_decode_density(s, &rd, &tot);
+    CHECK_EQ(rd, 2 * (16 + 64 + 296));
+    CHECK_EQ(tot, 2 * 1000);
+    /* the same pre-RoPE query: no boundary, the selection is kept although the post-RoPE query
+     * now points at topic 5 */
+    louis_step(s, 999, 5, 4.0f, 0);
+    kvf_session_decode_hits(s, &hits, &looks);
+    CHECK_EQ(hits, 2);
+    CHECK_EQ(looks, 2);
+    CHECK(s->att[3] > 0.0f && s->att[5] == 0.0f);
+    /* an orthogonal pre-RoPE query is a boundary: topic 5 is selected */
+    louis_step(s, 999, 5, 4.0f, 1);
+    kvf_session_decode_hits(s, &hits, NULL);
+    CHECK_EQ(hits, 0);
+    CHECK(s->att[5] > 0.0f && s->att[3] == 0.0f);
+    /* a budget of 128 keys takes topics 5 and (of the rest, all with equal mean-key weight)
+     * the first; a budget of 63 fits no cluster of 64: sink and recent keys only */
+    d.budget = 63;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+    louis_step(s, 999, 5, 4.0f, 1);
+    CHECK_EQ(s->lv_nsel[0], 0);
+    CHECK_NEAR(s->att[8], 16.0 / 312.0, 1e-5);
+    /* decoding on, one position at a time: keys that leave the recent window become segments
+     * of 64 */
+    int32_t units = s->lv_nunits[0];
+    for (int32_t pos = 1000; pos <= 1150; pos++) louis_step(s, pos, 5, 4.0f, 1);
+    CHECK_EQ(s->lv_cover[0], 832); /* floor64(1151 - 256) */
+    CHECK_EQ(s->lv_nunits[0], units + 2);
+    CHECK_EQ(s->lv_off[units + 1], 768 - KVF_LOUIS_SINK);
+    CHECK_EQ(s->lv_cells[s->lv_off[units + 1]], 768);
+    CHECK_EQ(s->lv_cnt[units + 1], 64);
+    /* rewriting a cell below the units forgets them; the next step clusters every key below
+     * the recent window again, as input */
+    kvf_attn_sparse_written(s, 0, 100);
+    CHECK_EQ(s->lv_cover[0], 0);
+    louis_step(s, 1150, 5, 4.0f, 1);
+    CHECK_EQ(s->lv_cover[0], 832);
+    CHECK_EQ(s->lv_nunits[0], KVF_LOUIS_WIN / 4); /* one window of input slots, no segment */
+    /* validation */
+    d.cluster = 3;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_E_INVAL);
+    d.cluster = 16, d.budget = 0;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_E_INVAL);
+    CHECK_EQ(kvf_decode_attn_from_name("louis"), (int)KVF_DECODE_LOUIS);
+    CHECK_STR(kvf_decode_attn_name(KVF_DECODE_LOUIS), "louis");
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+/* every unit selected (budget >= the keys) is dense attention in three ranges */
+static void test_louis_full_budget_is_dense(void) {
+    kvf_model *m = load_synth("louisd", 2048, 11);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_decode_attn_params d = kvf_decode_attn_default_params(KVF_DECODE_LOUIS);
+    d.min_keys = 0, d.dense_layers = 0, d.budget = 4096, d.band = 100;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+    uint64_t st = 777;
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < N_KEYS; j++)
+            for (int i = 0; i < HD; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                float x = (float)((st >> 40) % 2001) / 1000.0f - 1.0f;
+                kvf_kv_put(s, kvf_kt_at(s, 0, h), kvf_kt_idx(i, j, HD), 2.0f * x);
+                kvf_kv_put(s, kvf_v_at(s, 0, h), (int64_t)j * HD + i, x * (float)(i % 7));
+            }
+    s->n_cells = s->n_past = N_KEYS;
+    kvf_attn_sparse_written(s, -1, 0);
+    float q[4 * HD], qp[4 * HD], o[2 * HD], om[2], ol[2];
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 4 * HD; i++) q[i] = sinf((float)(i + 31 * step)), qp[i] = cosf((float)(i * (step + 1)));
+        mac_step(s, 990 + step, q, qp);
+        for (int h = 0; h < 2; h++) {
+            ref_range(s, h, 0, 991 + step, o, om, ol);
+            for (int i = 0; i < 2 * HD; i++) CHECK_NEAR(s->att[h * 2 * HD + i], o[i], 1e-5);
+        }
+    }
+    CHECK_EQ(s->lv_nsel[0] + KVF_LOUIS_SINK, s->lv_cover[0]);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+/* the index is built during prefill: whole windows of 1024 keys below the recent window as
+ * they fill, in the layers LouisKV runs; the first decode step clusters the rest */
+static void test_louis_prefill_index(void) {
+    kvf_model *m = load_synth("louispre", 4096, 13);
+    if (!m) return;
+    kvf_session       *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 4096, sp.n_threads = 2, sp.n_ubatch = 512;
+    CHECK_EQ(kvf_session_new(m, &sp, &s), KVF_OK);
+    kvf_decode_attn_params d = kvf_decode_attn_default_params(KVF_DECODE_LOUIS);
+    d.min_keys = 0, d.dense_layers = 1;
+    CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+    int32_t ids[2600];
+    for (int i = 0; i < 2600; i++) ids[i] = 40 + (i * 7) % 90;
+    CHECK_EQ(kvf_session_eval(s, ids, 2600, 0), KVF_OK);
+    CHECK_EQ(s->lv_cover[0], 0);    /* a dense layer */
+    CHECK_EQ(s->lv_cover[1], 2048); /* the windows below floor64(2600 - 256) = 2304 */
+    CHECK_EQ(s->lv_nunits[2], 2 * KVF_LOUIS_WIN / 4); /* layer 1, KV head 0 */
+    int32_t members = 0;
+    for (int u = 0; u < s->lv_nunits[2]; u++) members += s->lv_cnt[2 * s->lv_umax + u];
+    CHECK_EQ(members, 2048 - KVF_LOUIS_SINK);
+    int32_t tok = 50;
+    CHECK_EQ(kvf_session_eval(s, &tok, 1, 0), KVF_OK);
+    CHECK_EQ(s->lv_cover[1], 2304);
+    CHECK_EQ(s->lv_nunits[2], 3 * KVF_LOUIS_WIN / 4);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+/* through the forward pass: LouisKV that keeps every key (or starts beyond the context) decodes
+ * the tokens dense attention decodes; in force it looks up once per step, layer and KV head */
+static void test_louis_forward(void) {
+    kvf_model *m = load_synth("louisfwd", 2048, 12);
+    if (!m) return;
+    int32_t toks[4][24];
+    int64_t looks[4] = {-1, -1, -1, -1};
+    for (int mode = 0; mode < 4; mode++) {
+        kvf_session       *s;
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx = 2048, sp.n_threads = 2;
+        if (kvf_session_new(m, &sp, &s) != KVF_OK) break;
+        kvf_decode_attn_params d = kvf_decode_attn_default_params(mode ? KVF_DECODE_LOUIS : KVF_DECODE_DENSE);
+        d.min_keys = mode == 1 ? 100000 : 0, d.dense_layers = 0, d.budget = mode == 3 ? 128 : 4096;
+        CHECK_EQ(kvf_session_set_decode_attn(s, &d), KVF_OK);
+        int32_t ids[600];
+        for (int i = 0; i < 600; i++) ids[i] = 40 + (i * 11) % 80;
+        CHECK_EQ(kvf_session_eval(s, ids, 600, 0), KVF_OK);
+        int nv = kvf_model_n_vocab(m);
+        for (int t = 0; t < 24; t++) {
+            const float *lg = kvf_session_logits(s, -1);
+            int          best = 0;
+            for (int v = 1; v < nv; v++)
+                if (lg[v] > lg[best]) best = v;
+            toks[mode][t] = best;
+            CHECK_EQ(kvf_session_eval(s, &best, 1, 0), KVF_OK);
+        }
+        kvf_session_decode_hits(s, NULL, &looks[mode]);
+        kvf_session_free(s);
+    }
+    CHECK(!memcmp(toks[0], toks[1], sizeof toks[0]));
+    CHECK(!memcmp(toks[0], toks[2], sizeof toks[0]));
+    CHECK_EQ(looks[1], 0);
+    CHECK_EQ(looks[2], 24 * 2 * 2); /* 24 steps x 2 layers x 2 KV heads */
+    CHECK_EQ(looks[3], 24 * 2 * 2);
+    kvf_model_free(m);
+}
+
 static void test_params(void) {
     kvf_model *m = load_synth("par", 256, 6);
     if (!m) return;
@@ -446,5 +654,9 @@ int main(void) {
     RUN(test_forward_switched_off);
     RUN(test_mac_match_amend_complete);
     RUN(test_mac_forward);
+    RUN(test_louis_units_select);
+    RUN(test_louis_full_budget_is_dense);
+    RUN(test_louis_prefill_index);
+    RUN(test_louis_forward);
     return TEST_REPORT();
 }

@@ -266,7 +266,8 @@ static void test_malformed(void) {
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"colour\": 1}}", 400, "kvfuse", "kvfuse.colour"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"budget\": 1}}", 400, "kvfuse.budget", "between"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": \"sparse\"}}", 400, "kvfuse.attn", "sparse"},
-        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": \"louis\"}}", 400, "kvfuse.decode_attn", "louis"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": \"quest\"}}", 400, "kvfuse.decode_attn", "louis"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"louis\", \"cluster\": 2}}}", 400, "kvfuse.decode_attn.cluster", "between"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"lookback\": 1000}}}", 400, "kvfuse.decode_attn.lookback", "between"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": 3}}", 400, "kvfuse.attn", "mode name or an object"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": {\"threshold\": 0.1}}}", 400, "kvfuse.attn.mode", "needs"},
@@ -409,6 +410,13 @@ static void test_prompts(void) {
              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"tau\": 0.8, \"band\": 128}}}");
     CHECK_EQ(o.status, 0);
     if (o.job) CHECK(o.job->dattn.mode == KVF_DECODE_MAC && o.job->dattn.tau == 0.8f && o.job->dattn.band == 128 && o.job->dattn.lookback == 512);
+    call_free(&o);
+    o = call(a, "POST", "/v1/chat/completions", NULL,
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"louis\", \"budget\": 512, \"cluster\": 8}}}");
+    CHECK_EQ(o.status, 0);
+    if (o.job)
+        CHECK(o.job->dattn.mode == KVF_DECODE_LOUIS && o.job->dattn.budget == 512 && o.job->dattn.cluster == 8 &&
+              o.job->dattn.tau == 0.7f && o.job->dattn.dense_layers == 2);
     call_free(&o);
     o = call(a, "POST", "/v1/chat/completions", NULL, body);
     CHECK_EQ(o.status, 0);

@@ -11,7 +11,10 @@
  *   complete: fresh attention over [E, P] merged in; the state over [0, E) is remembered.
  * Boundaries are multiples of 64 (the key tile), so every range is one call of the dense
  * kernel. With no hit the result is dense attention computed in two ranges. A remembered state
- * inherits what it reused, so error can chain across steps, as in the paper. */
+ * inherits what it reused, so error can chain across steps, as in the paper.
+ *
+ * This file also runs the decode step for every decode method (kvf_attn_decode): rows of
+ * LouisKV sessions go to attn_louis.c, rows where no method applies are dense. */
 #include "common.h"
 #include "engine/forward.h"
 #include "engine/kv_cells.h"
@@ -22,12 +25,13 @@
 #define BK KVF_ATTN_BK
 
 kvf_decode_attn_params kvf_decode_attn_default_params(kvf_decode_mode mode) {
-    kvf_decode_attn_params p = {.mode = mode, .tau = 0.9f, .lookback = 512, .band = 256,
-                                .min_keys = 2048};
+    kvf_decode_attn_params p = {.mode = mode, .tau = mode == KVF_DECODE_LOUIS ? 0.7f : 0.9f,
+                                .lookback = 512, .band = 256, .min_keys = 2048, .budget = 2048,
+                                .cluster = 16, .dense_layers = 2};
     return p;
 }
 
-static const char *const dnames[KVF_DECODE_COUNT] = {"dense", "mac"};
+static const char *const dnames[KVF_DECODE_COUNT] = {"dense", "mac", "louis"};
 
 const char *kvf_decode_attn_name(kvf_decode_mode mode) {
     return (unsigned)mode < KVF_DECODE_COUNT ? dnames[mode] : "?";
@@ -62,8 +66,11 @@ kvf_status kvf_session_set_decode_attn(kvf_session *s, const kvf_decode_attn_par
                              (int)p->lookback, KVF_MAC_MAX);
     if (p->band < 1 || p->min_keys < 0)
         return kvf_set_error(KVF_E_INVAL, "decode attention band must be >= 1 and min_keys >= 0");
-    if (memcmp(&s->dattn, p, sizeof *p) != 0 && p->mode == KVF_DECODE_MAC)
-        for (int l = 0; l < s->m->hp.n_layer; l++) forget(s, l);
+    if (p->budget < 1 || p->cluster < 4 || p->cluster > 256 || p->dense_layers < 0)
+        return kvf_set_error(KVF_E_INVAL, "decode attention budget must be >= 1, cluster in 4..256 "
+                                          "and dense_layers >= 0");
+    if (memcmp(&s->dattn, p, sizeof *p) != 0)
+        for (int l = 0; l < s->m->hp.n_layer; l++) forget(s, l), kvf_louis_forget(s, l);
     s->dattn = *p;
     return KVF_OK;
 }
@@ -78,17 +85,19 @@ void kvf_session_decode_hits(kvf_session *s, int64_t *hits, int64_t *lookups) {
     if (lookups) *lookups = n;
 }
 
-void kvf_attn_mac_written(kvf_session *s, int l, int32_t cell) {
-    if (!s->mac_hi || s->dattn.mode != KVF_DECODE_MAC) return;
-    for (int i = l < 0 ? 0 : l; i < (l < 0 ? s->m->hp.n_layer : l + 1); i++)
-        if (cell < s->mac_hi[i] || cell == 0) forget(s, i); /* states over rewritten keys, or
-                                                                 the rings' pages returned */
+void kvf_attn_decode_written(kvf_session *s, int l, int32_t cell) {
+    if (!s->mac_hi || s->dattn.mode == KVF_DECODE_DENSE) return;
+    for (int i = l < 0 ? 0 : l; i < (l < 0 ? s->m->hp.n_layer : l + 1); i++) {
+        /* states or units over rewritten keys, or the scratch's pages returned */
+        if (cell < s->mac_hi[i] || cell == 0) forget(s, i);
+        if (cell < s->lv_cover[i] || cell == 0) kvf_louis_forget(s, i);
+    }
 }
 
-int kvf_attn_mac_wanted(const kvf_session *s, const kvf_batch *b) {
+int kvf_attn_decode_wanted(const kvf_session *s, const kvf_batch *b) {
     if (!kvf_batch_is_decode(b)) return 0;
     for (int32_t r = 0; r < b->n; r++)
-        if ((b->sess ? b->sess[r] : s)->dattn.mode == KVF_DECODE_MAC) return 1;
+        if ((b->sess ? b->sess[r] : s)->dattn.mode != KVF_DECODE_DENSE) return 1;
     return 0;
 }
 
@@ -112,14 +121,9 @@ static void attn_range(const kvf_session *s, const kvf_session *ts, int l, int h
     for (int m = 0; m < M; m++) m_out[m] = work[(int64_t)M * BK + m], l_out[m] = work[(int64_t)M * BK + M + m];
 }
 
-/* The band boundary of a row with e keys: e - band rounded down to the key tile (0 if none) */
-static int64_t band_edge(int64_t e, int32_t band) {
-    return e > band ? (e - band) / BK * BK : 0;
-}
-
 /* MAC runs for a row with e keys (else the row is dense and nothing is remembered) */
 static int mac_applies(const kvf_decode_attn_params *d, int64_t e) {
-    return d->mode == KVF_DECODE_MAC && e >= d->min_keys && band_edge(e, d->band) > 0;
+    return d->mode == KVF_DECODE_MAC && e >= d->min_keys && kvf_attn_band_edge(e, d->band) > 0;
 }
 
 static void mac_task(void *p, int ith, int nth) {
@@ -145,7 +149,11 @@ static void mac_task(void *p, int ith, int nth) {
             op[gi] = s->att + r * qd + (int64_t)(h * g + gi) * hd;
             ap[gi] = ao + (int64_t)gi * hd, tp[gi] = to + (int64_t)gi * hd;
         }
-        int64_t E = band_edge(e, d->band);
+        if (kvf_louis_applies(d, l, e)) {
+            kvf_louis_row(s, ts, l, h, e, qp, op, g, work, to);
+            continue;
+        }
+        int64_t E = kvf_attn_band_edge(e, d->band);
         if (!mac_applies(d, e)) {
             attn_range(s, ts, l, h, qp, op, g, 0, e, work, am, al);
             continue;
@@ -177,7 +185,7 @@ static void mac_task(void *p, int ith, int nth) {
                 int64_t      k  = ring_at(ts, l, h * g + gi) + hit[gi];
                 const float *rq = ts->mac_ring + k * rs;
                 int32_t      pk = ts->mac_pos[k];
-                int64_t      Ek = band_edge(pk + 1, d->band);
+                int64_t      Ek = kvf_attn_band_edge(pk + 1, d->band);
                 memcpy(ap[gi], rq + hd, sizeof(float) * (size_t)hd);
                 am[gi] = rq[2 * hd], al[gi] = rq[2 * hd + 1];
                 if (Ek < E) { /* amend: the band between the match's boundary and ours */
@@ -208,14 +216,19 @@ static void mac_task(void *p, int ith, int nth) {
     }
 }
 
-void kvf_attn_mac(kvf_session *s, int l, const kvf_batch *b) {
+void kvf_attn_decode(kvf_session *s, int l, const kvf_batch *b) {
     mac_ctx c = {.s = s, .l = l, .b = b};
+    /* LouisKV: units and boundaries first (clustering runs on the pool) */
+    for (int32_t r = 0; r < b->n; r++) {
+        kvf_session *ts = b->sess ? b->sess[r] : s;
+        if (kvf_louis_applies(&ts->dattn, l, b->kv_end[r])) kvf_louis_prepare(s, ts, l, r, b->kv_end[r]);
+    }
     atomic_init(&c.next, 0);
     kvf_pool_run(s->pool, mac_task, &c);
     /* every MAC session of the batch wrote this step into slot mac_next[l] */
     for (int32_t r = 0; r < b->n; r++) {
         kvf_session *ts = b->sess ? b->sess[r] : s;
-        int64_t      e  = b->kv_end[r], E = band_edge(e, ts->dattn.band);
+        int64_t      e  = b->kv_end[r], E = kvf_attn_band_edge(e, ts->dattn.band);
         if (!mac_applies(&ts->dattn, e)) continue;
         ts->mac_next[l] = (ts->mac_next[l] + 1) % ts->dattn.lookback;
         if (E > ts->mac_hi[l]) ts->mac_hi[l] = (int32_t)E;

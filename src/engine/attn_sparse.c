@@ -118,7 +118,7 @@ int kvf_attn_sparse_wanted(const kvf_session *s, int l, const kvf_batch *b) {
  * keys are centred on is fixed when the layer is coded from cell 0 (any constant is exact: the
  * estimate adds q . kbar back). */
 void kvf_attn_sparse_written(kvf_session *s, int l, int32_t cell) {
-    kvf_attn_mac_written(s, l, cell);
+    kvf_attn_decode_written(s, l, cell);
     if (!s->sq_valid) return;
     for (int i = l < 0 ? 0 : l; i < (l < 0 ? s->m->hp.n_layer : l + 1); i++)
         if (s->sq_valid[i] > cell) s->sq_valid[i] = cell;

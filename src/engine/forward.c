@@ -154,7 +154,7 @@ static void qkv_post_rows(kvf_session *s, void *p, int32_t r0, int32_t r1) {
         if (c->v_raw) memcpy(c->v_raw + r * kvd, v, sizeof(float) * (size_t)kvd);
         const float *cs = s->rcos + (int64_t)r * half, *sn = s->rsin + (int64_t)r * half;
         kvf_session *qs = c->b->sess ? c->b->sess[r] : s; /* MAC matches pre-RoPE queries */
-        if (qs->dattn.mode == KVF_DECODE_MAC && kvf_batch_is_decode(c->b))
+        if (qs->dattn.mode != KVF_DECODE_DENSE && kvf_batch_is_decode(c->b))
             memcpy(s->q_pre + r * qd, q, sizeof(float) * (size_t)qd);
         kvf_rope_row(hp, q, hp->n_head, cs, sn);
         kvf_rope_row(hp, k, hp->n_head_kv, cs, sn);
@@ -199,10 +199,16 @@ typedef struct {
 void kvf_attn_call(const kvf_session *s, const kvf_session *ts, int l, int h, int64_t j0,
                    const float *const *q, float *const *o, const int32_t *end, int M, float *work) {
     int    hd    = s->m->hp.head_dim;
-    float  scale = 1.0f / sqrtf((float)hd);
     size_t off   = (size_t)(j0 * hd) * kvf_kv_esize(ts); /* j0 * hd elements in (tile-aligned) */
-    const void *kt = (const char *)kvf_kt_at(ts, l, h) + off, *v = (const char *)kvf_v_at(ts, l, h) + off;
-    if (ts->kv_f16)
+    kvf_attn_call_kv(s, ts->kv_f16, (const char *)kvf_kt_at(ts, l, h) + off,
+                     (const char *)kvf_v_at(ts, l, h) + off, q, o, end, M, work);
+}
+
+void kvf_attn_call_kv(const kvf_session *s, int f16, const void *kt, const void *v,
+                      const float *const *q, float *const *o, const int32_t *end, int M, float *work) {
+    int   hd    = s->m->hp.head_dim;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (f16)
         s->attn_K->attn_f16(q, o, end, M, kt, v, hd, scale, work);
     else
         s->attn_K->attn(q, o, end, M, kt, v, hd, scale, work);
@@ -302,8 +308,8 @@ static void attention(kvf_session *s, int l, const kvf_batch *b) {
     /* a decode batch that mixes PowerAttention and MAC sessions runs the power pattern, and
      * the MAC rows densely (exact) for this layer */
     int sparse = kvf_attn_sparse_wanted(s, l, b);
-    if (!sparse && kvf_attn_mac_wanted(s, b)) {
-        kvf_attn_mac(s, l, b);
+    if (!sparse && kvf_attn_decode_wanted(s, b)) {
+        kvf_attn_decode(s, l, b);
         return;
     }
     if (sparse) {

@@ -61,6 +61,14 @@ static inline void kvf_attn_merge(float *o, float *m, float *l, const float *o2,
  * attention path (dense, split-K, sparse, MAC) calls the kernels through this. */
 void kvf_attn_call(const kvf_session *s, const kvf_session *ts, int l, int h, int64_t j0,
                    const float *const *q, float *const *o, const int32_t *end, int M, float *work);
+/* The same over keys kt (tile layout) and values v given directly, f16 or f32 elements. */
+void kvf_attn_call_kv(const kvf_session *s, int f16, const void *kt, const void *v,
+                      const float *const *q, float *const *o, const int32_t *end, int M, float *work);
+/* The boundary below a row's `band` most recent keys (MAC's band, LouisKV's recent window):
+ * e - band rounded down to the key tile, 0 if none. */
+static inline int64_t kvf_attn_band_edge(int64_t e, int32_t band) {
+    return e > band ? (e - band) / KVF_ATTN_BK * KVF_ATTN_BK : 0;
+}
 /* A decode step: one row per session (batched decode across sessions, or a single token). */
 static inline int kvf_batch_is_decode(const kvf_batch *b) {
     return b->sess != NULL || b->n == 1;
@@ -79,13 +87,27 @@ void kvf_attn_sparse_written(kvf_session *s, int l, int32_t cell);
 /* Per-thread work floats (attn_sparse_work_stride) for a context of ldk cells. */
 int64_t kvf_attn_sparse_stride(const kvf_hparams *hp, int64_t ldk);
 
-/* ---- decode attention (attn_mac.c: MAC-Attention) ---------------------------------------- */
-/* 1 if batch b is a decode step (one row per session) and some row's session uses MAC. */
-int  kvf_attn_mac_wanted(const kvf_session *s, const kvf_batch *b);
-/* Attention of decode batch b at layer l into s->att (MAC for MAC sessions, dense else). */
-void kvf_attn_mac(kvf_session *s, int l, const kvf_batch *b);
-/* Cells from `cell` on of layer l (-1: all) were rewritten: remembered states that covered
- * them are forgotten (called by kvf_attn_sparse_written). */
-void kvf_attn_mac_written(kvf_session *s, int l, int32_t cell);
+/* ---- decode attention (attn_mac.c: MAC-Attention; attn_louis.c: LouisKV) ---------------- */
+/* 1 if batch b is a decode step (one row per session) and some row's session uses a decode
+ * attention method. */
+int  kvf_attn_decode_wanted(const kvf_session *s, const kvf_batch *b);
+/* Attention of decode batch b at layer l into s->att (each row by its session's method). */
+void kvf_attn_decode(kvf_session *s, int l, const kvf_batch *b);
+/* Cells from `cell` on of layer l (-1: all) were rewritten: remembered states and units that
+ * covered them are forgotten (called by kvf_attn_sparse_written). */
+void kvf_attn_decode_written(kvf_session *s, int l, int32_t cell);
+/* LouisKV's parts (attn_mac.c's decode step calls them): whether a row with e keys at layer l
+ * runs it; units and boundary of session ts's row r before the step (computing session s);
+ * the attention of KV head h's query vectors q[0..g) into o (tmp: g * head_dim floats);
+ * forgetting layer l's units; the k-means scratch per thread. */
+int     kvf_louis_applies(const kvf_decode_attn_params *d, int l, int64_t e);
+void    kvf_louis_prepare(kvf_session *s, kvf_session *ts, int l, int32_t r, int64_t e);
+/* After layer l of a prefill batch that leaves e cells: cluster the input keys whose windows
+ * are complete (LouisKV's index is built during prefill, as in the paper). */
+void    kvf_louis_prefill(kvf_session *s, int l, int64_t e);
+void    kvf_louis_row(kvf_session *s, kvf_session *ts, int l, int h, int64_t e,
+                      const float *const *q, float *const *o, int g, float *work, float *tmp);
+void    kvf_louis_forget(kvf_session *s, int l);
+int64_t kvf_louis_kwork_floats(int hd);
 
 #endif /* KVF_FORWARD_H */

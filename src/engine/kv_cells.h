@@ -30,8 +30,10 @@
 
 #include <string.h>
 
-#define KVF_SCRATCH_MAX 24
+#define KVF_SCRATCH_MAX 32
 #define KVF_MAC_MAX 512 /* most queries MAC remembers per layer and head */
+#define KVF_LOUIS_SINK 16 /* LouisKV: first keys always attended */
+#define KVF_LOUIS_WIN 1024 /* LouisKV: input keys clustered together */
 
 struct kvf_session {
     const kvf_model   *m;
@@ -95,6 +97,21 @@ struct kvf_session {
     int32_t            *mac_hi;    /* [n_layer] every stored state covers cells below this */
     float              *q_pre;     /* [U][n_head * hd] pre-RoPE queries of a decode batch */
     atomic_int_fast64_t mac_hits, mac_lookups;
+    /* LouisKV (attn_louis.c): per layer and KV head, units of the keys [KVF_LOUIS_SINK,
+     * lv_cover[l]) (unit u: members lv_cells[lv_off[u] .. + lv_cnt[u]), mean key lv_cent[u]) and a
+     * copy of the selected units' keys (tile layout) and values; address space until used */
+    float              *lv_cent;  /* [n_layer][n_head_kv][lv_umax][hd] */
+    int32_t            *lv_off, *lv_cnt; /* [n_layer][n_head_kv][lv_umax] */
+    int32_t            *lv_cells; /* [n_layer][n_head_kv][ldk] (index: cell - sink) */
+    int32_t            *lv_nunits; /* [n_layer][n_head_kv] */
+    int32_t            *lv_nsel;   /* [n_layer][n_head_kv] gathered cells, -1: no selection */
+    char               *lv_gk, *lv_gv; /* [n_layer][n_head_kv][ldk cells] cache elements */
+    float              *lv_qprev;  /* [n_layer][n_head * hd] the last step's pre-RoPE queries */
+    int32_t            *lv_cover;  /* [n_layer] 0: no units yet */
+    float              *lv_sel;    /* [n_head_kv][3 lv_umax] scores of a selection */
+    float              *lv_kwork;  /* [threads][kvf_louis_kwork_floats] k-means scratch */
+    int64_t             lv_umax;
+    atomic_int_fast64_t lv_read, lv_total;
 
     /* rows recomputed by the last kvf_session_fuse (sorted positions), for inspection */
     int32_t *fuse_rows;

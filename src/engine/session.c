@@ -24,6 +24,7 @@ void kvf_session_free(kvf_session *s) {
     kvf_free(s->fuse_rows);
     kvf_free(s->sq_valid);
     kvf_free(s->mac_next), kvf_free(s->mac_hi);
+    kvf_free(s->lv_nunits), kvf_free(s->lv_nsel), kvf_free(s->lv_cover);
     kvf_actbuf_free(&s->act);
     kvf_pool_free(s->pool);
     kvf_free(s);
@@ -168,6 +169,24 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     s->mac_next = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
     s->mac_hi   = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
     if (!s->mac_next || !s->mac_hi) fail = 1;
+    /* LouisKV's units and gathered keys: address space until LouisKV is used */
+    int64_t lh  = (int64_t)hp->n_layer * hp->n_head_kv;
+    s->lv_umax  = (s->ldk / KVF_LOUIS_WIN + 2) * (KVF_LOUIS_WIN / 4) + s->ldk / KVF_ATTN_BK + 1;
+    s->lv_cent  = alloc_f(s, lh * s->lv_umax * hp->head_dim, &fail);
+    s->lv_off   = (int32_t *)alloc_f(s, 2 * lh * s->lv_umax, &fail);
+    s->lv_cnt   = s->lv_off ? s->lv_off + lh * s->lv_umax : NULL;
+    s->lv_cells = (int32_t *)alloc_f(s, lh * s->ldk, &fail);
+    s->lv_gk    = (char *)alloc_f(s, 2 * lh * s->ldk * hp->head_dim * (int64_t)kvf_kv_esize(s) / 4, &fail);
+    s->lv_gv    = s->lv_gk ? s->lv_gk + lh * s->ldk * hp->head_dim * (int64_t)kvf_kv_esize(s) : NULL;
+    s->lv_qprev = alloc_f(s, (int64_t)hp->n_layer * qd, &fail);
+    s->lv_sel   = alloc_f(s, 3 * hp->n_head_kv * s->lv_umax, &fail);
+    s->lv_kwork = alloc_f(s, kvf_louis_kwork_floats(hp->head_dim) * kvf_pool_size(s->pool), &fail);
+    s->lv_nunits = kvf_calloc((size_t)lh, sizeof(int32_t));
+    s->lv_nsel   = kvf_calloc((size_t)lh, sizeof(int32_t));
+    s->lv_cover  = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
+    if (!s->lv_nunits || !s->lv_nsel || !s->lv_cover) fail = 1;
+    atomic_init(&s->lv_read, 0);
+    atomic_init(&s->lv_total, 0);
     atomic_init(&s->mac_hits, 0);
     atomic_init(&s->mac_lookups, 0);
     atomic_init(&s->sp_read, 0);
@@ -297,6 +316,7 @@ kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, ui
         kvf_fwd_rope_tables(s, &b);
         for (int l = 0; l < hp->n_layer; l++) {
             kvf_fwd_attn(s, l, s->x, &b);
+            if (u > 1) kvf_louis_prefill(s, l, s->n_cells + u);
             kvf_fwd_mlp(s, l, s->x, u);
         }
         for (int32_t i = 0; i < u; i++) {

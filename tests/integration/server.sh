@@ -125,6 +125,10 @@ check "attn power reported" is "$(j "d['kvfuse'].get('attn')")" power
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"band\": 64, \"min_keys\": 0}}}"
 check "decode_attn mac 200" is "$CODE" 200
 check "decode_attn mac reported" is "$(j "d['kvfuse'].get('decode_attn')")" mac
+# LouisKV with a budget over every key attends to all of them (in three ranges): a3's answer
+req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"decode_attn\": {\"mode\": \"louis\", \"band\": 64, \"min_keys\": 0, \"dense_layers\": 0, \"budget\": 100000}}}"
+check "decode_attn louis reported" is "$(j "d['kvfuse'].get('decode_attn')")" louis
+check "decode_attn louis, every key = dense a3 answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
 req GET "$U/v1/documents/$ID2"; check "get document" is "$(j "d['text']")" "Turing
 
 Alan Turing proposed the Turing test in 1950."

@@ -96,7 +96,13 @@ void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
         {"mac-tau", required_argument, 0, CLI_ATTN_OPT_BASE + 8},                              \
         {"mac-lookback", required_argument, 0, CLI_ATTN_OPT_BASE + 9},                         \
         {"mac-band", required_argument, 0, CLI_ATTN_OPT_BASE + 10},                            \
-        {"mac-min", required_argument, 0, CLI_ATTN_OPT_BASE + 11}
+        {"mac-min", required_argument, 0, CLI_ATTN_OPT_BASE + 11},                             \
+        {"louis-tau", required_argument, 0, CLI_ATTN_OPT_BASE + 12},                           \
+        {"louis-budget", required_argument, 0, CLI_ATTN_OPT_BASE + 13},                        \
+        {"louis-window", required_argument, 0, CLI_ATTN_OPT_BASE + 14},                        \
+        {"louis-cluster", required_argument, 0, CLI_ATTN_OPT_BASE + 15},                       \
+        {"louis-min", required_argument, 0, CLI_ATTN_OPT_BASE + 16},                           \
+        {"louis-dense", required_argument, 0, CLI_ATTN_OPT_BASE + 17}
 #define CLI_ATTN_HELP                                                                          \
     "      --attn MODE        prefill attention: dense (default), sale (block-sparse from an\n" \
     "                         8-bit estimate), power (PowerAttention's static pattern)\n"       \
@@ -106,12 +112,21 @@ void cli_ratio(const char *cmd, const char *val, kvf_fuse_params *fp);
     "      --attn-window W    power: recent blocks always attended (5)\n"                      \
     "      --attn-dense N[/P] dense layers: the first N, or l %% P < N (sale 2, power 2/7)\n"  \
     "      --attn-min N       rows with fewer keys stay dense (sale 1024, power 0)\n"       \
-    "      --decode-attn M    decode attention: dense (default) or mac (MAC-Attention: reuse\n" \
-    "                         the attention of a recent similar query over old keys)\n"    \
+    "      --decode-attn M    decode attention: dense (default), mac (MAC-Attention: reuse\n" \
+    "                         the attention of a recent similar query over old keys) or\n" \
+    "                         louis (LouisKV: attend to clusters of keys chosen at\n"      \
+    "                         semantic boundaries)\n"                                       \
     "      --mac-tau T        mac: match when |q - q'| <= (1 - T) |q| (0.9)\n"              \
     "      --mac-lookback N   mac: recent steps matched against, <= 512 (512)\n"           \
     "      --mac-band N       mac: recent keys always recomputed (256)\n"                  \
-    "      --mac-min N        mac: rows with fewer keys stay dense (2048)\n"
+    "      --mac-min N        mac: rows with fewer keys stay dense (2048)\n"               \
+    "      --louis-tau T      louis: boundary when the queries' mean cosine with the last\n" \
+    "                         step's is below T (0.7)\n"                                    \
+    "      --louis-budget N   louis: keys of the selected clusters per KV head (2048)\n"   \
+    "      --louis-window N   louis: recent keys always attended (256)\n"                  \
+    "      --louis-cluster N  louis: mean keys per input cluster, 4..256 (16)\n"           \
+    "      --louis-min N      louis: rows with fewer keys stay dense (2048)\n"             \
+    "      --louis-dense N    louis: the first N layers stay dense (2)\n"
 typedef struct cli_attn {
     int                    mode, dmode, set; /* set: bit i = option CLI_ATTN_OPT_BASE + i given */
     kvf_attn_params        v;                /* the values given */

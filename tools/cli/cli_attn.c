@@ -6,7 +6,7 @@
 
 int cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a) {
     int i = c - CLI_ATTN_OPT_BASE;
-    if (i < 0 || i > 11) return 0;
+    if (i < 0 || i > 17) return 0;
     switch (i) {
     case 0:
         if ((a->mode = kvf_attn_from_name(arg)) < 0) {
@@ -40,7 +40,7 @@ int cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a) {
     case 6: a->v.min_keys = (int32_t)cli_int(cmd, "--attn-min", arg, 0, 1 << 22); break;
     case 7:
         if ((a->dmode = kvf_decode_attn_from_name(arg)) < 0) {
-            cli_fail(cmd, "--decode-attn: unknown mode '%s' (dense, mac)", arg);
+            cli_fail(cmd, "--decode-attn: unknown mode '%s' (dense, mac, louis)", arg);
             exit(2);
         }
         break;
@@ -48,6 +48,13 @@ int cli_attn_opt(const char *cmd, int c, const char *arg, cli_attn *a) {
     case 9: a->d.lookback = (int32_t)cli_int(cmd, "--mac-lookback", arg, 1, 512); break;
     case 10: a->d.band = (int32_t)cli_int(cmd, "--mac-band", arg, 1, 1 << 22); break;
     case 11: a->d.min_keys = (int32_t)cli_int(cmd, "--mac-min", arg, 0, 1 << 22); break;
+    /* LouisKV's tau, window and min set the fields MAC's options set */
+    case 12: a->d.tau = (float)cli_float(cmd, "--louis-tau", arg, 0, 1), i = 8; break;
+    case 13: a->d.budget = (int32_t)cli_int(cmd, "--louis-budget", arg, 1, 1 << 22); break;
+    case 14: a->d.band = (int32_t)cli_int(cmd, "--louis-window", arg, 1, 1 << 22), i = 10; break;
+    case 15: a->d.cluster = (int32_t)cli_int(cmd, "--louis-cluster", arg, 4, 256); break;
+    case 16: a->d.min_keys = (int32_t)cli_int(cmd, "--louis-min", arg, 0, 1 << 22), i = 11; break;
+    case 17: a->d.dense_layers = (int32_t)cli_int(cmd, "--louis-dense", arg, 0, 4096); break;
     }
     a->set |= 1 << i;
     return 1;
@@ -70,6 +77,9 @@ kvf_decode_attn_params cli_decode_attn_params(const cli_attn *a) {
     if (a->set & (1 << 9)) p.lookback = a->d.lookback;
     if (a->set & (1 << 10)) p.band = a->d.band;
     if (a->set & (1 << 11)) p.min_keys = a->d.min_keys;
+    if (a->set & (1 << 13)) p.budget = a->d.budget;
+    if (a->set & (1 << 15)) p.cluster = a->d.cluster;
+    if (a->set & (1 << 17)) p.dense_layers = a->d.dense_layers;
     return p;
 }
 

@@ -207,9 +207,13 @@ int cmd_generate(int argc, char **argv) {
                    a_causal ? (double)a_read / (double)a_causal : 1.0);
         int64_t mh, ml;
         kvf_session_decode_hits(s, &mh, &ml);
-        if (ca.dmode != KVF_DECODE_DENSE)
-            printf(", \"decode_attn\": \"%s\", \"mac_hit_rate\": %.4f", kvf_decode_attn_name((kvf_decode_mode)ca.dmode),
-                   ml ? (double)mh / (double)ml : 0.0);
+        int64_t lr, lt;
+        kvf_session_decode_density(s, &lr, &lt);
+        if (ca.dmode == KVF_DECODE_MAC)
+            printf(", \"decode_attn\": \"mac\", \"mac_hit_rate\": %.4f", ml ? (double)mh / (double)ml : 0.0);
+        else if (ca.dmode == KVF_DECODE_LOUIS) /* steps without a boundary; keys read */
+            printf(", \"decode_attn\": \"louis\", \"louis_reuse_rate\": %.4f, \"louis_density\": %.4f",
+                   ml ? (double)mh / (double)ml : 0.0, lt ? (double)lr / (double)lt : 1.0);
         printf("}\n");
     } else {
         printf("\n");

@@ -830,6 +830,11 @@ int cmd_eval(int argc, char **argv) {
         cJSON_AddNumberToObject(at, "lookback", dp.lookback);
         cJSON_AddNumberToObject(at, "band", dp.band);
         cJSON_AddNumberToObject(at, "min_keys", dp.min_keys);
+        if (dp.mode == KVF_DECODE_LOUIS) {
+            cJSON_AddNumberToObject(at, "budget", dp.budget);
+            cJSON_AddNumberToObject(at, "cluster", dp.cluster);
+            cJSON_AddNumberToObject(at, "dense_layers", dp.dense_layers);
+        }
     }
     cJSON_AddNumberToObject(cfg, "ruler_keys", eo.ruler_keys);
     if (any_auto) { /* the auto runs' target and bounds (absent from older directories) */

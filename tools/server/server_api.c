@@ -1292,18 +1292,19 @@ static int parse_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
     return 0;
 }
 
-/* kvfuse.decode_attn: "dense" / "mac", or {"mode", "tau", "lookback", "band", "min_keys"} */
+/* kvfuse.decode_attn: "dense" / "mac" / "louis", or {"mode", "tau", "lookback", "band",
+ * "min_keys", "budget", "cluster", "dense_layers"} */
 static int parse_decode_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
-    static const char *const known[] = {"mode", "tau", "lookback", "band", "min_keys"};
+    static const char *const known[] = {"mode", "tau", "lookback", "band", "min_keys", "budget", "cluster", "dense_layers"};
     const char              *name;
-    if (attn_mode_name(ax, "decode_attn", known, sizeof known / sizeof known[0], "mode, tau, lookback, band, min_keys",
-                       &name, e) < 0)
+    if (attn_mode_name(ax, "decode_attn", known, sizeof known / sizeof known[0],
+                       "mode, tau, lookback, band, min_keys, budget, cluster, dense_layers", &name, e) < 0)
         return -1;
     int mode = kvf_decode_attn_from_name(name);
     if (mode < 0) {
         char ex[64];
         excerpt(name, ex, sizeof ex);
-        return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn mode must be \"dense\" or \"mac\" (got \"%s\")", ex);
+        return fail(e, 400, "kvfuse.decode_attn", "kvfuse.decode_attn mode must be \"dense\", \"mac\" or \"louis\" (got \"%s\")", ex);
     }
     j->dattn = (int)a->cfg.dattn.mode == mode ? a->cfg.dattn : kvf_decode_attn_default_params((kvf_decode_mode)mode);
     if (cJSON_IsString(ax)) return 0;
@@ -1318,6 +1319,12 @@ static int parse_decode_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
     if (k) j->dattn.band = (int32_t)v;
     if ((k = opt_int(ax, "min_keys", "kvfuse.decode_attn.min_keys", 0, 1 << 22, &v, e)) < 0) return -1;
     if (k) j->dattn.min_keys = (int32_t)v;
+    if ((k = opt_int(ax, "budget", "kvfuse.decode_attn.budget", 1, 1 << 22, &v, e)) < 0) return -1;
+    if (k) j->dattn.budget = (int32_t)v;
+    if ((k = opt_int(ax, "cluster", "kvfuse.decode_attn.cluster", 4, 256, &v, e)) < 0) return -1;
+    if (k) j->dattn.cluster = (int32_t)v;
+    if ((k = opt_int(ax, "dense_layers", "kvfuse.decode_attn.dense_layers", 0, 4096, &v, e)) < 0) return -1;
+    if (k) j->dattn.dense_layers = (int32_t)v;
     return 0;
 }
 
