@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-attn bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
+        bench bench-peer bench-attn bench-fused-attn bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -142,8 +142,11 @@ bench: cli $(MODEL) ## prefill/decode tokens per second on the default model
 bench-peer: cli $(MODEL) ## kvfuse vs llama.cpp (built from llama-cpp-python's sdist), same run, every model present
 	bench/peer.sh --models all
 
-bench-attn: all ## sparse prefill attention (SALE, PowerAttention) vs dense on real text, 4k and 16k tokens, Qwen2.5-Coder-0.5B (bench/sparse_attn.sh)
+bench-attn: all ## sparse attention (SALE, PowerAttention; MODES="... mac louis" for decode) vs dense on real text, 4k and 16k tokens, Qwen2.5-Coder-0.5B (bench/sparse_attn.sh)
 	PYTHON=$$(scripts/python-deps.sh) bench/sparse_attn.sh $(or $(ATTN_MODEL),qwen2.5-coder-0.5b)
+
+bench-fused-attn: all ## a3's TTFT at 16k tokens with SALE for the recomputed rows vs dense, Qwen2.5-Coder-0.5B (bench/fused_attn.sh)
+	PYTHON=$$(scripts/python-deps.sh) bench/fused_attn.sh $(or $(ATTN_MODEL),qwen2.5-coder-0.5b)
 
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh
@@ -199,7 +202,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-fidelity eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-fidelity eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -210,10 +213,16 @@ eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), ev
 	    --methods $(FID_METHODS) --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
 	    -n 32 --out $(RESULTS)/qwen05-needle $(EVAL_ARGS)
 
-eval-attn-needle: cli $(QWEN05) ## needle at 4k and 8k (3 depths), full and a3 at r=0.15 with sparse attention ATTN_ARGS (e.g. "--attn sale") -> results/qwen05-needle-$(ATTN_TAG)
+eval-attn-needle: cli $(QWEN05) ## needle at ATTN_LENGTHS (4096,8192; 3 depths), ATTN_METHODS (full,a3) at r=0.15 with sparse attention ATTN_ARGS (e.g. "--attn sale") -> results/qwen05-needle-$(ATTN_TAG)
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
-	    --methods full,a3 --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
-	    -n 32 --out $(RESULTS)/qwen05-needle-$(ATTN_TAG) $(ATTN_ARGS) $(EVAL_ARGS)
+	    --methods $(or $(ATTN_METHODS),full,a3) --ratios 0.15 --lengths $(or $(ATTN_LENGTHS),4096,8192) \
+	    --depths 0.1,0.5,0.9 -n 32 --out $(RESULTS)/qwen05-needle-$(ATTN_TAG) $(ATTN_ARGS) $(EVAL_ARGS)
+
+eval-fidelity-noise: cli $(QWEN05) ## the noise floor of answer agreement: full prefill at --precision q8 on eval-fidelity's questions, compared with the q16 answers -> results/qwen05-musique30-q8
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full \
+	    --limit $(FID_LIMIT) -n 16 --precision q8 --out $(RESULTS)/qwen05-musique30-q8 $(EVAL_ARGS)
+	$(PYTHON) scripts/agreement.py $(RESULTS)/qwen05-musique30/results.jsonl $(RESULTS)/qwen05-musique30-q8/results.jsonl
 
 eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4k and 8k (2 each), 5 methods at r=0.15 on the 0.5B -> results/qwen05-ruler
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \

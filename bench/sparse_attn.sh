@@ -1,6 +1,7 @@
 #!/bin/bash
 # sparse_attn.sh - speed of sparse attention (issue 12: SALE and PowerAttention for prefill,
-# MAC-Attention, mode "mac", for decode) against dense attention on real text, same model,
+# MAC-Attention and LouisKV, modes "mac" and "louis", for decode) against dense attention on
+# real text, same model,
 # same run. For each length, a prompt of Paul Graham
 # essays cut to about that many tokens is prefilled by `kvfuse generate` once per mode and
 # repetition (the modes interleaved, so a change in machine load hits them alike), followed by
@@ -10,7 +11,9 @@
 #        ATTN_ARGS (extra --attn-* options for every sparse mode), SHARED (../shared),
 #        JSON (write every run there, one object per line)
 # Prints per length and mode: prompt tokens, prefill tok/s (median of the reps), speed-up over
-# dense, the share of causal key blocks read, decode tok/s, and whether the continuation
+# dense, the share of keys read (prefill blocks for sale/power, decode keys for louis), decode
+# tok/s (the first decode step, where LouisKV clusters the prompt's keys, included), the share
+# of steps that reused (MAC: a state; LouisKV: the selection), and whether the continuation
 # equals dense's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +40,8 @@ for L in $LENGTHS; do
         for mode in $MODES; do
             extra=()
             [ "$mode" != dense ] && extra=(${ATTN_ARGS:-})
-            if [ "$mode" = mac ]; then # MAC-Attention is a decode method: dense prefill
-                flags=(--attn dense --decode-attn mac)
+            if [ "$mode" = mac ] || [ "$mode" = louis ]; then # decode methods: dense prefill
+                flags=(--attn dense --decode-attn "$mode")
             else
                 flags=(--attn "$mode")
             fi
@@ -54,7 +57,7 @@ done
 "$PY" - "$out" <<'EOF'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
-print("%7s %-6s %8s %12s %8s %8s %10s %8s %8s %s" % ("length", "mode", "tokens", "prefill t/s", "x dense", "density", "decode t/s", "x dense", "MAC hits", "same text as dense"))
+print("%7s %-6s %8s %12s %8s %8s %10s %8s %8s %s" % ("length", "mode", "tokens", "prefill t/s", "x dense", "density", "decode t/s", "x dense", "reused", "same text as dense"))
 for L in sorted({r["length"] for r in runs}):
     by = {}
     for r in runs:
@@ -68,8 +71,8 @@ for L in sorted({r["length"] for r in runs}):
         dt = statistics.median(x["decode_tok_s"] for x in rs)
         print("%7d %-6s %8d %12.1f %8s %8s %10.2f %8s %8s %s" % (
             L, mode, rs[0]["prompt_tokens"], t, "%.2f" % (t / base) if base else "-",
-            "%.3f" % rs[0]["attn_density"] if "attn_density" in rs[0] else "-",
+            "%.3f" % rs[0].get("attn_density", rs[0].get("louis_density")) if "attn_density" in rs[0] or "louis_density" in rs[0] else "-",
             dt, "%.2f" % (dt / dbase) if dbase else "-",
-            "%.3f" % rs[0]["mac_hit_rate"] if "mac_hit_rate" in rs[0] else "-",
+            "%.3f" % rs[0].get("mac_hit_rate", rs[0].get("louis_reuse_rate")) if "mac_hit_rate" in rs[0] or "louis_reuse_rate" in rs[0] else "-",
             "-" if dense_text is None or mode == "dense" else ("yes" if rs[0]["text"] == dense_text else "no: %r" % rs[0]["text"][:40])))
 EOF
