@@ -198,10 +198,11 @@ static void test_pack_random_blocks(void) {
 
 static void test_gemm_all_isas(void) {
     const int64_t ncols[] = {1, 3, 8, 13, 21};
-    for (int ti = 0; ti < N_TYPES; ti++) {
-        uint32_t                type = k_types[ti];
+    /* n_out 45: a last panel of 13 rows (both halves); 37: of 5 rows (one half) */
+    for (int ti = 0; ti < 2 * N_TYPES; ti++) {
+        uint32_t                type = k_types[ti / 2];
         const kvf_quant_traits *qt   = kvf_quant_get(type);
-        int64_t                 n_in = qt->block == 256 ? 512 : 160, n_out = 45;
+        int64_t                 n_in = qt->block == 256 ? 512 : 160, n_out = ti % 2 ? 37 : 45;
         uint8_t                *w    = make_weights(type, n_out, n_in);
         kvf_weight              pw;
         kvf_weight_pack_raw(type, w, n_out, n_in, NULL, 0, &pw);
@@ -600,8 +601,9 @@ static void test_small_ops(void) {
     for (int k = 1; k < n_isas; k++) {
         isas[k]->rmsnorm(x, w, y1, n, 1e-5f);
         double worst = 0;
-        for (int64_t i = 0; i < n; i++) worst = fmax(worst, fabs(y0[i] - y1[i]));
-        CHECK_MSG(worst < 1e-5, "%s rmsnorm diff %.3g", isas[k]->name, worst);
+        /* relative: the outputs reach ~25 here, and the sums of squares differ in order */
+        for (int64_t i = 0; i < n; i++) worst = fmax(worst, fabs(y0[i] - y1[i]) / fmax(1.0, fabs(y0[i])));
+        CHECK_MSG(worst < 1e-5, "%s rmsnorm rel. diff %.3g", isas[k]->name, worst);
     }
     kvf_kernels_ref.swiglu(x, w, y0, n);
     CHECK_NEAR(y0[4], 30.0 / (1.0 + exp(-30.0)) * w[4], 1e-4);

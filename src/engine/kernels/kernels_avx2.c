@@ -172,47 +172,72 @@ AI __m256i s8_groups(const __m256i *wa, const __m256i *ws, const int8_t *xq, int
     return ia;
 }
 
-AI void int_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
-                 const int TWO, float *y, int64_t ldy, int nr, int rh, int accumulate,
-                 const kvf_panel_kind KIND) {
+/* one block b of half rh for columns c..c+NC-1: acc[i] += that block's contribution */
+AI void int_block(const uint8_t *panel, int64_t b, const kvf_act *x, int64_t c, const int NC,
+                  const int TWO, int rh, const kvf_panel_kind KIND, __m256 *acc) {
     const int64_t   K = x->n_in, KB = K / KVF_QK, KS = K / 16;
     const kvf_codes CS   = kvf_panel_codes(KIND);
     const int       NSUB = KVF_QK / kvf_panel_sub(KIND);
     const int       PER  = CS == KVF_CODES_U4 ? 8 : CS == KVF_CODES_U5 ? 4 : 2;
-    __m256          acc[4];
-    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
-        __m256         sc[2], mn[2];
-        __m256i        w[8], wa[8];
-        for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, rh, h, &sc[h], &mn[h]);
-        if (CS == KVF_CODES_S8)
-            for (int g = 0; g < 8; g++) {
-                w[g]  = _mm256_loadu_si256((const __m256i *)(blk + kvf_panel_hdr_bytes(KIND) + 64 * g + 32 * rh));
-                wa[g] = _mm256_abs_epi8(w[g]);
-            }
-        else
-            blk_ucodes(blk, KIND, rh, w);
+    const uint8_t  *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
+    __m256          sc[2], mn[2];
+    __m256i         w[8], wa[8];
+    for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, rh, h, &sc[h], &mn[h]);
+    if (CS == KVF_CODES_S8)
+        for (int g = 0; g < 8; g++) {
+            w[g]  = _mm256_loadu_si256((const __m256i *)(blk + kvf_panel_hdr_bytes(KIND) + 64 * g + 32 * rh));
+            wa[g] = _mm256_abs_epi8(w[g]);
+        }
+    else
+        blk_ucodes(blk, KIND, rh, w);
 #pragma GCC unroll 4
-        for (int i = 0; i < NC; i++) {
-            const int8_t *xq = x->q + (c + i) * K + b * KVF_QK;
-            const int8_t *xl = TWO ? x->ql + (c + i) * K + b * KVF_QK : NULL;
-            const float  *s  = x->s16 + (c + i) * KS + 2 * b;
-            const float   d = x->d[(c + i) * KB + b], dl = TWO ? x->dl[(c + i) * KB + b] : 0.0f;
-            for (int h = 0; h < NSUB; h++) {
-                const int g0 = NSUB == 2 ? 4 * h : 0, ng = NSUB == 2 ? 4 : 8;
-                __m256i   ia = CS == KVF_CODES_S8 ? s8_groups(wa, w, xq, g0, ng) : u_groups(w, xq, g0, ng, PER);
-                __m256i   ial = ia;
-                if (TWO) ial = CS == KVF_CODES_S8 ? s8_groups(wa, w, xl, g0, ng) : u_groups(w, xl, g0, ng, PER);
-                acc[i] = block_acc(acc[i], ia, ial, TWO, sc[h], mn[h], d, dl, NSUB == 2 ? s[h] : s[0] + s[1]);
-            }
+    for (int i = 0; i < NC; i++) {
+        const int8_t *xq = x->q + (c + i) * K + b * KVF_QK;
+        const int8_t *xl = TWO ? x->ql + (c + i) * K + b * KVF_QK : NULL;
+        const float  *s  = x->s16 + (c + i) * KS + 2 * b;
+        const float   d = x->d[(c + i) * KB + b], dl = TWO ? x->dl[(c + i) * KB + b] : 0.0f;
+        for (int h = 0; h < NSUB; h++) {
+            const int g0 = NSUB == 2 ? 4 * h : 0, ng = NSUB == 2 ? 4 : 8;
+            __m256i   ia = CS == KVF_CODES_S8 ? s8_groups(wa, w, xq, g0, ng) : u_groups(w, xq, g0, ng, PER);
+            __m256i   ial = ia;
+            if (TWO) ial = CS == KVF_CODES_S8 ? s8_groups(wa, w, xl, g0, ng) : u_groups(w, xl, g0, ng, PER);
+            acc[i] = block_acc(acc[i], ia, ial, TWO, sc[h], mn[h], d, dl, NSUB == 2 ? s[h] : s[0] + s[1]);
         }
     }
+}
+
+AI void int_half(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int NC,
+                 const int TWO, float *y, int64_t ldy, int nr, int rh, int accumulate,
+                 const kvf_panel_kind KIND) {
+    __m256 acc[4];
+    for (int i = 0; i < NC; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) int_block(panel, b, x, c, NC, TWO, rh, KIND, acc);
     for (int i = 0; i < NC; i++) store_acc(y + (c + i) * ldy + 8 * rh, acc[i], nr, rh, accumulate);
+}
+
+/* One column, both halves in one pass over the blocks (decode): the panel streams from memory
+ * once while it is computed on, instead of a memory-bound pass over half 0 followed by a pass
+ * over half 1 from cache during which memory idles. The next blocks are prefetched. */
+AI void int_col(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, const int TWO,
+                float *y, int nr, int accumulate, const kvf_panel_kind KIND) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = kvf_panel_blk(panel, b, KIND);
+        for (int64_t o = 0; o < kvf_panel_block_bytes(KIND); o += 64)
+            _mm_prefetch((const char *)blk + KVF_PF_BYTES + o, _MM_HINT_T0);
+        int_block(panel, b, x, c, 1, TWO, 0, KIND, &acc[0]);
+        int_block(panel, b, x, c, 1, TWO, 1, KIND, &acc[1]);
+    }
+    store_acc(y + 8 * 0, acc[0], nr, 0, accumulate);
+    if (nr > 8) store_acc(y + 8, acc[1], nr, 1, accumulate);
 }
 
 #define GEMM_COLS(KIND, TWO)                                                                   \
     do {                                                                                       \
+        if (nc == 1) {                                                                         \
+            int_col(panel, nb, x, c0, TWO, y + c0 * ldy, nr, accumulate, KIND);                \
+            break;                                                                             \
+        }                                                                                      \
         for (int h = 0; h < 2 && 8 * h < nr; h++) {                                            \
             int64_t c = c0, end = c0 + nc;                                                     \
             for (; c + 4 <= end; c += 4) int_half(panel, nb, x, c, 4, TWO, y, ldy, nr, h, accumulate, KIND); \

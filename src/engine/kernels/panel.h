@@ -104,6 +104,10 @@ static inline int kvf_panel_head_bytes(kvf_panel_kind k) {
 
 #define KVF_PANEL_SB 8 /* blocks per super-block */
 
+/* How far ahead (bytes) the one-column (decode) kernels prefetch a panel they stream from
+ * memory; measured on the 1.5B at 2048-6144 (AVX2 decode +40% over no prefetch). */
+#define KVF_PF_BYTES 3072
+
 /* X-macro over the integer panel kinds (kernel tables instantiate one function per kind) */
 #define KVF_INT_PANELS(X) X(Q4_0) X(Q4_1) X(Q5_0) X(Q5_1) X(Q8_0) X(Q4_K) X(Q5_K) X(Q6_K)
 
