@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-attn bench-fused-attn bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
+        bench bench-peer bench-attn bench-fused-attn bench-conv bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -148,6 +148,9 @@ bench-attn: all ## sparse attention (SALE, PowerAttention; MODES="... mac louis"
 bench-fused-attn: all ## a3's TTFT at 16k tokens with SALE for the recomputed rows vs dense, Qwen2.5-Coder-0.5B (bench/fused_attn.sh)
 	PYTHON=$$(scripts/python-deps.sh) bench/fused_attn.sh $(or $(ATTN_MODEL),qwen2.5-coder-0.5b)
 
+bench-conv: cli $(QWEN05) ## multi-turn conversations outliving their slot: TTFT per turn with --conv-block 0 vs 256, Qwen2.5-Coder-0.5B (bench/conv.sh)
+	bench/conv.sh qwen2.5-coder-0.5b
+
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh
 
@@ -202,10 +205,15 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-fidelity eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-fidelity eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
+	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
+
+eval-fidelity-oracle: cli $(QWEN05) ## the oracle diagnostic (selection by true KV error, docs/selection.md) on the same questions -> results/qwen05-musique30
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,oracle \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
 
 eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), every method at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle

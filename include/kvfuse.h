@@ -353,6 +353,8 @@ typedef enum {
     KVF_METHOD_PROPHET,    /* ProphetKV: the question's attention over the fused cache summed
                               over every layer (a reuse pass first), then recompute */
     KVF_METHOD_FOCUS,      /* kvfuse's own (docs/selection.md) */
+    KVF_METHOD_ORACLE,     /* evaluation diagnostic, slower than full: a full prefill first,
+                              then the rows whose reused K/V deviate most from full's */
     KVF_METHOD_COUNT
 } kvf_method;
 
@@ -360,7 +362,7 @@ KVF_API const char *kvf_method_name(kvf_method m); /* "full", "prefix", ... */
 /* Method by name; -1 if unknown. */
 KVF_API int kvf_method_from_name(const char *name);
 /* Whether the method's recompute budget is set by kvf_fuse_params.ratio (cacheblend, a3,
- * kvshare, prophet, focus). */
+ * kvshare, prophet, focus, oracle). */
 KVF_API bool kvf_method_has_ratio(kvf_method m);
 
 typedef enum { KVF_EVICT_NONE = 0, KVF_EVICT_SNAPKV, KVF_EVICT_STREAMING, KVF_EVICT_COUNT } kvf_evict;
@@ -461,6 +463,33 @@ KVF_API int64_t kvf_fuse_cached_tokens(const kvf_model *model, kvf_chunk_cache *
 KVF_API kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache,
                                           const kvf_segment *segs, int32_t n_segs,
                                           const kvf_fuse_params *params, kvf_fuse_stats *stats);
+
+/* ---- conversation prefixes: a session's KV kept in a chunk cache, found by content ------- */
+
+#define KVF_PREFIX_BLOCK_MAX 4096
+
+/* Save the KV session s holds for ids[0..n) (its cells must hold exactly those tokens at
+ * positions 0..n-1, as after kvf_session_eval of them) into `cache`, in blocks of `block`
+ * tokens: blocks [from/block, n/block) that the cache does not hold yet (a partial last
+ * block is not saved). A block's key covers every token up to its end, the model and its
+ * arithmetic, the KV precision and the session's prefill attention, so a later
+ * kvf_session_prefix_load of any prompt that starts with the same tokens finds it, in any
+ * session of the same model and settings, or in another process through a store's disk or
+ * Redis tier. *n_saved (may be NULL): the end of the last block of [from/block, n/block) now
+ * in the cache, saved by this call or before (0: none). Errors: KVF_E_INVAL (the session does not hold ids as a plain prefix), the
+ * cache's put errors. */
+KVF_API kvf_status kvf_session_prefix_save(kvf_session *s, kvf_chunk_cache *cache,
+                                           const int32_t *ids, int32_t n, int32_t block,
+                                           int32_t from, int32_t *n_saved);
+/* Restore into s the longest run of saved blocks that starts ids[0..n) (always leaving at
+ * least the last token to evaluate). What s already holds of ids is kept (when no block is
+ * restored, every such token; else its whole blocks, and from the first block restored on s
+ * is rewritten); anything else s held is dropped. *n_loaded: the tokens s then holds, all of
+ * them ids' (continue with kvf_session_eval(s, ids + *n_loaded, n - *n_loaded)). The restored
+ * KV is bit for bit what was saved. A block whose content does not match is not used. */
+KVF_API kvf_status kvf_session_prefix_load(kvf_session *s, kvf_chunk_cache *cache,
+                                           const int32_t *ids, int32_t n, int32_t block,
+                                           int32_t *n_loaded);
 
 /* ---- chunk store: persistent, tiered chunk KV cache ---------------------------------- */
 

@@ -23,7 +23,7 @@ def main():
                 recs.append(json.loads(line))
     if not recs:
         sys.exit(f"{sys.argv[1]}: no records")
-    order = ["full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus"]
+    order = ["full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus", "oracle"]
     groups = sorted({(r["method"], r["ratio"]) for r in recs},
                     key=lambda g: (order.index(g[0]) if g[0] in order else 99, g[1] or 0))
     by_ex = defaultdict(dict)

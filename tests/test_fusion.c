@@ -137,7 +137,7 @@ static void test_ratio_one_equals_full(void) {
     kvf_session_free(sf);
     kvf_method ms[] = {KVF_METHOD_A3,      KVF_METHOD_CACHEBLEND, KVF_METHOD_FULL,
                        KVF_METHOD_PREFIX,  KVF_METHOD_KVSHARE,    KVF_METHOD_PROPHET,
-                       KVF_METHOD_FOCUS};
+                       KVF_METHOD_FOCUS,   KVF_METHOD_ORACLE};
     for (int dt = 0; dt < 2; dt++)
         for (int i = 0; i < (int)(sizeof ms / sizeof ms[0]); i++) {
             kvf_fuse_params fp = params(ms[i], 1.0f, dt ? KVF_CHUNK_F32 : KVF_CHUNK_F16);
@@ -194,6 +194,115 @@ static void test_prefix_cache_equivalence(void) {
     kvf_chunk_cache_free(cache);
     kvf_session_free(s);
     free_prompt(&p);
+}
+
+/* oracle: the first document, computed after the same prefix, has full's KV (the invariant
+ * above), so its deviation is ~0 and it is never chosen while the later documents, computed
+ * without the documents before them, still have rows to give; the budget is the usual one */
+static void test_oracle_selection(void) {
+    int    docs[3] = {30, 25, 20};
+    prompt p;
+    make_prompt(&p, 12, docs, 3, 6, 5);
+    kvf_session     *s = new_session(p.T + 4);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_fuse_params fp = params(KVF_METHOD_ORACLE, 0.3f, KVF_CHUNK_F32);
+    kvf_fuse_stats  st;
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    int32_t k = (int32_t)floor((double)(p.T - 6) * 0.3); /* 26 <= 45 rows of documents 2, 3 */
+    CHECK_EQ(st.recomputed_tokens, k + 6);
+    int in_first = 0;
+    for (int i = 0; i < s->n_fuse_rows - 6; i++) in_first += s->fuse_rows[i] < 12 + 30;
+    CHECK_MSG(in_first == 0, "oracle chose %d rows of the first document", in_first);
+    /* and the cache it leaves is a fused one: a second request gives the same logits */
+    float first[64];
+    memcpy(first, kvf_session_logits(s, -1), sizeof first);
+    CHECK_EQ(kvf_session_fuse(s, cache, p.segs, p.n_segs, &fp, &st), KVF_OK);
+    CHECK(memcmp(first, kvf_session_logits(s, -1), sizeof first) == 0);
+    kvf_chunk_cache_free(cache);
+    kvf_session_free(s);
+    free_prompt(&p);
+}
+
+/* Conversation prefix blocks: save a session's KV in blocks, restore it into another session
+ * bit for bit; a changed token stops the restore at its block; other KV precision or prefill
+ * attention never matches; bad arguments are refused. */
+static int kv_cells_equal(const kvf_session *a, const kvf_session *b, int32_t n) {
+    const kvf_hparams *hp = &g_model->hp;
+    int                hd = hp->head_dim, bad = 0;
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int h = 0; h < hp->n_head_kv; h++)
+            for (int32_t c = 0; c < n; c++)
+                for (int d = 0; d < hd; d++) {
+                    float ka = kvf_kv_get(a, kvf_kt_at(a, l, h), kvf_kt_idx(d, c, hd));
+                    float kb = kvf_kv_get(b, kvf_kt_at(b, l, h), kvf_kt_idx(d, c, hd));
+                    float va = kvf_kv_get(a, kvf_v_at(a, l, h), (int64_t)c * hd + d);
+                    float vb = kvf_kv_get(b, kvf_v_at(b, l, h), (int64_t)c * hd + d);
+                    bad += memcmp(&ka, &kb, 4) != 0 || memcmp(&va, &vb, 4) != 0;
+                }
+    return bad == 0;
+}
+
+static void test_prefix_blocks(void) {
+    int32_t         *ids = make_ids(80, 4242);
+    kvf_chunk_cache *cache;
+    kvf_chunk_cache_new_memory(0, &cache);
+    kvf_session *a = new_session(128), *b = new_session(128);
+    CHECK_EQ(kvf_session_eval(a, ids, 70, 0), KVF_OK);
+    int32_t n = -1;
+    CHECK_EQ(kvf_session_prefix_save(a, cache, ids, 70, 16, 0, &n), KVF_OK);
+    CHECK_EQ(n, 64); /* 4 whole blocks; the last 6 tokens are not a block */
+    /* saving again writes nothing new and reports the same coverage */
+    CHECK_EQ(kvf_session_prefix_save(a, cache, ids, 70, 16, 0, &n), KVF_OK);
+    CHECK_EQ(n, 64);
+    /* restore into a fresh session: 64 tokens, bit-identical cells, identical logits after */
+    CHECK_EQ(kvf_session_prefix_load(b, cache, ids, 80, 16, &n), KVF_OK);
+    CHECK_EQ(n, 64);
+    CHECK_EQ(kvf_session_n_past(b), 64);
+    CHECK(kv_cells_equal(a, b, 64));
+    CHECK_EQ(kvf_session_truncate(a, 64), KVF_OK);
+    CHECK_EQ(kvf_session_eval(a, ids + 64, 16, 0), KVF_OK);
+    CHECK_EQ(kvf_session_eval(b, ids + 64, 16, 0), KVF_OK);
+    CHECK(memcmp(kvf_session_logits(a, -1), kvf_session_logits(b, -1), sizeof(float) * (size_t)g_nv) == 0);
+    /* a prompt of exactly 64 tokens keeps its last token to evaluate: 48 */
+    kvf_session_truncate(b, 0);
+    CHECK_EQ(kvf_session_prefix_load(b, cache, ids, 64, 16, &n), KVF_OK);
+    CHECK_EQ(n, 48);
+    /* a token changed at position 40: no block of it is saved; b keeps its 40 matching tokens */
+    int32_t *alt = malloc(sizeof(int32_t) * 80);
+    memcpy(alt, ids, sizeof(int32_t) * 80);
+    alt[40] = (alt[40] + 1) % (g_nv - 3);
+    CHECK_EQ(kvf_session_prefix_load(b, cache, alt, 80, 16, &n), KVF_OK);
+    CHECK_EQ(n, 40);
+    CHECK_EQ(kvf_session_n_past(b), 40);
+    CHECK(kv_cells_equal(a, b, 40));
+    /* the same tokens under another block size are other keys: nothing */
+    kvf_session_truncate(b, 0);
+    CHECK_EQ(kvf_session_prefix_load(b, cache, ids, 80, 32, &n), KVF_OK);
+    CHECK_EQ(n, 0);
+    /* f16 KV, or SALE prefill attention: the f32 dense blocks are not theirs */
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx              = 128;
+    sp.n_threads          = 1;
+    sp.kv_type            = KVF_KV_F16;
+    kvf_session *h = NULL;
+    CHECK_EQ(kvf_session_new(g_model, &sp, &h), KVF_OK);
+    CHECK_EQ(kvf_session_prefix_load(h, cache, ids, 80, 16, &n), KVF_OK);
+    CHECK_EQ(n, 0);
+    kvf_attn_params sale = kvf_attn_default_params(KVF_ATTN_SALE);
+    CHECK_EQ(kvf_session_set_attn(b, &sale), KVF_OK);
+    CHECK_EQ(kvf_session_prefix_load(b, cache, ids, 80, 16, &n), KVF_OK);
+    CHECK_EQ(n, 0);
+    /* errors: a session not holding the tokens, a bad block size */
+    CHECK_EQ(kvf_session_prefix_save(a, cache, alt, 80, 16, 0, &n), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefix_save(a, cache, ids, 80, 0, 0, &n), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefix_load(b, cache, ids, 80, KVF_PREFIX_BLOCK_MAX + 1, &n), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefix_load(b, NULL, ids, 80, 16, &n), KVF_E_INVAL);
+    free(alt);
+    kvf_session_free(h);
+    kvf_session_free(a), kvf_session_free(b);
+    kvf_chunk_cache_free(cache);
+    free(ids);
 }
 
 /* RoPE recovery at layer 0: a chunk computed alone at positions 0..n-1 and placed at k..k+n-1
@@ -684,6 +793,8 @@ int main(void) {
     g_nv = info.n_vocab;
     RUN(test_ratio_one_equals_full);
     RUN(test_prefix_cache_equivalence);
+    RUN(test_oracle_selection);
+    RUN(test_prefix_blocks);
     RUN(test_rope_recovery);
     RUN(test_cacheblend_selection);
     RUN(test_epic_set);

@@ -32,7 +32,7 @@
 #include <string.h>
 
 static const char *const method_names[KVF_METHOD_COUNT] = {
-    "full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus"};
+    "full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus", "oracle"};
 
 const char *kvf_method_name(kvf_method m) {
     return (unsigned)m < KVF_METHOD_COUNT ? method_names[m] : "unknown";
@@ -46,7 +46,7 @@ int kvf_method_from_name(const char *name) {
 
 bool kvf_method_has_ratio(kvf_method m) {
     return m == KVF_METHOD_CACHEBLEND || m == KVF_METHOD_A3 || m == KVF_METHOD_KVSHARE ||
-           m == KVF_METHOD_PROPHET || m == KVF_METHOD_FOCUS;
+           m == KVF_METHOD_PROPHET || m == KVF_METHOD_FOCUS || m == KVF_METHOD_ORACLE;
 }
 
 static const char *const evict_names[KVF_EVICT_COUNT] = {"none", "snapkv", "streaming"};
@@ -795,6 +795,59 @@ static kvf_status probe_select(fuse_ctx *c, int32_t *rows, int32_t *n_rows) {
     return st;
 }
 
+/* oracle (an evaluation diagnostic, docs/selection.md): a full prefill of the prompt first,
+ * then the top k document rows by how far their reused keys and values are from full's, summed
+ * over every layer with each layer's K and V deviations normalised to one vote each. Both
+ * sides are pre-RoPE (chunks store keys before rotation), so no rotation enters the distance.
+ * Costs more than full prefill: it bounds what selecting by KV error can reach. rows: I. */
+static kvf_status oracle_select(fuse_ctx *c, int32_t *rows, int32_t *n_rows) {
+    kvf_session       *s  = c->s;
+    const kvf_hparams *hp = &c->m->hp;
+    int64_t            kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    int32_t            q0 = c->T - c->q, nd = q0 - c->P;
+    kvf_chunk *full = kvf_chunk_alloc(KVF_CHUNK_F32, c->T, hp->n_layer, (int)kvd, c->ids, 0);
+    float     *score = kvf_calloc((size_t)c->T, sizeof(float));
+    float     *dev = kvf_malloc(sizeof(float) * (size_t)(nd > 0 ? nd : 1));
+    float     *a = kvf_malloc(sizeof(float) * (size_t)kvd), *b = kvf_malloc(sizeof(float) * (size_t)kvd);
+    kvf_status st = KVF_OK;
+    if (!full || !score || !dev || !a || !b) st = kvf_set_error(KVF_E_NOMEM, "out of memory for the oracle");
+    if (st == KVF_OK) {
+        kvf_session_truncate(s, 0);
+        st = prefill_capture(s, c->ids, 0, c->T, full);
+    }
+    for (int l = 0; st == KVF_OK && l < hp->n_layer; l++)
+        /* waits for the loader to have verified the chunks' layer l (store-backed chunks) */
+        for (int kv = 0; kv < 2 && (kv || (st = ensure_layer(c, l)) == KVF_OK); kv++) {
+            double tot = 0;
+            for (int32_t j = c->P; j < q0; j++) {
+                int seg = seg_of(c, j);
+                kvf_chunk_read(s->K, full, l, kv, j, 1, a);
+                kvf_chunk_read(s->K, c->chunks[seg], l, kv, j - c->seg_start[seg], 1, b);
+                double d2 = 0;
+                for (int64_t e = 0; e < kvd; e++) d2 += (double)(a[e] - b[e]) * (a[e] - b[e]);
+                dev[j - c->P] = (float)d2;
+                tot += d2;
+            }
+            for (int32_t j = c->P; j < q0 && tot > 0; j++) score[j] += (float)(dev[j - c->P] / tot);
+        }
+    if (st == KVF_OK) {
+        /* the full prefill overwrote the cache: lay the prompt's cells out again, rebuild */
+        kvf_session_truncate(s, 0);
+        for (int32_t p = 0; p < c->T; p++) s->cell_pos[p] = p, s->cell_tok[p] = c->ids[p];
+        s->n_cells = s->n_past = c->T;
+        memset(c->built, 0, (size_t)hp->n_layer);
+        int32_t k = kvf_adaptive_k(score + c->P, nd, c->T - c->q, c->fp, &c->st->score_mass);
+        if (k < 0) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+        else {
+            c->st->ratio_used = c->T > c->q ? (float)k / (float)(c->T - c->q) : 0.0f;
+            *n_rows           = select_topk(c, score, k, rows);
+        }
+    }
+    kvf_chunk_release(full);
+    kvf_free(score), kvf_free(dev), kvf_free(a), kvf_free(b);
+    return st;
+}
+
 /* One attempt at the fused prefill from loaded chunks: fused cache layers (pipelined), row
  * selection, recompute, first-token logits. KVF_E_CORRUPT with c->bad_seg set when a chunk
  * fails verification on the way. */
@@ -836,6 +889,12 @@ static kvf_status run_fused(fuse_ctx *c, int32_t *rows, int32_t *n_rows_out, sel
         if ((rc = probe_select(c, rows, &n_rows)) != KVF_OK) return rc;
         st->recompute_ms   = r0 + kvf_time_ms() - t0 - (c->ensure_ms - e0);
         st->first_token_ms = f0;
+        break;
+    }
+    case KVF_METHOD_ORACLE: {
+        double t0 = kvf_time_ms(), e0 = c->ensure_ms;
+        if ((rc = oracle_select(c, rows, &n_rows)) != KVF_OK) return rc;
+        st->recompute_ms += kvf_time_ms() - t0 - (c->ensure_ms - e0);
         break;
     }
     case KVF_METHOD_CACHEBLEND:

@@ -25,7 +25,9 @@ static void help(void) {
         "      --musique          CacheBlend's MuSiQue prompt (instruction, passage and question\n"
         "                         format of ../shared/docs/fusion.md section 5)\n"
         "      --method M         full, prefix, reuse, epic, cacheblend, a3 (default), kvshare,\n"
-        "                         prophet, focus, all, or a\n"
+        "                         prophet, focus, oracle (diagnostic: full prefill first, then\n"
+        "                         the rows whose reused KV deviates most), all (every method\n"
+        "                         but oracle), or a\n"
         "                         comma-separated list (e.g. full,a3), run in that order\n"
         "      --ratio R          recompute ratio for the selective methods (default 0.15), or\n"
         "                         auto: picked per request (see --fidelity)\n"
@@ -193,7 +195,7 @@ int cmd_ask(int argc, char **argv) {
     if (!n_doc_files == !docs_json) return help(), cli_fail("ask", "give --doc FILE... or --docs-json FILE");
     int methods[KVF_METHOD_COUNT], n_methods = 0;
     if (!strcmp(method, "all")) {
-        for (int i = 0; i < KVF_METHOD_COUNT; i++) methods[n_methods++] = i;
+        for (int i = 0; i < KVF_METHOD_ORACLE; i++) methods[n_methods++] = i; /* not the diagnostic */
     } else { /* one method or a comma-separated list, run in the order given */
         for (const char *p = method; *p;) {
             size_t n = strcspn(p, ",");
@@ -204,7 +206,7 @@ int cmd_ask(int argc, char **argv) {
                 k = kvf_method_from_name(name);
             }
             if (k < 0)
-                return cli_fail("ask", "unknown method '%.*s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus, all)",
+                return cli_fail("ask", "unknown method '%.*s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus, oracle, all)",
                                 (int)n, p);
             for (int i = 0; i < n_methods; i++)
                 if (methods[i] == k) return cli_fail("ask", "method '%.*s' given twice", (int)n, p);

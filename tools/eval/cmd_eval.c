@@ -54,10 +54,13 @@ static void help(void) {
         "      --data PATH       the dataset's file or directory\n"
         "      --out DIR         results directory (created; existing results are kept)\n"
         "      --methods LIST    comma-separated: full,prefix,reuse,epic,cacheblend,a3,kvshare,\n"
-        "                        prophet,focus (default: all). full always runs first (it is the\n"
+        "                        prophet,focus (default: all), and oracle (a diagnostic, slower\n"
+        "                        than full: the rows whose reused KV deviates most from full's;\n"
+        "                        not in the default). full always runs first (it is the\n"
         "                        fidelity reference)\n"
         "      --ratios LIST     recompute ratios of the selective methods (cacheblend, a3,\n"
-        "                        kvshare, prophet, focus; default 0.15); \"auto\" picks the ratio\n"
+        "                        kvshare, prophet, focus, oracle; default 0.15); \"auto\" picks\n"
+        "                        the ratio\n"
         "                        per request (--fidelity, --ratio-min, --ratio-max)\n"
         "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)\n"
         "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)\n"
@@ -594,6 +597,7 @@ static double compute_frac(const kvf_fuse_stats *st, int method, int n_layer, in
     if (st->total_tokens <= 0) return NAN;
     double f = (double)st->recomputed_tokens / st->total_tokens;
     if (method == KVF_METHOD_FULL) return 1.0;
+    if (method == KVF_METHOD_ORACLE) return 1.0 + f; /* a full prefill, then the recompute */
     if (method == KVF_METHOD_PROPHET || method == KVF_METHOD_FOCUS) /* + the question probe */
         return (f * st->total_tokens + st->question_tokens) / st->total_tokens;
     if (has_ratio(method)) {
@@ -725,7 +729,7 @@ int cmd_eval(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             int k = !strcmp(items[i], "all") ? -2 : kvf_method_from_name(items[i]);
             if (k == -1) {
-                cli_fail("eval", "unknown method '%s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus)", items[i]);
+                cli_fail("eval", "unknown method '%s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus, oracle)", items[i]);
                 free(buf), free(task_buf);
                 return 2;
             }

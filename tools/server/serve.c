@@ -48,6 +48,12 @@ static void help(void) {
         "                          cached (documents' chunks, a slot's kept prefix), most\n"
         "                          first, until they have waited MS ms; then by arrival\n"
         "                          (default 2000; 0 = arrival order only)\n"
+        "      --conv-block N      a plain prompt's KV outlives its slot: when the request ends\n"
+        "                          it is kept in blocks of N tokens in the tenant's chunk cache\n"
+        "                          (memory, then --store's disk and Redis tiers), and the next\n"
+        "                          turn of the conversation restores it in whichever slot serves\n"
+        "                          it, or after a restart with a disk tier (default 256; 0 = off:\n"
+        "                          only the slot that served a conversation keeps its prefix)\n"
         "      --prefill-chunk N   tokens per prefill unit of a plain prompt (default 512)\n"
         "      --prefill-per-step K  prefill units between two decode bursts (default 1)\n"
         "      --decode-ratio R    after prefill units of P ms, decode running requests for up\n"
@@ -243,7 +249,7 @@ int cmd_serve(int argc, char **argv) {
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
-        {"queue-aging", required_argument, 0, 2008},
+        {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     cli_attn         ca    = {0};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
@@ -267,6 +273,7 @@ int cmd_serve(int argc, char **argv) {
         case 'P': port_file = optarg; break;
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
         case 2008: sp.aging_ms = cli_float("serve", "--queue-aging", optarg, 0, 1e9); break;
+        case 2009: sp.conv_block = (int32_t)cli_int("serve", "--conv-block", optarg, 0, KVF_PREFIX_BLOCK_MAX); break;
         case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;
@@ -283,6 +290,7 @@ int cmd_serve(int argc, char **argv) {
         case 'M': ac.max_tokens = (int32_t)cli_int("serve", "--max-tokens", optarg, 1, 1 << 24); break;
         case 'k': {
             int k = kvf_method_from_name(optarg);
+            if (k == KVF_METHOD_ORACLE) return cli_fail("serve", "--method oracle is an evaluation diagnostic (kvfuse eval), not served");
             if (k < 0) return cli_fail("serve", "unknown --method '%s' (full, prefix, reuse, epic, cacheblend, a3, kvshare, prophet, focus)", optarg);
             ac.fp.method = (kvf_method)k;
             break;

@@ -1349,6 +1349,8 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (opt_str(kx, "method", "kvfuse.method", &s, e) < 0) return -1;
     if (s) {
         int k = kvf_method_from_name(s);
+        if (k == KVF_METHOD_ORACLE) /* a diagnostic that runs a full prefill first */
+            return fail(e, 400, "kvfuse.method", "kvfuse.method \"oracle\" is an evaluation diagnostic (kvfuse eval), not served");
         if (k < 0) {
             char ex[64];
             excerpt(s, ex, sizeof ex);

@@ -44,6 +44,7 @@ typedef struct slot {
     int32_t     *hist;
     int32_t      n_hist;
     bool         hist_ok;
+    int32_t      n_saved; /* hist[0..n_saved) is in the tenant's cache as prefix blocks */
     kvf_attn_params hist_attn; /* the attention hist's KV was computed with */
     char         hist_ns[SRV_NS_MAX];
     double       last_use;
@@ -101,6 +102,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.decode_ratio  = 1.0;
     p.aging_ms      = 2000;
     p.cache_bytes   = (size_t)2048 << 20;
+    p.conv_block    = 256;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */
     return p;
@@ -238,8 +240,24 @@ static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, siz
 
 /* ---- job endings ----------------------------------------------------------------------- */
 
+/* A plain job's tokens stay findable after the slot serves another conversation: the blocks
+ * of its history not saved yet go to the tenant's own cache (never the shared namespace). */
+static void save_conversation(srv_sched *s, slot *sl, const srv_job *j) {
+    int32_t B = s->p.conv_block;
+    if (B <= 0 || !sl->plain || !sl->hist_ok || j->err_status != 0 || sl->n_hist / B <= sl->n_saved / B) return;
+    char             err[320];
+    kvf_chunk_cache *c = cache_for(s, j->ns, err, sizeof err);
+    int32_t          n = 0;
+    if (!c || kvf_session_prefix_save(sl->s, c, sl->hist, sl->n_hist, B, sl->n_saved, &n) != KVF_OK) {
+        fprintf(stderr, "kvfuse serve: warning: keeping a conversation's KV: %s\n", c ? kvf_errmsg() : err);
+        return;
+    }
+    if (n > sl->n_saved) sl->n_saved = n;
+}
+
 static void slot_release(srv_sched *s, slot *sl) {
     srv_job *j = sl->job;
+    save_conversation(s, sl, j);
     kvf_sampler_free(sl->smp);
     sl->smp = NULL;
     free(sl->flat);
@@ -413,7 +431,7 @@ static void make_kv_room(srv_sched *s, const slot *use, const srv_job *j) {
         kvf_session_truncate(old->s, 0);
         kvf_session_trim(old->s);
         old->hist_ok = false;
-        old->n_hist  = 0;
+        old->n_hist  = old->n_saved = 0;
     }
 }
 
@@ -510,8 +528,28 @@ static void admit(srv_sched *s, srv_job *j) {
         return;
     }
     if (plain) {
-        /* reuse the slot's previous tokens (same tenant, plain prompts only) */
-        int32_t lcp = j->fused ? 0 : slot_prefix(sl, j, flat, n_flat);
+        /* reuse the slot's previous tokens (same tenant, plain prompts only), or the longer
+         * prefix of this conversation another slot or process kept in the tenant's cache */
+        int32_t lcp = j->fused ? 0 : slot_prefix(sl, j, flat, n_flat), n_loaded = 0;
+        if (!j->fused && s->p.conv_block > 0 && n_flat > s->p.conv_block) {
+            char             err[320];
+            kvf_chunk_cache *c = cache_for(s, j->ns, err, sizeof err);
+            if (!sl->hist_ok || strcmp(sl->hist_ns, j->ns) ||
+                memcmp(&sl->hist_attn, &j->attn, sizeof j->attn))
+                kvf_session_truncate(sl->s, 0); /* another tenant's or attention's KV: never kept */
+            if (c && kvf_session_prefix_load(sl->s, c, flat, n_flat, s->p.conv_block, &n_loaded) != KVF_OK) {
+                fprintf(stderr, "kvfuse serve: warning: restoring a conversation's KV: %s\n", kvf_errmsg());
+                n_loaded = 0;
+                kvf_session_truncate(sl->s, 0), lcp = 0;
+            }
+            lcp = n_loaded; /* what the session now holds of this prompt (its own or restored) */
+            memcpy(sl->hist, flat, sizeof(int32_t) * (size_t)n_loaded);
+            /* its whole blocks are in the cache: restored, or saved when this slot's last job ended */
+            sl->n_saved = n_loaded / s->p.conv_block * s->p.conv_block;
+        } else if (s->p.conv_block > 0) { /* blocks past the reused prefix are not this prompt's */
+            int32_t keep = sl->n_saved < lcp ? sl->n_saved : lcp;
+            sl->n_saved  = keep / s->p.conv_block * s->p.conv_block;
+        }
         if (lcp >= n_flat) lcp = n_flat - 1; /* evaluate at least one token for its logits */
         if (kvf_session_truncate(sl->s, lcp) != KVF_OK) {
             lcp = 0;
@@ -525,7 +563,7 @@ static void admit(srv_sched *s, srv_job *j) {
         j->cached_tokens = lcp; /* read by the HTTP side only once the job is done */
     } else {
         sl->hist_ok = false;
-        sl->n_hist  = 0;
+        sl->n_hist  = sl->n_saved = 0;
     }
 }
 

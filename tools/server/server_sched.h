@@ -55,6 +55,11 @@ typedef struct srv_sched_params {
                                       directory DIR/t-<hash> and Redis prefix kvf:t-<hash>: when
                                       multi_tenant */
     bool        multi_tenant;  /* one chunk cache per tenant namespace, plus "shared" */
+    int32_t     conv_block;    /* conversations outlive their slot: a plain prompt's KV is kept
+                                  in its tenant's chunk cache (memory, then the store's tiers)
+                                  in blocks of this many tokens when its job ends, and a later
+                                  prompt that starts with the same tokens restores it in any
+                                  slot (kvf_session_prefix_save/load); 0 = off */
     srv_audit_params audit;    /* live fidelity audit (audit.rate 0 = off; n_ctx, n_threads
                                   and kv_type are the slots') */
     /* tests: called on the inference thread after every audit unit (no lock held) */
