@@ -211,10 +211,12 @@ eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
 
-eval-fidelity-oracle: cli $(QWEN05) ## the oracle diagnostic (selection by true KV error, docs/selection.md) on the same questions -> results/qwen05-musique30
+eval-fidelity-oracle: cli $(QWEN05) ## the oracle diagnostic (selection by true KV error, docs/selection.md), first 15 questions, r = 0.15 / 0.3 -> results/qwen05-musique15-oracle; table beside the other methods on the same questions
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,oracle \
-	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
+	    --ratios 0.15,0.3 --limit 15 -n 16 --out $(RESULTS)/qwen05-musique15-oracle $(EVAL_ARGS)
+	python3 scripts/fidelity_table.py --ratios 0.15,0.3 $(RESULTS)/qwen05-musique30/results.jsonl \
+	    $(RESULTS)/qwen05-musique15-oracle/results.jsonl
 
 eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), every method at r=0.15 on Qwen2.5-Coder-0.5B -> results/qwen05-needle
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \

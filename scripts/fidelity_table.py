@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""fidelity_table.py RESULTS.jsonl - the README's fidelity table from a `kvfuse eval` results file.
+"""fidelity_table.py [--ratios R,R...] RESULTS.jsonl [MORE.jsonl ...] - the README's fidelity table
+from `kvfuse eval` results files (several: their records are merged by example, method and ratio;
+--ratios keeps only those ratios of the selective methods).
 
 Only the examples on which every (method, ratio) of the file has a run are counted, so every
 cell averages the same examples (an interrupted evaluation leaves its last example partial).
@@ -13,16 +15,24 @@ from collections import defaultdict
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    keep = None
+    if args[:1] == ["--ratios"] and len(args) > 1:
+        keep = {float(r) for r in args[1].split(",")}
+        args = args[2:]
+    if not args:
         sys.exit(__doc__.strip())
     recs = []
-    with open(sys.argv[1]) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                recs.append(json.loads(line))
+    for path in args:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    r = json.loads(line)
+                    if keep is None or r["ratio"] is None or float(r["ratio"]) in keep:
+                        recs.append(r)
     if not recs:
-        sys.exit(f"{sys.argv[1]}: no records")
+        sys.exit(f"{' '.join(args)}: no records")
     order = ["full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus", "oracle"]
     groups = sorted({(r["method"], r["ratio"]) for r in recs},
                     key=lambda g: (order.index(g[0]) if g[0] in order else 99, g[1] or 0))

@@ -294,23 +294,19 @@ void kvf_louis_row(kvf_session *s, kvf_session *ts, int l, int h, int64_t e, con
     /* the sink, then the selected units, then the recent keys */
     for (int gi = 0; gi < g; gi++) end[gi] = SINK;
     kvf_attn_call(s, ts, l, h, 0, q, o, end, g, work);
-    for (int gi = 0; gi < g; gi++) am[gi] = work[(int64_t)g * BK + gi], al[gi] = work[(int64_t)g * BK + g + gi];
+    kvf_attn_state(work, g, am, al);
     int32_t nsel = ts->lv_nsel[lh];
     if (nsel > 0) {
         for (int gi = 0; gi < g; gi++) end[gi] = nsel;
         kvf_attn_call_kv(s, ts->kv_f16, ts->lv_gk + lh * ts->ldk * hd * (int64_t)es,
                          ts->lv_gv + lh * ts->ldk * hd * (int64_t)es, q, tp, end, g, work);
-        for (int gi = 0; gi < g; gi++) {
-            bm[gi] = work[(int64_t)g * BK + gi], bl[gi] = work[(int64_t)g * BK + g + gi];
-            kvf_attn_merge(o[gi], &am[gi], &al[gi], tp[gi], bm[gi], bl[gi], hd);
-        }
+        kvf_attn_state(work, g, bm, bl);
+        for (int gi = 0; gi < g; gi++) kvf_attn_merge(o[gi], &am[gi], &al[gi], tp[gi], bm[gi], bl[gi], hd);
     }
     for (int gi = 0; gi < g; gi++) end[gi] = (int32_t)(e - cover);
     kvf_attn_call(s, ts, l, h, cover, q, tp, end, g, work);
-    for (int gi = 0; gi < g; gi++) {
-        bm[gi] = work[(int64_t)g * BK + gi], bl[gi] = work[(int64_t)g * BK + g + gi];
-        kvf_attn_merge(o[gi], &am[gi], &al[gi], tp[gi], bm[gi], bl[gi], hd);
-    }
+    kvf_attn_state(work, g, bm, bl);
+    for (int gi = 0; gi < g; gi++) kvf_attn_merge(o[gi], &am[gi], &al[gi], tp[gi], bm[gi], bl[gi], hd);
     atomic_fetch_add(&ts->lv_read, SINK + nsel + (e - cover));
     atomic_fetch_add(&ts->lv_total, e);
 }

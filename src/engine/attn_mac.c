@@ -118,7 +118,7 @@ static void attn_range(const kvf_session *s, const kvf_session *ts, int l, int h
     int32_t end[KVF_ATTN_MAX_M] = {0}; /* (zeroed: the compiler cannot see only M are read) */
     for (int m = 0; m < M; m++) end[m] = (int32_t)(e - a);
     kvf_attn_call(s, ts, l, h, a, q, o, end, M, work);
-    for (int m = 0; m < M; m++) m_out[m] = work[(int64_t)M * BK + m], l_out[m] = work[(int64_t)M * BK + M + m];
+    kvf_attn_state(work, M, m_out, l_out);
 }
 
 /* MAC runs for a row with e keys (else the row is dense and nothing is remembered) */

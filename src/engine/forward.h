@@ -64,6 +64,11 @@ void kvf_attn_call(const kvf_session *s, const kvf_session *ts, int l, int h, in
 /* The same over keys kt (tile layout) and values v given directly, f16 or f32 elements. */
 void kvf_attn_call_kv(const kvf_session *s, int f16, const void *kt, const void *v,
                       const float *const *q, float *const *o, const int32_t *end, int M, float *work);
+/* The softmax state (running max m[i], sum l[i]) of the M vectors of the last kvf_attn_call
+ * that used `work` (kernels.h: after M key tiles of scores). */
+static inline void kvf_attn_state(const float *work, int M, float *m, float *l) {
+    for (int i = 0; i < M; i++) m[i] = work[(int64_t)M * KVF_ATTN_BK + i], l[i] = work[(int64_t)M * KVF_ATTN_BK + M + i];
+}
 /* The boundary below a row's `band` most recent keys (MAC's band, LouisKV's recent window):
  * e - band rounded down to the key tile, 0 if none. */
 static inline int64_t kvf_attn_band_edge(int64_t e, int32_t band) {
