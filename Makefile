@@ -205,7 +205,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-fidelity eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -223,10 +223,18 @@ eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), ev
 	    --methods $(FID_METHODS) --ratios 0.15 --lengths 4096,8192 --depths 0.1,0.5,0.9 \
 	    -n 32 --out $(RESULTS)/qwen05-needle $(EVAL_ARGS)
 
+ATTN_METHODS ?= full,a3
+ATTN_LENGTHS ?= 4096,8192
 eval-attn-needle: cli $(QWEN05) ## needle at ATTN_LENGTHS (4096,8192; 3 depths), ATTN_METHODS (full,a3) at r=0.15 with sparse attention ATTN_ARGS (e.g. "--attn sale") -> results/qwen05-needle-$(ATTN_TAG)
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
-	    --methods $(or $(ATTN_METHODS),full,a3) --ratios 0.15 --lengths $(or $(ATTN_LENGTHS),4096,8192) \
+	    --methods $(ATTN_METHODS) --ratios 0.15 --lengths $(ATTN_LENGTHS) \
 	    --depths 0.1,0.5,0.9 -n 32 --out $(RESULTS)/qwen05-needle-$(ATTN_TAG) $(ATTN_ARGS) $(EVAL_ARGS)
+
+eval-attn-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at ATTN_LENGTHS (4096,8192; 2 each), ATTN_METHODS (full,a3) at r=0.15 with sparse attention ATTN_ARGS -> results/qwen05-ruler-$(ATTN_TAG)
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \
+	    --haystack $(SHARED)/data/needle/PaulGrahamEssays --methods $(ATTN_METHODS) \
+	    --ratios 0.15 --lengths $(ATTN_LENGTHS) --ruler-n 2 -n 64 \
+	    --out $(RESULTS)/qwen05-ruler-$(ATTN_TAG) $(ATTN_ARGS) $(EVAL_ARGS)
 
 eval-fidelity-noise: cli $(QWEN05) ## the noise floor of answer agreement: full prefill at --precision q8 on eval-fidelity's questions, compared with the q16 answers -> results/qwen05-musique30-q8
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
