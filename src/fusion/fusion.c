@@ -831,11 +831,12 @@ static kvf_status oracle_select(fuse_ctx *c, int32_t *rows, int32_t *n_rows) {
             for (int32_t j = c->P; j < q0 && tot > 0; j++) score[j] += (float)(dev[j - c->P] / tot);
         }
     if (st == KVF_OK) {
-        /* the full prefill overwrote the cache: lay the prompt's cells out again, rebuild */
+        /* ensure_layer above wrote the chunks over the full prefill's KV in every layer (the
+         * question's rows are recomputed); drop the full prefill's logits and sparse-attention
+         * indexes and lay the prompt's cells out again */
         kvf_session_truncate(s, 0);
         for (int32_t p = 0; p < c->T; p++) s->cell_pos[p] = p, s->cell_tok[p] = c->ids[p];
         s->n_cells = s->n_past = c->T;
-        memset(c->built, 0, (size_t)hp->n_layer);
         int32_t k = kvf_adaptive_k(score + c->P, nd, c->T - c->q, c->fp, &c->st->score_mass);
         if (k < 0) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
         else {

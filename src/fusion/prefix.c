@@ -41,12 +41,12 @@ static kvf_chunk_dtype block_dtype(const kvf_session *s) {
     return s->kv_f16 ? KVF_CHUNK_F16 : KVF_CHUNK_F32;
 }
 
-/* whether cells [0, n) hold ids[0..n) at positions 0..n-1, in order (a plain prefix) */
-static bool holds_prefix(const kvf_session *s, const int32_t *ids, int32_t n) {
-    if (s->evicted || n > s->n_cells || n > s->n_past) return false;
-    for (int32_t p = 0; p < n; p++)
-        if (s->cell_pos[p] != p || s->cell_tok[p] != ids[p]) return false;
-    return true;
+/* how many of ids[0..n) the first cells of s hold at positions 0.. in order (a plain prefix) */
+static int32_t held_prefix(const kvf_session *s, const int32_t *ids, int32_t n) {
+    int32_t p = 0;
+    if (s->evicted) return 0;
+    while (p < n && p < s->n_cells && p < s->n_past && s->cell_pos[p] == p && s->cell_tok[p] == ids[p]) p++;
+    return p;
 }
 
 static kvf_status check_args(const kvf_session *s, const kvf_chunk_cache *cache, const int32_t *ids,
@@ -64,7 +64,7 @@ kvf_status kvf_session_prefix_save(kvf_session *s, kvf_chunk_cache *cache, const
     kvf_status st = check_args(s, cache, ids, n, block, "kvf_session_prefix_save");
     if (st != KVF_OK) return st;
     int32_t nb = n / block;
-    if (!holds_prefix(s, ids, nb * block))
+    if (held_prefix(s, ids, nb * block) < nb * block)
         return kvf_set_error(KVF_E_INVAL, "kvf_session_prefix_save: the session does not hold "
                                           "these %d tokens as a plain prefix", nb * block);
     const kvf_hparams *hp = &s->m->hp;
@@ -117,9 +117,9 @@ kvf_status kvf_session_prefix_load(kvf_session *s, kvf_chunk_cache *cache, const
     if (st != KVF_OK) return st;
     const kvf_hparams *hp = &s->m->hp;
     int                hd = hp->head_dim, kvd = hp->n_head_kv * hd;
-    /* the blocks the session already holds are kept; the last token is left to evaluate */
-    int32_t have = 0;
-    while (have + block <= s->n_past && have + block <= n && holds_prefix(s, ids, have + block)) have += block;
+    /* what the session already holds of ids is kept (its whole blocks, when blocks are
+     * restored after them); the last token is left to evaluate */
+    int32_t held = held_prefix(s, ids, n > 0 ? n - 1 : 0), have = held / block * block;
     int32_t nb = (n - 1) / block;
     if (nb > s->n_ctx / block) nb = s->n_ctx / block;
     uint8_t fpr[16];
@@ -164,10 +164,8 @@ kvf_status kvf_session_prefix_load(kvf_session *s, kvf_chunk_cache *cache, const
     if (first >= 0) {
         kvf_attn_sparse_written(s, -1, first); /* indexes over the rewritten cells are stale */
         s->n_logits = 0, s->last_eval_n = 0;
-    } else if (!s->evicted) { /* nothing restored: keep every token s already holds of ids */
-        while (done < s->n_past && done < n - 1 && done < s->n_cells && s->cell_pos[done] == done &&
-               s->cell_tok[done] == ids[done])
-            done++;
+    } else {
+        done = held; /* nothing restored: every token s already holds of ids */
     }
     if (s->n_past > done) kvf_session_truncate(s, done); /* what follows is not this prompt's */
     if (n_loaded) *n_loaded = done;

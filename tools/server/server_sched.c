@@ -374,10 +374,15 @@ static int32_t *flatten(const srv_job *j, int32_t *n) {
     return f;
 }
 
+/* Whether job j may reuse the KV slot sl holds: a plain history of the same tenant, computed
+ * with the same attention (other attention, other KV) */
+static bool slot_hist_usable(const slot *sl, const srv_job *j) {
+    return sl->hist_ok && !strcmp(sl->hist_ns, j->ns) && !memcmp(&sl->hist_attn, &j->attn, sizeof j->attn);
+}
+
 /* Tokens of the plain prompt flat[n_flat] that free slot sl already holds (same tenant only) */
 static int32_t slot_prefix(const slot *sl, const srv_job *j, const int32_t *flat, int32_t n_flat) {
-    if (!flat || !sl->hist_ok || strcmp(sl->hist_ns, j->ns)) return 0;
-    if (memcmp(&sl->hist_attn, &j->attn, sizeof j->attn)) return 0; /* other attention, other KV */
+    if (!flat || !slot_hist_usable(sl, j)) return 0;
     return common_prefix(sl->hist, sl->n_hist, flat, n_flat);
 }
 
@@ -534,13 +539,11 @@ static void admit(srv_sched *s, srv_job *j) {
         if (!j->fused && s->p.conv_block > 0 && n_flat > s->p.conv_block) {
             char             err[320];
             kvf_chunk_cache *c = cache_for(s, j->ns, err, sizeof err);
-            if (!sl->hist_ok || strcmp(sl->hist_ns, j->ns) ||
-                memcmp(&sl->hist_attn, &j->attn, sizeof j->attn))
-                kvf_session_truncate(sl->s, 0); /* another tenant's or attention's KV: never kept */
+            if (!slot_hist_usable(sl, j)) kvf_session_truncate(sl->s, 0); /* never kept */
             if (c && kvf_session_prefix_load(sl->s, c, flat, n_flat, s->p.conv_block, &n_loaded) != KVF_OK) {
                 fprintf(stderr, "kvfuse serve: warning: restoring a conversation's KV: %s\n", kvf_errmsg());
                 n_loaded = 0;
-                kvf_session_truncate(sl->s, 0), lcp = 0;
+                kvf_session_truncate(sl->s, 0);
             }
             lcp = n_loaded; /* what the session now holds of this prompt (its own or restored) */
             memcpy(sl->hist, flat, sizeof(int32_t) * (size_t)n_loaded);

@@ -222,9 +222,7 @@ AI void int_col(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, c
                 float *y, int nr, int accumulate, const kvf_panel_kind KIND) {
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = kvf_panel_blk(panel, b, KIND);
-        for (int64_t o = 0; o < kvf_panel_block_bytes(KIND); o += 64)
-            _mm_prefetch((const char *)blk + KVF_PF_BYTES + o, _MM_HINT_T0);
+        kvf_panel_prefetch(kvf_panel_blk(panel, b, KIND), KIND);
         int_block(panel, b, x, c, 1, TWO, 0, KIND, &acc[0]);
         int_block(panel, b, x, c, 1, TWO, 1, KIND, &acc[1]);
     }

@@ -137,9 +137,7 @@ AI void int_tile(const uint8_t *panel, int64_t nb, const kvf_act *x, int64_t c, 
         const uint8_t *blk = kvf_panel_blk(panel, b, KIND), *head = kvf_panel_head(panel, b, KIND);
         __m512         sc[2], mn[2];
         __m512i        w[8];
-        if (NC == 1) /* decode streams the panel: keep the next blocks' lines in flight */
-            for (int64_t o = 0; o < kvf_panel_block_bytes(KIND); o += 64)
-                _mm_prefetch((const char *)blk + KVF_PF_BYTES + o, _MM_HINT_T0);
+        if (NC == 1) kvf_panel_prefetch(blk, KIND); /* decode streams the panel */
         for (int h = 0; h < NSUB; h++) blk_scales(blk, head, KIND, h, &sc[h], &mn[h]);
         blk_codes(blk, KIND, w);
 #pragma GCC unroll 8

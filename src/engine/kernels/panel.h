@@ -128,6 +128,11 @@ static inline const uint8_t *kvf_panel_head(const uint8_t *panel, int64_t b, kvf
     return panel + (b / KVF_PANEL_SB) * (hb + KVF_PANEL_SB * bb);
 }
 
+/* Prefetch the lines of the block KVF_PF_BYTES past blk (of a panel streamed from memory). */
+static inline void kvf_panel_prefetch(const uint8_t *blk, kvf_panel_kind k) {
+    for (int64_t o = 0; o < kvf_panel_block_bytes(k); o += 64) __builtin_prefetch(blk + KVF_PF_BYTES + o, 0, 3);
+}
+
 static inline float kvf_panel_h2f(const uint8_t *p, int i) {
     uint16_t h;
     memcpy(&h, p + 2 * i, 2);
