@@ -458,6 +458,11 @@ KVF_API const int32_t *kvf_session_fused_rows(const kvf_session *s, int32_t *n);
 KVF_API int64_t kvf_fuse_cached_tokens(const kvf_model *model, kvf_chunk_cache *cache,
                                        const kvf_segment *segs, int32_t n_segs,
                                        const kvf_fuse_params *fp);
+/* The content addresses kvf_session_fuse looks the prompt's chunks up under with `fp`: one per
+ * non-empty segment but the last (the prefix, then the documents), in order, at most `max`, into
+ * keys. Returns how many, or -1 on bad arguments. For cache hints (KVFlow in `serve`). */
+KVF_API int32_t kvf_fuse_chunk_keys(const kvf_model *model, const kvf_segment *segs, int32_t n_segs,
+                                    const kvf_fuse_params *fp, uint8_t (*keys)[16], int32_t max);
 /* Precompute and cache the KV of documents segs[1..n_segs-2] (and the prefix) without
  * answering; stats as above (precompute_ms, chunk_hits/misses). */
 KVF_API kvf_status kvf_session_precompute(kvf_session *s, kvf_chunk_cache *cache,
@@ -580,6 +585,7 @@ typedef struct kvf_store_stats {
     kvf_store_tier_stats tier[KVF_TIER_COUNT];
     int64_t              queued;        /* writes waiting in the queue */
     int64_t              write_dropped; /* writes dropped because the queue was full */
+    int64_t              warmed;        /* chunks brought into memory ahead of use (warm hints) */
     uint64_t             map_size;      /* LMDB map size in use (0 without a disk tier) */
     uint64_t             file_bytes;    /* size of the LMDB data file */
     uint64_t             disk_budget;

@@ -155,6 +155,24 @@ static void test_ratio_one_equals_full(void) {
             if (kvf_method_has_ratio(ms[i])) CHECK_EQ(st.recomputed_tokens, p.T - p.segs[0].n);
             CHECK_EQ(st.total_tokens, p.T);
         }
+    /* the keys kvf_fuse_chunk_keys names are the ones fusion stored: the prefix and every
+     * document, in order, each found in the cache; another dtype names other keys */
+    for (int dt = 0; dt < 2; dt++) {
+        kvf_fuse_params fp = params(KVF_METHOD_A3, 0.15f, dt ? KVF_CHUNK_F32 : KVF_CHUNK_F16);
+        uint8_t         keys[8][16];
+        CHECK_EQ(kvf_fuse_chunk_keys(g_model, p.segs, p.n_segs, &fp, keys, 8), p.n_segs - 1);
+        CHECK_EQ(kvf_fuse_chunk_keys(g_model, p.segs, p.n_segs, &fp, keys, 2), 2);
+        CHECK_EQ(kvf_fuse_chunk_keys(g_model, p.segs, p.n_segs, &fp, NULL, 1), -1);
+        int n = kvf_fuse_chunk_keys(g_model, p.segs, p.n_segs, &fp, keys, 8);
+        CHECK_EQ(kvf_fuse_cached_tokens(g_model, cache, p.segs, p.n_segs, &fp), p.T - p.segs[p.n_segs - 1].n);
+        for (int k = 0; k < n; k++) {
+            kvf_chunk_key key;
+            memcpy(key.b, keys[k], 16);
+            kvf_chunk *ch = cache->ops->get(cache, &key);
+            CHECK_MSG(ch && ch->n_tokens == p.segs[k].n, "dtype %d: key %d names segment %d's chunk", dt, k, k);
+            kvf_chunk_release(ch);
+        }
+    }
     free(ref);
     kvf_chunk_cache_free(cache);
     kvf_session_free(s);

@@ -12,6 +12,7 @@
 #include "../tools/server/server_api.c"
 #include "../tools/server/server_audit.c"
 #include "../tools/server/server_docs.c"
+#include "../tools/server/server_flow.c"
 #include "../tools/server/server_metrics.c"
 #include "../tools/server/server_sched.c"
 
@@ -253,6 +254,15 @@ static void test_malformed(void) {
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", 400, "tools", "not supported"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": true}", 400, "logprobs", "not supported"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"response_format\": {\"type\": \"json_object\"}}", 400, "response_format.type", "json_object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"step\": 1}}", 400, "kvfuse.step", "needs kvfuse.workflow"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\"}}", 400, "kvfuse.step", "needs kvfuse.step"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"\", \"step\": 1}}", 400, "kvfuse.workflow", "1..63 bytes"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\", \"step\": -1}}", 400, "kvfuse.step", "integer >= 0"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\", \"step\": 1.5}}", 400, "kvfuse.step", "integer >= 0"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\", \"step\": 1, \"next\": \"B\"}}", 400, "kvfuse.next", "array"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\", \"step\": 1, \"next\": [true]}}", 400, "kvfuse.next[]", "string or an integer"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"workflow\": \"w\", \"step\": 1, \"next\": [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}}", 400, "kvfuse.next", "at most 16"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"next\": [1]}}", 400, "kvfuse.next", "needs kvfuse.workflow"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": \"d\"}", 400, "documents", "array"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [5]}", 400, "documents[0]", "string"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"documents\": [\"\"]}", 400, "documents[0]", "empty"},
@@ -1244,6 +1254,135 @@ static char *conv_turn(srv_sched *s, srv_api *a, const char *auth, const char *b
     return t;
 }
 
+/* KVFlow's registry: the step graph learned from hints, distances along it, hints that make a
+ * memory cache keep the chunks of the steps about to run (where LRU would drop them), unreachable
+ * steps losing their hints, namespaces apart, the least recently hinted workflow forgotten. */
+static kvf_chunk *flow_chunk(int i) {
+    int32_t ids[8];
+    for (int t = 0; t < 8; t++) ids[t] = 3 + (i * 8 + t) % (g_info.n_vocab - 4);
+    int        kvd = g_model->hp.n_head_kv * g_model->hp.head_dim;
+    kvf_chunk *c   = kvf_chunk_alloc(KVF_CHUNK_F16, 8, g_model->hp.n_layer, kvd, ids, 0);
+    c->key         = kvf_chunk_key_make(g_model->cache_id, KVF_CHUNK_F16, NULL, i, ids, 8);
+    return c;
+}
+
+static srv_flow_hint flow_hint(const char *wf, const char *step, const char *next) {
+    srv_flow_hint h;
+    memset(&h, 0, sizeof h);
+    snprintf(h.wf, sizeof h.wf, "%s", wf);
+    snprintf(h.step, sizeof h.step, "%s", step);
+    if (next) snprintf(h.next[h.n_next++], SRV_FLOW_NAME, "%s", next);
+    return h;
+}
+
+static int cached(kvf_chunk_cache *c, const kvf_chunk *ch) {
+    kvf_chunk *g = c->ops->get(c, &ch->key);
+    kvf_chunk_release(g);
+    return g != NULL;
+}
+
+static void test_flow_registry(void) {
+    kvf_chunk *ch[6];
+    for (int i = 0; i < 6; i++) ch[i] = flow_chunk(i);
+    srv_flow *f = srv_flow_new();
+    CHECK(f != NULL);
+    if (!f) return;
+    /* a cycle A -> B -> C -> A; each step has two chunks */
+    kvf_chunk_key k[3][2] = {{ch[0]->key, ch[1]->key}, {ch[2]->key, ch[3]->key}, {ch[4]->key, ch[5]->key}};
+    for (int pass = 0; pass < 2; pass++) { /* pass 0: LRU only (no hints); pass 1: hints */
+        kvf_chunk_cache *c;
+        CHECK_EQ(kvf_chunk_cache_new_memory(ch[0]->bytes * 9 / 2, &c), KVF_OK); /* four chunks */
+        const char *names[3] = {"A", "B", "C"};
+        for (int st = 0; st < 3; st++) { /* step st runs: hinted, then its chunks are used */
+            srv_flow_hint h = flow_hint("wf", names[st], names[(st + 1) % 3]);
+            if (pass) CHECK_EQ(srv_flow_step(f, "default", &h, k[st], 2, c), 0);
+            for (int i = 0; i < 2; i++) c->ops->put(c, &k[st][i], ch[2 * st + i]);
+        }
+        /* after C: A is next (1 step), B is 2 steps away. LRU keeps B and C and lost A; the
+         * hints keep A (next) and C (running) and drop B */
+        CHECK_MSG(cached(c, ch[0]) == pass && cached(c, ch[1]) == pass, "pass %d: step A's chunks", pass);
+        CHECK_MSG(cached(c, ch[2]) == !pass && cached(c, ch[3]) == !pass, "pass %d: step B's chunks", pass);
+        CHECK(cached(c, ch[4]) && cached(c, ch[5]));
+        kvf_chunk_cache_free(c);
+    }
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "C", "A"), 1);
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "C", "B"), 2);
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "A", "A"), 0);
+    CHECK_EQ(srv_flow_distance(f, "t:other", "wf", "C", "A"), -1); /* another tenant's */
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "C", "Z"), -1);
+    /* a step that ends the workflow: every other step becomes unreachable and loses its hints,
+     * so A's chunks go before the hinted D's */
+    kvf_chunk_cache *c;
+    CHECK_EQ(kvf_chunk_cache_new_memory(ch[0]->bytes * 5 / 2, &c), KVF_OK); /* two chunks */
+    srv_flow_hint ha = flow_hint("wf", "A", "B");
+    srv_flow_step(f, "default", &ha, k[0], 2, c);
+    c->ops->put(c, &k[0][0], ch[0]);
+    srv_flow_hint hd = flow_hint("wf", "D", NULL);
+    srv_flow_step(f, "default", &hd, &k[1][0], 1, c); /* D uses ch[2] */
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "D", "A"), -1);
+    c->ops->put(c, &k[1][0], ch[2]);
+    c->ops->put(c, &k[2][0], ch[4]); /* no hint, but A's was cleared: LRU between A and it */
+    CHECK(cached(c, ch[2]) && !cached(c, ch[0]));
+    kvf_chunk_cache_free(c);
+    /* bounded: the least recently hinted workflow is forgotten first */
+    for (int i = 0; i < SRV_FLOW_MAX; i++) {
+        char          name[32];
+        snprintf(name, sizeof name, "w%d", i);
+        srv_flow_hint h = flow_hint(name, "s", "t");
+        srv_flow_step(f, "default", &h, NULL, 0, NULL);
+    }
+    CHECK_EQ(srv_flow_distance(f, "default", "wf", "A", "B"), -1);
+    CHECK_EQ(srv_flow_distance(f, "default", "w1", "s", "t"), 1);
+    srv_flow_free(f);
+    for (int i = 0; i < 6; i++) kvf_chunk_release(ch[i]);
+}
+
+/* Workflow hints through the API and the scheduler: the step's position is learned, the
+ * response names it, and the answer is the one without hints. */
+static void test_sched_workflow(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = srv_sched_default_params();
+    sp.n_slots          = 1;
+    sp.n_ctx            = 512;
+    sp.n_threads        = 1;
+    char       err[256];
+    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char base[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 4, "
+                               "\"documents\": [\"the key is under the mat by the door\"]%s}";
+    char body[600];
+    snprintf(body, sizeof body, base, ", \"kvfuse\": {\"workflow\": \"plan\", \"step\": 1, \"next\": [2, \"review\"]}");
+    srv_job *j1 = make_job(a, NULL, body);
+    snprintf(body, sizeof body, base, "");
+    srv_job *j0 = make_job(a, NULL, body);
+    char    *t1 = j1 ? run_one(s, j1) : NULL, *t0 = j0 ? run_one(s, j0) : NULL;
+    CHECK(t1 && t0 && !strcmp(t1, t0));
+    CHECK(j1 && !strcmp(j1->flow.wf, "plan") && !strcmp(j1->flow.step, "1") && j1->flow.n_next == 2);
+    CHECK_EQ(srv_flow_distance(s->flow, "default", "plan", "1", "2"), 1);
+    CHECK_EQ(srv_flow_distance(s->flow, "default", "plan", "1", "review"), 1);
+    CHECK_EQ(srv_flow_distance(s->flow, "default", "plan", "2", "1"), -1);
+    if (j1) {
+        srv_response rs = {0};
+        srv_job_response(j1, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK_STR(jstr(o, "kvfuse.workflow.id"), "plan");
+        CHECK_STR(jstr(o, "kvfuse.workflow.step"), "1");
+        CHECK_EQ(jnum(o, "kvfuse.workflow.warmed_chunks"), 0); /* memory cache: nothing to warm from */
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t1), free(t0);
+    if (j1) srv_job_release(j1);
+    if (j0) srv_job_release(j0);
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
 static void test_sched_conversations(void) {
     char         err[256];
     const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
@@ -1350,6 +1489,8 @@ int main(void) {
     RUN(test_sched_cache_order);
     RUN(test_sched_tenants);
     RUN(test_sched_conversations);
+    RUN(test_flow_registry);
+    RUN(test_sched_workflow);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);
     RUN(test_ratio_auto_api);

@@ -14,6 +14,7 @@
 #include "common.h"
 #include "engine/model.h"
 #include "store/store.h"
+#include "store/steps.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -73,6 +74,13 @@ static int chunk_same(const kvf_chunk *a, const kvf_chunk *b) {
         if (memcmp(kvf_chunk_layer_data(a, l), kvf_chunk_layer_data(b, l), kvf_chunk_layer_bytes(a)) != 0) return 0;
     }
     return 1;
+}
+
+/* the cache holds the chunk's key now (a lookup: touches the LRU order like any get) */
+static int has_key(kvf_chunk_cache *s, const kvf_chunk *c) {
+    kvf_chunk *g = s->ops->get(s, &c->key);
+    kvf_chunk_release(g);
+    return g != NULL;
 }
 
 static kvf_store_params disk_params(const char *dir) {
@@ -351,6 +359,100 @@ static void test_memory_lru_and_pin(void) {
     CHECK(!kvf_chunk_cache_is_store(mem));
     CHECK_EQ(kvf_store_get_stats(mem, &sst), KVF_E_INVAL);
     kvf_chunk_cache_free(mem);
+}
+
+/* KVFlow's step hints (store/steps.h) order the evictions of both memory caches: the entry
+ * needed furthest away goes first, an entry without a hint before any hinted one, the least
+ * recently used among equals; a hint given before the key is cached applies when it arrives;
+ * the store never evicts a pinned entry, whatever its hint. */
+static void test_kvflow_eviction(void) {
+    kvf_chunk *c[9];
+    for (int i = 0; i < 9; i++) c[i] = make_chunk(KVF_CHUNK_F16, 16, 900 + (uint64_t)i, 0);
+    for (int kind = 0; kind < 2; kind++) {
+        kvf_chunk_cache *s = NULL;
+        size_t           budget = c[0]->bytes * 7 / 2; /* room for three */
+        if (kind == 0) {
+            CHECK_EQ(kvf_chunk_cache_new_memory(budget, &s), KVF_OK);
+        } else {
+            kvf_store_params p = kvf_store_default_params();
+            p.mem_budget       = budget;
+            s                  = open_store(&p);
+        }
+        CHECK(s->ops->hint != NULL);
+#define HAS(i) has_key(s, c[i])
+        for (int i = 0; i < 3; i++) s->ops->put(s, &c[i]->key, c[i]);
+        s->ops->hint(s, &c[0]->key, 1, 0); /* c0 is the LRU one, but needed now */
+        s->ops->hint(s, &c[1]->key, 1, 2);
+        s->ops->hint(s, &c[2]->key, 1, 1);
+        s->ops->put(s, &c[3]->key, c[3]); /* evicts c1: two steps away */
+        CHECK_MSG(HAS(0) && !HAS(1) && HAS(2) && HAS(3), "cache kind %d: the furthest step first", kind);
+        s->ops->hint(s, &c[3]->key, 1, 0);
+        s->ops->hint(s, &c[4]->key, 1, 5); /* before c4 is cached */
+        s->ops->put(s, &c[4]->key, c[4]);  /* c0 0, c2 1, c3 0: c2 goes */
+        CHECK_MSG(HAS(0) && !HAS(2) && HAS(3) && HAS(4), "cache kind %d: step 1 before step 0", kind);
+        s->ops->put(s, &c[5]->key, c[5]); /* c4 (5 steps, hinted before it came) goes */
+        CHECK_MSG(HAS(0) && HAS(3) && !HAS(4) && HAS(5), "cache kind %d: a hint given before the put", kind);
+        s->ops->put(s, &c[6]->key, c[6]); /* c5 has no hint: before any hinted one */
+        CHECK_MSG(HAS(0) && HAS(3) && !HAS(5) && HAS(6), "cache kind %d: no hint goes first", kind);
+        /* hints cleared: plain LRU again (c0 touched last, c3 is the oldest) */
+        s->ops->hint(s, &c[0]->key, 1, KVF_STEPS_NONE);
+        s->ops->hint(s, &c[3]->key, 1, KVF_STEPS_NONE);
+        kvf_chunk_release(s->ops->get(s, &c[0]->key));
+        kvf_chunk_release(s->ops->get(s, &c[6]->key));
+        s->ops->put(s, &c[7]->key, c[7]);
+        CHECK_MSG(HAS(0) && !HAS(3) && HAS(6) && HAS(7), "cache kind %d: LRU among equals", kind);
+        if (kind == 1) { /* the store: a pinned entry stays whatever its hint */
+            s->ops->hint(s, &c[0]->key, 1, 9);
+            s->ops->hint(s, &c[6]->key, 1, 3);
+            s->ops->hint(s, &c[7]->key, 1, 0);
+            CHECK_EQ(kvf_store_pin(s, c[0]->key.b, true), KVF_OK);
+            s->ops->put(s, &c[8]->key, c[8]);
+            CHECK(HAS(0) && !HAS(6) && HAS(7) && HAS(8));
+        }
+#undef HAS
+        kvf_chunk_cache_free(s);
+    }
+    for (int i = 0; i < 9; i++) kvf_chunk_release(c[i]);
+}
+
+/* The store's warm(): keys missing from memory are read up from the disk tier in the
+ * background; the next lookup hits memory. Keys already in memory or stored nowhere cost
+ * nothing. */
+static void test_kvflow_warm(void) {
+    const char      *dir = new_dir();
+    kvf_store_params p   = disk_params(dir);
+    kvf_chunk       *c[3];
+    for (int i = 0; i < 3; i++) c[i] = make_chunk(KVF_CHUNK_F16, 16, 950 + (uint64_t)i, 0);
+    p.mem_budget       = c[0]->bytes * 5 / 2; /* room for two */
+    kvf_chunk_cache *s = open_store(&p);
+    CHECK(s->ops->warm != NULL);
+    for (int i = 0; i < 3; i++) s->ops->put(s, &c[i]->key, c[i]);
+    CHECK_EQ(kvf_store_flush(s), KVF_OK);
+    /* c0 was evicted from memory (LRU) and is on disk */
+    kvf_store_stats st0 = stats_of(s);
+    kvf_chunk_key   missing = c[0]->key;
+    missing.b[3] ^= 0x40;
+    kvf_chunk_key keys[3] = {c[0]->key, c[2]->key, missing};
+    s->ops->warm(s, keys, 3);
+    CHECK_EQ(kvf_store_flush(s), KVF_OK); /* waits for the warm reads too */
+    kvf_store_stats st1 = stats_of(s);
+    CHECK_EQ(st1.warmed, 1);
+    CHECK_EQ(st1.tier[KVF_TIER_DISK].hits - st0.tier[KVF_TIER_DISK].hits, 1);
+    kvf_chunk *g = s->ops->get(s, &c[0]->key);
+    CHECK(chunk_same(g, c[0]));
+    kvf_chunk_release(g);
+    kvf_store_stats st2 = stats_of(s);
+    CHECK_EQ(st2.tier[KVF_TIER_MEMORY].hits - st1.tier[KVF_TIER_MEMORY].hits, 1);
+    CHECK_EQ(st2.tier[KVF_TIER_DISK].hits, st1.tier[KVF_TIER_DISK].hits);
+    kvf_chunk_cache_free(s);
+    /* a memory-only store has nothing to warm from */
+    kvf_store_params pm = kvf_store_default_params();
+    pm.mem_budget       = 1u << 20;
+    s                   = open_store(&pm);
+    s->ops->warm(s, keys, 3);
+    CHECK_EQ(stats_of(s).warmed, 0);
+    kvf_chunk_cache_free(s);
+    for (int i = 0; i < 3; i++) kvf_chunk_release(c[i]);
 }
 
 /* ---- disk tier ---------------------------------------------------------------------------- */
@@ -944,6 +1046,8 @@ int main(void) {
     RUN(test_entry_hostile_fields);
     RUN(test_q8_dtype);
     RUN(test_memory_lru_and_pin);
+    RUN(test_kvflow_eviction);
+    RUN(test_kvflow_warm);
     RUN(test_disk_roundtrip_and_persistence);
     RUN(test_disk_budget_lru);
     RUN(test_map_full);

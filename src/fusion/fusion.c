@@ -219,6 +219,20 @@ int64_t kvf_fuse_cached_tokens(const kvf_model *m, kvf_chunk_cache *cache, const
     return n;
 }
 
+int32_t kvf_fuse_chunk_keys(const kvf_model *m, const kvf_segment *segs, int32_t n_segs,
+                            const kvf_fuse_params *fp, uint8_t (*keys)[16], int32_t max) {
+    if (!m || !segs || !fp || n_segs < 1 || max < 0 || (max > 0 && !keys)) return -1;
+    int32_t n = 0;
+    for (int32_t i = 0; i + 1 < n_segs && n < max; i++) {
+        if (segs[i].n <= 0 || !segs[i].ids) continue;
+        const int32_t *ctx;
+        int32_t        n_ctx;
+        kvf_chunk_key  key = chunk_key_of(m, fp, i, segs[0].ids, segs[0].n, segs[i].ids, segs[i].n, &ctx, &n_ctx);
+        memcpy(keys[n++], key.b, 16);
+    }
+    return n;
+}
+
 /* Chunk of segment i: from the cache (deferred: verified later by the loader, unless eager),
  * else computed and stored. */
 static kvf_status get_chunk(fuse_ctx *c, int i, int eager) {

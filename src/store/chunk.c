@@ -3,6 +3,7 @@
 #include "store/chunk.h"
 #include "common.h"
 #include "engine/quant.h"
+#include "store/steps.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -266,6 +267,7 @@ typedef struct mem_cache {
     mem_entry      **buckets;
     size_t           n_buckets, n_entries;
     mem_entry       *head, *tail;
+    kvf_steps        steps; /* KVFlow hints; eviction order (steps.h) */
 } mem_cache;
 
 static size_t bucket_of(const mem_cache *m, const kvf_chunk_key *k) {
@@ -305,6 +307,20 @@ static void remove_entry(mem_cache *m, mem_entry *e) {
     kvf_free(e);
 }
 
+/* the entry to evict (never `keep`): the one needed furthest in the future by the step hints,
+ * the least recently used among equals; without hints, the LRU tail */
+static mem_entry *mem_victim(mem_cache *m, const mem_entry *keep) {
+    mem_entry *v = NULL;
+    uint32_t   vs = 0;
+    for (mem_entry *e = m->tail; e; e = e->prev) {
+        if (e == keep) continue;
+        uint32_t st = kvf_steps_get(&m->steps, e->key.b);
+        if (!v || st > vs) v = e, vs = st;
+        if (vs == KVF_STEPS_NONE) break; /* nothing goes before "never" */
+    }
+    return v;
+}
+
 static kvf_chunk *mem_get(kvf_chunk_cache *c, const kvf_chunk_key *key) {
     mem_cache *m = (mem_cache *)c;
     pthread_mutex_lock(&m->mu);
@@ -340,20 +356,28 @@ static kvf_status mem_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chun
     lru_push_front(m, e);
     m->bytes += chunk->bytes;
     m->n_entries++;
-    while (m->budget && m->bytes > m->budget && m->tail != e) remove_entry(m, m->tail);
+    for (mem_entry *v; m->budget && m->bytes > m->budget && (v = mem_victim(m, e));) remove_entry(m, v);
     pthread_mutex_unlock(&m->mu);
     return KVF_OK;
+}
+
+static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+    mem_cache *m = (mem_cache *)c;
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < n; i++) kvf_steps_set(&m->steps, keys[i].b, steps);
+    pthread_mutex_unlock(&m->mu);
 }
 
 static void mem_free(kvf_chunk_cache *c) {
     mem_cache *m = (mem_cache *)c;
     while (m->head) remove_entry(m, m->head);
     kvf_free(m->buckets);
+    kvf_steps_free(&m->steps);
     pthread_mutex_destroy(&m->mu);
     kvf_free(m);
 }
 
-static const kvf_chunk_cache_ops mem_ops = {.get = mem_get, .put = mem_put, .free = mem_free};
+static const kvf_chunk_cache_ops mem_ops = {.get = mem_get, .put = mem_put, .free = mem_free, .hint = mem_hint};
 
 kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out) {
     *out         = NULL;
@@ -361,7 +385,8 @@ kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out
     if (!m) return kvf_set_error(KVF_E_NOMEM, "out of memory");
     m->n_buckets = 1024;
     m->buckets   = kvf_calloc(m->n_buckets, sizeof(mem_entry *));
-    if (!m->buckets) {
+    if (!m->buckets || kvf_steps_init(&m->steps, 0) != KVF_OK) {
+        kvf_free(m->buckets);
         kvf_free(m);
         return kvf_set_error(KVF_E_NOMEM, "out of memory");
     }

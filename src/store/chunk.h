@@ -117,6 +117,15 @@ typedef struct kvf_chunk_cache_ops {
      * tier may start reading them (the store's disk tier issues read-ahead for all of their
      * entries at once, so the disk is kept busy while the first ones are checked). */
     void (*prefetch)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n);
+    /* Optional (NULL: plain LRU). KVFlow's steps-to-execution hint (store/steps.h): these keys
+     * are needed again in `steps` agent steps (0: by the step running now; KVF_STEPS_NONE: no
+     * longer known). The memory tier evicts the entries needed furthest away first (no hint
+     * counts as never), the least recently used among equals. Also for keys not cached yet. */
+    void (*hint)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps);
+    /* Optional (NULL: nothing to do). Bring these keys into the memory tier from the lower tiers
+     * in the background (the store's writer thread reads them from disk or Redis); returns at
+     * once. KVFlow's prefetch of the next steps' KV while the current step runs. */
+    void (*warm)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n);
 } kvf_chunk_cache_ops;
 
 struct kvf_chunk_cache {

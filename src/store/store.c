@@ -16,6 +16,7 @@
  * pipelined Redis round trip, and persists the hit/miss counters with them.
  */
 #include "store/store.h"
+#include "store/steps.h"
 #include "common.h"
 #include "engine/model.h"
 
@@ -38,7 +39,7 @@ typedef struct mentry {
     struct mentry *hnext;
 } mentry;
 
-typedef enum { W_PUT = 0, W_TOUCH, W_DROP_DISK, W_DROP_REDIS } wkind;
+typedef enum { W_PUT = 0, W_TOUCH, W_DROP_DISK, W_DROP_REDIS, W_WARM } wkind;
 
 typedef struct witem {
     struct witem *next;
@@ -71,6 +72,7 @@ typedef struct kvf_store {
     int64_t         m_entries;
     uint64_t        m_bytes;
     mentry         *head, *tail;
+    kvf_steps       steps; /* KVFlow hints: the memory tier's eviction order (steps.h) */
     /* lower tiers */
     kvf_lmdb  *disk;
     kvf_redis *redis_r, *redis_w; /* request side, writer side (separate connections) */
@@ -93,6 +95,7 @@ typedef struct kvf_store {
     /* statistics */
     tstats       ts[KVF_TIER_COUNT];
     atomic_llong dropped;
+    atomic_llong warmed; /* chunks brought into memory by warm() */
     atomic_llong pending[KVF_CTR_COUNT]; /* counter deltas not yet persisted */
     int64_t      redis_entries, redis_bytes;
     bool         redis_counted;
@@ -166,6 +169,20 @@ static void m_remove(kvf_store *s, mentry *e) {
     kvf_free(e);
 }
 
+/* the unpinned entry to evict (never `keep`), NULL if none: the most steps away, then the least
+ * recently used */
+static mentry *m_victim(kvf_store *s, const mentry *keep) {
+    mentry  *v  = NULL;
+    uint32_t vs = 0;
+    for (mentry *e = s->tail; e; e = e->prev) {
+        if (e == keep || e->pinned) continue;
+        uint32_t st = kvf_steps_get(&s->steps, e->key.b);
+        if (!v || st > vs) v = e, vs = st;
+        if (vs == KVF_STEPS_NONE) break;
+    }
+    return v;
+}
+
 /* keep an owned chunk in the memory tier (a reference is taken) */
 static void m_insert(kvf_store *s, const kvf_chunk_key *key, kvf_chunk *c) {
     if (!s->mem_budget || c->backing || c->bytes > s->mem_budget) return;
@@ -189,14 +206,12 @@ static void m_insert(kvf_store *s, const kvf_chunk_key *key, kvf_chunk *c) {
     m_front(s, e);
     s->m_bytes += c->bytes;
     s->m_entries++;
-    /* evict unpinned entries from the LRU end; if that is not enough, drop the new one */
-    for (mentry *v = s->tail; v && s->m_bytes > s->mem_budget;) {
-        mentry *prev = v->prev;
-        if (v != e && !v->pinned) {
-            m_remove(s, v);
-            count(&s->ts[KVF_TIER_MEMORY].evictions, 1);
-        }
-        v = prev;
+    /* evict unpinned entries, the one needed furthest away by the step hints first, the least
+     * recently used among equals (plain LRU without hints); if that is not enough, drop the new
+     * one */
+    for (mentry *v; s->m_bytes > s->mem_budget && (v = m_victim(s, e));) {
+        m_remove(s, v);
+        count(&s->ts[KVF_TIER_MEMORY].evictions, 1);
     }
     if (s->m_bytes > s->mem_budget && !e->pinned) m_remove(s, e);
     pthread_mutex_unlock(&s->mmu);
@@ -297,6 +312,8 @@ static bool puts_done(const kvf_lmdb_op *ops, int n) {
         if (ops[i].kind == KVF_LMDB_PUT && ops[i].done) return true;
     return false;
 }
+
+static kvf_chunk *lookup_lower(kvf_store *s, const kvf_chunk_key *key, bool deferred);
 
 static void process_batch(kvf_store *s, witem *const *items, int n) {
     uint8_t      **bufs  = kvf_calloc((size_t)n, sizeof *bufs);
@@ -413,6 +430,18 @@ static void process_batch(kvf_store *s, witem *const *items, int n) {
     }
     for (int i = 0; i < n; i++) kvf_free(bufs[i]);
     kvf_free(bufs), kvf_free(lens), kvf_free(ops), kvf_free(opi);
+    /* warm reads last, after this batch's writes: a key found in a lower tier enters the
+     * memory tier (lookup does that); one already there or nowhere costs a probe */
+    for (int i = 0; i < n; i++)
+        if (items[i]->kind == W_WARM) {
+            pthread_mutex_lock(&s->mmu);
+            bool have = m_find(s, &items[i]->key) != NULL;
+            pthread_mutex_unlock(&s->mmu);
+            if (have) continue;
+            kvf_chunk *c = lookup_lower(s, &items[i]->key, false);
+            if (c) count(&s->warmed, 1);
+            kvf_chunk_release(c);
+        }
 }
 
 static void persist_counters(kvf_store *s) {
@@ -517,6 +546,12 @@ static kvf_chunk *lookup(kvf_store *s, const kvf_chunk_key *key, bool deferred) 
         count(&s->ts[KVF_TIER_MEMORY].misses, 1);
         count(&s->pending[KVF_CTR_MISSES_MEM], 1);
     }
+    return lookup_lower(s, key, deferred);
+}
+
+/* the tiers below memory (a hit is copied into the memory tier, if there is one) */
+static kvf_chunk *lookup_lower(kvf_store *s, const kvf_chunk_key *key, bool deferred) {
+    kvf_chunk *c;
     if (s->disk && (c = queued_chunk(s, key))) { /* written soon: a disk hit */
         count(&s->ts[KVF_TIER_DISK].hits, 1);
         count(&s->pending[KVF_CTR_HITS_DISK], 1);
@@ -618,6 +653,31 @@ static void store_prefetch(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n)
     if (s->disk && s->have_model) kvf_lmdb_prefetch(s->disk, keys, n);
 }
 
+static void store_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+    kvf_store *s = (kvf_store *)c;
+    if (!s->mem_budget) return;
+    pthread_mutex_lock(&s->mmu);
+    for (int i = 0; i < n; i++) kvf_steps_set(&s->steps, keys[i].b, steps);
+    pthread_mutex_unlock(&s->mmu);
+}
+
+/* warm: queue reads for the writer thread (W_WARM), which brings the keys missing from the
+ * memory tier up from disk or Redis; dropped rather than waiting when the queue is full */
+static void store_warm(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
+    kvf_store *s = (kvf_store *)c;
+    if (!s->have_model || !s->mem_budget || !s->thr_started || !(s->disk || s->redis_r)) return;
+    for (int i = 0; i < n; i++) {
+        pthread_mutex_lock(&s->mmu);
+        bool have = m_find(s, &keys[i]) != NULL;
+        pthread_mutex_unlock(&s->mmu);
+        if (have) continue;
+        witem *it = kvf_calloc(1, sizeof *it);
+        if (!it) return;
+        it->kind = W_WARM, it->key = keys[i], it->time = wall_ns();
+        enqueue(s, it, true);
+    }
+}
+
 static kvf_status store_put(kvf_chunk_cache *cc, const kvf_chunk_key *key, kvf_chunk *chunk) {
     kvf_store *s = (kvf_store *)cc;
     if (!s->have_model) return kvf_set_error(KVF_E_INVAL, "this store was opened without a model (maintenance only): it cannot store chunks");
@@ -663,6 +723,7 @@ static void store_free(kvf_chunk_cache *c) {
         while (s->head) m_remove(s, s->head);
         kvf_free(s->buckets);
     }
+    kvf_steps_free(&s->steps);
     pthread_mutex_destroy(&s->mmu);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);
@@ -678,7 +739,9 @@ static const kvf_chunk_cache_ops store_ops = {.get          = store_get,
                                               .put          = store_put,
                                               .free         = store_free,
                                               .get_deferred = store_get_deferred,
-                                              .prefetch     = store_prefetch};
+                                              .prefetch     = store_prefetch,
+                                              .hint         = store_hint,
+                                              .warm         = store_warm};
 
 kvf_status kvf_store_open(const kvf_model *model, const kvf_store_params *params, kvf_chunk_cache **out) {
     if (!out) return kvf_set_error(KVF_E_INVAL, "kvf_store_open: out is NULL");
@@ -717,6 +780,7 @@ kvf_status kvf_store_open(const kvf_model *model, const kvf_store_params *params
     s->n_buckets      = 1024;
     kvf_status st     = KVF_OK;
     if (!(s->buckets = kvf_calloc(s->n_buckets, sizeof(mentry *)))) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
+    if (st == KVF_OK && p.mem_budget) st = kvf_steps_init(&s->steps, 0);
     if (st == KVF_OK && dir) {
         kvf_lmdb_params lp = {.dir = p.dir, .map_size = p.map_size, .budget = p.disk_budget, .no_meta_sync = p.no_meta_sync};
         st                 = kvf_lmdb_open(&lp, &s->disk);
@@ -814,6 +878,7 @@ kvf_status kvf_store_get_stats(kvf_chunk_cache *c, kvf_store_stats *out) {
     out->queued = s->q_items;
     pthread_mutex_unlock(&s->qmu);
     out->write_dropped = atomic_load(&s->dropped);
+    out->warmed        = atomic_load(&s->warmed);
     if (s->disk) {
         kvf_lmdb_info in;
         kvf_status    st = kvf_lmdb_info_get(s->disk, &in);

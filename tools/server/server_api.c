@@ -519,6 +519,12 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     double tps = j->decode_ms > 0 && j->n_gen > 1 ? (j->n_gen - 1) / j->decode_ms * 1e3 : 0;
     cJSON_AddNumberToObject(k, "decode_tok_s", round(tps * 100) / 100);
     cJSON_AddNumberToObject(k, "batch_max", j->batch_max);
+    if (j->flow.wf[0]) {
+        cJSON *w = cJSON_AddObjectToObject(k, "workflow");
+        cJSON_AddStringToObject(w, "id", j->flow.wf);
+        cJSON_AddStringToObject(w, "step", j->flow.step);
+        cJSON_AddNumberToObject(w, "warmed_chunks", j->flow_warmed);
+    }
     return k;
 }
 
@@ -1328,6 +1334,46 @@ static int parse_decode_attn(srv_api *a, const cJSON *ax, srv_job *j, verr *e) {
     return 0;
 }
 
+/* a workflow id or step name: a string of 1..63 bytes, or an integer >= 0 (kept as its digits) */
+static int flow_name(const cJSON *x, const char *path, char out[SRV_FLOW_NAME], verr *e) {
+    if (cJSON_IsNumber(x)) {
+        double d = x->valuedouble;
+        if (!isfinite(d) || d != floor(d) || d < 0 || d > 9007199254740991.0)
+            return fail(e, 400, path, "%s must be a string or an integer >= 0", path);
+        snprintf(out, SRV_FLOW_NAME, "%.0f", d);
+        return 0;
+    }
+    if (!cJSON_IsString(x)) return fail(e, 400, path, "%s must be a string or an integer >= 0, not %s", path, jtype(x));
+    size_t n = strlen(x->valuestring);
+    if (n == 0 || n >= SRV_FLOW_NAME) return fail(e, 400, path, "%s must be 1..%d bytes long (got %zu)", path, SRV_FLOW_NAME - 1, n);
+    memcpy(out, x->valuestring, n + 1);
+    return 0;
+}
+
+/* kvfuse.workflow, .step, .next (KVFlow): step is required with a workflow, next is optional */
+static int parse_flow(const cJSON *kx, srv_job *j, verr *e) {
+    const cJSON *wx = cJSON_GetObjectItemCaseSensitive(kx, "workflow");
+    const cJSON *sx = cJSON_GetObjectItemCaseSensitive(kx, "step");
+    const cJSON *nx = cJSON_GetObjectItemCaseSensitive(kx, "next");
+    bool         w = wx && !cJSON_IsNull(wx), st = sx && !cJSON_IsNull(sx), nt = nx && !cJSON_IsNull(nx);
+    if (!w) {
+        if (st || nt) return fail(e, 400, st ? "kvfuse.step" : "kvfuse.next", "kvfuse.%s needs kvfuse.workflow", st ? "step" : "next");
+        return 0;
+    }
+    if (!st) return fail(e, 400, "kvfuse.step", "kvfuse.workflow needs kvfuse.step (this request's step in it)");
+    if (flow_name(wx, "kvfuse.workflow", j->flow.wf, e) < 0 || flow_name(sx, "kvfuse.step", j->flow.step, e) < 0) return -1;
+    if (nt) {
+        if (!cJSON_IsArray(nx)) return fail(e, 400, "kvfuse.next", "kvfuse.next must be an array of steps, not %s", jtype(nx));
+        int n = cJSON_GetArraySize(nx);
+        if (n > SRV_FLOW_NEXT) return fail(e, 400, "kvfuse.next", "kvfuse.next names %d steps (at most %d)", n, SRV_FLOW_NEXT);
+        int i = 0;
+        for (const cJSON *c = nx->child; c; c = c->next, i++)
+            if (flow_name(c, "kvfuse.next[]", j->flow.next[i], e) < 0) return -1;
+        j->flow.n_next = n;
+    }
+    return 0;
+}
+
 static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     j->fp           = a->cfg.fp;
     j->attn         = a->cfg.attn;
@@ -1336,13 +1382,13 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (!kx || cJSON_IsNull(kx)) return 0;
     if (!cJSON_IsObject(kx)) return fail(e, 400, "kvfuse", "kvfuse must be an object {\"method\", \"ratio\", \"evict\", \"budget\"}, not %s", jtype(kx));
     for (const cJSON *c = kx->child; c; c = c->next) {
-        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn", "decode_attn"};
+        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn", "decode_attn", "workflow", "step", "next"};
         bool                     ok      = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
         if (!ok) {
             char ex[64];
             excerpt(c->string ? c->string : "", ex, sizeof ex);
-            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn, decode_attn)", ex);
+            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn, decode_attn, workflow, step, next)", ex);
         }
     }
     const char *s = NULL;
@@ -1399,7 +1445,7 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (ax && !cJSON_IsNull(ax) && parse_attn(a, ax, j, e) < 0) return -1;
     const cJSON *dx = cJSON_GetObjectItemCaseSensitive(kx, "decode_attn");
     if (dx && !cJSON_IsNull(dx) && parse_decode_attn(a, dx, j, e) < 0) return -1;
-    return 0;
+    return parse_flow(kx, j, e);
 }
 
 static int parse_sampling(srv_api *a, const cJSON *root, srv_job *j, verr *e) {

@@ -11,6 +11,7 @@
 #define KVF_SERVER_API_H
 
 #include "kvfuse.h"
+#include "server/server_flow.h"
 #include "server/server_metrics.h"
 #include "server/server_types.h"
 
@@ -87,6 +88,7 @@ typedef struct srv_job {
     kvf_attn_params attn;       /* prefill attention (kvfuse.attn, else the server's --attn) */
     kvf_decode_attn_params dattn; /* decode attention (kvfuse.decode_attn, else --decode-attn) */
     kvf_sampler_params sp;      /* temp 0 = greedy */
+    srv_flow_hint flow;         /* kvfuse.workflow / step / next (KVFlow); flow.wf[0] == 0: none */
     int32_t      max_tokens;
     char         stop[SRV_MAX_STOP][SRV_STOP_MAX + 1];
     int          n_stop;
@@ -113,6 +115,7 @@ typedef struct srv_job {
     const char     *finish;     /* "stop", "length" once done */
     kvf_fuse_stats  fst;        /* fused requests (and method full), else zero */
     int32_t         cached_tokens; /* prompt tokens whose KV was reused */
+    int32_t         flow_warmed;   /* KVFlow: chunks of the next steps asked up from disk/Redis */
     double          queue_ms, prefill_ms, ttft_ms, decode_ms;
     int32_t         batch_max;  /* largest decode batch this job was part of */
 } srv_job;

@@ -89,6 +89,7 @@ struct srv_sched {
     int             n_caches, cap_caches;
     mux_cache       mux;
     srv_audit      *audit; /* NULL: off */
+    srv_flow       *flow;  /* KVFlow's workflow registry (server_flow.h) */
 };
 
 srv_sched_params srv_sched_default_params(void) {
@@ -151,6 +152,18 @@ static void mux_prefetch(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
     if (x->shared && x->shared->ops->prefetch) x->shared->ops->prefetch(x->shared, keys, n);
 }
 
+static void mux_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+    mux_cache *x = (mux_cache *)c;
+    if (x->own->ops->hint) x->own->ops->hint(x->own, keys, n, steps);
+    if (x->shared && x->shared->ops->hint) x->shared->ops->hint(x->shared, keys, n, steps);
+}
+
+static void mux_warm(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
+    mux_cache *x = (mux_cache *)c;
+    if (x->own->ops->warm) x->own->ops->warm(x->own, keys, n);
+    if (x->shared && x->shared->ops->warm) x->shared->ops->warm(x->shared, keys, n);
+}
+
 static void mux_free(kvf_chunk_cache *c) {
     (void)c; /* the caches belong to the scheduler */
 }
@@ -159,7 +172,9 @@ static const kvf_chunk_cache_ops mux_ops = {.get          = mux_get,
                                            .put          = mux_put,
                                            .free         = mux_free,
                                            .get_deferred = mux_get_deferred,
-                                           .prefetch     = mux_prefetch};
+                                           .prefetch     = mux_prefetch,
+                                           .hint         = mux_hint,
+                                           .warm         = mux_warm};
 
 static kvf_chunk_cache *open_cache(srv_sched *s, const char *ns, bool *is_store, char *err, size_t el) {
     kvf_chunk_cache *c = NULL;
@@ -572,6 +587,17 @@ static void admit(srv_sched *s, srv_job *j) {
 
 /* ---- prefill and decode ---------------------------------------------------------------- */
 
+/* KVFlow: this step of a workflow starts; the caches learn how far each of the workflow's chunks
+ * is from use, and the next steps' chunks are read up from the lower tiers meanwhile */
+static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
+    kvf_chunk_key keys[256];
+    int32_t       n = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, (uint8_t(*)[16])keys, 256);
+    int           w = n >= 0 && s->flow ? srv_flow_step(s->flow, j->ns, &j->flow, keys, n, c) : 0;
+    pthread_mutex_lock(&j->mu);
+    j->flow_warmed = w > 0 ? w : 0;
+    pthread_mutex_unlock(&j->mu);
+}
+
 static void prefill_unit(srv_sched *s, slot *sl) {
     srv_job *j  = sl->job;
     double   t0 = srv_now_ms();
@@ -582,6 +608,7 @@ static void prefill_unit(srv_sched *s, slot *sl) {
             slot_fail(s, sl, 500, "server_error", "%s", err);
             return;
         }
+        if (j->flow.wf[0]) flow_step(s, j, c);
         kvf_fuse_stats st;
         memset(&st, 0, sizeof st);
         kvf_status rc = kvf_session_fuse(sl->s, c, j->segs, j->n_segs, &j->fp, &st);
@@ -886,6 +913,10 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
         ap.kv_type          = p->kv_type;
         if (!(s->audit = srv_audit_new(m, &ap, err, errlen))) goto fail;
     }
+    if (!(s->flow = srv_flow_new())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     /* open the first cache now, so a bad --store fails at startup */
     char e2[320] = "";
     if (!cache_for(s, p->multi_tenant ? SRV_NS_SHARED : "default", e2, sizeof e2)) {
@@ -923,6 +954,7 @@ void srv_sched_free(srv_sched *s) {
     for (int i = 0; i < s->n_caches; i++) kvf_chunk_cache_free(s->caches[i].c);
     free(s->caches);
     srv_audit_free(s->audit);
+    srv_flow_free(s->flow);
     free(s->slots);
     free(s->q);
     free(s->q_order);
