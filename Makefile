@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-attn bench-fused-attn bench-conv bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
+        bench bench-peer bench-attn bench-fused-attn bench-conv bench-flow bench-sched bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -151,6 +151,12 @@ bench-fused-attn: all ## a3's TTFT at 16k tokens with SALE for the recomputed ro
 bench-conv: cli $(QWEN05) ## multi-turn conversations outliving their slot: TTFT per turn with --conv-block 0 vs 256, Qwen2.5-Coder-0.5B (bench/conv.sh)
 	bench/conv.sh qwen2.5-coder-0.5b
 
+bench-flow: cli $(QWEN05) ## KVFlow: an agent workflow's chunk hit rate and TTFT with workflow hints vs LRU, memory cache at half the working set, Qwen2.5-Coder-0.5B (bench/flow.sh)
+	bench/flow.sh qwen2.5-coder-0.5b
+
+bench-sched: cli $(MODEL) ## cache-aware queue order vs FIFO: 8 clients, half the requests with cached documents, mean and p99 TTFT (bench/sched.sh)
+	bench/sched.sh
+
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh
 
@@ -205,11 +211,18 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
+
+eval-fidelity-more: cli $(QWEN05) ## 30 more MuSiQue questions (30-59): full, prefix, reuse, cacheblend, focus x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30b; table of both halves (60 questions)
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,prefix,reuse,cacheblend,focus \
+	    --ratios $(FID_RATIOS) --offset 30 --limit 30 -n 16 --out $(RESULTS)/qwen05-musique30b $(EVAL_ARGS)
+	python3 scripts/fidelity_table.py --methods full,prefix,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
+	    $(RESULTS)/qwen05-musique30b/results.jsonl
 
 eval-fidelity-oracle: cli $(QWEN05) ## the oracle diagnostic (selection by true KV error, docs/selection.md), first 15 questions, r = 0.15 / 0.3 -> results/qwen05-musique15-oracle; table beside the other methods on the same questions
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
