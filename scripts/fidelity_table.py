@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""fidelity_table.py [--ratios R,R...] RESULTS.jsonl [MORE.jsonl ...] - the README's fidelity table
-from `kvfuse eval` results files (several: their records are merged by example, method and ratio;
---ratios keeps only those ratios of the selective methods).
+"""fidelity_table.py [--ratios R,R...] [--methods M,M...] RESULTS.jsonl [MORE.jsonl ...] - the
+README's fidelity table from `kvfuse eval` results files (several: their records are merged by
+example, method and ratio; --ratios keeps only those ratios of the selective methods, --methods
+only those methods).
 
 Only the examples on which every (method, ratio) of the file has a run are counted, so every
 cell averages the same examples (an interrupted evaluation leaves its last example partial).
@@ -16,9 +17,12 @@ from collections import defaultdict
 
 def main():
     args = sys.argv[1:]
-    keep = None
-    if args[:1] == ["--ratios"] and len(args) > 1:
-        keep = {float(r) for r in args[1].split(",")}
+    keep = methods = None
+    while args[:1] in (["--ratios"], ["--methods"]) and len(args) > 1:
+        if args[0] == "--ratios":
+            keep = {float(r) for r in args[1].split(",")}
+        else:
+            methods = set(args[1].split(","))
         args = args[2:]
     if not args:
         sys.exit(__doc__.strip())
@@ -29,7 +33,8 @@ def main():
                 line = line.strip()
                 if line:
                     r = json.loads(line)
-                    if keep is None or r["ratio"] is None or float(r["ratio"]) in keep:
+                    if (keep is None or r["ratio"] is None or float(r["ratio"]) in keep) and \
+                            (methods is None or r["method"] in methods):
                         recs.append(r)
     if not recs:
         sys.exit(f"{' '.join(args)}: no records")

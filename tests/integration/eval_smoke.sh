@@ -29,9 +29,11 @@ rm -f "$out/summary.json" "$out/report.html"
 "$KVFUSE" eval -m "$KVFUSE_MODEL" --dataset musique --data "$SHARED/data/musique-cacheblend/musique_s.json" \
     --limit 1 --show --out "$tmp/show" >"$tmp/show.jsonl" 2>"$tmp/err6"; rc6=$?
 ev --methods a3 --ratios 0.1,auto --fidelity 0.9 --out "$tmp/auto" 2>"$tmp/err7"; rc7=$?
-for i in 1 2 3 4 5 6 7; do sed "s/^/  [run $i] /" "$tmp/err$i" | grep -v '^  \[run [0-9]\] eval: loading'; done
+"$KVFUSE" eval -m "$KVFUSE_MODEL" --dataset musique --data "$SHARED/data/musique-cacheblend/musique_s.json" \
+    --offset 30 --limit 2 --show --out "$tmp/show2" >"$tmp/show2.jsonl" 2>"$tmp/err8"; rc8=$?
+for i in 1 2 3 4 5 6 7 8; do sed "s/^/  [run $i] /" "$tmp/err$i" | grep -v '^  \[run [0-9]\] eval: loading'; done
 
-"$PYTHON" - "$tmp" "$out" "$rc1" "$rc2" "$rc3" "$rc4" "$rc5" "$rc6" "$rc7" <<'PY'
+"$PYTHON" - "$tmp" "$out" "$rc1" "$rc2" "$rc3" "$rc4" "$rc5" "$rc6" "$rc7" "$rc8" <<'PY'
 import json, math, os, sys
 tmp, out = sys.argv[1], sys.argv[2]
 rc = [int(x) for x in sys.argv[3:]]
@@ -135,6 +137,8 @@ if show:
     check(e["instruction"].startswith("You will be asked a question") and e["docs"][0].endswith("\n\n"), "CacheBlend's prefix and passages")
     check(4000 < e["total_tokens"] < 8192, f"about 6k tokens: {e['total_tokens']}")
 check(not os.path.exists(f"{tmp}/show"), "--show writes nothing")
+show2 = records(f"{tmp}/show2.jsonl")
+check(rc[7] == 0 and [e["id"] for e in show2] == ["musique-0030", "musique-0031"], f"--offset 30 --limit 2: examples 30 and 31 ({[e['id'] for e in show2]})")
 # --ratios auto: a record with ratio "auto", the ratio it picked within the default bounds, the
 # target in the configuration; summary and plots name it
 check(rc[6] == 0, f"--ratios 0.1,auto succeeds (rc {rc[6]})")

@@ -65,6 +65,7 @@ static void help(void) {
         "      --fidelity F      auto: share of the selection score's mass to recompute (0.95)\n"
         "      --ratio-min R     auto: least ratio (0.05); --ratio-max R: largest (0.5)\n"
         "      --limit N         the first N examples only (default: all)\n"
+        "      --offset N        skip the first N examples (with --limit: examples N..N+limit-1)\n"
         "  -n, --n-predict N     answer tokens at most, greedy (default 32)\n"
         "      --epic-k K        epic: tokens recomputed per document (default 16)\n"
         "      --score-layer L   a3/cacheblend selection layer (default 1)\n"
@@ -522,9 +523,9 @@ static void progress_line(const progress *p, const char *line) {
 
 /* ---- --show -------------------------------------------------------------------------- */
 
-static int show_examples(const kvf_model *m, const eval_dataset *ds, int n_ex) {
+static int show_examples(const kvf_model *m, const eval_dataset *ds, int ex0, int n_ex) {
     char err[512] = "";
-    for (int i = 0; i < n_ex; i++) {
+    for (int i = ex0; i < ex0 + n_ex; i++) {
         const eval_example *e = &ds->ex[i];
         rag_req             req;
         if (rag_tokenize(m, NULL, e->instruction, (const char *const *)e->docs, e->n_docs, e->question, &req, err, sizeof err) != 0)
@@ -613,6 +614,7 @@ int cmd_eval(int argc, char **argv) {
         {"data", required_argument, 0, 'd'},       {"out", required_argument, 0, 'o'},
         {"methods", required_argument, 0, 'M'},    {"ratios", required_argument, 0, 'r'},
         {"limit", required_argument, 0, 'l'},      {"n-predict", required_argument, 0, 'n'},
+        {"offset", required_argument, 0, 'O'},
         {"epic-k", required_argument, 0, 'e'},     {"score-layer", required_argument, 0, 'L'},
         {"evict", required_argument, 0, 'E'},      {"budget", required_argument, 0, 'b'},
         {"dtype", required_argument, 0, 'T'},      {"cache-mb", required_argument, 0, 'c'},
@@ -632,7 +634,7 @@ int cmd_eval(int argc, char **argv) {
     kvf_fuse_params fp    = kvf_fuse_default_params();
     kvf_precision   prec  = KVF_PREC_Q16;
     double          ratios[MAX_LIST] = {0.15}, depths[MAX_LIST];
-    int             n_ratios = 1, lengths[MAX_LIST], limit = 0, n_predict = 32, n_threads = 0;
+    int             n_ratios = 1, lengths[MAX_LIST], limit = 0, offset = 0, n_predict = 32, n_threads = 0;
     long            cache_mb = 2048;
     bool            report_only = false, no_progress = false, show = false;
     char           *task_items[8], *task_buf = NULL;
@@ -651,6 +653,7 @@ int cmd_eval(int argc, char **argv) {
         case 'i': fp.ratio_min = (float)cli_float("eval", "--ratio-min", optarg, 0, 1); break;
         case 'x': fp.ratio_max = (float)cli_float("eval", "--ratio-max", optarg, 0, 1); break;
         case 'l': limit = (int)cli_int("eval", "--limit", optarg, 0, 1 << 30); break;
+        case 'O': offset = (int)cli_int("eval", "--offset", optarg, 0, 1 << 30); break;
         case 'n': n_predict = (int)cli_int("eval", "--n-predict", optarg, 1, 1024); break;
         case 'e': fp.epic_k = (int32_t)cli_int("eval", "--epic-k", optarg, 0, 1 << 20); break;
         case 'L': fp.score_layer = (int32_t)cli_int("eval", "--score-layer", optarg, 1, 1024); break;
@@ -784,9 +787,13 @@ int cmd_eval(int argc, char **argv) {
         rc = cli_fail("eval", "%s", err);
         goto out;
     }
-    int n_ex = limit > 0 && limit < ds.n ? limit : ds.n;
+    if (offset >= ds.n) {
+        rc = cli_fail("eval", "--offset %d skips every example (the dataset has %d)", offset, ds.n);
+        goto out;
+    }
+    int ex0 = offset, n_ex = limit > 0 && limit < ds.n - offset ? limit : ds.n - offset;
     if (show) {
-        rc = show_examples(m, &ds, n_ex);
+        rc = show_examples(m, &ds, ex0, n_ex);
         goto out;
     }
 
@@ -883,7 +890,7 @@ int cmd_eval(int argc, char **argv) {
         rc = cli_fail("eval", "out of memory");
         goto out;
     }
-    for (int i = 0; i < n_ex; i++) {
+    for (int i = ex0; i < ex0 + n_ex; i++) {
         int need = 0;
         for (int k = !full_asked; k < n_specs && !need; k++) need = !rec_exists(&done, ds.ex[i].id, &specs[k]);
         if (need) todo[n_todo++] = i;
