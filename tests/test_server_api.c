@@ -913,14 +913,20 @@ static void test_sched_kv_budget(void) {
 
 /* Queue order (after KVShare): with one slot busy, a request whose documents' KV is cached is
  * admitted before an earlier one with nothing cached; past the aging bound, arrival order. */
-static void test_sched_cache_order(void) {
-    srv_docs        *d  = srv_docs_new(0, 0);
-    srv_metrics     *m  = srv_metrics_new();
-    srv_api         *a  = api_new(NULL, d, m, 512);
+/* one slot of 512 tokens on one thread: jobs run one after another */
+static srv_sched_params one_slot_params(void) {
     srv_sched_params sp = srv_sched_default_params();
     sp.n_slots          = 1;
     sp.n_ctx            = 512;
     sp.n_threads        = 1;
+    return sp;
+}
+
+static void test_sched_cache_order(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = one_slot_params();
     sp.aging_ms         = 60000;
     char       err[256];
     srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
@@ -1343,10 +1349,7 @@ static void test_sched_workflow(void) {
     srv_docs        *d  = srv_docs_new(0, 0);
     srv_metrics     *m  = srv_metrics_new();
     srv_api         *a  = api_new(NULL, d, m, 512);
-    srv_sched_params sp = srv_sched_default_params();
-    sp.n_slots          = 1;
-    sp.n_ctx            = 512;
-    sp.n_threads        = 1;
+    srv_sched_params sp = one_slot_params();
     char       err[256];
     srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(s != NULL);
