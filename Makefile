@@ -217,11 +217,11 @@ eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
 
-eval-fidelity-more: cli $(QWEN05) ## 30 more MuSiQue questions (30-59): full, prefix, reuse, cacheblend, focus x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30b; table of both halves (60 questions)
+eval-fidelity-more: cli $(QWEN05) ## 30 more MuSiQue questions (30-59): full, reuse, cacheblend, focus x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30b; table of both halves (60 questions)
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
-	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,prefix,reuse,cacheblend,focus \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,reuse,cacheblend,focus \
 	    --ratios $(FID_RATIOS) --offset 30 --limit 30 -n 16 --out $(RESULTS)/qwen05-musique30b $(EVAL_ARGS)
-	python3 scripts/fidelity_table.py --methods full,prefix,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
+	python3 scripts/fidelity_table.py --methods full,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
 	    $(RESULTS)/qwen05-musique30b/results.jsonl
 
 eval-fidelity-oracle: cli $(QWEN05) ## the oracle diagnostic (selection by true KV error, docs/selection.md), first 15 questions, r = 0.15 / 0.3 -> results/qwen05-musique15-oracle; table beside the other methods on the same questions
