@@ -211,7 +211,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table
+.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table plot-attn
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -273,6 +273,15 @@ eval-fidelity-15b: cli $(QWEN15) ## MuSiQue, first 6 questions, 6 methods at r=0
 
 eval-fidelity-table: ## the README's fidelity table (examples with every run only) from results/qwen05-musique30
 	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-musique30/results.jsonl
+
+plot-attn: ## docs/attention-lengths.svg (issue 12's plot: tok/s and needle score against length) from the committed bench and eval results, no model
+	python3 scripts/plot_attn.py --bench bench/results/sparse-attn-qwen05-2026-12-05.jsonl \
+	    --bench bench/results/sparse-attn-qwen05-32k-2026-12-05.jsonl --bench bench/results/louis-qwen05-2026-12-05.jsonl \
+	    --needle dense=$(RESULTS)/qwen05-needle --needle dense=$(RESULTS)/qwen05-needle-dense-16k \
+	    --needle dense=$(RESULTS)/qwen05-needle-dense-32k --needle sale=$(RESULTS)/qwen05-needle-sale \
+	    --needle sale=$(RESULTS)/qwen05-needle-sale-16k --needle sale=$(RESULTS)/qwen05-needle-sale-32k \
+	    --needle power=$(RESULTS)/qwen05-needle-power --needle louis=$(RESULTS)/qwen05-needle-louis \
+	    --needle louis=$(RESULTS)/qwen05-needle-louis-16k -o docs/attention-lengths.svg
 
 eval-fidelity-report: cli ## rebuild summary.md / report.md / plots of every results/ folder from its results.jsonl
 	for d in $(RESULTS)/*/; do $(CLI) eval --report-only --out $$d || exit 1; done
