@@ -201,16 +201,25 @@ static kvf_chunk_key seg_key(const fuse_ctx *c, int i, const int32_t **ctx, int3
                         c->seg_start[i + 1] - c->seg_start[i], ctx, n_ctx);
 }
 
+/* The key of segment i of a caller's prompt (the last segment, the question, has none); false
+ * for an empty segment, which has no chunk */
+static bool prompt_seg_key(const kvf_model *m, const kvf_fuse_params *fp, const kvf_segment *segs,
+                           int32_t i, kvf_chunk_key *key) {
+    if (segs[i].n <= 0 || !segs[i].ids) return false;
+    const int32_t *ctx;
+    int32_t        n_ctx;
+    *key = chunk_key_of(m, fp, i, segs[0].ids, segs[0].n, segs[i].ids, segs[i].n, &ctx, &n_ctx);
+    return true;
+}
+
 int64_t kvf_fuse_cached_tokens(const kvf_model *m, kvf_chunk_cache *cache, const kvf_segment *segs,
                                int32_t n_segs, const kvf_fuse_params *fp) {
     if (!m || !cache || !segs || !fp || n_segs < 1) return -1;
     int64_t n = 0;
     for (int32_t i = 0; i + 1 < n_segs; i++) {
-        if (segs[i].n <= 0 || !segs[i].ids) continue;
-        const int32_t *ctx;
-        int32_t        n_ctx;
-        kvf_chunk_key  key = chunk_key_of(m, fp, i, segs[0].ids, segs[0].n, segs[i].ids, segs[i].n, &ctx, &n_ctx);
-        kvf_chunk     *ch  = cache->ops->get_deferred ? cache->ops->get_deferred(cache, &key)
+        kvf_chunk_key key;
+        if (!prompt_seg_key(m, fp, segs, i, &key)) continue;
+        kvf_chunk *ch = cache->ops->get_deferred ? cache->ops->get_deferred(cache, &key)
                                                        : cache->ops->get(cache, &key);
         if (!ch) continue;
         if (ch->n_tokens == segs[i].n) n += segs[i].n;
@@ -224,11 +233,8 @@ int32_t kvf_fuse_chunk_keys(const kvf_model *m, const kvf_segment *segs, int32_t
     if (!m || !segs || !fp || n_segs < 1 || max < 0 || (max > 0 && !keys)) return -1;
     int32_t n = 0;
     for (int32_t i = 0; i + 1 < n_segs && n < max; i++) {
-        if (segs[i].n <= 0 || !segs[i].ids) continue;
-        const int32_t *ctx;
-        int32_t        n_ctx;
-        kvf_chunk_key  key = chunk_key_of(m, fp, i, segs[0].ids, segs[0].n, segs[i].ids, segs[i].n, &ctx, &n_ctx);
-        memcpy(keys[n++], key.b, 16);
+        kvf_chunk_key key;
+        if (prompt_seg_key(m, fp, segs, i, &key)) memcpy(keys[n++], key.b, 16);
     }
     return n;
 }

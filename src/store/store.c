@@ -230,6 +230,14 @@ static kvf_chunk *m_get(kvf_store *s, const kvf_chunk_key *key) {
     return r;
 }
 
+/* whether the memory tier holds the key now (its LRU order untouched) */
+static bool m_has(kvf_store *s, const kvf_chunk_key *key) {
+    pthread_mutex_lock(&s->mmu);
+    bool have = m_find(s, key) != NULL;
+    pthread_mutex_unlock(&s->mmu);
+    return have;
+}
+
 static bool m_del(kvf_store *s, const kvf_chunk_key *key) {
     pthread_mutex_lock(&s->mmu);
     mentry *e = m_find(s, key);
@@ -434,10 +442,7 @@ static void process_batch(kvf_store *s, witem *const *items, int n) {
      * memory tier (lookup does that); one already there or nowhere costs a probe */
     for (int i = 0; i < n; i++)
         if (items[i]->kind == W_WARM) {
-            pthread_mutex_lock(&s->mmu);
-            bool have = m_find(s, &items[i]->key) != NULL;
-            pthread_mutex_unlock(&s->mmu);
-            if (have) continue;
+            if (m_has(s, &items[i]->key)) continue;
             kvf_chunk *c = lookup_lower(s, &items[i]->key, false);
             if (c) count(&s->warmed, 1);
             kvf_chunk_release(c);
@@ -667,10 +672,7 @@ static void store_warm(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
     kvf_store *s = (kvf_store *)c;
     if (!s->have_model || !s->mem_budget || !s->thr_started || !(s->disk || s->redis_r)) return;
     for (int i = 0; i < n; i++) {
-        pthread_mutex_lock(&s->mmu);
-        bool have = m_find(s, &keys[i]) != NULL;
-        pthread_mutex_unlock(&s->mmu);
-        if (have) continue;
+        if (m_has(s, &keys[i])) continue;
         witem *it = kvf_calloc(1, sizeof *it);
         if (!it) return;
         it->kind = W_WARM, it->key = keys[i], it->time = wall_ns();

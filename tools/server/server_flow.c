@@ -120,7 +120,7 @@ int srv_flow_step(srv_flow *f, const char *ns, const srv_flow_hint *h, const kvf
     s->n_next = 0; /* the latest hint says what follows */
     for (int e = 0; e < h->n_next && e < SRV_FLOW_NEXT; e++) {
         int t = step_get(w, h->next[e]);
-        if (t >= 0) w->steps[cur].next[w->steps[cur].n_next++] = t;
+        if (t >= 0) s->next[s->n_next++] = t;
     }
     if (!cache || !cache->ops->hint) return 0;
     int dist[SRV_FLOW_STEPS], max_d = 0;
