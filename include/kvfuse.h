@@ -496,6 +496,64 @@ KVF_API kvf_status kvf_session_prefix_load(kvf_session *s, kvf_chunk_cache *cach
                                            const int32_t *ids, int32_t n, int32_t block,
                                            int32_t *n_loaded);
 
+/* ---- bounded conversations (EpiCache): a long history under a fixed KV budget ---------- */
+
+/* kvf_session_prefill_budget prefills a history block by block and, whenever the next block and
+ * the probe would not fit, evicts cells down to what does fit: every layer and KV head keeps its
+ * `sink` first cells, its `window` most recent ones and the cells a probe text attends to most
+ * (the maximum over the probe's rows and the KV head's query heads of the softmax over the
+ * cached keys, pooled over `pool` neighbours). The probe runs after the cache and leaves no
+ * cells. The session never holds more than `budget` cells while doing so. */
+typedef struct kvf_conv_budget_params {
+    int32_t budget; /* most cells held while prefilling the history (tokens per KV head) */
+    int32_t block;  /* history tokens prefilled between evictions (256) */
+    int32_t sink;   /* first cells never evicted, e.g. the system prompt (0) */
+    int32_t window; /* most recent cells never evicted (32) */
+    int32_t pool;   /* score pooling width (5; 1 = none) */
+} kvf_conv_budget_params;
+KVF_API kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget);
+
+typedef struct kvf_conv_budget_stats {
+    int32_t blocks;     /* blocks prefilled */
+    int32_t evictions;  /* probe + eviction rounds */
+    int32_t peak_cells; /* most cells held at once (history, block and probe) */
+    int32_t cells;      /* cells held at the end (per KV head) */
+    double  prefill_ms, probe_ms;
+} kvf_conv_budget_stats;
+
+/* Prefill ids[0..n) into the empty session s under p->budget cells, scoring with
+ * probe[0..n_probe) (the episode's text; NULL: the last `window` history tokens seen, i.e.
+ * SnapKV's observation window). Afterwards s holds at most budget - n_probe cells of the
+ * history (positions 0..n-1, some evicted; the last block whole); continue with
+ * kvf_session_eval (the question) and decode. A session so filled can only be appended to or
+ * truncated to 0. Errors: KVF_E_INVAL (session not empty, sparse prefill attention, a budget
+ * too small for sink + window + block + probe + 16), KVF_E_CTX_FULL, KVF_E_NOMEM. */
+KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
+                                              const int32_t *probe, int32_t n_probe,
+                                              const kvf_conv_budget_params *p,
+                                              kvf_conv_budget_stats *stats);
+
+/* Episodes of a conversation (EpiCache's clustering, without a second model): the history
+ * ids[0..n) is cut into utterances at utt[0..n_utt) (ascending token offsets; utterance i is
+ * [utt[i], utt[i+1]) and the last runs to n), windows of `win` consecutive utterances (stride
+ * win/2) are embedded as the idf-weighted mean of the model's input embeddings (idf over the
+ * windows), centred and L2-normalised, and clustered by k-means (deterministic farthest-point
+ * start) into at most n_episodes episodes. Embedding uses s's scratch, not its cells. */
+typedef struct kvf_episodes kvf_episodes;
+KVF_API kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n,
+                                      const int32_t *utt, int32_t n_utt, int32_t win,
+                                      int32_t n_episodes, kvf_episodes **out);
+KVF_API void       kvf_episodes_free(kvf_episodes *e);
+KVF_API int32_t    kvf_episodes_count(const kvf_episodes *e);
+/* The episode whose centroid is nearest the question q[0..nq) embedded the same way (cosine
+ * into *sim if not NULL); -1 on bad arguments. */
+KVF_API int32_t kvf_episodes_route(kvf_session *s, const kvf_episodes *e, const int32_t *q,
+                                   int32_t nq, float *sim);
+/* The episode's probe text: its windows nearest the centroid first, cut at `max` tokens,
+ * then put back in time order; returns the token count (<= max) or -1. */
+KVF_API int32_t kvf_episodes_probe(const kvf_episodes *e, int32_t episode, int32_t *out,
+                                   int32_t max);
+
 /* ---- chunk store: persistent, tiered chunk KV cache ---------------------------------- */
 
 /* A kvf_chunk_cache backed by up to three tiers, each optional, stacked read-through and

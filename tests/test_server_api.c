@@ -1386,6 +1386,73 @@ static void test_sched_workflow(void) {
     srv_docs_free(d);
 }
 
+/* EpiCache in the scheduler: a chat longer than --conv-budget has its history prefilled under
+ * the budget (kvfuse.conversation says how), a short one is untouched, bad budgets are refused */
+static void test_sched_conv_budget(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 2048);
+    srv_sched_params sp = one_slot_params();
+    sp.n_ctx            = 2048;
+    char       err[256];
+    sp.conv_budget = 300; /* below the least budget */
+    CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
+    CHECK(strstr(err, "--conv-budget") != NULL);
+    sp.conv_budget = 512;
+    srv_sched *s   = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char *topics[3] = {"the river runs past the old mill and the stone bridge",
+                                    "seven red apples lie in a basket on the kitchen table",
+                                    "a brass clock ticks slowly above the quiet library door"};
+    char body[4096];
+    int  n = snprintf(body, sizeof body, "{\"max_tokens\": 4, \"messages\": [{\"role\": \"system\", \"content\": \"remember\"}");
+    for (int t = 0; t < 3; t++)
+        for (int r = 0; r < 4; r++)
+            n += snprintf(body + n, sizeof body - (size_t)n,
+                          ", {\"role\": \"user\", \"content\": \"note %d.%d: %s\"}, {\"role\": \"assistant\", \"content\": \"ok\"}",
+                          t, r, topics[t]);
+    snprintf(body + n, sizeof body - (size_t)n, ", {\"role\": \"user\", \"content\": \"what ticks above the door?\"}]}");
+    srv_job *j = make_job(a, NULL, body);
+    char    *t = j ? run_one(s, j) : NULL;
+    CHECK(t != NULL);
+    if (j && t) {
+        CHECK(j->n_prompt > 512); /* the history is longer than the budget */
+        CHECK_EQ(j->n_utt, 26);   /* system, 24 notes and replies, the question */
+        CHECK(j->conv_bounded);
+        CHECK(j->n_gen > 0);
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") > 256);
+        CHECK(jnum(o, "kvfuse.conversation.kept_tokens") <= 512 - 64);
+        CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
+        CHECK(jnum(o, "kvfuse.conversation.episodes") >= 1 && jnum(o, "kvfuse.conversation.episodes") <= 4);
+        CHECK(jnum(o, "kvfuse.conversation.episode") >= 0);
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    if (j) srv_job_release(j);
+    /* a short chat goes the ordinary way */
+    j = make_job(a, NULL, "{\"max_tokens\": 3, \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}");
+    t = j ? run_one(s, j) : NULL;
+    CHECK(t != NULL && j && !j->conv_bounded);
+    if (j) {
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        CHECK(strstr(rs.body, "\"conversation\"") == NULL);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    if (j) srv_job_release(j);
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
 static void test_sched_conversations(void) {
     char         err[256];
     const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
@@ -1494,6 +1561,7 @@ int main(void) {
     RUN(test_sched_conversations);
     RUN(test_flow_registry);
     RUN(test_sched_workflow);
+    RUN(test_sched_conv_budget);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);
     RUN(test_ratio_auto_api);

@@ -170,4 +170,9 @@ static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, c
         memcpy((float *)base + i, src, sizeof(float) * (size_t)n);
 }
 
+/* Eviction: move the keys and values of cells keep[0..n) (sorted ascending) of layer l, KV head
+ * h to cells 0..n-1, in order. Heads may keep different cells; the caller sets n_cells and
+ * `evicted` once every head is compacted (session.c). */
+void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n);
+
 #endif /* KVF_KV_CELLS_H */

@@ -267,6 +267,20 @@ void kvf_session_trim(kvf_session *s) {
     kvf_attn_sparse_written(s, -1, 0); /* the codes were in the scratch just returned */
 }
 
+void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n) {
+    int    hd = s->m->hp.head_dim;
+    size_t es = kvf_kv_esize(s);
+    char  *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
+    kvf_attn_sparse_written(s, l, 0);
+    for (int32_t i = 0; i < n; i++) {
+        int32_t j = keep[i];
+        if (j == i) continue;
+        for (int d = 0; d < hd; d++)
+            memcpy(kt + kvf_kt_idx(d, i, hd) * (int64_t)es, kt + kvf_kt_idx(d, j, hd) * (int64_t)es, es);
+        memmove(v + (int64_t)i * hd * es, v + (int64_t)j * hd * es, es * (size_t)hd);
+    }
+}
+
 int64_t kvf_session_kv_resident(const kvf_session *s) {
     return s && s->kv_map ? (int64_t)kvf_vmem_resident(s->kv_map, s->kv_map_bytes) : 0;
 }

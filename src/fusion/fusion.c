@@ -589,21 +589,6 @@ static int32_t select_topk(const fuse_ctx *c, const float *score, int32_t k, int
 
 /* ---- eviction -------------------------------------------------------------------------- */
 
-/* Keep `keep` (sorted cell indices) of layer l, head h at the front of the cache. */
-static void compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n) {
-    int    hd = s->m->hp.head_dim;
-    size_t es = kvf_kv_esize(s);
-    char  *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
-    kvf_attn_sparse_written(s, l, 0);
-    for (int32_t i = 0; i < n; i++) {
-        int32_t j = keep[i];
-        if (j == i) continue;
-        for (int d = 0; d < hd; d++)
-            memcpy(kt + kvf_kt_idx(d, i, hd) * (int64_t)es, kt + kvf_kt_idx(d, j, hd) * (int64_t)es, es);
-        memmove(v + (int64_t)i * hd * es, v + (int64_t)j * hd * es, es * (size_t)hd);
-    }
-}
-
 static kvf_status evict(fuse_ctx *c) {
     kvf_session       *s = c->s;
     const kvf_hparams *hp = &c->m->hp;
@@ -620,7 +605,7 @@ static kvf_status evict(fuse_ctx *c) {
         for (int32_t j = 0; j < P; j++) keep[n++] = j;
         for (int32_t j = T - (B - P); j < T; j++) keep[n++] = j;
         for (int l = 0; l < hp->n_layer; l++)
-            for (int h = 0; h < hp->n_head_kv; h++) compact_head(s, l, h, keep, n);
+            for (int h = 0; h < hp->n_head_kv; h++) kvf_cells_compact_head(s, l, h, keep, n);
     } else { /* SnapKV */
         int     w = c->win, g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
         int64_t qd    = (int64_t)hp->n_head * hd;
@@ -660,7 +645,7 @@ static kvf_status evict(fuse_ctx *c) {
                 n = nkeep;
                 qsort(keep, (size_t)n, sizeof(int32_t), by_pos);
                 for (int32_t j = nc; j < T; j++) keep[n++] = j;
-                compact_head(s, l, kh, keep, n);
+                kvf_cells_compact_head(s, l, kh, keep, n);
             }
     }
     s->n_cells = B;

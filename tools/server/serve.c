@@ -56,6 +56,11 @@ static void help(void) {
         "                          turn of the conversation restores it in whichever slot serves\n"
         "                          it, or after a restart with a disk tier (default 256; 0 = off:\n"
         "                          only the slot that served a conversation keeps its prefix)\n"
+        "      --conv-budget N     EpiCache: a chat prompt longer than N tokens has its history\n"
+        "                          (all messages but the last) prefilled block by block under N\n"
+        "                          KV cells, keeping what the question's episode of the\n"
+        "                          conversation attends to (0 = off, default; 512..--ctx)\n"
+        "      --conv-episodes E   episodes a history is clustered into (default 4)\n"
         "      --prefill-chunk N   tokens per prefill unit of a plain prompt (default 512)\n"
         "      --prefill-per-step K  prefill units between two decode bursts (default 1)\n"
         "      --decode-ratio R    after prefill units of P ms, decode running requests for up\n"
@@ -251,7 +256,8 @@ int cmd_serve(int argc, char **argv) {
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
-        {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009},
+        {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
+        {"conv-episodes", required_argument, 0, 2011},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     cli_attn         ca    = {0};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
@@ -276,6 +282,8 @@ int cmd_serve(int argc, char **argv) {
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
         case 2008: sp.aging_ms = cli_float("serve", "--queue-aging", optarg, 0, 1e9); break;
         case 2009: sp.conv_block = (int32_t)cli_int("serve", "--conv-block", optarg, 0, KVF_PREFIX_BLOCK_MAX); break;
+        case 2010: sp.conv_budget = (int32_t)cli_int("serve", "--conv-budget", optarg, 0, 1 << 24); break;
+        case 2011: sp.conv_episodes = (int32_t)cli_int("serve", "--conv-episodes", optarg, 1, 64); break;
         case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;

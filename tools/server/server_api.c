@@ -300,6 +300,7 @@ void srv_job_release(srv_job *j) {
         for (int32_t i = 0; i < j->n_segs; i++) free(j->seg_ids[i]);
     free(j->seg_ids);
     free(j->segs);
+    free(j->utt);
     for (int32_t i = 0; i < j->n_docs; i++) srv_doc_release(j->docs[i]);
     free(j->docs);
     free(j->text);
@@ -519,6 +520,14 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     double tps = j->decode_ms > 0 && j->n_gen > 1 ? (j->n_gen - 1) / j->decode_ms * 1e3 : 0;
     cJSON_AddNumberToObject(k, "decode_tok_s", round(tps * 100) / 100);
     cJSON_AddNumberToObject(k, "batch_max", j->batch_max);
+    if (j->conv_bounded) {
+        cJSON *c = cJSON_AddObjectToObject(k, "conversation");
+        cJSON_AddNumberToObject(c, "episode", j->conv_episode);
+        cJSON_AddNumberToObject(c, "episodes", j->conv_episodes);
+        cJSON_AddNumberToObject(c, "kept_tokens", j->conv_kept);
+        cJSON_AddNumberToObject(c, "peak_tokens", j->conv_peak);
+        cJSON_AddNumberToObject(c, "evictions", j->conv_evictions);
+    }
     if (j->flow.wf[0]) {
         cJSON *w = cJSON_AddObjectToObject(k, "workflow");
         cJSON_AddStringToObject(w, "id", j->flow.wf);
@@ -1167,10 +1176,15 @@ static int build_chat_prompt(srv_api *a, srv_job *j, pmsg *msgs, int n, req_doc 
     bool   first = true;
     int    last  = n - 1; /* the question when there are documents */
     tokbuf *cur  = &pre;
+    if (n_docs == 0 && !(j->utt = malloc(sizeof(int32_t) * (size_t)n))) {
+        fail(e, 500, NULL, "out of memory");
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         char *at = strstr(buf + pos, mk[i]);
         if (!at) continue; /* the template leaves this message out */
         size_t tl = (size_t)(at - (buf + pos));
+        if (j->utt && (j->n_utt == 0 || pre.n > j->utt[j->n_utt - 1])) j->utt[j->n_utt++] = pre.n;
         if (tok_append(m, cur, buf + pos, tl, KVF_TOK_PARSE_SPECIAL | (first ? KVF_TOK_ADD_BOS : 0)) != 0)
             goto tokfail;
         first = false;

@@ -89,6 +89,8 @@ typedef struct srv_job {
     kvf_decode_attn_params dattn; /* decode attention (kvfuse.decode_attn, else --decode-attn) */
     kvf_sampler_params sp;      /* temp 0 = greedy */
     srv_flow_hint flow;         /* kvfuse.workflow / step / next (KVFlow); flow.wf[0] == 0: none */
+    int32_t     *utt;           /* plain chat prompts: token offset where each message starts */
+    int32_t      n_utt;         /* (its template opening included); the last is the question */
     int32_t      max_tokens;
     char         stop[SRV_MAX_STOP][SRV_STOP_MAX + 1];
     int          n_stop;
@@ -116,6 +118,8 @@ typedef struct srv_job {
     kvf_fuse_stats  fst;        /* fused requests (and method full), else zero */
     int32_t         cached_tokens; /* prompt tokens whose KV was reused */
     int32_t         flow_warmed;   /* KVFlow: chunks of the next steps asked up from disk/Redis */
+    bool            conv_bounded;  /* the history was prefilled under --conv-budget: */
+    int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions;
     double          queue_ms, prefill_ms, ttft_ms, decode_ms;
     int32_t         batch_max;  /* largest decode batch this job was part of */
 } srv_job;

@@ -39,6 +39,7 @@ typedef struct slot {
     int32_t     *flat; /* plain prefill: the prompt's tokens */
     int32_t      n_flat, pf_done;
     bool         plain; /* plain prefill (no fusion call) */
+    bool         bounded; /* plain chat prefilled under --conv-budget (EpiCache) */
     int32_t      next;  /* sampled token to feed at the next decode step */
     /* tokens in the session, for prefix reuse by the next plain request of the same tenant */
     int32_t     *hist;
@@ -104,6 +105,8 @@ srv_sched_params srv_sched_default_params(void) {
     p.aging_ms      = 2000;
     p.cache_bytes   = (size_t)2048 << 20;
     p.conv_block    = 256;
+    p.conv_budget   = 0;
+    p.conv_episodes = 4;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */
     return p;
@@ -515,6 +518,13 @@ static int by_admission(const void *a, const void *b, void *arg) {
     return *(const int *)a - *(const int *)b; /* queue position = arrival order */
 }
 
+/* EpiCache: a plain chat prompt longer than --conv-budget, whose history (every message but
+ * the last) is prefilled under the budget; only with dense prefill attention. */
+static bool bounded_job(const srv_sched *s, const srv_job *j, int32_t n_flat) {
+    return s->p.conv_budget > 0 && !j->fused && j->chat && j->n_utt >= 2 && n_flat > s->p.conv_budget &&
+           j->utt[j->n_utt - 1] > 0 && j->attn.mode == KVF_ATTN_DENSE;
+}
+
 /* Give job j a free slot (there is one). */
 static void admit(srv_sched *s, srv_job *j) {
     double now  = srv_now_ms();
@@ -547,7 +557,13 @@ static void admit(srv_sched *s, srv_job *j) {
         slot_fail(s, sl, 400, "invalid_request_error", "kvfuse.attn: %s", kvf_errmsg());
         return;
     }
-    if (plain) {
+    sl->bounded = plain && bounded_job(s, j, n_flat);
+    if (sl->bounded) { /* the history is prefilled afresh under the budget: nothing is reused */
+        kvf_session_truncate(sl->s, 0);
+        sl->pf_done = sl->n_hist = sl->n_saved = 0;
+        sl->hist_ok      = false;
+        j->cached_tokens = 0;
+    } else if (plain) {
         /* reuse the slot's previous tokens (same tenant, plain prompts only), or the longer
          * prefix of this conversation another slot or process kept in the tenant's cache */
         int32_t lcp = j->fused ? 0 : slot_prefix(sl, j, flat, n_flat), n_loaded = 0;
@@ -598,9 +614,53 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
     pthread_mutex_unlock(&j->mu);
 }
 
+#define CONV_PROBE 64 /* probe tokens of an episode */
+
+/* The history of a bounded conversation (every message but the last) in one unit: its episodes
+ * clustered, the question routed to one, the history prefilled under the budget with that
+ * episode's probe; the question follows in the ordinary units. */
+static void bounded_prefill(srv_sched *s, slot *sl) {
+    srv_job      *j  = sl->job;
+    double        t0 = srv_now_ms();
+    int32_t       q0 = j->utt[j->n_utt - 1], probe[CONV_PROBE], np = 0, e_id = -1;
+    kvf_episodes *ep = NULL;
+    if (kvf_episodes_build(sl->s, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
+        e_id = kvf_episodes_route(sl->s, ep, sl->flat + q0, sl->n_flat - q0, NULL);
+        np   = e_id >= 0 ? kvf_episodes_probe(ep, e_id, probe, CONV_PROBE) : 0;
+    }
+    kvf_conv_budget_params bp = kvf_conv_budget_default_params(s->p.conv_budget);
+    int32_t room = s->p.conv_budget - (bp.block + bp.window + CONV_PROBE + 16);
+    bp.sink      = j->utt[1] < room ? j->utt[1] : room; /* the first message (system prompt) */
+    if (bp.sink > s->p.conv_budget / 4) bp.sink = s->p.conv_budget / 4;
+    kvf_conv_budget_stats st;
+    kvf_status rc = kvf_session_prefill_budget(sl->s, sl->flat, q0, np > 0 ? probe : NULL, np > 0 ? np : 0, &bp, &st);
+    int32_t n_ep = kvf_episodes_count(ep);
+    kvf_episodes_free(ep);
+    double dt = srv_now_ms() - t0;
+    if (rc != KVF_OK) {
+        slot_fail(s, sl, 500, "server_error", "prefill under --conv-budget failed: %s", kvf_errmsg());
+        return;
+    }
+    srv_metrics_prefill(s->met, q0, dt);
+    sl->pf_done = q0;
+    pthread_mutex_lock(&j->mu);
+    j->prefill_ms += dt;
+    j->conv_bounded   = true;
+    j->conv_episode   = e_id;
+    j->conv_episodes  = n_ep;
+    j->conv_kept      = st.cells;
+    j->conv_peak      = st.peak_cells;
+    j->conv_evictions = st.evictions;
+    pthread_mutex_unlock(&j->mu);
+}
+
 static void prefill_unit(srv_sched *s, slot *sl) {
     srv_job *j  = sl->job;
     double   t0 = srv_now_ms();
+    if (sl->bounded && sl->pf_done == 0) {
+        bounded_prefill(s, sl);
+        return;
+    }
     if (!sl->plain) {
         char             err[320] = "";
         kvf_chunk_cache *c        = job_cache(s, j, err, sizeof err);
@@ -864,8 +924,12 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
         return NULL;
     }
     if (p->n_ctx < 16 || p->max_queue < 0 || p->prefill_chunk < 1 || p->prefill_units < 1 ||
-        !(p->decode_ratio >= 0)) {
+        !(p->decode_ratio >= 0) || p->conv_episodes < 1 || p->conv_episodes > 64) {
         snprintf(err, errlen, "bad scheduler parameters");
+        return NULL;
+    }
+    if (p->conv_budget != 0 && (p->conv_budget < 512 || p->conv_budget > p->n_ctx)) {
+        snprintf(err, errlen, "--conv-budget %d must be 0 (off) or 512..%d (--ctx)", p->conv_budget, p->n_ctx);
         return NULL;
     }
     srv_sched *s = calloc(1, sizeof *s);

@@ -60,6 +60,12 @@ typedef struct srv_sched_params {
                                   in blocks of this many tokens when its job ends, and a later
                                   prompt that starts with the same tokens restores it in any
                                   slot (kvf_session_prefix_save/load); 0 = off */
+    int32_t     conv_budget;   /* EpiCache: a plain chat prompt longer than this many tokens has
+                                  its history (every message but the last) prefilled block by
+                                  block under this many KV cells per slot, evicting what the
+                                  question's episode attends to least (kvf_session_prefill_budget);
+                                  0 = off; >= 512 */
+    int32_t     conv_episodes; /* episodes a history is clustered into (4) */
     srv_audit_params audit;    /* live fidelity audit (audit.rate 0 = off; n_ctx, n_threads
                                   and kv_type are the slots') */
     /* tests: called on the inference thread after every audit unit (no lock held) */

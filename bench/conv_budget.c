@@ -1,0 +1,329 @@
+/* conv_budget.c - long conversations under a KV budget (issue 13, EpiCache), one run:
+ * each conversation is a chat whose user turns hand the assistant MuSiQue passages of several
+ * questions ("Note N: <passage>", answered "Noted."), the passages of one question (a topic)
+ * after those of the previous one, then asks one of those questions. Per question, the same
+ * conversation is answered full     with the whole history in the cache (unbounded; prefilled once
+ * per conversation), epi      kvf_session_prefill_budget with the probe of the episode the question
+ * is routed to (kvf_episodes_*: utterance windows clustered per conversation), recent   the same
+ * budget, probe = the recent window (block prefill without episodes), question (with
+ * --question-probe) the same budget, probe = the question itself (question-specific eviction, which
+ * EpiCache argues fails in later turns), greedy, -n tokens. One JSON line per (conversation,
+ * question, mode) on stdout: the answer, the gold answers, peak cells, KV bytes resident after the
+ * answer, times. bench/conv_budget.py turns the lines into the table (agreement with full, memory
+ * against full).
+ *
+ *   build/bench/conv_budget -m MODEL --data musique_s.json [--conversations 5] [--topics 3]
+ *       [--passages 4] [--budget-frac 0.25] [--block 256] [--episodes 4] [--probe 64]
+ *       [-n 16] [--threads N] [--question-probe] [--offset 0]
+ */
+#include "kvfuse.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_MSG 128
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
+            "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
+            "       [-n TOKENS] [--threads N] [--question-probe] [--offset I]\n");
+}
+
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) free(b), b = NULL;
+    if (b) b[n] = 0;
+    fclose(f);
+    return b;
+}
+
+static void json_str(FILE *o, const char *s) {
+    fputc('"', o);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(o, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(o, "\\u%04x", c);
+        else
+            fputc(c, o);
+    }
+    fputc('"', o);
+}
+
+/* tokens of the chat-formatted messages[0..n) (+ assistant opening when gen) into *out */
+static int32_t format_tokens(const kvf_model *m, const kvf_chat_msg *msgs, int n, bool gen,
+                             int32_t **out) {
+    int32_t need = kvf_chat_format(m, msgs, (size_t)n, gen, NULL, 0);
+    if (need == INT32_MIN) return -1;
+    if (need < 0) need = -need;
+    char *buf = malloc((size_t)need + 1);
+    if (!buf || kvf_chat_format(m, msgs, (size_t)n, gen, buf, need + 1) < 0) return free(buf), -1;
+    int32_t cap = need + 16;
+    *out = malloc(sizeof(int32_t) * (size_t)cap);
+    int32_t k = *out ? kvf_tokenize(m, buf, (size_t)need, *out, cap,
+                                    KVF_TOK_PARSE_SPECIAL | KVF_TOK_ADD_BOS)
+                     : -1;
+    free(buf);
+    return k;
+}
+
+static int answer(kvf_session *s, const kvf_model *m, const int32_t *q, int32_t nq, int n_predict,
+                  char *out, size_t cap, double *ttft) {
+    double t0 = now_ms();
+    if (kvf_session_eval(s, q, nq, 0) != KVF_OK) return -1;
+    *ttft = now_ms() - t0;
+    size_t len = 0;
+    int32_t V = kvf_model_n_vocab(m);
+    out[0] = 0;
+    for (int i = 0; i < n_predict; i++) {
+        const float *lg = kvf_session_logits(s, -1);
+        int32_t tok = 0;
+        for (int32_t v = 1; v < V; v++)
+            if (lg[v] > lg[tok]) tok = v;
+        if (kvf_token_is_eog(m, tok)) break;
+        char piece[256];
+        int32_t k = kvf_token_to_piece(m, tok, piece, sizeof piece, false);
+        if (k > 0 && len + (size_t)k < cap)
+            memcpy(out + len, piece, (size_t)k), len += (size_t)k, out[len] = 0;
+        if (kvf_session_eval(s, &tok, 1, 0) != KVF_OK) return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *model = NULL, *data = NULL;
+    int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
+    int threads = 0, qprobe = 0, offset = 0;
+    double frac = 0.25;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
+        if (!strcmp(a, "--question-probe")) {
+            qprobe = 1;
+            continue;
+        }
+        if (!v) return usage(), 2;
+        if (!strcmp(a, "-m"))
+            model = v;
+        else if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--conversations"))
+            n_conv = atoi(v);
+        else if (!strcmp(a, "--topics"))
+            topics = atoi(v);
+        else if (!strcmp(a, "--passages"))
+            passages = atoi(v);
+        else if (!strcmp(a, "--budget-frac"))
+            frac = atof(v);
+        else if (!strcmp(a, "--block"))
+            block = atoi(v);
+        else if (!strcmp(a, "--episodes"))
+            n_ep = atoi(v);
+        else if (!strcmp(a, "--probe"))
+            probe_max = atoi(v);
+        else if (!strcmp(a, "-n"))
+            n_predict = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            threads = atoi(v);
+        else if (!strcmp(a, "--offset"))
+            offset = atoi(v);
+        else
+            return usage(), 2;
+        i++;
+    }
+    if (!model || !data || n_conv < 1 || topics < 1 || passages < 1 ||
+        topics * passages * 2 + 2 > MAX_MSG || !(frac > 0 && frac <= 1) || block < 1 || n_ep < 1 ||
+        probe_max < 1 || n_predict < 1 || offset < 0)
+        return usage(), 2;
+    char *txt = read_file(data);
+    cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
+    free(txt);
+    if (!cJSON_IsArray(ds)) {
+        fprintf(stderr, "conv_budget: cannot read %s as a JSON array\n", data);
+        return 1;
+    }
+    int n_ex = cJSON_GetArraySize(ds);
+    if (offset + n_conv * topics > n_ex) {
+        fprintf(
+            stderr,
+            "conv_budget: %d conversations x %d topics from %d need %d examples; the file has %d\n",
+            n_conv, topics, offset, offset + n_conv * topics, n_ex);
+        return 1;
+    }
+    kvf_set_log_level(1);
+    kvf_model_params mp = kvf_model_default_params();
+    mp.n_threads = threads;
+    kvf_model *m = NULL;
+    if (kvf_model_load(model, &mp, &m) != KVF_OK) {
+        fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+        return 1;
+    }
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 16384;
+    kvf_session *s = NULL, *sf = NULL;
+    if (kvf_session_new(m, &sp, &s) != KVF_OK || kvf_session_new(m, &sp, &sf) != KVF_OK) {
+        fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+        return 1;
+    }
+    int64_t bpt = kvf_session_kv_bytes_per_token(m, sp.kv_type);
+    for (int c = 0; c < n_conv; c++) {
+        /* the history: system, then the topics' passages interleaved as notes */
+        kvf_chat_msg msgs[MAX_MSG];
+        char *bodies[MAX_MSG] = {0};
+        int nm = 0;
+        msgs[nm++] = (kvf_chat_msg){
+            "system", "You are a helpful assistant. The user gives you notes to remember, "
+                      "then asks questions about them. Answer briefly."};
+        for (int t = 0; t < topics; t++) /* one topic after the other, as a chat drifts */
+            for (int p = 0; p < passages; p++) {
+                cJSON *ex = cJSON_GetArrayItem(ds, offset + c * topics + t);
+                cJSON *ctx = cJSON_GetArrayItem(cJSON_GetObjectItem(ex, "ctxs"), p);
+                const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "text"));
+                size_t len = strlen(text ? text : "") + 32;
+                bodies[nm] = malloc(len);
+                snprintf(bodies[nm], len, "Note %d: %s", nm / 2 + 1, text ? text : "");
+                msgs[nm] = (kvf_chat_msg){"user", bodies[nm]};
+                nm++;
+                msgs[nm++] = (kvf_chat_msg){"assistant", "Noted."};
+            }
+        int32_t *hist = NULL, n_hist = format_tokens(m, msgs, nm, false, &hist);
+        int32_t utt[MAX_MSG], n_utt = 0;
+        for (int k = 1; k <= nm && n_hist > 0;
+             k++) { /* utterance starts: token counts of prefixes */
+            int32_t *pre = NULL, np = format_tokens(m, msgs, k - 1, false, &pre);
+            if (k == 1) np = 0;
+            if (np >= 0 && np < n_hist && (n_utt == 0 || np > utt[n_utt - 1])) utt[n_utt++] = np;
+            free(pre);
+        }
+        int32_t budget = (int32_t)(n_hist * frac);
+        kvf_conv_budget_params bp = kvf_conv_budget_default_params(budget);
+        bp.block = block;
+        bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
+        kvf_episodes *ep = NULL;
+        if (kvf_episodes_build(s, hist, n_hist, utt, n_utt, 4, n_ep, &ep) != KVF_OK) {
+            fprintf(stderr, "conv_budget: episodes: %s\n", kvf_errmsg());
+            return 1;
+        }
+        fprintf(stderr,
+                "conv_budget: conversation %d: %d history tokens, %d utterances, budget %d, %d "
+                "episodes\n",
+                c, n_hist, n_utt, budget, kvf_episodes_count(ep));
+        /* full: the history once, each question after it */
+        double t0 = now_ms();
+        kvf_session_truncate(sf, 0);
+        if (kvf_session_eval(sf, hist, n_hist, 0) != KVF_OK) {
+            fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+            return 1;
+        }
+        double full_prefill = now_ms() - t0;
+        for (int t = 0; t < topics; t++) {
+            cJSON *ex = cJSON_GetArrayItem(ds, offset + c * topics + t);
+            const char *qs = cJSON_GetStringValue(cJSON_GetObjectItem(ex, "question"));
+            char qtext[2048];
+            snprintf(qtext, sizeof qtext,
+                     "Answer the question from the notes, in a few words. Question: %s",
+                     qs ? qs : "");
+            msgs[nm] = (kvf_chat_msg){"user", qtext};
+            int32_t *all = NULL, n_all = format_tokens(m, msgs, nm + 1, true, &all);
+            if (n_all <= n_hist || memcmp(all, hist, sizeof(int32_t) * (size_t)n_hist) != 0) {
+                fprintf(
+                    stderr,
+                    "conv_budget: the question's prompt does not extend the history's tokens\n");
+                return 1;
+            }
+            const int32_t *q = all + n_hist;
+            int32_t nq = n_all - n_hist;
+            float sim = 0;
+            /* route on the user's words, not the template around them */
+            int32_t qw[1024],
+                nqw = kvf_tokenize(m, qs ? qs : "", strlen(qs ? qs : ""), qw, 1024, 0);
+            int32_t e_id = kvf_episodes_route(s, ep, qw, nqw > 0 ? nqw : 1, &sim);
+            int32_t probe[4096], n_probe = kvf_episodes_probe(ep, e_id, probe, probe_max);
+            const char *modes[4] = {"full", "epi", "recent", "question"};
+            for (int md = 0; md < 3 + qprobe; md++) {
+                char ans[2048];
+                double ttft = 0, pre_ms = 0;
+                kvf_conv_budget_stats st = {0};
+                kvf_session *use = md == 0 ? sf : s;
+                if (md == 0) {
+                    kvf_session_truncate(sf, n_hist);
+                    pre_ms = full_prefill;
+                } else {
+                    kvf_session_truncate(s, 0);
+                    kvf_session_trim(s);
+                    const int32_t *pr = md == 1 ? probe : md == 3 ? qw : NULL;
+                    int32_t np = md == 1 ? n_probe : md == 3 ? nqw : 0;
+                    bp.window = 32;
+                    double t1 = now_ms();
+                    if (kvf_session_prefill_budget(s, hist, n_hist, pr, np, &bp, &st) != KVF_OK) {
+                        fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+                        return 1;
+                    }
+                    pre_ms = now_ms() - t1;
+                }
+                if (answer(use, m, q, nq, n_predict, ans, sizeof ans, &ttft) != 0) {
+                    fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+                    return 1;
+                }
+                int64_t kv_res = kvf_session_kv_resident(use);
+                int32_t peak = md == 0 ? n_hist + nq + n_predict : st.peak_cells;
+                int32_t held = md == 0 ? kvf_session_n_past(use) : st.cells + nq + n_predict;
+                if (held > peak) peak = held;
+                printf(
+                    "{\"conversation\": %d, \"topic\": %d, \"mode\": \"%s\", \"history_tokens\": "
+                    "%d, "
+                    "\"question_tokens\": %d, \"budget\": %d, \"episode\": %d, \"episodes\": %d, "
+                    "\"route_sim\": %.4f, \"probe_tokens\": %d, \"peak_cells\": %d, "
+                    "\"peak_kv_bytes\": %lld, "
+                    "\"kv_resident_bytes\": %lld, \"evictions\": %d, \"prefill_ms\": %.1f, "
+                    "\"probe_ms\": %.1f, "
+                    "\"ttft_ms\": %.1f, \"answer\": ",
+                    c, t, modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
+                    sim,
+                    md == 1   ? n_probe
+                    : md == 3 ? nqw
+                    : md == 2 ? 32
+                              : 0,
+                    peak, (long long)peak * bpt, (long long)kv_res, st.evictions, pre_ms,
+                    st.probe_ms, ttft);
+                json_str(stdout, ans);
+                printf(", \"gold\": [");
+                cJSON *g = cJSON_GetObjectItem(ex, "answers");
+                for (int k = 0; k < cJSON_GetArraySize(g); k++) {
+                    if (k) printf(", ");
+                    const char *gs = cJSON_GetStringValue(cJSON_GetArrayItem(g, k));
+                    json_str(stdout, gs ? gs : "");
+                }
+                printf("]}\n");
+                fflush(stdout);
+                fprintf(stderr, "  q%d %-8s peak %5d cells  prefill %7.0f ms  ttft %6.0f ms  %s\n",
+                        t, modes[md], peak, pre_ms, ttft, ans);
+            }
+            free(all);
+        }
+        kvf_episodes_free(ep);
+        free(hist);
+        for (int k = 0; k < nm; k++)
+            free(bodies[k]);
+    }
+    kvf_session_free(s), kvf_session_free(sf);
+    kvf_model_free(m);
+    cJSON_Delete(ds);
+    return 0;
+}

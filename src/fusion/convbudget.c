@@ -1,0 +1,460 @@
+/* convbudget.c - bounded conversations after EpiCache (arXiv 2509.17396; kvfuse.h,
+ * kvf_session_prefill_budget and kvf_episodes_*): a long chat history is prefilled block by
+ * block and evicted to a fixed number of cells, keeping per layer and KV head what a probe text
+ * attends to; the probe is the conversation's episode the new question belongs to.
+ *
+ * Eviction rounds run before a block that would not fit: the probe's rows run through every
+ * layer after the cached cells (their K/V land in the cells past n_cells and are dropped), each
+ * layer's post-RoPE queries are scored against the cached keys (softmax over those keys only,
+ * the maximum over probe rows and the query heads of a KV head), the scores are pooled over
+ * neighbours, and each head keeps its sink, its recent window and its top cells. Cells then no
+ * longer map to one position (s->evicted): the session can only grow or be reset.
+ *
+ * Episodes: windows of consecutive utterances embedded with the serving model's own input
+ * embeddings (EpiCache's "llm" embedder; no second model), weighted by idf over the windows so
+ * template tokens and function words cancel, centred, and clustered by spherical k-means. */
+#include "common.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
+#include "engine/threadpool.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget) {
+    return (kvf_conv_budget_params){
+        .budget = budget, .block = 256, .sink = 0, .window = 32, .pool = 5};
+}
+
+/* ---- probe scoring --------------------------------------------------------------------- */
+
+typedef struct {
+    kvf_session *s;
+    int l;
+    int32_t u, nh; /* probe rows (queries in s->q), history cells */
+    float *score;  /* [n_head_kv][nh] of layer l: running maximum */
+    float *work;   /* per thread: [head_dim][nh] keys + [nh] logits */
+    atomic_int_fast64_t next;
+} probe_task;
+
+static void probe_head(void *p, int ith, int nth) {
+    KVF_UNUSED(nth);
+    probe_task *t = p;
+    kvf_session *s = t->s;
+    const kvf_hparams *hp = &s->m->hp;
+    int g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
+    int64_t qd = (int64_t)hp->n_head * hd, nh = t->nh;
+    float *kf = t->work + (int64_t)ith * (hd + 1) * nh, *lg = kf + (int64_t)hd * nh;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t kh; (kh = kvf_claim(&t->next, hp->n_head_kv)) >= 0;) {
+        const void *kt = kvf_kt_at(s, t->l, (int)kh);
+        for (int d = 0; d < hd; d++)
+            kvf_kt_row(s, kt, d, 0, nh, kf + (int64_t)d * nh);
+        float *sc = t->score + kh * nh;
+        for (int32_t r = 0; r < t->u; r++)
+            for (int gi = 0; gi < g; gi++) {
+                const float *q = s->q + (int64_t)r * qd + (kh * g + gi) * hd;
+                memset(lg, 0, sizeof(float) * (size_t)nh);
+                for (int d = 0; d < hd; d++)
+                    s->K->axpy(q[d] * scale, kf + (int64_t)d * nh, lg, nh);
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < nh; j++)
+                    mx = fmaxf(mx, lg[j]);
+                double sum = 0;
+                for (int64_t j = 0; j < nh; j++)
+                    sum += (lg[j] = expf(lg[j] - mx));
+                float inv = (float)(1.0 / sum);
+                for (int64_t j = 0; j < nh; j++)
+                    sc[j] = fmaxf(sc[j], lg[j] * inv);
+            }
+    }
+}
+
+static int by_score_desc(const void *a, const void *b, void *arg) {
+    const float *s = arg;
+    float x = s[*(const int32_t *)a], y = s[*(const int32_t *)b];
+    if (x != y) return x > y ? -1 : 1;
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+static int by_index(const void *a, const void *b) {
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+/* Run the probe after the cells, then keep `keep_n` cells per layer and KV head. */
+static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, int32_t keep_n,
+                              const kvf_conv_budget_params *p) {
+    const kvf_hparams *hp = &s->m->hp;
+    int L = hp->n_layer, Hkv = hp->n_head_kv, hd = hp->head_dim;
+    int32_t nh = s->n_cells, nth = kvf_session_threads(s);
+    if (keep_n >= nh) return KVF_OK;
+    float *score = kvf_calloc((size_t)L * (size_t)Hkv * (size_t)nh, sizeof(float));
+    float *work =
+        kvf_malloc(sizeof(float) * (size_t)(nth > 0 ? nth : 1) * (size_t)(hd + 1) * (size_t)nh);
+    float *pool = kvf_malloc(sizeof(float) * (size_t)nh);
+    int32_t *idx = kvf_malloc(sizeof(int32_t) * (size_t)nh);
+    if (!score || !work || !pool || !idx) {
+        kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory scoring a conversation's cells");
+    }
+    for (int32_t i0 = 0; i0 < np; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, np - i0);
+        for (int32_t i = 0; i < u; i++) {
+            s->b_pos[i] = s->n_past + i0 + i;
+            s->b_cell[i] = nh + i0 + i;
+            s->b_end[i] = nh + i0 + i + 1;
+        }
+        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
+        kvf_fwd_embed(s, probe + i0, u, s->x);
+        kvf_fwd_rope_tables(s, &b);
+        for (int l = 0; l < L; l++) {
+            kvf_fwd_qkv(s, l, s->x, &b, NULL, NULL);
+            probe_task t = {.s = s,
+                            .l = l,
+                            .u = u,
+                            .nh = nh,
+                            .score = score + (int64_t)l * Hkv * nh,
+                            .work = work};
+            atomic_init(&t.next, 0);
+            kvf_pool_run(s->pool, probe_head, &t);
+            if (l + 1 < L) {
+                kvf_fwd_attn_out(s, l, s->x, &b);
+                kvf_fwd_mlp(s, l, s->x, u);
+            }
+        }
+    }
+    /* each head: the sink, the window, and the top pooled scores between them */
+    int32_t S = KVF_MIN(p->sink, nh), W = KVF_MIN(p->window, nh - S), c0 = S, c1 = nh - W;
+    int32_t need = keep_n - S - W, half = p->pool > 1 ? p->pool / 2 : 0;
+    for (int l = 0; l < L; l++)
+        for (int kh = 0; kh < Hkv; kh++) {
+            const float *sc = score + ((int64_t)l * Hkv + kh) * nh;
+            for (int32_t j = c0; j < c1; j++) {
+                double acc = 0;
+                int cnt = 0;
+                for (int32_t t = j - half; t <= j + half; t++)
+                    if (t >= c0 && t < c1) acc += sc[t], cnt++;
+                pool[j] = (float)(acc / cnt);
+            }
+            int32_t n = 0;
+            for (int32_t j = c0; j < c1; j++)
+                idx[n++] = j;
+            qsort_r(idx, (size_t)n, sizeof(int32_t), by_score_desc, pool);
+            n = KVF_MIN(need, n);
+            qsort(idx, (size_t)n, sizeof(int32_t), by_index);
+            /* keep = [0, S) + the chosen + [c1, nh), ascending: shift the chosen up by S */
+            memmove(idx + S, idx, sizeof(int32_t) * (size_t)n);
+            for (int32_t j = 0; j < S; j++)
+                idx[j] = j;
+            for (int32_t j = c1; j < nh; j++)
+                idx[S + n + (j - c1)] = j;
+            kvf_cells_compact_head(s, l, kh, idx, S + n + W);
+        }
+    s->n_cells = keep_n;
+    s->evicted = 1;
+    kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
+    return KVF_OK;
+}
+
+kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
+                                      const int32_t *probe, int32_t n_probe,
+                                      const kvf_conv_budget_params *p, kvf_conv_budget_stats *st) {
+    kvf_conv_budget_stats local;
+    if (!st) st = &local;
+    memset(st, 0, sizeof *st);
+    if (!s || !p || (!ids && n > 0) || n < 0 || (probe && n_probe < 1) || (!probe && n_probe != 0))
+        return kvf_set_error(KVF_E_INVAL, "kvf_session_prefill_budget: bad arguments");
+    if (s->n_cells != 0 || s->n_past != 0)
+        return kvf_set_error(KVF_E_INVAL,
+                             "kvf_session_prefill_budget: the session must be empty "
+                             "(it holds %d tokens; truncate it to 0 first)",
+                             s->n_past);
+    if (kvf_session_attn(s).mode != KVF_ATTN_DENSE)
+        return kvf_set_error(KVF_E_INVAL, "a conversation budget needs dense prefill attention");
+    if (p->block < 1 || p->sink < 0 || p->window < 0 || p->pool < 1 || p->pool > 64)
+        return kvf_set_error(KVF_E_INVAL,
+                             "conversation budget: block %d, sink %d, window %d, pool %d "
+                             "(block >= 1, sink and window >= 0, pool 1..64)",
+                             p->block, p->sink, p->window, p->pool);
+    int32_t npc = probe ? n_probe : KVF_MAX(p->window, 16); /* probe cells an eviction needs */
+    int64_t least = (int64_t)p->sink + p->window + p->block + npc + 16;
+    if (p->budget < least)
+        return kvf_set_error(KVF_E_INVAL,
+                             "conversation budget of %d tokens is too small: sink %d + "
+                             "window %d + block %d + probe %d + 16 = %lld",
+                             p->budget, p->sink, p->window, p->block, npc, (long long)least);
+    if (p->budget > s->n_ctx)
+        return kvf_set_error(KVF_E_CTX_FULL,
+                             "conversation budget of %d tokens exceeds the "
+                             "session's %d cells",
+                             p->budget, s->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->m->hp.n_vocab)
+            return kvf_set_error(KVF_E_INVAL, "token id %d at index %d is outside 0..%d", ids[i], i,
+                                 s->m->hp.n_vocab - 1);
+    for (int32_t i = 0; probe && i < n_probe; i++)
+        if (probe[i] < 0 || probe[i] >= s->m->hp.n_vocab)
+            return kvf_set_error(KVF_E_INVAL, "probe token id %d at index %d is outside 0..%d",
+                                 probe[i], i, s->m->hp.n_vocab - 1);
+    kvf_status rc = KVF_OK;
+    for (int32_t pos = 0; pos < n && rc == KVF_OK;) {
+        int32_t b = KVF_MIN(p->block, n - pos);
+        if (s->n_cells + b + npc > p->budget) {
+            double t0 = kvf_time_ms();
+            const int32_t *pr = probe ? probe : ids + pos - KVF_MIN(npc, pos);
+            int32_t np = probe ? n_probe : KVF_MIN(npc, pos);
+            st->peak_cells = KVF_MAX(st->peak_cells, s->n_cells + np);
+            rc = probe_evict(s, pr, np, p->budget - b - npc, p);
+            kvf_session_trim(s); /* the pages of the evicted cells go back */
+            st->evictions++;
+            st->probe_ms += kvf_time_ms() - t0;
+            if (rc != KVF_OK) break;
+        }
+        double t0 = kvf_time_ms();
+        rc = kvf_session_eval(s, ids + pos, b, 0);
+        st->prefill_ms += kvf_time_ms() - t0;
+        st->blocks++;
+        st->peak_cells = KVF_MAX(st->peak_cells, s->n_cells);
+        pos += b;
+    }
+    st->cells = s->n_cells;
+    if (rc != KVF_OK) kvf_session_truncate(s, 0); /* a partial history is nobody's */
+    return rc;
+}
+
+/* ---- episodes -------------------------------------------------------------------------- */
+
+struct kvf_episodes {
+    int32_t n_ep, dim, n_win, n_utt, n;
+    int32_t *ids;    /* [n] the history */
+    int32_t *utt;    /* [n_utt + 1] utterance starts, utt[n_utt] = n */
+    int32_t *win_u0; /* [n_win] first utterance of each window */
+    int32_t win;     /* utterances per window */
+    int32_t *win_ep; /* [n_win] episode */
+    float *win_sim;  /* [n_win] cosine to the episode's centroid */
+    float *idf;      /* [n_vocab] */
+    float *mean;     /* [dim] centring vector */
+    float *centroid; /* [n_ep][dim] unit */
+};
+
+void kvf_episodes_free(kvf_episodes *e) {
+    if (!e) return;
+    kvf_free(e->ids), kvf_free(e->utt), kvf_free(e->win_u0), kvf_free(e->win_ep);
+    kvf_free(e->win_sim), kvf_free(e->idf), kvf_free(e->mean), kvf_free(e->centroid);
+    kvf_free(e);
+}
+
+int32_t kvf_episodes_count(const kvf_episodes *e) {
+    return e ? e->n_ep : 0;
+}
+
+/* idf-weighted mean input embedding of toks[0..n) into out[dim] (not centred) */
+static void embed_mean(kvf_session *s, const float *idf, const int32_t *toks, int32_t n,
+                       float *out) {
+    int dim = s->m->hp.n_embd;
+    double wsum = 0;
+    memset(out, 0, sizeof(float) * (size_t)dim);
+    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
+        int32_t u = KVF_MIN(s->U, n - i0);
+        kvf_fwd_embed(s, toks + i0, u, s->x);
+        for (int32_t i = 0; i < u; i++) {
+            float w = idf[toks[i0 + i]];
+            if (w <= 0.0f) continue;
+            const float *x = s->x + (int64_t)i * dim;
+            for (int d = 0; d < dim; d++)
+                out[d] += w * x[d];
+            wsum += w;
+        }
+    }
+    if (wsum > 0)
+        for (int d = 0; d < dim; d++)
+            out[d] = (float)(out[d] / wsum);
+}
+
+static void unit(float *v, int dim) {
+    double n2 = 0;
+    for (int d = 0; d < dim; d++)
+        n2 += (double)v[d] * v[d];
+    float inv = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
+    for (int d = 0; d < dim; d++)
+        v[d] *= inv;
+}
+
+static float dot(const float *a, const float *b, int dim) {
+    double acc = 0;
+    for (int d = 0; d < dim; d++)
+        acc += (double)a[d] * b[d];
+    return (float)acc;
+}
+
+static int32_t win_start(const kvf_episodes *e, int32_t w) {
+    return e->utt[e->win_u0[w]];
+}
+static int32_t win_end(const kvf_episodes *e, int32_t w) {
+    return e->utt[KVF_MIN(e->win_u0[w] + e->win, e->n_utt)];
+}
+
+kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n, const int32_t *utt,
+                              int32_t n_utt, int32_t win, int32_t n_episodes, kvf_episodes **out) {
+    if (out) *out = NULL;
+    if (!s || !ids || n < 1 || !utt || n_utt < 1 || win < 1 || n_episodes < 1 || !out)
+        return kvf_set_error(KVF_E_INVAL, "kvf_episodes_build: bad arguments");
+    const int32_t V = s->m->hp.n_vocab;
+    for (int32_t i = 0; i < n_utt; i++)
+        if (utt[i] < 0 || utt[i] >= n || (i > 0 && utt[i] <= utt[i - 1]))
+            return kvf_set_error(KVF_E_INVAL,
+                                 "utterance %d starts at %d: starts must ascend within "
+                                 "0..%d",
+                                 i, utt[i], n - 1);
+    for (int32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return kvf_set_error(KVF_E_INVAL, "token id %d at index %d is outside 0..%d", ids[i], i,
+                                 V - 1);
+    kvf_episodes *e = kvf_calloc(1, sizeof *e);
+    if (!e) return kvf_set_error(KVF_E_NOMEM, "out of memory for episodes");
+    int32_t dim = s->m->hp.n_embd, stride = KVF_MAX(win / 2, 1);
+    e->dim = dim, e->n = n, e->n_utt = n_utt, e->win = KVF_MIN(win, n_utt);
+    e->n_win = n_utt <= e->win ? 1 : (n_utt - e->win + stride - 1) / stride + 1;
+    e->ids = kvf_malloc(sizeof(int32_t) * (size_t)n);
+    e->utt = kvf_malloc(sizeof(int32_t) * (size_t)(n_utt + 1));
+    e->win_u0 = kvf_malloc(sizeof(int32_t) * (size_t)e->n_win);
+    e->win_ep = kvf_calloc((size_t)e->n_win, sizeof(int32_t));
+    e->win_sim = kvf_calloc((size_t)e->n_win, sizeof(float));
+    e->idf = kvf_calloc((size_t)V, sizeof(float));
+    e->mean = kvf_calloc((size_t)dim, sizeof(float));
+    float *emb = kvf_malloc(sizeof(float) * (size_t)e->n_win * (size_t)dim);
+    int32_t *df = kvf_calloc((size_t)V, sizeof(int32_t)),
+            *seen = kvf_malloc(sizeof(int32_t) * (size_t)V);
+    e->n_ep = KVF_MIN(n_episodes, e->n_win);
+    e->centroid = kvf_malloc(sizeof(float) * (size_t)e->n_ep * (size_t)dim);
+    float *acc = kvf_malloc(sizeof(float) * (size_t)e->n_ep * (size_t)dim);
+    if (!e->ids || !e->utt || !e->win_u0 || !e->win_ep || !e->win_sim || !e->idf || !e->mean ||
+        !emb || !df || !seen || !e->centroid || !acc) {
+        kvf_free(emb), kvf_free(df), kvf_free(seen), kvf_free(acc);
+        kvf_episodes_free(e);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory for episodes");
+    }
+    memcpy(e->ids, ids, sizeof(int32_t) * (size_t)n);
+    memcpy(e->utt, utt, sizeof(int32_t) * (size_t)n_utt);
+    e->utt[n_utt] = n;
+    for (int32_t w = 0; w < e->n_win; w++)
+        e->win_u0[w] = KVF_MIN(w * stride, n_utt - e->win);
+    /* idf over the windows: log((1 + N) / (1 + df)), 0 for tokens in every window */
+    for (int32_t t = 0; t < V; t++)
+        seen[t] = -1;
+    for (int32_t w = 0; w < e->n_win; w++)
+        for (int32_t i = win_start(e, w); i < win_end(e, w); i++)
+            if (seen[ids[i]] != w) seen[ids[i]] = w, df[ids[i]]++;
+    for (int32_t t = 0; t < V; t++)
+        e->idf[t] =
+            (float)log((1.0 + e->n_win) / (1.0 + df[t])) + (df[t] < e->n_win ? 1e-3f : 0.0f);
+    for (int32_t w = 0; w < e->n_win; w++)
+        embed_mean(s, e->idf, ids + win_start(e, w), win_end(e, w) - win_start(e, w),
+                   emb + (int64_t)w * dim);
+    for (int32_t w = 0; w < e->n_win; w++)
+        for (int d = 0; d < dim; d++)
+            e->mean[d] += emb[(int64_t)w * dim + d] / (float)e->n_win;
+    for (int32_t w = 0; w < e->n_win; w++) {
+        for (int d = 0; d < dim; d++)
+            emb[(int64_t)w * dim + d] -= e->mean[d];
+        unit(emb + (int64_t)w * dim, dim);
+    }
+    /* spherical k-means: farthest-point start from window 0, then Lloyd iterations */
+    memcpy(e->centroid, emb, sizeof(float) * (size_t)dim);
+    for (int32_t c = 1; c < e->n_ep; c++) {
+        int32_t best = 0;
+        float lo = INFINITY;
+        for (int32_t w = 0; w < e->n_win; w++) {
+            float hi = -INFINITY;
+            for (int32_t k = 0; k < c; k++)
+                hi = fmaxf(hi, dot(emb + (int64_t)w * dim, e->centroid + (int64_t)k * dim, dim));
+            if (hi < lo) lo = hi, best = w;
+        }
+        memcpy(e->centroid + (int64_t)c * dim, emb + (int64_t)best * dim,
+               sizeof(float) * (size_t)dim);
+    }
+    for (int it = 0; it < 50; it++) {
+        int changed = 0;
+        for (int32_t w = 0; w < e->n_win; w++) {
+            int32_t best = 0;
+            float bs = -INFINITY;
+            for (int32_t k = 0; k < e->n_ep; k++) {
+                float v = dot(emb + (int64_t)w * dim, e->centroid + (int64_t)k * dim, dim);
+                if (v > bs) bs = v, best = k;
+            }
+            changed += it == 0 || e->win_ep[w] != best;
+            e->win_ep[w] = best, e->win_sim[w] = bs;
+        }
+        if (!changed) break;
+        memset(acc, 0, sizeof(float) * (size_t)e->n_ep * (size_t)dim);
+        for (int32_t w = 0; w < e->n_win; w++)
+            for (int d = 0; d < dim; d++)
+                acc[(int64_t)e->win_ep[w] * dim + d] += emb[(int64_t)w * dim + d];
+        for (int32_t k = 0; k < e->n_ep; k++) {
+            float *a = acc + (int64_t)k * dim;
+            if (dot(a, a, dim) <= 0.0f) continue; /* empty: keeps its centroid */
+            unit(a, dim);
+            memcpy(e->centroid + (int64_t)k * dim, a, sizeof(float) * (size_t)dim);
+        }
+    }
+    kvf_free(emb), kvf_free(df), kvf_free(seen), kvf_free(acc);
+    *out = e;
+    return KVF_OK;
+}
+
+int32_t kvf_episodes_route(kvf_session *s, const kvf_episodes *e, const int32_t *q, int32_t nq,
+                           float *sim) {
+    if (!s || !e || !q || nq < 1 || s->m->hp.n_embd != e->dim) return -1;
+    for (int32_t i = 0; i < nq; i++)
+        if (q[i] < 0 || q[i] >= s->m->hp.n_vocab) return -1;
+    float *v = kvf_malloc(sizeof(float) * (size_t)e->dim);
+    if (!v) return -1;
+    embed_mean(s, e->idf, q, nq, v);
+    for (int d = 0; d < e->dim; d++)
+        v[d] -= e->mean[d];
+    unit(v, e->dim);
+    int32_t best = 0;
+    float bs = -INFINITY;
+    for (int32_t k = 0; k < e->n_ep; k++) {
+        float x = dot(v, e->centroid + (int64_t)k * e->dim, e->dim);
+        if (x > bs) bs = x, best = k;
+    }
+    kvf_free(v);
+    if (sim) *sim = bs;
+    return best;
+}
+
+int32_t kvf_episodes_probe(const kvf_episodes *e, int32_t ep, int32_t *out, int32_t max) {
+    if (!e || ep < 0 || ep >= e->n_ep || !out || max < 1) return -1;
+    /* the episode's windows by similarity, then their utterances (each once) while they fit */
+    int32_t *w_ord = kvf_malloc(sizeof(int32_t) * (size_t)e->n_win);
+    uint8_t *take = kvf_calloc((size_t)e->n_utt, 1);
+    if (!w_ord || !take) {
+        kvf_free(w_ord), kvf_free(take);
+        return -1;
+    }
+    int32_t nw = 0, room = max;
+    for (int32_t w = 0; w < e->n_win; w++)
+        if (e->win_ep[w] == ep) w_ord[nw++] = w;
+    for (int32_t i = 1; i < nw; i++) /* insertion sort, most similar first, then earlier */
+        for (int32_t j = i; j > 0 && e->win_sim[w_ord[j]] > e->win_sim[w_ord[j - 1]]; j--) {
+            int32_t t = w_ord[j];
+            w_ord[j] = w_ord[j - 1], w_ord[j - 1] = t;
+        }
+    for (int32_t i = 0; i < nw && room > 0; i++)
+        for (int32_t u = e->win_u0[w_ord[i]];
+             u < KVF_MIN(e->win_u0[w_ord[i]] + e->win, e->n_utt) && room > 0; u++)
+            if (!take[u]) {
+                take[u] = 1;
+                room -= KVF_MIN(room, e->utt[u + 1] - e->utt[u]);
+            }
+    int32_t n = 0;
+    for (int32_t u = 0; u < e->n_utt && n < max; u++)
+        if (take[u])
+            for (int32_t i = e->utt[u]; i < e->utt[u + 1] && n < max; i++)
+                out[n++] = e->ids[i];
+    kvf_free(w_ord), kvf_free(take);
+    return n;
+}

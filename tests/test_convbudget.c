@@ -1,0 +1,306 @@
+/* test_convbudget.c - bounded conversations (EpiCache; kvf_session_prefill_budget and
+ * kvf_episodes_*) on synthetic models.
+ *
+ * - the budget is never exceeded, whatever the block, probe and history lengths, and the
+ *   session goes on answering afterwards;
+ * - with a budget the history fits in, nothing is evicted and the logits are dense prefill's;
+ * - one eviction round, recomputed by hand at layer 0 (the probe's queries over the cached keys,
+ *   max over rows and query heads, pooled): every head keeps exactly its sink, its window and
+ *   its top-scored cells, in order;
+ * - episodes: utterances about three disjoint token "topics" cluster into three episodes, a
+ *   question made of one topic's tokens is routed to that topic's episode, and its probe is
+ *   taken from that topic's utterances;
+ * - bad arguments are refused with clear errors. */
+#include "harness.h"
+#include "synth.h"
+
+#include "common.h"
+#include "engine/forward.h"
+#include "engine/kv_cells.h"
+#include "kvfuse.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HD 32
+
+static kvf_model *load_synth(const char *tag, uint64_t seed) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kvf-test-conv-%s-%d.gguf", tag, (int)getpid());
+    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_ctx = 2048, .seed = seed};
+    synth_info info;
+    kvf_model *m = NULL;
+    if (synth_model_file(&cfg, path, &info) != KVF_OK) {
+        T_FAILMSG("synth: %s", kvf_errmsg());
+        return NULL;
+    }
+    kvf_model_params mp = kvf_model_default_params();
+    if (kvf_model_load(path, &mp, &m) != KVF_OK) T_FAILMSG("load: %s", kvf_errmsg());
+    unlink(path);
+    return m;
+}
+
+static kvf_session *new_session(kvf_model *m, int ubatch) {
+    kvf_session *s;
+    kvf_session_params sp = kvf_session_default_params();
+    sp.n_ctx = 2048, sp.n_threads = 2, sp.n_ubatch = ubatch;
+    if (kvf_session_new(m, &sp, &s) != KVF_OK) {
+        T_FAILMSG("session: %s", kvf_errmsg());
+        return NULL;
+    }
+    return s;
+}
+
+static void make_ids(int32_t *ids, int n, int salt) {
+    for (int i = 0; i < n; i++)
+        ids[i] = 32 + (i * 7 + i / 13 + salt) % 90;
+}
+
+static void test_never_exceeds(void) {
+    kvf_model *m = load_synth("cap", 11);
+    if (!m) return;
+    kvf_session *s = new_session(m, 64);
+    int32_t ids[1200], probe[40], q[12];
+    make_ids(ids, 1200, 0), make_ids(probe, 40, 5), make_ids(q, 12, 9);
+    struct {
+        int n, block, budget, np, sink, window;
+    } cases[] = {{1200, 64, 300, 16, 8, 16},  {1200, 100, 260, 40, 0, 0},  {777, 37, 200, 1, 3, 5},
+                 {1200, 256, 600, 0, 20, 32}, {500, 128, 2048, 16, 0, 32}, {65, 64, 200, 16, 4, 8}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        kvf_conv_budget_params p = kvf_conv_budget_default_params(cases[c].budget);
+        p.block = cases[c].block, p.sink = cases[c].sink, p.window = cases[c].window;
+        kvf_conv_budget_stats st;
+        kvf_session_truncate(s, 0);
+        kvf_status rc = kvf_session_prefill_budget(s, ids, cases[c].n, cases[c].np ? probe : NULL,
+                                                   cases[c].np, &p, &st);
+        CHECK_EQ(rc, KVF_OK);
+        if (rc != KVF_OK) {
+            T_FAILMSG("case %zu: %s", c, kvf_errmsg());
+            continue;
+        }
+        int npc = cases[c].np ? cases[c].np : (cases[c].window > 16 ? cases[c].window : 16);
+        CHECK(st.peak_cells <= cases[c].budget);
+        CHECK(st.cells <= cases[c].budget - npc);
+        CHECK_EQ(st.cells, s->n_cells);
+        CHECK_EQ(kvf_session_n_past(s), cases[c].n); /* positions run on past evicted cells */
+        CHECK_EQ(st.blocks, (cases[c].n + cases[c].block - 1) / cases[c].block);
+        if (cases[c].n + npc <= cases[c].budget)
+            CHECK_EQ(st.evictions, 0);
+        else
+            CHECK(st.evictions > 0 && s->evicted);
+        /* the session answers on: the question and a few decoded tokens */
+        CHECK_EQ(kvf_session_eval(s, q, 12, 0), KVF_OK);
+        const float *lg = kvf_session_logits(s, -1);
+        int ok = lg != NULL;
+        for (int32_t v = 0; ok && v < kvf_model_n_vocab(m); v++)
+            ok = isfinite(lg[v]);
+        CHECK(ok);
+        /* a kept window, then only appending or a full reset */
+        CHECK_EQ(kvf_session_truncate(s, 5) == KVF_OK, !s->evicted);
+    }
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+static void test_no_eviction_is_dense(void) {
+    kvf_model *m = load_synth("dense", 12);
+    if (!m) return;
+    kvf_session *a = new_session(m, 64), *b = new_session(m, 64);
+    int32_t ids[600], probe[16];
+    make_ids(ids, 600, 3), make_ids(probe, 16, 1);
+    kvf_conv_budget_params p = kvf_conv_budget_default_params(600 + 16);
+    p.block = 100;
+    kvf_conv_budget_stats st;
+    CHECK_EQ(kvf_session_prefill_budget(a, ids, 600, probe, 16, &p, &st), KVF_OK);
+    CHECK_EQ(st.evictions, 0);
+    CHECK_EQ(kvf_session_eval(b, ids, 600, 0), KVF_OK);
+    int32_t nv = kvf_model_n_vocab(m);
+    double d = 0;
+    for (int32_t v = 0; v < nv; v++)
+        d = fmax(d, fabs((double)kvf_session_logits(a, -1)[v] - kvf_session_logits(b, -1)[v]));
+    CHECK(d < 1e-4);
+    if (d >= 1e-4) T_FAILMSG("no eviction: max logit difference to dense prefill %.2e", d);
+    kvf_session_free(a), kvf_session_free(b);
+    kvf_model_free(m);
+}
+
+static int by_desc(const void *x, const void *y, void *arg) {
+    const float *s = arg;
+    float a = s[*(const int32_t *)x], b = s[*(const int32_t *)y];
+    return a != b ? (a > b ? -1 : 1) : *(const int32_t *)x - *(const int32_t *)y;
+}
+static int by_asc(const void *x, const void *y) {
+    return *(const int32_t *)x - *(const int32_t *)y;
+}
+
+/* One eviction round (before the third of three 64-token blocks) recomputed at layer 0. */
+static void test_selection_by_hand(void) {
+    kvf_model *m = load_synth("hand", 13);
+    if (!m) return;
+    kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
+    int32_t ids[192], probe[8];
+    make_ids(ids, 192, 7), make_ids(probe, 8, 2);
+    const int budget = 160, sink = 4, window = 8, pool = 3, nh = 128, keep = budget - 64 - 8;
+    kvf_conv_budget_params p = kvf_conv_budget_default_params(budget);
+    p.block = 64, p.sink = sink, p.window = window, p.pool = pool;
+    kvf_conv_budget_stats st;
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 192, probe, 8, &p, &st), KVF_OK);
+    CHECK_EQ(st.evictions, 1);
+    CHECK_EQ(st.cells, keep + 64);
+    /* the reference: the first 128 tokens whole, then the probe's layer-0 queries */
+    CHECK_EQ(kvf_session_eval(r, ids, nh, 0), KVF_OK);
+    const kvf_hparams *hp = &m->hp;
+    int g = hp->n_head / hp->n_head_kv;
+    for (int i = 0; i < 8; i++)
+        r->b_pos[i] = nh + i, r->b_cell[i] = nh + i, r->b_end[i] = nh + i + 1;
+    kvf_batch b = {8, r->b_pos, r->b_cell, r->b_end, NULL};
+    kvf_fwd_embed(r, probe, 8, r->x);
+    kvf_fwd_rope_tables(r, &b);
+    kvf_fwd_qkv(r, 0, r->x, &b, NULL, NULL);
+    int all_match = 1;
+    for (int kh = 0; kh < hp->n_head_kv; kh++) {
+        float sc[128] = {0}, pooled[128], lg[128];
+        const void *kt = kvf_kt_at(r, 0, kh);
+        for (int i = 0; i < 8; i++)
+            for (int gi = 0; gi < g; gi++) {
+                const float *q = r->q + (int64_t)i * hp->n_head * HD + (kh * g + gi) * HD;
+                float mx = -INFINITY;
+                for (int j = 0; j < nh; j++) {
+                    double d = 0;
+                    for (int e = 0; e < HD; e++)
+                        d += (double)q[e] * kvf_kv_get(r, kt, kvf_kt_idx(e, j, HD));
+                    lg[j] = (float)(d / sqrt(HD));
+                    mx = fmaxf(mx, lg[j]);
+                }
+                double sum = 0;
+                for (int j = 0; j < nh; j++)
+                    sum += exp((double)(lg[j] - mx));
+                for (int j = 0; j < nh; j++)
+                    sc[j] = fmaxf(sc[j], (float)(exp((double)(lg[j] - mx)) / sum));
+            }
+        int32_t idx[128], n = 0, want[128];
+        for (int j = sink; j < nh - window; j++) {
+            double acc = 0;
+            int cnt = 0;
+            for (int t = j - 1; t <= j + 1; t++)
+                if (t >= sink && t < nh - window) acc += sc[t], cnt++;
+            pooled[j] = (float)(acc / cnt);
+            idx[n++] = j;
+        }
+        qsort_r(idx, (size_t)n, sizeof(int32_t), by_desc, pooled);
+        qsort(idx, (size_t)(keep - sink - window), sizeof(int32_t), by_asc);
+        int w = 0;
+        for (int j = 0; j < sink; j++)
+            want[w++] = j;
+        for (int j = 0; j < keep - sink - window; j++)
+            want[w++] = idx[j];
+        for (int j = nh - window; j < nh; j++)
+            want[w++] = j;
+        /* cell c of the evicted session holds the key of original cell want[c] */
+        const void *ks = kvf_kt_at(s, 0, kh);
+        for (int c = 0; c < keep; c++)
+            for (int e = 0; e < HD; e++)
+                if (kvf_kv_get(s, ks, kvf_kt_idx(e, c, HD)) !=
+                    kvf_kv_get(r, kt, kvf_kt_idx(e, want[c], HD)))
+                    all_match = 0;
+    }
+    CHECK(all_match);
+    kvf_session_free(s), kvf_session_free(r);
+    kvf_model_free(m);
+}
+
+/* three topics: utterances made of disjoint token ranges, each topic's utterances together */
+static void test_episodes_route(void) {
+    kvf_model *m = load_synth("epi", 14);
+    if (!m) return;
+    kvf_session *s = new_session(m, 64);
+    int32_t ids[24 * 20], utt[24], n = 0;
+    for (int u = 0; u < 24; u++) {
+        int topic = u / 8;
+        utt[u] = n;
+        for (int i = 0; i < 20; i++)
+            ids[n++] = 40 + topic * 30 + (u * 7 + i * 3) % 30;
+    }
+    kvf_episodes *e = NULL;
+    CHECK_EQ(kvf_episodes_build(s, ids, n, utt, 24, 2, 3, &e), KVF_OK);
+    if (!e) goto out;
+    CHECK_EQ(kvf_episodes_count(e), 3);
+    int routed[3];
+    for (int t = 0; t < 3; t++) {
+        int32_t q[10];
+        for (int i = 0; i < 10; i++)
+            q[i] = 40 + t * 30 + (i * 11 + 5) % 30;
+        float sim = 0;
+        routed[t] = kvf_episodes_route(s, e, q, 10, &sim);
+        CHECK(routed[t] >= 0 && sim > 0.0f);
+        int32_t probe[64];
+        int32_t np = kvf_episodes_probe(e, routed[t], probe, 64);
+        CHECK_EQ(np, 64); /* utterances while there is room: 20 + 20 + 20, then 4 of the next */
+        int own = 1;
+        for (int i = 0; i < np; i++)
+            own &= probe[i] >= 40 + t * 30 && probe[i] < 70 + t * 30;
+        CHECK(own);
+    }
+    CHECK(routed[0] != routed[1] && routed[1] != routed[2] && routed[0] != routed[2]);
+    CHECK_EQ(kvf_episodes_probe(e, 3, (int32_t[4]){0}, 4), -1);
+    CHECK_EQ(kvf_episodes_route(s, e, (int32_t[1]){-1}, 1, NULL), -1);
+out:
+    kvf_episodes_free(e);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+static void test_errors(void) {
+    kvf_model *m = load_synth("err", 15);
+    if (!m) return;
+    kvf_session *s = new_session(m, 64);
+    int32_t ids[300];
+    make_ids(ids, 300, 0);
+    kvf_conv_budget_params p = kvf_conv_budget_default_params(400);
+    CHECK_EQ(kvf_session_prefill_budget(NULL, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, NULL, NULL), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, ids, 0, &p, NULL), KVF_E_INVAL);
+    p.budget = 256 + 32 + 16 + 15; /* block + window + probe + 16, one short */
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    CHECK(strstr(kvf_errmsg(), "too small") != NULL);
+    p.budget = 4096;
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_CTX_FULL);
+    p.budget = 400, p.pool = 0;
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    p.pool = 5;
+    int32_t bad[3] = {1, 2, 1 << 30};
+    CHECK_EQ(kvf_session_prefill_budget(s, bad, 3, NULL, 0, &p, NULL), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, bad, 3, &p, NULL), KVF_E_INVAL);
+    CHECK_EQ(kvf_session_eval(s, ids, 10, 0), KVF_OK);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL),
+             KVF_E_INVAL); /* not empty */
+    CHECK(strstr(kvf_errmsg(), "empty") != NULL);
+    kvf_session_truncate(s, 0);
+    kvf_attn_params sa = kvf_attn_default_params(KVF_ATTN_SALE);
+    CHECK_EQ(kvf_session_set_attn(s, &sa), KVF_OK);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    kvf_episodes *e = NULL;
+    int32_t utt[3] = {0, 50, 40};
+    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* not ascending */
+    CHECK(e == NULL);
+    utt[2] = 300;
+    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* past the end */
+    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 2, 2, 0, &e), KVF_E_INVAL);
+    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 2, 2, 5, &e),
+             KVF_OK); /* fewer windows than asked */
+    CHECK_EQ(kvf_episodes_count(e), 1);
+    kvf_episodes_free(e);
+    kvf_session_free(s);
+    kvf_model_free(m);
+}
+
+int main(void) {
+    RUN(test_errors);
+    RUN(test_never_exceeds);
+    RUN(test_no_eviction_is_dense);
+    RUN(test_selection_by_hand);
+    RUN(test_episodes_route);
+    return TEST_REPORT();
+}
