@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SG_FN static __attribute__((unused))
 
@@ -993,6 +994,21 @@ SG_FN kvf_status synth_model_file(const synth_cfg *cfg, const char *path, synth_
     free(buf);
     if (r != 0) return kvf_set_error(KVF_E_IO, "synth: cannot write '%s'", path);
     return KVF_OK;
+}
+
+/* The model of cfg written to a temporary file named after `tag` and the process, loaded with
+ * default parameters, the file removed; NULL (kvf_errmsg says why) on failure. */
+SG_FN struct kvf_model *synth_model_load(const synth_cfg *cfg, const char *tag) {
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kvf-synth-%s-%ld.gguf", tag, (long)getpid());
+    struct kvf_model *m = NULL;
+    synth_info        info;
+    if (synth_model_file(cfg, path, &info) == KVF_OK) {
+        kvf_model_params mp = kvf_model_default_params();
+        if (kvf_model_load(path, &mp, &m) != KVF_OK) m = NULL;
+    }
+    unlink(path);
+    return m;
 }
 
 /* The duplicate-token model and prompt of the needle selection tests: 2 layers, float weights;

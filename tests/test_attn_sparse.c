@@ -23,19 +23,10 @@
 
 static kvf_model *load_synth_heads(const char *tag, int n_ctx, uint64_t seed, int n_head,
                                    int n_head_kv) {
-    char path[256];
-    snprintf(path, sizeof path, "/tmp/kvf-test-sparse-%s-%d.gguf", tag, (int)getpid());
     synth_cfg cfg = {.n_embd = HD * n_head, .n_head = n_head, .n_head_kv = n_head_kv,
                      .n_ctx = n_ctx, .seed = seed};
-    synth_info info;
-    kvf_model *m = NULL;
-    if (synth_model_file(&cfg, path, &info) != KVF_OK) {
-        T_FAILMSG("synth: %s", kvf_errmsg());
-        return NULL;
-    }
-    kvf_model_params mp = kvf_model_default_params();
-    if (kvf_model_load(path, &mp, &m) != KVF_OK) T_FAILMSG("load: %s", kvf_errmsg());
-    unlink(path);
+    kvf_model *m = synth_model_load(&cfg, tag);
+    if (!m) T_FAILMSG("synthetic model: %s", kvf_errmsg());
     return m;
 }
 

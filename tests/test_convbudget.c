@@ -27,18 +27,9 @@
 #define HD 32
 
 static kvf_model *load_synth(const char *tag, uint64_t seed) {
-    char path[256];
-    snprintf(path, sizeof path, "/tmp/kvf-test-conv-%s-%d.gguf", tag, (int)getpid());
-    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_ctx = 2048, .seed = seed};
-    synth_info info;
-    kvf_model *m = NULL;
-    if (synth_model_file(&cfg, path, &info) != KVF_OK) {
-        T_FAILMSG("synth: %s", kvf_errmsg());
-        return NULL;
-    }
-    kvf_model_params mp = kvf_model_default_params();
-    if (kvf_model_load(path, &mp, &m) != KVF_OK) T_FAILMSG("load: %s", kvf_errmsg());
-    unlink(path);
+    synth_cfg  cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_ctx = 2048, .seed = seed};
+    kvf_model *m   = synth_model_load(&cfg, tag);
+    if (!m) T_FAILMSG("synthetic model: %s", kvf_errmsg());
     return m;
 }
 
