@@ -1,20 +1,23 @@
-/* conv_budget.c - long conversations under a KV budget (issue 13, EpiCache), one run:
- * each conversation is a chat whose user turns hand the assistant MuSiQue passages of several
+/* conv_budget.c - long conversations under a KV budget (issue 13, EpiCache), one run.
+ *
+ * Each conversation is a chat whose user turns hand the assistant MuSiQue passages of several
  * questions ("Note N: <passage>", answered "Noted."), the passages of one question (a topic)
- * after those of the previous one, then asks one of those questions. Per question, the same
- * conversation is answered full     with the whole history in the cache (unbounded; prefilled once
- * per conversation), epi      kvf_session_prefill_budget with the probe of the episode the question
- * is routed to (kvf_episodes_*: utterance windows clustered per conversation), recent   the same
- * budget, probe = the recent window (block prefill without episodes), question (with
- * --question-probe) the same budget, probe = the question itself (question-specific eviction, which
- * EpiCache argues fails in later turns), greedy, -n tokens. One JSON line per (conversation,
- * question, mode) on stdout: the answer, the gold answers, peak cells, KV bytes resident after the
- * answer, times. bench/conv_budget.py turns the lines into the table (agreement with full, memory
- * against full).
+ * after those of the previous one, then asks one of those questions. Each question is answered
+ * in several modes, greedy, -n tokens. Mode "full" has the whole history in the cache
+ * (unbounded; prefilled once per conversation). The other modes prefill the history with
+ * kvf_session_prefill_budget under --budget-frac of its length and differ in the probe: "epi"
+ * the probe of the episode the question is routed to (kvf_episodes_*), "recent" the recent
+ * window (block prefill without episodes), and with --question-probe also "question" (the
+ * question's words: question-specific eviction, which EpiCache argues fails in later turns) and
+ * "epiq" (the episode's probe, then the question's words).
+ *
+ * One JSON line per (conversation, question, mode) on stdout: the answer, the gold answers, peak
+ * cells, KV bytes resident after the answer, times. bench/conv_budget.py turns the lines into
+ * the table (agreement with full, memory against full).
  *
  *   build/bench/conv_budget -m MODEL --data musique_s.json [--conversations 5] [--topics 3]
  *       [--passages 4] [--budget-frac 0.25] [--block 256] [--episodes 4] [--probe 64]
- *       [-n 16] [--threads N] [--question-probe] [--offset 0]
+ *       [-n 16] [--threads N] [--question-probe] [--no-recent] [--offset 0]
  */
 #include "kvfuse.h"
 
@@ -36,7 +39,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
-            "       [-n TOKENS] [--threads N] [--question-probe] [--offset I]\n");
+            "       [-n TOKENS] [--threads N] [--question-probe] [--no-recent] [--offset I]\n");
 }
 
 static char *read_file(const char *path) {
@@ -109,13 +112,14 @@ static int answer(kvf_session *s, const kvf_model *m, const int32_t *q, int32_t 
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL;
     int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
-    int threads = 0, qprobe = 0, offset = 0;
+    int threads = 0, qprobe = 0, offset = 0, skip_recent = 0;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
-        if (!strcmp(a, "--question-probe")) {
-            qprobe = 1;
+        if (!strcmp(a, "--question-probe") || !strcmp(a, "--no-recent")) {
+            if (a[2] == 'q') qprobe = 1;
+            else skip_recent = 1;
             continue;
         }
         if (!v) return usage(), 2;
@@ -149,7 +153,7 @@ int main(int argc, char **argv) {
     }
     if (!model || !data || n_conv < 1 || topics < 1 || passages < 1 ||
         topics * passages * 2 + 2 > MAX_MSG || !(frac > 0 && frac <= 1) || block < 1 || n_ep < 1 ||
-        probe_max < 1 || n_predict < 1 || offset < 0)
+        probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0)
         return usage(), 2;
     char *txt = read_file(data);
     cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
@@ -254,9 +258,13 @@ int main(int argc, char **argv) {
             int32_t qw[1024],
                 nqw = kvf_tokenize(m, qs ? qs : "", strlen(qs ? qs : ""), qw, 1024, 0);
             int32_t e_id = kvf_episodes_route(s, ep, qw, nqw > 0 ? nqw : 1, &sim);
-            int32_t probe[4096], n_probe = kvf_episodes_probe(ep, e_id, probe, probe_max);
-            const char *modes[4] = {"full", "epi", "recent", "question"};
-            for (int md = 0; md < 3 + qprobe; md++) {
+            int32_t probe[4096 + 1024], n_probe = kvf_episodes_probe(ep, e_id, probe, probe_max);
+            /* epiq: the episode's probe, then the question's words */
+            int32_t n_epiq = n_probe;
+            for (int32_t i = 0; i < nqw && n_epiq < 4096 + 1024; i++) probe[n_epiq++] = qw[i];
+            const char *modes[5] = {"full", "epi", "recent", "question", "epiq"};
+            for (int md = 0; md < 3 + 2 * qprobe; md++) {
+                if (md == 2 && skip_recent) continue;
                 char ans[2048];
                 double ttft = 0, pre_ms = 0;
                 kvf_conv_budget_stats st = {0};
@@ -267,8 +275,8 @@ int main(int argc, char **argv) {
                 } else {
                     kvf_session_truncate(s, 0);
                     kvf_session_trim(s);
-                    const int32_t *pr = md == 1 ? probe : md == 3 ? qw : NULL;
-                    int32_t np = md == 1 ? n_probe : md == 3 ? nqw : 0;
+                    const int32_t *pr = md == 1 || md == 4 ? probe : md == 3 ? qw : NULL;
+                    int32_t np = md == 1 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
                     bp.window = 32;
                     double t1 = now_ms();
                     if (kvf_session_prefill_budget(s, hist, n_hist, pr, np, &bp, &st) != KVF_OK) {
@@ -298,6 +306,7 @@ int main(int argc, char **argv) {
                     sim,
                     md == 1   ? n_probe
                     : md == 3 ? nqw
+                    : md == 4 ? n_epiq
                     : md == 2 ? 32
                               : 0,
                     peak, (long long)peak * bpt, (long long)kv_res, st.evictions, pre_ms,
