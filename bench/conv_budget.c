@@ -220,7 +220,7 @@ int main(int argc, char **argv) {
         bp.block = block;
         bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
         kvf_episodes *ep = NULL;
-        if (kvf_episodes_build(s, hist, n_hist, utt, n_utt, 4, n_ep, &ep) != KVF_OK) {
+        if (kvf_episodes_build(m, hist, n_hist, utt, n_utt, 4, n_ep, &ep) != KVF_OK) {
             fprintf(stderr, "conv_budget: episodes: %s\n", kvf_errmsg());
             return 1;
         }
@@ -257,7 +257,7 @@ int main(int argc, char **argv) {
             /* route on the user's words, not the template around them */
             int32_t qw[1024],
                 nqw = kvf_tokenize(m, qs ? qs : "", strlen(qs ? qs : ""), qw, 1024, 0);
-            int32_t e_id = kvf_episodes_route(s, ep, qw, nqw > 0 ? nqw : 1, &sim);
+            int32_t e_id = kvf_episodes_route(ep, qw, nqw > 0 ? nqw : 1, &sim);
             int32_t probe[4096 + 1024], n_probe = kvf_episodes_probe(ep, e_id, probe, probe_max);
             /* epiq: the episode's probe, then the question's words */
             int32_t n_epiq = n_probe;

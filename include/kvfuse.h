@@ -536,19 +536,18 @@ KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids
 /* Episodes of a conversation (EpiCache's clustering, without a second model): the history
  * ids[0..n) is cut into utterances at utt[0..n_utt) (ascending token offsets; utterance i is
  * [utt[i], utt[i+1]) and the last runs to n), windows of `win` consecutive utterances (stride
- * win/2) are embedded as the idf-weighted mean of the model's input embeddings (idf over the
- * windows), centred and L2-normalised, and clustered by k-means (deterministic farthest-point
- * start) into at most n_episodes episodes. Embedding uses s's scratch, not its cells. */
+ * win/2) become tf-idf vectors of their token ids (sublinear tf, idf over the windows, hashed
+ * into 4096 buckets, unit length), clustered by spherical k-means (deterministic
+ * farthest-point start) into at most n_episodes episodes. */
 typedef struct kvf_episodes kvf_episodes;
-KVF_API kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n,
+KVF_API kvf_status kvf_episodes_build(const kvf_model *model, const int32_t *ids, int32_t n,
                                       const int32_t *utt, int32_t n_utt, int32_t win,
                                       int32_t n_episodes, kvf_episodes **out);
 KVF_API void       kvf_episodes_free(kvf_episodes *e);
 KVF_API int32_t    kvf_episodes_count(const kvf_episodes *e);
-/* The episode whose centroid is nearest the question q[0..nq) embedded the same way (cosine
- * into *sim if not NULL); -1 on bad arguments. */
-KVF_API int32_t kvf_episodes_route(kvf_session *s, const kvf_episodes *e, const int32_t *q,
-                                   int32_t nq, float *sim);
+/* The episode whose centroid is nearest the question q[0..nq) as the same kind of vector
+ * (cosine into *sim if not NULL); -1 on bad arguments. */
+KVF_API int32_t kvf_episodes_route(const kvf_episodes *e, const int32_t *q, int32_t nq, float *sim);
 /* The episode's probe text: its windows nearest the centroid first, cut at `max` tokens,
  * then put back in time order; returns the token count (<= max) or -1. */
 KVF_API int32_t kvf_episodes_probe(const kvf_episodes *e, int32_t episode, int32_t *out,

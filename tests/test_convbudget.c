@@ -7,7 +7,8 @@
  * - one eviction round, recomputed by hand at layer 0 (the probe's queries over the cached keys,
  *   max over rows and query heads, pooled): every head keeps exactly its sink, its window and
  *   its top-scored cells, in order;
- * - episodes: utterances about three disjoint token "topics" cluster into three episodes, a
+ * - episodes (tf-idf of token ids): utterances about three disjoint token "topics" cluster into
+ *   three episodes, a
  *   question made of one topic's tokens is routed to that topic's episode, and its probe is
  *   taken from that topic's utterances;
  * - bad arguments are refused with clear errors. */
@@ -27,8 +28,8 @@
 #define HD 32
 
 static kvf_model *load_synth(const char *tag, uint64_t seed) {
-    synth_cfg  cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_ctx = 2048, .seed = seed};
-    kvf_model *m   = synth_model_load(&cfg, tag);
+    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_ctx = 2048, .seed = seed};
+    kvf_model *m = synth_model_load(&cfg, tag);
     if (!m) T_FAILMSG("synthetic model: %s", kvf_errmsg());
     return m;
 }
@@ -215,7 +216,7 @@ static void test_episodes_route(void) {
             ids[n++] = 40 + topic * 30 + (u * 7 + i * 3) % 30;
     }
     kvf_episodes *e = NULL;
-    CHECK_EQ(kvf_episodes_build(s, ids, n, utt, 24, 2, 3, &e), KVF_OK);
+    CHECK_EQ(kvf_episodes_build(m, ids, n, utt, 24, 2, 3, &e), KVF_OK);
     if (!e) goto out;
     CHECK_EQ(kvf_episodes_count(e), 3);
     int routed[3];
@@ -224,7 +225,7 @@ static void test_episodes_route(void) {
         for (int i = 0; i < 10; i++)
             q[i] = 40 + t * 30 + (i * 11 + 5) % 30;
         float sim = 0;
-        routed[t] = kvf_episodes_route(s, e, q, 10, &sim);
+        routed[t] = kvf_episodes_route(e, q, 10, &sim);
         CHECK(routed[t] >= 0 && sim > 0.0f);
         int32_t probe[64];
         int32_t np = kvf_episodes_probe(e, routed[t], probe, 64);
@@ -236,7 +237,7 @@ static void test_episodes_route(void) {
     }
     CHECK(routed[0] != routed[1] && routed[1] != routed[2] && routed[0] != routed[2]);
     CHECK_EQ(kvf_episodes_probe(e, 3, (int32_t[4]){0}, 4), -1);
-    CHECK_EQ(kvf_episodes_route(s, e, (int32_t[1]){-1}, 1, NULL), -1);
+    CHECK_EQ(kvf_episodes_route(e, (int32_t[1]){-1}, 1, NULL), -1);
 out:
     kvf_episodes_free(e);
     kvf_session_free(s);
@@ -274,12 +275,12 @@ static void test_errors(void) {
     CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
     kvf_episodes *e = NULL;
     int32_t utt[3] = {0, 50, 40};
-    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* not ascending */
+    CHECK_EQ(kvf_episodes_build(m, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* not ascending */
     CHECK(e == NULL);
     utt[2] = 300;
-    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* past the end */
-    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 2, 2, 0, &e), KVF_E_INVAL);
-    CHECK_EQ(kvf_episodes_build(s, ids, 300, utt, 2, 2, 5, &e),
+    CHECK_EQ(kvf_episodes_build(m, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* past the end */
+    CHECK_EQ(kvf_episodes_build(m, ids, 300, utt, 2, 2, 0, &e), KVF_E_INVAL);
+    CHECK_EQ(kvf_episodes_build(m, ids, 300, utt, 2, 2, 5, &e),
              KVF_OK); /* fewer windows than asked */
     CHECK_EQ(kvf_episodes_count(e), 1);
     kvf_episodes_free(e);

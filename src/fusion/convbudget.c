@@ -10,12 +10,15 @@
  * neighbours, and each head keeps its sink, its recent window and its top cells. Cells then no
  * longer map to one position (s->evicted): the session can only grow or be reset.
  *
- * Episodes: windows of consecutive utterances embedded with the serving model's own input
- * embeddings (EpiCache's "llm" embedder; no second model), weighted by idf over the windows so
- * template tokens and function words cancel, centred, and clustered by spherical k-means. */
+ * Episodes: windows of consecutive utterances as tf-idf vectors of their token ids (hashed into
+ * 4096 buckets; idf over the windows, so template tokens and function words weigh nothing),
+ * clustered by spherical k-means; a question goes to the nearest centroid. EpiCache embeds with a
+ * sentence encoder; kvfuse has none, and the serving model's mean input embedding routed worse
+ * than the tokens a question shares with its topic (docs/conv-budget.md). */
 #include "common.h"
 #include "engine/forward.h"
 #include "engine/kv_cells.h"
+#include "engine/model.h"
 #include "engine/threadpool.h"
 
 #include <math.h>
@@ -226,23 +229,23 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
 
 /* ---- episodes -------------------------------------------------------------------------- */
 
+#define EPI_DIM 4096 /* hashed term buckets */
+
 struct kvf_episodes {
-    int32_t n_ep, dim, n_win, n_utt, n;
+    int32_t n_ep, n_win, n_utt, n, win, n_vocab;
     int32_t *ids;    /* [n] the history */
     int32_t *utt;    /* [n_utt + 1] utterance starts, utt[n_utt] = n */
     int32_t *win_u0; /* [n_win] first utterance of each window */
-    int32_t win;     /* utterances per window */
     int32_t *win_ep; /* [n_win] episode */
     float *win_sim;  /* [n_win] cosine to the episode's centroid */
-    float *idf;      /* [n_vocab] */
-    float *mean;     /* [dim] centring vector */
-    float *centroid; /* [n_ep][dim] unit */
+    float *idf;      /* [n_vocab]: log((1 + N) / (1 + df)), 0 for tokens of no window */
+    float *centroid; /* [n_ep][EPI_DIM] unit */
 };
 
 void kvf_episodes_free(kvf_episodes *e) {
     if (!e) return;
     kvf_free(e->ids), kvf_free(e->utt), kvf_free(e->win_u0), kvf_free(e->win_ep);
-    kvf_free(e->win_sim), kvf_free(e->idf), kvf_free(e->mean), kvf_free(e->centroid);
+    kvf_free(e->win_sim), kvf_free(e->idf), kvf_free(e->centroid);
     kvf_free(e);
 }
 
@@ -250,41 +253,33 @@ int32_t kvf_episodes_count(const kvf_episodes *e) {
     return e ? e->n_ep : 0;
 }
 
-/* idf-weighted mean input embedding of toks[0..n) into out[dim] (not centred) */
-static void embed_mean(kvf_session *s, const float *idf, const int32_t *toks, int32_t n,
-                       float *out) {
-    int dim = s->m->hp.n_embd;
-    double wsum = 0;
-    memset(out, 0, sizeof(float) * (size_t)dim);
-    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
-        int32_t u = KVF_MIN(s->U, n - i0);
-        kvf_fwd_embed(s, toks + i0, u, s->x);
-        for (int32_t i = 0; i < u; i++) {
-            float w = idf[toks[i0 + i]];
-            if (w <= 0.0f) continue;
-            const float *x = s->x + (int64_t)i * dim;
-            for (int d = 0; d < dim; d++)
-                out[d] += w * x[d];
-            wsum += w;
-        }
+static uint32_t bucket(int32_t tok) {
+    return ((uint32_t)tok * 2654435761u) >> 20; /* 12 bits: EPI_DIM */
+}
+
+/* tf-idf of toks[0..n) hashed into out[EPI_DIM], sublinear tf (1 + ln tf), unit length. The
+ * term counts use `cnt` ([n_vocab], zero on entry and on return). */
+static void tfidf(const kvf_episodes *e, const int32_t *toks, int32_t n, int32_t *cnt, float *out) {
+    memset(out, 0, sizeof(float) * EPI_DIM);
+    for (int32_t i = 0; i < n; i++)
+        cnt[toks[i]]++;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t t = toks[i];
+        if (cnt[t] == 0) continue; /* counted already */
+        out[bucket(t)] += (1.0f + logf((float)cnt[t])) * e->idf[t];
+        cnt[t] = 0;
     }
-    if (wsum > 0)
-        for (int d = 0; d < dim; d++)
-            out[d] = (float)(out[d] / wsum);
-}
-
-static void unit(float *v, int dim) {
     double n2 = 0;
-    for (int d = 0; d < dim; d++)
-        n2 += (double)v[d] * v[d];
+    for (int d = 0; d < EPI_DIM; d++)
+        n2 += (double)out[d] * out[d];
     float inv = n2 > 0 ? (float)(1.0 / sqrt(n2)) : 0.0f;
-    for (int d = 0; d < dim; d++)
-        v[d] *= inv;
+    for (int d = 0; d < EPI_DIM; d++)
+        out[d] *= inv;
 }
 
-static float dot(const float *a, const float *b, int dim) {
+static float dot(const float *a, const float *b) {
     double acc = 0;
-    for (int d = 0; d < dim; d++)
+    for (int d = 0; d < EPI_DIM; d++)
         acc += (double)a[d] * b[d];
     return (float)acc;
 }
@@ -296,12 +291,12 @@ static int32_t win_end(const kvf_episodes *e, int32_t w) {
     return e->utt[KVF_MIN(e->win_u0[w] + e->win, e->n_utt)];
 }
 
-kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n, const int32_t *utt,
+kvf_status kvf_episodes_build(const kvf_model *m, const int32_t *ids, int32_t n, const int32_t *utt,
                               int32_t n_utt, int32_t win, int32_t n_episodes, kvf_episodes **out) {
     if (out) *out = NULL;
-    if (!s || !ids || n < 1 || !utt || n_utt < 1 || win < 1 || n_episodes < 1 || !out)
+    if (!m || !ids || n < 1 || !utt || n_utt < 1 || win < 1 || n_episodes < 1 || !out)
         return kvf_set_error(KVF_E_INVAL, "kvf_episodes_build: bad arguments");
-    const int32_t V = s->m->hp.n_vocab;
+    const int32_t V = m->hp.n_vocab;
     for (int32_t i = 0; i < n_utt; i++)
         if (utt[i] < 0 || utt[i] >= n || (i > 0 && utt[i] <= utt[i - 1]))
             return kvf_set_error(KVF_E_INVAL,
@@ -314,25 +309,24 @@ kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n, con
                                  V - 1);
     kvf_episodes *e = kvf_calloc(1, sizeof *e);
     if (!e) return kvf_set_error(KVF_E_NOMEM, "out of memory for episodes");
-    int32_t dim = s->m->hp.n_embd, stride = KVF_MAX(win / 2, 1);
-    e->dim = dim, e->n = n, e->n_utt = n_utt, e->win = KVF_MIN(win, n_utt);
+    int32_t stride = KVF_MAX(win / 2, 1);
+    e->n = n, e->n_utt = n_utt, e->win = KVF_MIN(win, n_utt), e->n_vocab = V;
     e->n_win = n_utt <= e->win ? 1 : (n_utt - e->win + stride - 1) / stride + 1;
+    e->n_ep = KVF_MIN(n_episodes, e->n_win);
     e->ids = kvf_malloc(sizeof(int32_t) * (size_t)n);
     e->utt = kvf_malloc(sizeof(int32_t) * (size_t)(n_utt + 1));
     e->win_u0 = kvf_malloc(sizeof(int32_t) * (size_t)e->n_win);
     e->win_ep = kvf_calloc((size_t)e->n_win, sizeof(int32_t));
     e->win_sim = kvf_calloc((size_t)e->n_win, sizeof(float));
     e->idf = kvf_calloc((size_t)V, sizeof(float));
-    e->mean = kvf_calloc((size_t)dim, sizeof(float));
-    float *emb = kvf_malloc(sizeof(float) * (size_t)e->n_win * (size_t)dim);
-    int32_t *df = kvf_calloc((size_t)V, sizeof(int32_t)),
+    e->centroid = kvf_malloc(sizeof(float) * (size_t)e->n_ep * EPI_DIM);
+    float *vec = kvf_malloc(sizeof(float) * (size_t)e->n_win * EPI_DIM);
+    float *acc = kvf_malloc(sizeof(float) * (size_t)e->n_ep * EPI_DIM);
+    int32_t *cnt = kvf_calloc((size_t)V, sizeof(int32_t)),
             *seen = kvf_malloc(sizeof(int32_t) * (size_t)V);
-    e->n_ep = KVF_MIN(n_episodes, e->n_win);
-    e->centroid = kvf_malloc(sizeof(float) * (size_t)e->n_ep * (size_t)dim);
-    float *acc = kvf_malloc(sizeof(float) * (size_t)e->n_ep * (size_t)dim);
-    if (!e->ids || !e->utt || !e->win_u0 || !e->win_ep || !e->win_sim || !e->idf || !e->mean ||
-        !emb || !df || !seen || !e->centroid || !acc) {
-        kvf_free(emb), kvf_free(df), kvf_free(seen), kvf_free(acc);
+    if (!e->ids || !e->utt || !e->win_u0 || !e->win_ep || !e->win_sim || !e->idf || !e->centroid ||
+        !vec || !acc || !cnt || !seen) {
+        kvf_free(vec), kvf_free(acc), kvf_free(cnt), kvf_free(seen);
         kvf_episodes_free(e);
         return kvf_set_error(KVF_E_NOMEM, "out of memory for episodes");
     }
@@ -341,39 +335,32 @@ kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n, con
     e->utt[n_utt] = n;
     for (int32_t w = 0; w < e->n_win; w++)
         e->win_u0[w] = KVF_MIN(w * stride, n_utt - e->win);
-    /* idf over the windows: log((1 + N) / (1 + df)), 0 for tokens in every window */
+    /* document frequency over the windows (cnt as df for now) */
     for (int32_t t = 0; t < V; t++)
         seen[t] = -1;
     for (int32_t w = 0; w < e->n_win; w++)
         for (int32_t i = win_start(e, w); i < win_end(e, w); i++)
-            if (seen[ids[i]] != w) seen[ids[i]] = w, df[ids[i]]++;
-    for (int32_t t = 0; t < V; t++)
-        e->idf[t] =
-            (float)log((1.0 + e->n_win) / (1.0 + df[t])) + (df[t] < e->n_win ? 1e-3f : 0.0f);
-    for (int32_t w = 0; w < e->n_win; w++)
-        embed_mean(s, e->idf, ids + win_start(e, w), win_end(e, w) - win_start(e, w),
-                   emb + (int64_t)w * dim);
-    for (int32_t w = 0; w < e->n_win; w++)
-        for (int d = 0; d < dim; d++)
-            e->mean[d] += emb[(int64_t)w * dim + d] / (float)e->n_win;
-    for (int32_t w = 0; w < e->n_win; w++) {
-        for (int d = 0; d < dim; d++)
-            emb[(int64_t)w * dim + d] -= e->mean[d];
-        unit(emb + (int64_t)w * dim, dim);
+            if (seen[ids[i]] != w) seen[ids[i]] = w, cnt[ids[i]]++;
+    for (int32_t t = 0; t < V; t++) {
+        e->idf[t] = cnt[t] ? (float)log((1.0 + e->n_win) / (1.0 + cnt[t])) : 0.0f;
+        cnt[t] = 0;
     }
+    for (int32_t w = 0; w < e->n_win; w++)
+        tfidf(e, ids + win_start(e, w), win_end(e, w) - win_start(e, w), cnt,
+              vec + (int64_t)w * EPI_DIM);
     /* spherical k-means: farthest-point start from window 0, then Lloyd iterations */
-    memcpy(e->centroid, emb, sizeof(float) * (size_t)dim);
+    memcpy(e->centroid, vec, sizeof(float) * EPI_DIM);
     for (int32_t c = 1; c < e->n_ep; c++) {
         int32_t best = 0;
         float lo = INFINITY;
         for (int32_t w = 0; w < e->n_win; w++) {
             float hi = -INFINITY;
             for (int32_t k = 0; k < c; k++)
-                hi = fmaxf(hi, dot(emb + (int64_t)w * dim, e->centroid + (int64_t)k * dim, dim));
+                hi = fmaxf(hi, dot(vec + (int64_t)w * EPI_DIM, e->centroid + (int64_t)k * EPI_DIM));
             if (hi < lo) lo = hi, best = w;
         }
-        memcpy(e->centroid + (int64_t)c * dim, emb + (int64_t)best * dim,
-               sizeof(float) * (size_t)dim);
+        memcpy(e->centroid + (int64_t)c * EPI_DIM, vec + (int64_t)best * EPI_DIM,
+               sizeof(float) * EPI_DIM);
     }
     for (int it = 0; it < 50; it++) {
         int changed = 0;
@@ -381,47 +368,50 @@ kvf_status kvf_episodes_build(kvf_session *s, const int32_t *ids, int32_t n, con
             int32_t best = 0;
             float bs = -INFINITY;
             for (int32_t k = 0; k < e->n_ep; k++) {
-                float v = dot(emb + (int64_t)w * dim, e->centroid + (int64_t)k * dim, dim);
+                float v = dot(vec + (int64_t)w * EPI_DIM, e->centroid + (int64_t)k * EPI_DIM);
                 if (v > bs) bs = v, best = k;
             }
             changed += it == 0 || e->win_ep[w] != best;
             e->win_ep[w] = best, e->win_sim[w] = bs;
         }
         if (!changed) break;
-        memset(acc, 0, sizeof(float) * (size_t)e->n_ep * (size_t)dim);
+        memset(acc, 0, sizeof(float) * (size_t)e->n_ep * EPI_DIM);
         for (int32_t w = 0; w < e->n_win; w++)
-            for (int d = 0; d < dim; d++)
-                acc[(int64_t)e->win_ep[w] * dim + d] += emb[(int64_t)w * dim + d];
+            for (int d = 0; d < EPI_DIM; d++)
+                acc[(int64_t)e->win_ep[w] * EPI_DIM + d] += vec[(int64_t)w * EPI_DIM + d];
         for (int32_t k = 0; k < e->n_ep; k++) {
-            float *a = acc + (int64_t)k * dim;
-            if (dot(a, a, dim) <= 0.0f) continue; /* empty: keeps its centroid */
-            unit(a, dim);
-            memcpy(e->centroid + (int64_t)k * dim, a, sizeof(float) * (size_t)dim);
+            float *a = acc + (int64_t)k * EPI_DIM;
+            double n2 = 0;
+            for (int d = 0; d < EPI_DIM; d++)
+                n2 += (double)a[d] * a[d];
+            if (n2 <= 0) continue; /* empty: keeps its centroid */
+            for (int d = 0; d < EPI_DIM; d++)
+                e->centroid[(int64_t)k * EPI_DIM + d] = (float)(a[d] / sqrt(n2));
         }
     }
-    kvf_free(emb), kvf_free(df), kvf_free(seen), kvf_free(acc);
+    kvf_free(vec), kvf_free(acc), kvf_free(cnt), kvf_free(seen);
     *out = e;
     return KVF_OK;
 }
 
-int32_t kvf_episodes_route(kvf_session *s, const kvf_episodes *e, const int32_t *q, int32_t nq,
-                           float *sim) {
-    if (!s || !e || !q || nq < 1 || s->m->hp.n_embd != e->dim) return -1;
+int32_t kvf_episodes_route(const kvf_episodes *e, const int32_t *q, int32_t nq, float *sim) {
+    if (!e || !q || nq < 1) return -1;
     for (int32_t i = 0; i < nq; i++)
-        if (q[i] < 0 || q[i] >= s->m->hp.n_vocab) return -1;
-    float *v = kvf_malloc(sizeof(float) * (size_t)e->dim);
-    if (!v) return -1;
-    embed_mean(s, e->idf, q, nq, v);
-    for (int d = 0; d < e->dim; d++)
-        v[d] -= e->mean[d];
-    unit(v, e->dim);
+        if (q[i] < 0 || q[i] >= e->n_vocab) return -1;
+    float *v = kvf_malloc(sizeof(float) * EPI_DIM);
+    int32_t *cnt = kvf_calloc((size_t)e->n_vocab, sizeof(int32_t));
+    if (!v || !cnt) {
+        kvf_free(v), kvf_free(cnt);
+        return -1;
+    }
+    tfidf(e, q, nq, cnt, v);
     int32_t best = 0;
     float bs = -INFINITY;
     for (int32_t k = 0; k < e->n_ep; k++) {
-        float x = dot(v, e->centroid + (int64_t)k * e->dim, e->dim);
+        float x = dot(v, e->centroid + (int64_t)k * EPI_DIM);
         if (x > bs) bs = x, best = k;
     }
-    kvf_free(v);
+    kvf_free(v), kvf_free(cnt);
     if (sim) *sim = bs;
     return best;
 }

@@ -624,8 +624,8 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     double        t0 = srv_now_ms();
     int32_t       q0 = j->utt[j->n_utt - 1], probe[CONV_PROBE], np = 0, e_id = -1;
     kvf_episodes *ep = NULL;
-    if (kvf_episodes_build(sl->s, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
-        e_id = kvf_episodes_route(sl->s, ep, sl->flat + q0, sl->n_flat - q0, NULL);
+    if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
+        e_id = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
         np   = e_id >= 0 ? kvf_episodes_probe(ep, e_id, probe, CONV_PROBE) : 0;
     }
     kvf_conv_budget_params bp = kvf_conv_budget_default_params(s->p.conv_budget);
