@@ -7,9 +7,9 @@
  * (unbounded; prefilled once per conversation). The other modes prefill the history with
  * kvf_session_prefill_budget under --budget-frac of its length and differ in the probe: "epi"
  * the probe of the episode the question is routed to (kvf_episodes_*), "recent" the recent
- * window (block prefill without episodes), and with --question-probe also "question" (the
- * question's words: question-specific eviction, which EpiCache argues fails in later turns) and
- * "epiq" (the episode's probe, then the question's words).
+ * window (block prefill without episodes), "question" the question's words (question-specific
+ * eviction, which EpiCache argues fails in later turns) and "epiq" the episode's probe, then the
+ * question's words. --modes picks them (default epi,recent); full always runs.
  *
  * One JSON line per (conversation, question, mode) on stdout: the answer, the gold answers, peak
  * cells, KV bytes resident after the answer, times. bench/conv_budget.py turns the lines into
@@ -17,7 +17,7 @@
  *
  *   build/bench/conv_budget -m MODEL --data musique_s.json [--conversations 5] [--topics 3]
  *       [--passages 4] [--budget-frac 0.25] [--block 256] [--episodes 4] [--probe 64]
- *       [-n 16] [--threads N] [--question-probe] [--no-recent] [--offset 0]
+ *       [-n 16] [--threads N] [--modes epi,recent] [--offset 0]
  */
 #include "kvfuse.h"
 
@@ -35,11 +35,23 @@ static double now_ms(void) {
     return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
 }
 
+/* whether the comma-separated list names mode */
+static bool has_mode(const char *list, const char *mode) {
+    size_t n = strlen(mode);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t      l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && !strncmp(p, mode, n)) return true;
+        p += l + (e != NULL);
+    }
+    return false;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
-            "       [-n TOKENS] [--threads N] [--question-probe] [--no-recent] [--offset I]\n");
+            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq] [--offset I]\n");
 }
 
 static char *read_file(const char *path) {
@@ -112,16 +124,12 @@ static int answer(kvf_session *s, const kvf_model *m, const int32_t *q, int32_t 
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL;
     int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
-    int threads = 0, qprobe = 0, offset = 0, skip_recent = 0;
+    int threads = 0, offset = 0;
+    const char *mode_list = "epi,recent";
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
-        if (!strcmp(a, "--question-probe") || !strcmp(a, "--no-recent")) {
-            if (a[2] == 'q') qprobe = 1;
-            else skip_recent = 1;
-            continue;
-        }
         if (!v) return usage(), 2;
         if (!strcmp(a, "-m"))
             model = v;
@@ -147,6 +155,8 @@ int main(int argc, char **argv) {
             threads = atoi(v);
         else if (!strcmp(a, "--offset"))
             offset = atoi(v);
+        else if (!strcmp(a, "--modes"))
+            mode_list = v;
         else
             return usage(), 2;
         i++;
@@ -263,8 +273,8 @@ int main(int argc, char **argv) {
             int32_t n_epiq = n_probe;
             for (int32_t i = 0; i < nqw && n_epiq < 4096 + 1024; i++) probe[n_epiq++] = qw[i];
             const char *modes[5] = {"full", "epi", "recent", "question", "epiq"};
-            for (int md = 0; md < 3 + 2 * qprobe; md++) {
-                if (md == 2 && skip_recent) continue;
+            for (int md = 0; md < 5; md++) {
+                if (md > 0 && !has_mode(mode_list, modes[md])) continue;
                 char ans[2048];
                 double ttft = 0, pre_ms = 0;
                 kvf_conv_budget_stats st = {0};

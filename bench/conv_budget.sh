@@ -3,12 +3,12 @@
 # answers each question of CONVS conversations (TOPICS MuSiQue questions' passages each, PASSAGES
 # per question, one topic after the other, as notes the assistant acknowledges) with the whole
 # history cached (full), under --conv-budget = FRAC of the history with the probe of the
-# question's episode (epi), and with a probe of the recent window only (recent); with QPROBE=1
-# also with the question itself as the probe. Prints the table (bench/conv_budget.py) and keeps
-# the JSON lines. Not part of `make test`.
+# question's episode (epi), and with a probe of the recent window only (recent); MODES picks the
+# bounded modes (epi,recent; also question, epiq: the question alone, the episode + question).
+# Prints the table (bench/conv_budget.py) and keeps the JSON lines. Not part of `make test`.
 #   bench/conv_budget.sh [MODEL_FILE]   (default models/Qwen2.5-Coder-0.5B-Instruct.gguf)
 #   env: CONVS (5), TOPICS (3), PASSAGES (4), FRAC (0.25), BLOCK (256), EPISODES (4), PROBE (64),
-#        N (16), QPROBE (0), SHARED (../shared), OUT (results file, default a temporary one)
+#        N (16), MODES (epi,recent), SHARED (../shared), OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/Qwen2.5-Coder-0.5B-Instruct.gguf}
@@ -19,10 +19,8 @@ BIN=${BIN:-build/bench/conv_budget}
 [ -f "$DATA" ] || { echo "conv_budget: $DATA not found (set SHARED)" >&2; exit 1; }
 [ -f "$MODEL" ] || { echo "conv_budget: $MODEL not found (make demo downloads it)" >&2; exit 1; }
 OUT=${OUT:-$(mktemp --suffix=.jsonl)}
-extra=()
-[ "${QPROBE:-0}" = 1 ] && extra+=(--question-probe)
 "$BIN" -m "$MODEL" --data "$DATA" --conversations "${CONVS:-5}" --topics "${TOPICS:-3}" \
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
-    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" "${extra[@]}" > "$OUT"
+    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "${MODES:-epi,recent}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"
