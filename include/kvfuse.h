@@ -526,7 +526,8 @@ typedef struct kvf_conv_budget_stats {
  * SnapKV's observation window). Afterwards s holds at most budget - n_probe cells of the
  * history (positions 0..n-1, some evicted; the last block whole); continue with
  * kvf_session_eval (the question) and decode. A session so filled can only be appended to or
- * truncated to 0. Errors: KVF_E_INVAL (session not empty, sparse prefill attention, a budget
+ * truncated to 0. Errors: KVF_E_INVAL (session not empty, sparse prefill attention or LouisKV
+ * decoding, a budget
  * too small for sink + window + block + probe + 16), KVF_E_CTX_FULL, KVF_E_NOMEM. */
 KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
                                               const int32_t *probe, int32_t n_probe,

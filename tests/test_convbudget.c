@@ -273,6 +273,12 @@ static void test_errors(void) {
     kvf_attn_params sa = kvf_attn_default_params(KVF_ATTN_SALE);
     CHECK_EQ(kvf_session_set_attn(s, &sa), KVF_OK);
     CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    kvf_attn_params dense = kvf_attn_default_params(KVF_ATTN_DENSE);
+    kvf_decode_attn_params louis = kvf_decode_attn_default_params(KVF_DECODE_LOUIS);
+    CHECK_EQ(kvf_session_set_attn(s, &dense), KVF_OK);
+    CHECK_EQ(kvf_session_set_decode_attn(s, &louis), KVF_OK);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 300, NULL, 0, &p, NULL), KVF_E_INVAL);
+    CHECK(strstr(kvf_errmsg(), "LouisKV") != NULL);
     kvf_episodes *e = NULL;
     int32_t utt[3] = {0, 50, 40};
     CHECK_EQ(kvf_episodes_build(m, ids, 300, utt, 3, 2, 2, &e), KVF_E_INVAL); /* not ascending */

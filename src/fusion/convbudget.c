@@ -176,6 +176,9 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
                              s->n_past);
     if (kvf_session_attn(s).mode != KVF_ATTN_DENSE)
         return kvf_set_error(KVF_E_INVAL, "a conversation budget needs dense prefill attention");
+    if (kvf_session_decode_attn(s).mode == KVF_DECODE_LOUIS) /* its index is of uncompacted cells */
+        return kvf_set_error(KVF_E_INVAL, "a conversation budget cannot be combined with LouisKV "
+                                          "decode attention");
     if (p->block < 1 || p->sink < 0 || p->window < 0 || p->pool < 1 || p->pool > 64)
         return kvf_set_error(KVF_E_INVAL,
                              "conversation budget: block %d, sink %d, window %d, pool %d "

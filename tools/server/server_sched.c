@@ -519,10 +519,11 @@ static int by_admission(const void *a, const void *b, void *arg) {
 }
 
 /* EpiCache: a plain chat prompt longer than --conv-budget, whose history (every message but
- * the last) is prefilled under the budget; only with dense prefill attention. */
+ * the last) is prefilled under the budget; only with dense prefill attention and not with
+ * LouisKV decoding (kvf_session_prefill_budget). */
 static bool bounded_job(const srv_sched *s, const srv_job *j, int32_t n_flat) {
     return s->p.conv_budget > 0 && !j->fused && j->chat && j->n_utt >= 2 && n_flat > s->p.conv_budget &&
-           j->utt[j->n_utt - 1] > 0 && j->attn.mode == KVF_ATTN_DENSE;
+           j->utt[j->n_utt - 1] > 0 && j->attn.mode == KVF_ATTN_DENSE && j->dattn.mode != KVF_DECODE_LOUIS;
 }
 
 /* Give job j a free slot (there is one). */
