@@ -211,11 +211,11 @@ eval-qwen: cli $(QWEN05) ## MuSiQue, first 20 questions, full and a3 on Qwen2.5-
 # Fidelity on Qwen2.5-Coder-0.5B (docs/selection.md): every method at four ratios; the committed
 # results/ folders are these runs (rerun to extend or check them: each resumes).
 RESULTS   ?= results
-FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus
+FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus,prefix
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
 .PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table plot-attn
-eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 8 methods x 4 ratios on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
+eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 9 methods (8 x 4 ratios) on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit $(FID_LIMIT) -n 16 --out $(RESULTS)/qwen05-musique30 $(EVAL_ARGS)
