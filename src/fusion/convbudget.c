@@ -20,6 +20,7 @@
 #include "engine/kv_cells.h"
 #include "engine/model.h"
 #include "engine/threadpool.h"
+#include "fusion/select.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -73,17 +74,6 @@ static void probe_head(void *p, int ith, int nth) {
                     sc[j] = fmaxf(sc[j], lg[j] * inv);
             }
     }
-}
-
-static int by_score_desc(const void *a, const void *b, void *arg) {
-    const float *s = arg;
-    float x = s[*(const int32_t *)a], y = s[*(const int32_t *)b];
-    if (x != y) return x > y ? -1 : 1;
-    return *(const int32_t *)a - *(const int32_t *)b;
-}
-
-static int by_index(const void *a, const void *b) {
-    return *(const int32_t *)a - *(const int32_t *)b;
 }
 
 /* Run the probe after the cells, then keep `keep_n` cells per layer and KV head. */
@@ -144,9 +134,9 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
             int32_t n = 0;
             for (int32_t j = c0; j < c1; j++)
                 idx[n++] = j;
-            qsort_r(idx, (size_t)n, sizeof(int32_t), by_score_desc, pool);
+            qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc, pool);
             n = KVF_MIN(need, n);
-            qsort(idx, (size_t)n, sizeof(int32_t), by_index);
+            qsort(idx, (size_t)n, sizeof(int32_t), kvf_by_index);
             /* keep = [0, S) + the chosen + [c1, nh), ascending: shift the chosen up by S */
             memmove(idx + S, idx, sizeof(int32_t) * (size_t)n);
             for (int32_t j = 0; j < S; j++)
@@ -431,11 +421,8 @@ int32_t kvf_episodes_probe(const kvf_episodes *e, int32_t ep, int32_t *out, int3
     int32_t nw = 0, room = max;
     for (int32_t w = 0; w < e->n_win; w++)
         if (e->win_ep[w] == ep) w_ord[nw++] = w;
-    for (int32_t i = 1; i < nw; i++) /* insertion sort, most similar first, then earlier */
-        for (int32_t j = i; j > 0 && e->win_sim[w_ord[j]] > e->win_sim[w_ord[j - 1]]; j--) {
-            int32_t t = w_ord[j];
-            w_ord[j] = w_ord[j - 1], w_ord[j - 1] = t;
-        }
+    /* most similar first, then earlier */
+    qsort_r(w_ord, (size_t)nw, sizeof(int32_t), kvf_by_score_desc, e->win_sim);
     for (int32_t i = 0; i < nw && room > 0; i++)
         for (int32_t u = e->win_u0[w_ord[i]];
              u < KVF_MIN(e->win_u0[w_ord[i]] + e->win, e->n_utt) && room > 0; u++)

@@ -567,22 +567,13 @@ static kvf_status select_pass(fuse_ctx *c, select_state *ss) {
 }
 
 /* rows = top k document positions by score (ties: earlier position) + the question, sorted */
-static int by_score(const void *a, const void *b, void *score) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    float   sx = ((const float *)score)[x], sy = ((const float *)score)[y];
-    if (sx != sy) return sx < sy ? 1 : -1;
-    return x - y;
-}
-static int by_pos(const void *a, const void *b) {
-    return *(const int32_t *)a - *(const int32_t *)b;
-}
 
 static int32_t select_topk(const fuse_ctx *c, const float *score, int32_t k, int32_t *rows) {
     int32_t q0 = c->T - c->q, nd = q0 - c->P, n = 0;
     for (int32_t j = c->P; j < q0; j++) rows[n++] = j;
-    qsort_r(rows, (size_t)nd, sizeof(int32_t), by_score, (void *)score);
+    qsort_r(rows, (size_t)nd, sizeof(int32_t), kvf_by_score_desc, (void *)score);
     n = KVF_MIN(k, nd);
-    qsort(rows, (size_t)n, sizeof(int32_t), by_pos);
+    qsort(rows, (size_t)n, sizeof(int32_t), kvf_by_index);
     for (int32_t j = q0; j < c->T; j++) rows[n++] = j;
     return n;
 }
@@ -641,9 +632,9 @@ static kvf_status evict(fuse_ctx *c) {
                 }
                 int32_t n = 0;
                 for (int32_t j = 0; j < nc; j++) keep[n++] = j;
-                qsort_r(keep, (size_t)nc, sizeof(int32_t), by_score, pooled);
+                qsort_r(keep, (size_t)nc, sizeof(int32_t), kvf_by_score_desc, pooled);
                 n = nkeep;
-                qsort(keep, (size_t)n, sizeof(int32_t), by_pos);
+                qsort(keep, (size_t)n, sizeof(int32_t), kvf_by_index);
                 for (int32_t j = nc; j < T; j++) keep[n++] = j;
                 kvf_cells_compact_head(s, l, kh, keep, n);
             }

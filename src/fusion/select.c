@@ -5,6 +5,17 @@
 #include <math.h>
 #include <string.h>
 
+int kvf_by_score_desc(const void *a, const void *b, void *score) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float   sx = ((const float *)score)[x], sy = ((const float *)score)[y];
+    if (sx != sy) return sx < sy ? 1 : -1;
+    return x - y;
+}
+
+int kvf_by_index(const void *a, const void *b) {
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
 kvf_status kvf_qattn_init(kvf_qattn *a, int n_layer, int32_t c0, int32_t c1, int32_t qpos0,
                           int per_head) {
     memset(a, 0, sizeof *a);

@@ -1,7 +1,8 @@
 /* select.h - the question-attention signal shared by the multi-layer selection methods
  * (prophet, focus; docs/selection.md): the attention of the question rows to the document
  * columns, recorded per layer while the question rows run through the fused cache, then
- * combined into one score per document token. Private to src/fusion. */
+ * combined into one score per document token; and the index orders every selection sorts
+ * with. Private to src/fusion. */
 #ifndef KVF_FUSION_SELECT_H
 #define KVF_FUSION_SELECT_H
 
@@ -38,5 +39,10 @@ kvf_status kvf_qattn_layer(kvf_qattn *a, kvf_session *s, int l, const kvf_batch 
  * votes with the same weight), then average-pooled with window `pool` (1 = none). out [c1-c0]. */
 void kvf_qattn_combine(const kvf_qattn *a, int l_from, int l_to, int normalize, int pool,
                        float *out);
+
+/* Index orders for qsort_r / qsort: indices by score (arg: the float scores they index)
+ * descending, ties by the lower index; indices ascending. */
+int kvf_by_score_desc(const void *a, const void *b, void *score);
+int kvf_by_index(const void *a, const void *b);
 
 #endif
