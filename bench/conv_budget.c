@@ -8,8 +8,9 @@
  * kvf_session_prefill_budget under --budget-frac of its length and differ in the probe: "epi"
  * the probe of the episode the question is routed to (kvf_episodes_*), "recent" the recent
  * window (block prefill without episodes), "question" the question's words (question-specific
- * eviction, which EpiCache argues fails in later turns) and "epiq" the episode's probe, then the
- * question's words. --modes picks them (default epi,recent); full always runs.
+ * eviction, which EpiCache argues fails in later turns), "epiq" the episode's probe, then the
+ * question's words, and "epil" epi with each layer's budget from a --layers profile
+ * (kvf_conv_layer_budgets, --alpha). --modes picks them (default epi,recent); full always runs.
  *
  * One JSON line per (conversation, question, mode) on stdout: the answer, the gold answers, peak
  * cells, KV bytes resident after the answer, times. bench/conv_budget.py turns the lines into
@@ -51,7 +52,9 @@ static void usage(void) {
     fprintf(stderr,
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
-            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq] [--offset I]\n");
+            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil] [--offset I]\n"
+            "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
+            "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
 }
 
 static char *read_file(const char *path) {
@@ -125,7 +128,8 @@ int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL;
     int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
     int threads = 0, offset = 0;
-    const char *mode_list = "epi,recent";
+    const char *mode_list = "epi,recent", *layers = NULL;
+    double alpha = 1.3;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -157,13 +161,18 @@ int main(int argc, char **argv) {
             offset = atoi(v);
         else if (!strcmp(a, "--modes"))
             mode_list = v;
+        else if (!strcmp(a, "--layers"))
+            layers = v;
+        else if (!strcmp(a, "--alpha"))
+            alpha = atof(v);
         else
             return usage(), 2;
         i++;
     }
     if (!model || !data || n_conv < 1 || topics < 1 || passages < 1 ||
         topics * passages * 2 + 2 > MAX_MSG || !(frac > 0 && frac <= 1) || block < 1 || n_ep < 1 ||
-        probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0)
+        probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) ||
+        (has_mode(mode_list, "epil") && !layers))
         return usage(), 2;
     char *txt = read_file(data);
     cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
@@ -196,6 +205,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     int64_t bpt = kvf_session_kv_bytes_per_token(m, sp.kv_type);
+    int32_t L = kvf_model_n_layer(m), *lb = calloc((size_t)L, sizeof(int32_t));
+    float *lsim = calloc((size_t)L, sizeof(float));
+    if (!lb || !lsim || (layers && kvf_conv_layer_profile_load(layers, m, lsim) != KVF_OK)) {
+        fprintf(stderr, "conv_budget: %s\n", lb && lsim ? kvf_errmsg() : "out of memory");
+        return 1;
+    }
     for (int c = 0; c < n_conv; c++) {
         /* the history: system, then the topics' passages interleaved as notes */
         kvf_chat_msg msgs[MAX_MSG];
@@ -272,8 +287,8 @@ int main(int argc, char **argv) {
             /* epiq: the episode's probe, then the question's words */
             int32_t n_epiq = n_probe;
             for (int32_t i = 0; i < nqw && n_epiq < 4096 + 1024; i++) probe[n_epiq++] = qw[i];
-            const char *modes[5] = {"full", "epi", "recent", "question", "epiq"};
-            for (int md = 0; md < 5; md++) {
+            const char *modes[6] = {"full", "epi", "recent", "question", "epiq", "epil"};
+            for (int md = 0; md < 6; md++) {
                 if (md > 0 && !has_mode(mode_list, modes[md])) continue;
                 char ans[2048];
                 double ttft = 0, pre_ms = 0;
@@ -285,9 +300,21 @@ int main(int argc, char **argv) {
                 } else {
                     kvf_session_truncate(s, 0);
                     kvf_session_trim(s);
-                    const int32_t *pr = md == 1 || md == 4 ? probe : md == 3 ? qw : NULL;
-                    int32_t np = md == 1 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
+                    const int32_t *pr = md == 1 || md == 4 || md == 5 ? probe : md == 3 ? qw : NULL;
+                    int32_t np = md == 1 || md == 5 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
                     bp.window = 32;
+                    bp.layer_budget = NULL;
+                    if (md == 5) { /* epil: the episode's probe and the profile's layer budgets */
+                        if (kvf_conv_layer_budgets(lsim, L, budget, (float)alpha,
+                                                   kvf_conv_layer_min_budget(&bp, np), lb) != KVF_OK) {
+                            fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
+                            return 1;
+                        }
+                        bp.layer_budget = lb;
+                        int32_t lo = lb[0], hi = lb[0];
+                        for (int l = 1; l < L; l++) lo = lb[l] < lo ? lb[l] : lo, hi = lb[l] > hi ? lb[l] : hi;
+                        fprintf(stderr, "  layer budgets %d .. %d (mean %d)\n", lo, hi, budget);
+                    }
                     double t1 = now_ms();
                     if (kvf_session_prefill_budget(s, hist, n_hist, pr, np, &bp, &st) != KVF_OK) {
                         fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
@@ -314,7 +341,7 @@ int main(int argc, char **argv) {
                     "\"ttft_ms\": %.1f, \"answer\": ",
                     c, t, modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
                     sim,
-                    md == 1   ? n_probe
+                    md == 1 || md == 5 ? n_probe
                     : md == 3 ? nqw
                     : md == 4 ? n_epiq
                     : md == 2 ? 32
@@ -342,6 +369,7 @@ int main(int argc, char **argv) {
             free(bodies[k]);
     }
     kvf_session_free(s), kvf_session_free(sf);
+    free(lb), free(lsim);
     kvf_model_free(m);
     cJSON_Delete(ds);
     return 0;

@@ -127,6 +127,7 @@ typedef struct kvf_model_info {
 
 KVF_API void    kvf_model_get_info(const kvf_model *model, kvf_model_info *out);
 KVF_API int32_t kvf_model_n_vocab(const kvf_model *model);
+KVF_API int32_t kvf_model_n_layer(const kvf_model *model);
 KVF_API int32_t kvf_model_n_ctx_train(const kvf_model *model);
 
 /* ---- tokenizer ----------------------------------------------------------------------- */
@@ -510,14 +511,17 @@ typedef struct kvf_conv_budget_params {
     int32_t sink;   /* first cells never evicted, e.g. the system prompt (0) */
     int32_t window; /* most recent cells never evicted (32) */
     int32_t pool;   /* score pooling width (5; 1 = none) */
+    const int32_t *layer_budget; /* [n_layer] cells each layer may hold (mean <= budget), e.g.
+                                    from kvf_conv_layer_budgets; NULL: budget for every layer */
 } kvf_conv_budget_params;
 KVF_API kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget);
 
 typedef struct kvf_conv_budget_stats {
     int32_t blocks;     /* blocks prefilled */
     int32_t evictions;  /* probe + eviction rounds */
-    int32_t peak_cells; /* most cells held at once (history, block and probe) */
-    int32_t cells;      /* cells held at the end (per KV head) */
+    int32_t peak_cells; /* most cells held at once (history, block and probe; with layer
+                           budgets the mean over layers, rounded up) */
+    int32_t cells;      /* cells held at the end (per KV head; mean over layers) */
     double  prefill_ms, probe_ms;
 } kvf_conv_budget_stats;
 
@@ -533,6 +537,29 @@ KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids
                                               const int32_t *probe, int32_t n_probe,
                                               const kvf_conv_budget_params *p,
                                               kvf_conv_budget_stats *stats);
+
+/* Layer budgets (EpiCache's layer-wise allocation). kvf_conv_layer_profile measures how much
+ * each layer's keys change when ids[0..n) is prefilled in blocks of `block` tokens, each block
+ * seeing only the first 128 tokens and the second half of the block before it, instead of
+ * whole: sim[l] = the mean over KV heads and 100-token windows of the cosine between the
+ * window's flattened keys both ways (1: the layer does not care). s must be empty, with dense
+ * attention and n_ctx >= n; it is left empty. n >= 2 * block, block >= 128. */
+KVF_API kvf_status kvf_conv_layer_profile(kvf_session *s, const int32_t *ids, int32_t n,
+                                          int32_t block, float *sim);
+/* Budgets from a profile: u = sim min-max normalised, w[l] = (1 - u[l])^alpha, and layer l gets
+ * floor + L (budget - floor) w[l] / sum(w) cells, floor = max(budget / 4, min_budget), so the
+ * sensitive layers hold more and the mean stays <= budget. alpha 0 (or a flat profile): every
+ * layer gets the budget. Errors: KVF_E_INVAL (min_budget > budget, alpha < 0, bad sim). */
+KVF_API kvf_status kvf_conv_layer_budgets(const float *sim, int32_t n_layer, int32_t budget,
+                                          float alpha, int32_t min_budget, int32_t *out);
+/* The profile as a text file ("layers N", then "LAYER SIMILARITY" lines; written atomically),
+ * and read back for a model of the same number of layers. Errors: KVF_E_IO, KVF_E_FORMAT. */
+KVF_API kvf_status kvf_conv_layer_profile_save(const char *path, const kvf_model *m,
+                                               const float *sim, int32_t n_tokens, int32_t block);
+KVF_API kvf_status kvf_conv_layer_profile_load(const char *path, const kvf_model *m, float *sim);
+/* The least budget a layer may get with these parameters and a probe of n_probe tokens
+ * (sink + window + block + probe + 16, + 64 for the key tile a layer budget rounds to). */
+KVF_API int32_t kvf_conv_layer_min_budget(const kvf_conv_budget_params *p, int32_t n_probe);
 
 /* Episodes of a conversation (EpiCache's clustering, without a second model): the history
  * ids[0..n) is cut into utterances at utt[0..n_utt) (ascending token offsets; utterance i is

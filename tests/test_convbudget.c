@@ -21,6 +21,7 @@
 #include "kvfuse.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -127,20 +128,29 @@ static int by_asc(const void *x, const void *y) {
     return *(const int32_t *)x - *(const int32_t *)y;
 }
 
-/* One eviction round (before the third of three 64-token blocks) recomputed at layer 0. */
-static void test_selection_by_hand(void) {
-    kvf_model *m = load_synth("hand", 13);
+/* One eviction round recomputed at layer 0. Uniform budget 160: before the third of three
+ * 64-token blocks, every layer keeps 88 of 128 cells. Layer budgets (200 for layer 0, 264 for
+ * layer 1): before the fourth block, layer 0 keeps 128 of 192 cells, now at cells 64..191 (its
+ * start rounded to the key tile), and layer 1 keeps all 192 at 0..191. */
+static void test_selection_by_hand(int layered) {
+    kvf_model *m = load_synth(layered ? "handl" : "hand", 13);
     if (!m) return;
     kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
-    int32_t ids[192], probe[8];
-    make_ids(ids, 192, 7), make_ids(probe, 8, 2);
-    const int budget = 160, sink = 4, window = 8, pool = 3, nh = 128, keep = budget - 64 - 8;
+    int32_t ids[256], probe[8], lb[2] = {200, 264};
+    make_ids(ids, 256, 7), make_ids(probe, 8, 2);
+    const int budget = layered ? 264 : 160, sink = 4, window = 8, pool = 3;
+    const int nh = layered ? 192 : 128, keep = (layered ? lb[0] : budget) - 64 - 8;
+    const int dst = layered ? 64 : 0, n_ids = nh + 64;
     kvf_conv_budget_params p = kvf_conv_budget_default_params(budget);
     p.block = 64, p.sink = sink, p.window = window, p.pool = pool;
+    if (layered) p.layer_budget = lb;
     kvf_conv_budget_stats st;
-    CHECK_EQ(kvf_session_prefill_budget(s, ids, 192, probe, 8, &p, &st), KVF_OK);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, n_ids, probe, 8, &p, &st), KVF_OK);
     CHECK_EQ(st.evictions, 1);
-    CHECK_EQ(st.cells, keep + 64);
+    CHECK_EQ(s->n_cells, dst + keep + 64);
+    CHECK_EQ(s->cell_start[0], dst);
+    CHECK_EQ(s->cell_start[1], 0);
+    CHECK_EQ(st.cells, layered ? (keep + 64 + nh + 64 + 1) / 2 : keep + 64);
     /* the reference: the first 128 tokens whole, then the probe's layer-0 queries */
     CHECK_EQ(kvf_session_eval(r, ids, nh, 0), KVF_OK);
     const kvf_hparams *hp = &m->hp;
@@ -153,7 +163,7 @@ static void test_selection_by_hand(void) {
     kvf_fwd_qkv(r, 0, r->x, &b, NULL, NULL);
     int all_match = 1;
     for (int kh = 0; kh < hp->n_head_kv; kh++) {
-        float sc[128] = {0}, pooled[128], lg[128];
+        float sc[256] = {0}, pooled[256], lg[256];
         const void *kt = kvf_kt_at(r, 0, kh);
         for (int i = 0; i < 8; i++)
             for (int gi = 0; gi < g; gi++) {
@@ -172,7 +182,7 @@ static void test_selection_by_hand(void) {
                 for (int j = 0; j < nh; j++)
                     sc[j] = fmaxf(sc[j], (float)(exp((double)(lg[j] - mx)) / sum));
             }
-        int32_t idx[128], n = 0, want[128];
+        int32_t idx[256], n = 0, want[256];
         for (int j = sink; j < nh - window; j++) {
             double acc = 0;
             int cnt = 0;
@@ -190,16 +200,160 @@ static void test_selection_by_hand(void) {
             want[w++] = idx[j];
         for (int j = nh - window; j < nh; j++)
             want[w++] = j;
-        /* cell c of the evicted session holds the key of original cell want[c] */
+        /* cell dst + c of the evicted session holds the key of original cell want[c] */
         const void *ks = kvf_kt_at(s, 0, kh);
         for (int c = 0; c < keep; c++)
             for (int e = 0; e < HD; e++)
-                if (kvf_kv_get(s, ks, kvf_kt_idx(e, c, HD)) !=
+                if (kvf_kv_get(s, ks, kvf_kt_idx(e, dst + c, HD)) !=
                     kvf_kv_get(r, kt, kvf_kt_idx(e, want[c], HD)))
+                    all_match = 0;
+        /* with layer budgets layer 1 had room: its cells are the reference's, unmoved */
+        const void *k1 = kvf_kt_at(s, 1, kh), *r1 = kvf_kt_at(r, 1, kh);
+        for (int c = 0; layered && c < nh; c++)
+            for (int e = 0; e < HD; e++)
+                if (kvf_kv_get(s, k1, kvf_kt_idx(e, c, HD)) != kvf_kv_get(r, r1, kvf_kt_idx(e, c, HD)))
                     all_match = 0;
     }
     CHECK(all_match);
     kvf_session_free(s), kvf_session_free(r);
+    kvf_model_free(m);
+}
+
+static void test_selection_uniform(void) {
+    test_selection_by_hand(0);
+}
+static void test_selection_layered(void) {
+    test_selection_by_hand(1);
+}
+
+/* Layers whose cells start past 0 (layer budgets) attend exactly as before: every layer's cells
+ * of a prefilled session moved up by two key tiles (every layer must end at n_cells), then a
+ * prompt and decoded tokens (split-K decode across the shifted range), against the same
+ * session unmoved. */
+static void test_layer_start_exact(void) {
+    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048,
+                     .seed = 16};
+    kvf_model *m = synth_model_load(&cfg, "start");
+    if (!m) return;
+    kvf_session *a = new_session(m, 64), *b = new_session(m, 64);
+    int32_t ids[700];
+    make_ids(ids, 700, 4);
+    const int n0 = 600, up = 128;
+    CHECK_EQ(kvf_session_eval(a, ids, n0, 0), KVF_OK);
+    CHECK_EQ(kvf_session_eval(b, ids, n0, 0), KVF_OK);
+    int32_t *keep = malloc(sizeof(int32_t) * n0);
+    for (int i = 0; i < n0; i++) keep[i] = i;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        for (int h = 0; h < m->hp.n_head_kv; h++) kvf_cells_compact_head(a, l, h, keep, n0, up);
+        a->cell_start[l] = up;
+    }
+    a->n_cells = n0 + up, a->evicted = 1;
+    kvf_session_trim(a);
+    double d = 0;
+    int32_t nv = kvf_model_n_vocab(m);
+    for (int step = 0; step < 4; step++) {
+        int32_t n = step == 0 ? 40 : 1, *t = ids + n0 + (step == 0 ? 0 : 39 + step);
+        CHECK_EQ(kvf_session_eval(a, t, n, 0), KVF_OK);
+        CHECK_EQ(kvf_session_eval(b, t, n, 0), KVF_OK);
+        for (int32_t v = 0; v < nv; v++)
+            d = fmax(d, fabs((double)kvf_session_logits(a, -1)[v] - kvf_session_logits(b, -1)[v]));
+    }
+    CHECK(d < 1e-5);
+    if (d >= 1e-5) T_FAILMSG("shifted layers: max logit difference %.2e", d);
+    CHECK_EQ(kvf_session_truncate(a, 0), KVF_OK); /* a reset forgets the starts */
+    CHECK_EQ(a->cell_start[0], 0);
+    free(keep);
+    kvf_session_free(a), kvf_session_free(b);
+    kvf_model_free(m);
+}
+
+/* kvf_conv_layer_budgets by hand: sim {1, 0.5, 0}, alpha 1, budget 1000: floor 250, weights
+ * {0, 0.5, 1} of 1.5, spare 3 x 750 -> {250, 1000, 1750}. */
+static void test_layer_budgets(void) {
+    float sim[3] = {1.0f, 0.5f, 0.0f}, flat[3] = {0.9f, 0.9f, 0.9f};
+    int32_t out[3];
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 100, out), KVF_OK);
+    CHECK(out[0] == 250 && out[1] == 1000 && out[2] == 1750);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 2.0f, 400, out), KVF_OK);
+    /* floor 400, weights {0, 0.25, 1} of 1.25, spare 1800 -> {400, 760, 1840} */
+    CHECK(out[0] == 400 && out[1] == 760 && out[2] == 1840);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 0.0f, 100, out), KVF_OK);
+    CHECK(out[0] == 1000 && out[1] == 1000 && out[2] == 1000);
+    CHECK_EQ(kvf_conv_layer_budgets(flat, 3, 1000, 1.3f, 100, out), KVF_OK);
+    CHECK(out[0] == 1000 && out[2] == 1000);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, -1.0f, 100, out), KVF_E_INVAL);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 1001, out), KVF_E_INVAL);
+    sim[1] = NAN;
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 100, out), KVF_E_INVAL);
+    kvf_conv_budget_params p = kvf_conv_budget_default_params(1000);
+    CHECK_EQ(kvf_conv_layer_min_budget(&p, 64), 0 + 32 + 256 + 64 + 16 + 64);
+}
+
+/* The profile on a 3-layer synthetic model: layer 0's keys come from the token and its position
+ * alone, so they are the same whole or in blocks (similarity 1); deeper layers see less context
+ * in blocks and differ. Then layer budgets from it run a bounded prefill within every layer's
+ * budget. */
+static void test_layer_profile(void) {
+    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048,
+                     .seed = 17};
+    kvf_model *m = synth_model_load(&cfg, "prof");
+    if (!m) return;
+    kvf_session *s = new_session(m, 64);
+    int32_t ids[1024], probe[16];
+    make_ids(ids, 1024, 1), make_ids(probe, 16, 6);
+    float sim[3] = {0};
+    CHECK_EQ(kvf_conv_layer_profile(s, ids, 1024, 256, sim), KVF_OK);
+    CHECK(fabsf(sim[0] - 1.0f) < 1e-5f);
+    CHECK(sim[1] < 0.99999f && sim[2] < 0.99999f && sim[1] > -1.0f && sim[2] > -1.0f);
+    CHECK_EQ(kvf_session_n_past(s), 0); /* left empty */
+    CHECK_EQ(kvf_conv_layer_profile(s, ids, 300, 256, sim), KVF_E_INVAL); /* one block */
+    /* the profile's file: a round trip, and malformed files refused with the line */
+    char path[64], bad[64];
+    snprintf(path, sizeof path, "/tmp/kvf-prof-%d.txt", (int)getpid());
+    snprintf(bad, sizeof bad, "/tmp/kvf-prof-bad-%d.txt", (int)getpid());
+    float back[3] = {0};
+    CHECK_EQ(kvf_conv_layer_profile_save(path, m, sim, 1024, 256), KVF_OK);
+    CHECK_EQ(kvf_conv_layer_profile_load(path, m, back), KVF_OK);
+    for (int l = 0; l < 3; l++) CHECK(fabsf(back[l] - sim[l]) < 1e-6f);
+    const char *bodies[] = {"layers 2\n0 1\n1 0.5\n", "layers 3\n0 1\n2 0.5\n1 0.4\n",
+                            "layers 3\n0 1\n1 nan\n2 0.1\n", "layers 3\n0 1\n1 0.5\n",
+                            "0 1\n1 0.5\n2 0.4\n", "layers 3\n0 1\n1 1.5\n2 0\n",
+                            "layers 3\n0 1\n1 x\n2 0\n"};
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        FILE *f = fopen(bad, "w");
+        fputs(bodies[i], f);
+        fclose(f);
+        CHECK_EQ(kvf_conv_layer_profile_load(bad, m, back), KVF_E_FORMAT);
+    }
+    CHECK(strstr(kvf_errmsg(), ":3:") != NULL); /* the last one names its line */
+    unlink(bad), unlink(path);
+    CHECK_EQ(kvf_conv_layer_profile_load(path, m, back), KVF_E_IO);
+    kvf_conv_budget_params p = kvf_conv_budget_default_params(600);
+    p.block = 64, p.window = 16;
+    int32_t lb[3], least = kvf_conv_layer_min_budget(&p, 16);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 600, 1.3f, least, lb), KVF_OK);
+    CHECK(lb[0] == (least > 600 / 4 ? least : 600 / 4)); /* the least sensitive layer */
+    CHECK(lb[0] + lb[1] + lb[2] <= 3 * 600);
+    p.layer_budget = lb;
+    kvf_conv_budget_stats st;
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 1024, probe, 16, &p, &st), KVF_OK);
+    CHECK(st.evictions > 0 && st.peak_cells <= 600);
+    for (int l = 0; l < 3; l++) {
+        CHECK(s->cell_start[l] % 64 == 0);
+        CHECK(s->n_cells - s->cell_start[l] <= lb[l] - 16);
+    }
+    CHECK_EQ(kvf_session_eval(s, probe, 16, 0), KVF_OK);
+    int ok = 1;
+    for (int32_t v = 0; v < kvf_model_n_vocab(m); v++) ok &= isfinite(kvf_session_logits(s, -1)[v]);
+    CHECK(ok);
+    /* a layer budget under the least, or a mean over the budget, is refused */
+    lb[0] = least - 1;
+    CHECK_EQ(kvf_session_truncate(s, 0), KVF_OK);
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 1024, probe, 16, &p, &st), KVF_E_INVAL);
+    lb[0] = 600, lb[1] = 600, lb[2] = 601;
+    CHECK_EQ(kvf_session_prefill_budget(s, ids, 1024, probe, 16, &p, &st), KVF_E_INVAL);
+    CHECK(strstr(kvf_errmsg(), "layer budgets") != NULL);
+    kvf_session_free(s);
     kvf_model_free(m);
 }
 
@@ -298,7 +452,11 @@ int main(void) {
     RUN(test_errors);
     RUN(test_never_exceeds);
     RUN(test_no_eviction_is_dense);
-    RUN(test_selection_by_hand);
+    RUN(test_selection_uniform);
+    RUN(test_selection_layered);
+    RUN(test_layer_start_exact);
+    RUN(test_layer_budgets);
+    RUN(test_layer_profile);
     RUN(test_episodes_route);
     return TEST_REPORT();
 }

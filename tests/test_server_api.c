@@ -1388,6 +1388,68 @@ static void test_sched_workflow(void) {
 
 /* EpiCache in the scheduler: a chat longer than --conv-budget has its history prefilled under
  * the budget (kvfuse.conversation says how), a short one is untouched, bad budgets are refused */
+/* a chat of 24 notes on three topics and a question: longer than a 512-token budget */
+static void conv_body(char *body, size_t cap) {
+    static const char *topics[3] = {"the river runs past the old mill and the stone bridge",
+                                    "seven red apples lie in a basket on the kitchen table",
+                                    "a brass clock ticks slowly above the quiet library door"};
+    int n = snprintf(body, cap, "{\"max_tokens\": 4, \"messages\": [{\"role\": \"system\", \"content\": \"remember\"}");
+    for (int t = 0; t < 3; t++)
+        for (int r = 0; r < 4; r++)
+            n += snprintf(body + n, cap - (size_t)n,
+                          ", {\"role\": \"user\", \"content\": \"note %d.%d: %s\"}, {\"role\": \"assistant\", \"content\": \"ok\"}",
+                          t, r, topics[t]);
+    snprintf(body + n, cap - (size_t)n, ", {\"role\": \"user\", \"content\": \"what ticks above the door?\"}]}");
+}
+
+/* --conv-layers: a profile (layer 0 insensitive, the last most sensitive) gives the layers
+ * different budgets; the mean held stays within --conv-budget. A missing or malformed profile,
+ * or one without --conv-budget, fails at startup. */
+static void test_sched_conv_layers(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 2048);
+    srv_sched_params sp = one_slot_params();
+    char             err[256], path[600];
+    int32_t          L = kvf_model_n_layer(g_model);
+    float           *sim = calloc((size_t)L, sizeof(float));
+    for (int l = 0; l < L; l++) sim[l] = 1.0f - (float)l / (float)(L > 1 ? L - 1 : 1);
+    snprintf(path, sizeof path, "%s/layers.txt", tmpdir);
+    CHECK_EQ(kvf_conv_layer_profile_save(path, g_model, sim, 1024, 256), KVF_OK);
+    sp.n_ctx = 2048, sp.conv_layers = path;
+    CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL); /* no --conv-budget */
+    CHECK(strstr(err, "--conv-budget") != NULL);
+    sp.conv_budget = 512, sp.conv_layers = "/nonexistent/layers.txt";
+    CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
+    CHECK(strstr(err, "--conv-layers") != NULL && strstr(err, "/nonexistent") != NULL);
+    sp.conv_layers = path;
+    srv_sched *s   = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    char body[4096];
+    conv_body(body, sizeof body);
+    srv_job *j = s ? make_job(a, NULL, body) : NULL;
+    char    *t = j ? run_one(s, j) : NULL;
+    CHECK(t != NULL && j && j->conv_bounded && j->n_gen > 0);
+    if (j && t) {
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
+        CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
+        /* layer 0 (insensitive) at the floor, the last layer above the budget */
+        CHECK(jnum(o, "kvfuse.conversation.layer_budget_min") < 512);
+        CHECK(jnum(o, "kvfuse.conversation.layer_budget_max") > 512);
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    if (j) srv_job_release(j);
+    srv_sched_free(s);
+    free(sim), free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
 static void test_sched_conv_budget(void) {
     srv_docs        *d  = srv_docs_new(0, 0);
     srv_metrics     *m  = srv_metrics_new();
@@ -1402,17 +1464,8 @@ static void test_sched_conv_budget(void) {
     srv_sched *s   = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(s != NULL);
     if (!s) return;
-    static const char *topics[3] = {"the river runs past the old mill and the stone bridge",
-                                    "seven red apples lie in a basket on the kitchen table",
-                                    "a brass clock ticks slowly above the quiet library door"};
     char body[4096];
-    int  n = snprintf(body, sizeof body, "{\"max_tokens\": 4, \"messages\": [{\"role\": \"system\", \"content\": \"remember\"}");
-    for (int t = 0; t < 3; t++)
-        for (int r = 0; r < 4; r++)
-            n += snprintf(body + n, sizeof body - (size_t)n,
-                          ", {\"role\": \"user\", \"content\": \"note %d.%d: %s\"}, {\"role\": \"assistant\", \"content\": \"ok\"}",
-                          t, r, topics[t]);
-    snprintf(body + n, sizeof body - (size_t)n, ", {\"role\": \"user\", \"content\": \"what ticks above the door?\"}]}");
+    conv_body(body, sizeof body);
     srv_job *j = make_job(a, NULL, body);
     char    *t = j ? run_one(s, j) : NULL;
     CHECK(t != NULL);
@@ -1562,6 +1615,7 @@ int main(void) {
     RUN(test_flow_registry);
     RUN(test_sched_workflow);
     RUN(test_sched_conv_budget);
+    RUN(test_sched_conv_layers);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);
     RUN(test_ratio_auto_api);

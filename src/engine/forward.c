@@ -231,7 +231,9 @@ static void attn_task(void *p, int ith, int nth) {
         const float *qp[KVF_ATTN_MAX_M];
         float       *op[KVF_ATTN_MAX_M];
         int32_t      end[KVF_ATTN_MAX_M];
-        int64_t      j0 = (int64_t)chunk * SPLIT_KEYS;
+        kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
+        /* the layer's cells start at cell_start (tile-aligned; 0 unless evicted per layer) */
+        int64_t      j0 = kvf_cell_start(ts, c->l) + (int64_t)chunk * SPLIT_KEYS;
         for (int r = r0; r < r1; r++)
             for (int gi = 0; gi < g; gi++, M++) {
                 qp[M] = s->q + r * qd + (int64_t)(h * g + gi) * hd;
@@ -241,10 +243,9 @@ static void attn_task(void *p, int ith, int nth) {
                     end[M] = (int32_t)KVF_MIN((int64_t)SPLIT_KEYS, c->b->kv_end[r] - j0);
                 } else {
                     op[M]  = s->att + r * qd + (int64_t)(h * g + gi) * hd;
-                    end[M] = c->b->kv_end[r];
+                    end[M] = (int32_t)(c->b->kv_end[r] - j0);
                 }
             }
-        kvf_session *ts = c->b->sess ? c->b->sess[r0] : s; /* a tile never mixes sessions */
         if (c->n_chunks > 1) {
             /* rows whose keys end before this chunk contribute nothing: mark them */
             int any = 0;
@@ -307,8 +308,10 @@ static void attention(kvf_session *s, int l, const kvf_batch *b) {
     c.TR                  = b->sess ? 1 : KVF_MAX(1, KVF_MIN(16, KVF_ATTN_MAX_M / g));
     /* a decode batch that mixes PowerAttention and MAC sessions runs the power pattern, and
      * the MAC rows densely (exact) for this layer */
-    int sparse = kvf_attn_sparse_wanted(s, l, b);
-    if (!sparse && kvf_attn_decode_wanted(s, b)) {
+    int shifted = 0; /* a layer evicted to its own budget runs dense (exact) attention */
+    for (int32_t r = 0; r < b->n; r++) shifted |= kvf_cell_start(b->sess ? b->sess[r] : s, l) > 0;
+    int sparse = !shifted && kvf_attn_sparse_wanted(s, l, b);
+    if (!sparse && !shifted && kvf_attn_decode_wanted(s, b)) {
         kvf_attn_decode(s, l, b);
         return;
     }

@@ -57,6 +57,9 @@ struct kvf_session {
                              index no longer maps to one position, so only a full reset or
                              appending is allowed */
     int32_t  n_past;      /* position of the next token */
+    int32_t *cell_start;  /* [n_layer] layer l holds cells [cell_start[l], n_cells) only: layers
+                             evicted to different budgets (convbudget.c); a multiple of the key
+                             tile, 0 unless evicted */
 
     /* scratch for up to U rows */
     int32_t    U;
@@ -171,8 +174,14 @@ static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, c
 }
 
 /* Eviction: move the keys and values of cells keep[0..n) (sorted ascending) of layer l, KV head
- * h to cells 0..n-1, in order. Heads may keep different cells; the caller sets n_cells and
- * `evicted` once every head is compacted (session.c). */
-void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n);
+ * h to cells dst..dst+n-1, in order; dst is 0 (moves down) or at least n_cells - n (moves up).
+ * Heads may keep different cells; the caller sets n_cells, cell_start and `evicted` once every
+ * head is compacted (session.c). */
+void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n,
+                            int32_t dst);
+/* The first cell layer l holds (0 unless its layer was evicted to a smaller budget). */
+static inline int32_t kvf_cell_start(const kvf_session *s, int l) {
+    return s->cell_start[l];
+}
 
 #endif /* KVF_KV_CELLS_H */

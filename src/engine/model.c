@@ -407,6 +407,10 @@ int32_t kvf_model_n_vocab(const kvf_model *m) {
     return m->hp.n_vocab;
 }
 
+int32_t kvf_model_n_layer(const kvf_model *m) {
+    return m->hp.n_layer;
+}
+
 int32_t kvf_model_n_ctx_train(const kvf_model *m) {
     return m->hp.n_ctx_train;
 }

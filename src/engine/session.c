@@ -16,7 +16,7 @@ void kvf_session_free(kvf_session *s) {
     kvf_vmem_release(s->kv_map, s->kv_map_bytes);
     kvf_vmem_release(s->split_o, sizeof(float) * (size_t)s->split_cap);
     kvf_free(s->kt), kvf_free(s->vc);
-    kvf_free(s->cell_pos), kvf_free(s->cell_tok);
+    kvf_free(s->cell_pos), kvf_free(s->cell_tok), kvf_free(s->cell_start);
     for (int i = 0; i < s->n_scratch; i++) kvf_vmem_release(s->scratch[i].p, s->scratch[i].n);
     kvf_free_aligned(s->logits);
     kvf_free_aligned(s->batch_logits);
@@ -139,7 +139,8 @@ kvf_status kvf_session_new(const kvf_model *m, const kvf_session_params *params,
     }
     s->cell_pos = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
     s->cell_tok = kvf_calloc((size_t)p.n_ctx, sizeof(int32_t));
-    if (!s->cell_pos || !s->cell_tok) fail = 1;
+    s->cell_start = kvf_calloc((size_t)hp->n_layer, sizeof(int32_t));
+    if (!s->cell_pos || !s->cell_tok || !s->cell_start) fail = 1;
     int64_t U = s->U;
     s->x      = alloc_f(s, U * hp->n_embd, &fail);
     s->xb     = alloc_f(s, U * hp->n_embd, &fail);
@@ -235,6 +236,7 @@ kvf_status kvf_session_truncate(kvf_session *s, int32_t n_keep) {
     if (s->evicted) {
         if (n_keep == s->n_past) return KVF_OK;
         s->evicted = 0;
+        memset(s->cell_start, 0, sizeof(int32_t) * (size_t)s->m->hp.n_layer);
     }
     /* cells are in position order unless eviction compacted them: keep cells below n_keep */
     int32_t c = 0;
@@ -257,9 +259,12 @@ void kvf_session_trim(kvf_session *s) {
         for (int h = 0; h < hp->n_head_kv; h++) {
             /* keys: tiles of 64 cells x head_dim from t0 on; values: ldk rows of head_dim */
             size_t k0 = (size_t)((char *)kvf_kt_at(s, l, h) - (char *)s->kv_map);
-            kvf_vmem_discard(s->kv_map, k0 + t0 * hd * es, k0 + ldk * hd * es);
             size_t v0 = (size_t)((char *)kvf_v_at(s, l, h) - (char *)s->kv_map);
+            kvf_vmem_discard(s->kv_map, k0 + t0 * hd * es, k0 + ldk * hd * es);
             kvf_vmem_discard(s->kv_map, v0 + used * hd * es, v0 + ldk * hd * es);
+            size_t lo = (size_t)s->cell_start[l]; /* below the layer's first cell: unused too */
+            kvf_vmem_discard(s->kv_map, k0, k0 + lo * hd * es);
+            kvf_vmem_discard(s->kv_map, v0, v0 + lo * hd * es);
         }
     kvf_vmem_discard(s->split_o, 0, sizeof(float) * (size_t)s->split_cap);
     for (int i = 0; i < s->n_scratch; i++) kvf_vmem_discard(s->scratch[i].p, 0, s->scratch[i].n);
@@ -267,18 +272,23 @@ void kvf_session_trim(kvf_session *s) {
     kvf_attn_sparse_written(s, -1, 0); /* the codes were in the scratch just returned */
 }
 
-void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n) {
+static void move_cell(kvf_session *s, char *kt, char *v, int32_t from, int32_t to) {
     int    hd = s->m->hp.head_dim;
     size_t es = kvf_kv_esize(s);
-    char  *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
+    if (from == to) return;
+    for (int d = 0; d < hd; d++)
+        memcpy(kt + kvf_kt_idx(d, to, hd) * (int64_t)es, kt + kvf_kt_idx(d, from, hd) * (int64_t)es, es);
+    memmove(v + (int64_t)to * hd * es, v + (int64_t)from * hd * es, es * (size_t)hd);
+}
+
+void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n,
+                            int32_t dst) {
+    char *kt = kvf_kt_at(s, l, h), *v = kvf_v_at(s, l, h);
     kvf_attn_sparse_written(s, l, 0);
-    for (int32_t i = 0; i < n; i++) {
-        int32_t j = keep[i];
-        if (j == i) continue;
-        for (int d = 0; d < hd; d++)
-            memcpy(kt + kvf_kt_idx(d, i, hd) * (int64_t)es, kt + kvf_kt_idx(d, j, hd) * (int64_t)es, es);
-        memmove(v + (int64_t)i * hd * es, v + (int64_t)j * hd * es, es * (size_t)hd);
-    }
+    if (dst == 0) /* every cell moves down or stays: front to back */
+        for (int32_t i = 0; i < n; i++) move_cell(s, kt, v, keep[i], i);
+    else /* keep[i] <= dst + i: every cell moves up or stays, back to front */
+        for (int32_t i = n - 1; i >= 0; i--) move_cell(s, kt, v, keep[i], dst + i);
 }
 
 int64_t kvf_session_kv_resident(const kvf_session *s) {

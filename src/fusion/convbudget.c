@@ -37,7 +37,7 @@ kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget) {
 typedef struct {
     kvf_session *s;
     int l;
-    int32_t u, nh; /* probe rows (queries in s->q), history cells */
+    int32_t u, a, nh; /* probe rows (queries in s->q); the layer's cells [a, a + nh) */
     float *score;  /* [n_head_kv][nh] of layer l: running maximum */
     float *work;   /* per thread: [head_dim][nh] keys + [nh] logits */
     atomic_int_fast64_t next;
@@ -55,7 +55,7 @@ static void probe_head(void *p, int ith, int nth) {
     for (int64_t kh; (kh = kvf_claim(&t->next, hp->n_head_kv)) >= 0;) {
         const void *kt = kvf_kt_at(s, t->l, (int)kh);
         for (int d = 0; d < hd; d++)
-            kvf_kt_row(s, kt, d, 0, nh, kf + (int64_t)d * nh);
+            kvf_kt_row(s, kt, d, t->a, nh, kf + (int64_t)d * nh);
         float *sc = t->score + kh * nh;
         for (int32_t r = 0; r < t->u; r++)
             for (int gi = 0; gi < g; gi++) {
@@ -76,13 +76,30 @@ static void probe_head(void *p, int ith, int nth) {
     }
 }
 
-/* Run the probe after the cells, then keep `keep_n` cells per layer and KV head. */
-static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, int32_t keep_n,
-                              const kvf_conv_budget_params *p) {
+/* Cells layer l holds, and their mean over layers rounded up (the memory of that many tokens). */
+static int32_t held(const kvf_session *s, int l) {
+    return s->n_cells - kvf_cell_start(s, l);
+}
+static int32_t held_mean(const kvf_session *s, int32_t extra) {
+    int     L   = s->m->hp.n_layer;
+    int64_t sum = 0;
+    for (int l = 0; l < L; l++) sum += held(s, l) + extra;
+    return (int32_t)((sum + L - 1) / L);
+}
+
+/* Run the probe after the cells, then keep keep_n[l] cells of each KV head of layer l: its sink,
+ * its window and its top pooled scores, in order. With equal counts the cells stay at 0 ..;
+ * otherwise every layer's cells end at the largest count and start at a key tile, so a layer
+ * keeps up to 63 cells fewer than it may. */
+static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np,
+                              const int32_t *keep_n, const kvf_conv_budget_params *p) {
     const kvf_hparams *hp = &s->m->hp;
     int L = hp->n_layer, Hkv = hp->n_head_kv, hd = hp->head_dim;
-    int32_t nh = s->n_cells, nth = kvf_session_threads(s);
-    if (keep_n >= nh) return KVF_OK;
+    int32_t nh = s->n_cells, nth = kvf_session_threads(s), top = 0, uniform = 1;
+    for (int l = 0; l < L; l++) {
+        top = KVF_MAX(top, KVF_MIN(keep_n[l], held(s, l)));
+        uniform &= keep_n[l] == keep_n[0] && kvf_cell_start(s, l) == 0;
+    }
     float *score = kvf_calloc((size_t)L * (size_t)Hkv * (size_t)nh, sizeof(float));
     float *work =
         kvf_malloc(sizeof(float) * (size_t)(nth > 0 ? nth : 1) * (size_t)(hd + 1) * (size_t)nh);
@@ -107,7 +124,8 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
             probe_task t = {.s = s,
                             .l = l,
                             .u = u,
-                            .nh = nh,
+                            .a = kvf_cell_start(s, l),
+                            .nh = held(s, l),
                             .score = score + (int64_t)l * Hkv * nh,
                             .work = work};
             atomic_init(&t.next, 0);
@@ -118,10 +136,17 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
             }
         }
     }
-    /* each head: the sink, the window, and the top pooled scores between them */
-    int32_t S = KVF_MIN(p->sink, nh), W = KVF_MIN(p->window, nh - S), c0 = S, c1 = nh - W;
-    int32_t need = keep_n - S - W, half = p->pool > 1 ? p->pool / 2 : 0;
-    for (int l = 0; l < L; l++)
+    int32_t half = p->pool > 1 ? p->pool / 2 : 0;
+    for (int l = 0; l < L; l++) {
+        /* the layer's cells [a, nh) as 0 .. c-1; what it keeps ends at `top`, tile-aligned */
+        int32_t a = kvf_cell_start(s, l), c = nh - a;
+        int32_t k = KVF_MIN(keep_n[l], c), dst = 0;
+        if (!uniform) {
+            dst = (top - k + KVF_ATTN_BK - 1) / KVF_ATTN_BK * KVF_ATTN_BK;
+            k = top - dst;
+        }
+        int32_t S = KVF_MIN(p->sink, c), W = KVF_MIN(p->window, c - S), c0 = S, c1 = c - W;
+        int32_t need = KVF_MAX(0, k - S - W);
         for (int kh = 0; kh < Hkv; kh++) {
             const float *sc = score + ((int64_t)l * Hkv + kh) * nh;
             for (int32_t j = c0; j < c1; j++) {
@@ -137,15 +162,26 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
             qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc, pool);
             n = KVF_MIN(need, n);
             qsort(idx, (size_t)n, sizeof(int32_t), kvf_by_index);
-            /* keep = [0, S) + the chosen + [c1, nh), ascending: shift the chosen up by S */
+            /* keep = [0, S) + the chosen + [c1, c), ascending: shift the chosen up by S */
             memmove(idx + S, idx, sizeof(int32_t) * (size_t)n);
             for (int32_t j = 0; j < S; j++)
                 idx[j] = j;
-            for (int32_t j = c1; j < nh; j++)
+            for (int32_t j = c1; j < c; j++)
                 idx[S + n + (j - c1)] = j;
-            kvf_cells_compact_head(s, l, kh, idx, S + n + W);
+            int32_t kept = S + n + W;
+            for (int32_t j = 0; j < kept; j++)
+                idx[j] += a; /* back to cell indices */
+            /* down to 0 first (always safe), then up to the layer's start */
+            kvf_cells_compact_head(s, l, kh, idx, kept, 0);
+            if (dst > 0) {
+                for (int32_t j = 0; j < kept; j++)
+                    idx[j] = j;
+                kvf_cells_compact_head(s, l, kh, idx, kept, dst);
+            }
         }
-    s->n_cells = keep_n;
+        s->cell_start[l] = dst;
+    }
+    s->n_cells = uniform ? KVF_MIN(keep_n[0], nh) : top;
     s->evicted = 1;
     kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
     return KVF_OK;
@@ -186,6 +222,25 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
                              "conversation budget of %d tokens exceeds the "
                              "session's %d cells",
                              p->budget, s->n_ctx);
+    int L = s->m->hp.n_layer;
+    if (p->layer_budget) { /* each layer's own, mean at most the budget; tile rounding: + 64 */
+        int64_t sum = 0;
+        for (int l = 0; l < L; l++) {
+            int32_t M = p->layer_budget[l];
+            if (M < least + KVF_ATTN_BK || M > s->n_ctx)
+                return kvf_set_error(M > s->n_ctx ? KVF_E_CTX_FULL : KVF_E_INVAL,
+                                     "layer %d's budget of %d tokens is outside %lld..%d "
+                                     "(sink + window + block + probe + 16 + 64 .. the "
+                                     "session's cells)",
+                                     l, M, (long long)(least + KVF_ATTN_BK), s->n_ctx);
+            sum += M;
+        }
+        if (sum > (int64_t)p->budget * L)
+            return kvf_set_error(KVF_E_INVAL,
+                                 "the layer budgets hold %lld cells, more than %d layers x "
+                                 "the budget of %d",
+                                 (long long)sum, L, p->budget);
+    }
     for (int32_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->m->hp.n_vocab)
             return kvf_set_error(KVF_E_INVAL, "token id %d at index %d is outside 0..%d", ids[i], i,
@@ -194,15 +249,23 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
         if (probe[i] < 0 || probe[i] >= s->m->hp.n_vocab)
             return kvf_set_error(KVF_E_INVAL, "probe token id %d at index %d is outside 0..%d",
                                  probe[i], i, s->m->hp.n_vocab - 1);
+    int32_t *keep = kvf_malloc(sizeof(int32_t) * (size_t)L);
+    if (!keep) return kvf_set_error(KVF_E_NOMEM, "out of memory for layer budgets");
     kvf_status rc = KVF_OK;
     for (int32_t pos = 0; pos < n && rc == KVF_OK;) {
         int32_t b = KVF_MIN(p->block, n - pos);
-        if (s->n_cells + b + npc > p->budget) {
+        int over = 0; /* some layer would not fit the block and the probe */
+        for (int l = 0; l < L; l++) {
+            int32_t M = p->layer_budget ? p->layer_budget[l] : p->budget;
+            keep[l] = M - b - npc;
+            over |= held(s, l) > keep[l];
+        }
+        if (over) {
             double t0 = kvf_time_ms();
             const int32_t *pr = probe ? probe : ids + pos - KVF_MIN(npc, pos);
             int32_t np = probe ? n_probe : KVF_MIN(npc, pos);
-            st->peak_cells = KVF_MAX(st->peak_cells, s->n_cells + np);
-            rc = probe_evict(s, pr, np, p->budget - b - npc, p);
+            st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, np));
+            rc = probe_evict(s, pr, np, keep, p);
             kvf_session_trim(s); /* the pages of the evicted cells go back */
             st->evictions++;
             st->probe_ms += kvf_time_ms() - t0;
@@ -212,10 +275,11 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
         rc = kvf_session_eval(s, ids + pos, b, 0);
         st->prefill_ms += kvf_time_ms() - t0;
         st->blocks++;
-        st->peak_cells = KVF_MAX(st->peak_cells, s->n_cells);
+        st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, 0));
         pos += b;
     }
-    st->cells = s->n_cells;
+    kvf_free(keep);
+    st->cells = held_mean(s, 0);
     if (rc != KVF_OK) kvf_session_truncate(s, 0); /* a partial history is nobody's */
     return rc;
 }

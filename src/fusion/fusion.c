@@ -596,7 +596,7 @@ static kvf_status evict(fuse_ctx *c) {
         for (int32_t j = 0; j < P; j++) keep[n++] = j;
         for (int32_t j = T - (B - P); j < T; j++) keep[n++] = j;
         for (int l = 0; l < hp->n_layer; l++)
-            for (int h = 0; h < hp->n_head_kv; h++) kvf_cells_compact_head(s, l, h, keep, n);
+            for (int h = 0; h < hp->n_head_kv; h++) kvf_cells_compact_head(s, l, h, keep, n, 0);
     } else { /* SnapKV */
         int     w = c->win, g = hp->n_head / hp->n_head_kv, hd = hp->head_dim;
         int64_t qd    = (int64_t)hp->n_head * hd;
@@ -636,7 +636,7 @@ static kvf_status evict(fuse_ctx *c) {
                 n = nkeep;
                 qsort(keep, (size_t)n, sizeof(int32_t), kvf_by_index);
                 for (int32_t j = nc; j < T; j++) keep[n++] = j;
-                kvf_cells_compact_head(s, l, kh, keep, n);
+                kvf_cells_compact_head(s, l, kh, keep, n, 0);
             }
     }
     s->n_cells = B;

@@ -162,4 +162,20 @@ rc=$?
 check "serve: an explicit --ctx beyond memory fails at startup (rc $rc)" [ $rc = 1 ]
 check "serve: ... naming the memory" grep -Eq "for one full slot, more than 3/4 of the .* of memory available|cannot create session .*out of memory" "$T/s2.err"
 
+# ---- conv-profile (EpiCache's layer profile for serve --conv-layers) --------------------------
+text_of 600 >"$T/long.txt"
+run "$T/cp.out" "$T/cp.err" "$KVFUSE" conv-profile -m "$M" -f "$T/long.txt" --tokens 384 --block 128 -o "$T/layers.txt"
+check "conv-profile: works on a long enough text" [ $? = 0 ]
+check "conv-profile: layer 0 is insensitive (keys from the token and position alone)" grep -Eq "^ +0  1\.0000$" "$T/cp.out"
+check "conv-profile: the file has the model's 2 layers" grep -q "^layers 2$" "$T/layers.txt"
+timeout 30 "$KVFUSE" serve -m "$M" --port 0 --conv-layers "$T/layers.txt" >/dev/null 2>"$T/cl.err"
+check "serve: --conv-layers without --conv-budget fails at startup" grep -q "needs --conv-budget" "$T/cl.err"
+text_of 100 >"$T/short.txt"
+run "$T/cp.out" "$T/cp.err" "$KVFUSE" conv-profile -m "$M" -f "$T/short.txt" --tokens 384 --block 128
+check "conv-profile: a text shorter than --tokens is a clear error" grep -q "has 100 tokens, --tokens 384 asked for" "$T/cp.err"
+run "$T/cp.out" "$T/cp.err" "$KVFUSE" conv-profile -m "$M" -f "$T/long.txt" --tokens 384 --block 256
+check "conv-profile: a block over half the tokens is refused" grep -q "needs --tokens >= 512" "$T/cp.err"
+run "$T/cp.out" "$T/cp.err" "$KVFUSE" conv-profile -m "$M"
+check "conv-profile: -f is required" grep -q "\-f TEXT_FILE is required" "$T/cp.err"
+
 finish

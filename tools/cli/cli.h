@@ -22,6 +22,7 @@ int cmd_ingest(int argc, char **argv);
 int cmd_store(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_models(int argc, char **argv);
+int cmd_conv_profile(int argc, char **argv);
 
 /* Chunk store options shared by ask, ingest and store (implemented in tools/cmd_store.c).
  * Add CLI_STORE_OPTIONS to a getopt_long table and call cli_store_opt() on every option code

@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "  tokenize   print the token ids of a text\n"
             "  info       describe a model file\n"
             "  models     the models known by name (-m NAME), present or not\n"
+            "  conv-profile  a model's layer sensitivity for serve --conv-layers (EpiCache)\n"
             "\n"
             "The model is -m PATH|NAME, else $KVFUSE_MODEL, else %s\n"
             "(`make model NAME=...` downloads one; `kvfuse models` lists them).\n",
@@ -53,6 +54,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(c, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(c, "models")) return cmd_models(argc - 1, argv + 1);
+    if (!strcmp(c, "conv-profile")) return cmd_conv_profile(argc - 1, argv + 1);
     fprintf(stderr, "kvfuse: unknown command '%s'\n\n", c);
     usage(stderr);
     return 2;

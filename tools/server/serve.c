@@ -61,6 +61,10 @@ static void help(void) {
         "                          KV cells, keeping what the question's episode of the\n"
         "                          conversation attends to (0 = off, default; 512..--ctx)\n"
         "      --conv-episodes E   episodes a history is clustered into (default 4)\n"
+        "      --conv-layers FILE  with --conv-budget: give each layer its own share of the\n"
+        "                          budget from a profile written by `kvfuse conv-profile`\n"
+        "                          (sensitive layers keep more; the mean stays N)\n"
+        "      --conv-alpha A      how strongly the profile skews the shares (default 1.3)\n"
         "      --prefill-chunk N   tokens per prefill unit of a plain prompt (default 512)\n"
         "      --prefill-per-step K  prefill units between two decode bursts (default 1)\n"
         "      --decode-ratio R    after prefill units of P ms, decode running requests for up\n"
@@ -257,7 +261,8 @@ int cmd_serve(int argc, char **argv) {
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
         {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
-        {"conv-episodes", required_argument, 0, 2011},
+        {"conv-episodes", required_argument, 0, 2011}, {"conv-layers", required_argument, 0, 2012},
+        {"conv-alpha", required_argument, 0, 2013},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     cli_attn         ca    = {0};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
@@ -284,6 +289,8 @@ int cmd_serve(int argc, char **argv) {
         case 2009: sp.conv_block = (int32_t)cli_int("serve", "--conv-block", optarg, 0, KVF_PREFIX_BLOCK_MAX); break;
         case 2010: sp.conv_budget = (int32_t)cli_int("serve", "--conv-budget", optarg, 0, 1 << 24); break;
         case 2011: sp.conv_episodes = (int32_t)cli_int("serve", "--conv-episodes", optarg, 1, 64); break;
+        case 2012: sp.conv_layers = optarg; break;
+        case 2013: sp.conv_alpha = (float)cli_float("serve", "--conv-alpha", optarg, 0, 16); break;
         case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;

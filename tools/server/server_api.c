@@ -527,6 +527,10 @@ static cJSON *kvfuse_obj(const srv_job *j) {
         cJSON_AddNumberToObject(c, "kept_tokens", j->conv_kept);
         cJSON_AddNumberToObject(c, "peak_tokens", j->conv_peak);
         cJSON_AddNumberToObject(c, "evictions", j->conv_evictions);
+        if (j->conv_layer_max > 0) {
+            cJSON_AddNumberToObject(c, "layer_budget_min", j->conv_layer_min);
+            cJSON_AddNumberToObject(c, "layer_budget_max", j->conv_layer_max);
+        }
     }
     if (j->flow.wf[0]) {
         cJSON *w = cJSON_AddObjectToObject(k, "workflow");

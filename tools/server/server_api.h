@@ -120,6 +120,8 @@ typedef struct srv_job {
     int32_t         flow_warmed;   /* KVFlow: chunks of the next steps asked up from disk/Redis */
     bool            conv_bounded;  /* the history was prefilled under --conv-budget: */
     int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions;
+    int32_t         conv_layer_min, conv_layer_max; /* --conv-layers: least and most cells a
+                                                       layer could hold (0: uniform) */
     double          queue_ms, prefill_ms, ttft_ms, decode_ms;
     int32_t         batch_max;  /* largest decode batch this job was part of */
 } srv_job;

@@ -91,6 +91,8 @@ struct srv_sched {
     mux_cache       mux;
     srv_audit      *audit; /* NULL: off */
     srv_flow       *flow;  /* KVFlow's workflow registry (server_flow.h) */
+    float          *conv_sim; /* [n_layer] the --conv-layers profile, or NULL */
+    int32_t        *conv_lb;  /* [n_layer] scratch: a request's layer budgets (inference thread) */
 };
 
 srv_sched_params srv_sched_default_params(void) {
@@ -107,6 +109,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.conv_block    = 256;
     p.conv_budget   = 0;
     p.conv_episodes = 4;
+    p.conv_alpha    = 1.3f;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */
     return p;
@@ -633,6 +636,11 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     int32_t room = s->p.conv_budget - (bp.block + bp.window + CONV_PROBE + 16);
     bp.sink      = j->utt[1] < room ? j->utt[1] : room; /* the first message (system prompt) */
     if (bp.sink > s->p.conv_budget / 4) bp.sink = s->p.conv_budget / 4;
+    /* layer budgets from the profile (uniform where this request's sink leaves no room) */
+    if (s->conv_sim &&
+        kvf_conv_layer_budgets(s->conv_sim, kvf_model_n_layer(s->m), s->p.conv_budget, s->p.conv_alpha,
+                               kvf_conv_layer_min_budget(&bp, CONV_PROBE), s->conv_lb) == KVF_OK)
+        bp.layer_budget = s->conv_lb;
     kvf_conv_budget_stats st;
     kvf_status rc = kvf_session_prefill_budget(sl->s, sl->flat, q0, np > 0 ? probe : NULL, np > 0 ? np : 0, &bp, &st);
     int32_t n_ep = kvf_episodes_count(ep);
@@ -652,6 +660,11 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     j->conv_kept      = st.cells;
     j->conv_peak      = st.peak_cells;
     j->conv_evictions = st.evictions;
+    j->conv_layer_min = j->conv_layer_max = 0;
+    for (int l = 0; bp.layer_budget && l < kvf_model_n_layer(s->m); l++) {
+        if (!j->conv_layer_min || bp.layer_budget[l] < j->conv_layer_min) j->conv_layer_min = bp.layer_budget[l];
+        if (bp.layer_budget[l] > j->conv_layer_max) j->conv_layer_max = bp.layer_budget[l];
+    }
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -978,6 +991,23 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
         ap.kv_type          = p->kv_type;
         if (!(s->audit = srv_audit_new(m, &ap, err, errlen))) goto fail;
     }
+    if (p->conv_layers) {
+        if (!p->conv_budget) {
+            snprintf(err, errlen, "--conv-layers needs --conv-budget");
+            goto fail;
+        }
+        if (!(p->conv_alpha >= 0 && p->conv_alpha <= 16)) {
+            snprintf(err, errlen, "--conv-alpha must be 0..16");
+            goto fail;
+        }
+        s->conv_sim = calloc((size_t)kvf_model_n_layer(m), sizeof(float));
+        s->conv_lb  = calloc((size_t)kvf_model_n_layer(m), sizeof(int32_t));
+        if (!s->conv_sim || !s->conv_lb ||
+            kvf_conv_layer_profile_load(p->conv_layers, m, s->conv_sim) != KVF_OK) {
+            snprintf(err, errlen, "--conv-layers: %s", s->conv_lb ? kvf_errmsg() : "out of memory");
+            goto fail;
+        }
+    }
     if (!(s->flow = srv_flow_new())) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -1020,6 +1050,7 @@ void srv_sched_free(srv_sched *s) {
     free(s->caches);
     srv_audit_free(s->audit);
     srv_flow_free(s->flow);
+    free(s->conv_sim), free(s->conv_lb);
     free(s->slots);
     free(s->q);
     free(s->q_order);

@@ -66,6 +66,9 @@ typedef struct srv_sched_params {
                                   question's episode attends to least (kvf_session_prefill_budget);
                                   0 = off; >= 512 */
     int32_t     conv_episodes; /* episodes a history is clustered into (4) */
+    const char *conv_layers;   /* EpiCache's layer budgets: a profile from `kvfuse conv-profile`
+                                  (NULL: every layer gets conv_budget) */
+    float       conv_alpha;    /* how strongly the profile skews the budgets (1.3) */
     srv_audit_params audit;    /* live fidelity audit (audit.rate 0 = off; n_ctx, n_threads
                                   and kv_type are the slots') */
     /* tests: called on the inference thread after every audit unit (no lock held) */
