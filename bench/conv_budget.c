@@ -305,8 +305,7 @@ int main(int argc, char **argv) {
                     bp.window = 32;
                     bp.layer_budget = NULL;
                     if (md == 5) { /* epil: the episode's probe and the profile's layer budgets */
-                        if (kvf_conv_layer_budgets(lsim, L, budget, (float)alpha,
-                                                   kvf_conv_layer_min_budget(&bp, np), lb) != KVF_OK) {
+                        if (kvf_conv_layer_budgets(lsim, L, &bp, np, (float)alpha, lb) != KVF_OK) {
                             fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
                             return 1;
                         }

@@ -546,12 +546,16 @@ KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids
  * attention and n_ctx >= n; it is left empty. n >= 2 * block, block >= 128. */
 KVF_API kvf_status kvf_conv_layer_profile(kvf_session *s, const int32_t *ids, int32_t n,
                                           int32_t block, float *sim);
-/* Budgets from a profile: u = sim min-max normalised, w[l] = (1 - u[l])^alpha, and layer l gets
- * floor + L (budget - floor) w[l] / sum(w) cells, floor = max(budget / 4, min_budget), so the
- * sensitive layers hold more and the mean stays <= budget. alpha 0 (or a flat profile): every
- * layer gets the budget. Errors: KVF_E_INVAL (min_budget > budget, alpha < 0, bad sim). */
-KVF_API kvf_status kvf_conv_layer_budgets(const float *sim, int32_t n_layer, int32_t budget,
-                                          float alpha, int32_t min_budget, int32_t *out);
+/* Budgets from a profile for p (budget, block, sink, window) and a probe of n_probe tokens:
+ * with K = budget - block - probe the cells a layer keeps between eviction rounds (EpiCache's
+ * M), u = sim min-max normalised and w[l] = (1 - u[l])^alpha, layer l keeps
+ * floor + L (K - floor) w[l] / sum(w) cells, floor = K / 4 (at least the sink and window + 16
+ * + 64), and holds that plus block and probe: out[l]. The sensitive layers keep more; the mean
+ * stays the budget. alpha 0 (or a flat profile): every layer gets the budget. Errors:
+ * KVF_E_INVAL (a budget too small for the least, alpha < 0, a similarity not finite). */
+KVF_API kvf_status kvf_conv_layer_budgets(const float *sim, int32_t n_layer,
+                                          const kvf_conv_budget_params *p, int32_t n_probe,
+                                          float alpha, int32_t *out);
 /* The profile as a text file ("layers N", then "LAYER SIMILARITY" lines; written atomically),
  * and read back for a model of the same number of layers. Errors: KVF_E_IO, KVF_E_FORMAT. */
 KVF_API kvf_status kvf_conv_layer_profile_save(const char *path, const kvf_model *m,

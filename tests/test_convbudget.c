@@ -267,25 +267,33 @@ static void test_layer_start_exact(void) {
     kvf_model_free(m);
 }
 
-/* kvf_conv_layer_budgets by hand: sim {1, 0.5, 0}, alpha 1, budget 1000: floor 250, weights
- * {0, 0.5, 1} of 1.5, spare 3 x 750 -> {250, 1000, 1750}. */
+/* kvf_conv_layer_budgets by hand: budget 1000, block 256, probe 64: each layer keeps K = 680
+ * between rounds on average; sim {1, 0.5, 0}, alpha 1: floor 170, weights {0, 0.5, 1} of 1.5,
+ * spare 3 x 510 -> kept {170, 680, 1190}, held {490, 1000, 1510}. */
 static void test_layer_budgets(void) {
     float sim[3] = {1.0f, 0.5f, 0.0f}, flat[3] = {0.9f, 0.9f, 0.9f};
     int32_t out[3];
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 100, out), KVF_OK);
-    CHECK(out[0] == 250 && out[1] == 1000 && out[2] == 1750);
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 2.0f, 400, out), KVF_OK);
-    /* floor 400, weights {0, 0.25, 1} of 1.25, spare 1800 -> {400, 760, 1840} */
-    CHECK(out[0] == 400 && out[1] == 760 && out[2] == 1840);
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 0.0f, 100, out), KVF_OK);
-    CHECK(out[0] == 1000 && out[1] == 1000 && out[2] == 1000);
-    CHECK_EQ(kvf_conv_layer_budgets(flat, 3, 1000, 1.3f, 100, out), KVF_OK);
-    CHECK(out[0] == 1000 && out[2] == 1000);
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, -1.0f, 100, out), KVF_E_INVAL);
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 1001, out), KVF_E_INVAL);
-    sim[1] = NAN;
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 1000, 1.0f, 100, out), KVF_E_INVAL);
     kvf_conv_budget_params p = kvf_conv_budget_default_params(1000);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 1.0f, out), KVF_OK);
+    CHECK(out[0] == 490 && out[1] == 1000 && out[2] == 1510);
+    /* alpha 2: weights {0, 0.25, 1} of 1.25 -> kept {170, 476, 1394} */
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 2.0f, out), KVF_OK);
+    CHECK(out[0] == 490 && out[1] == 796 && out[2] == 1714);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 0.0f, out), KVF_OK);
+    CHECK(out[0] == 1000 && out[1] == 1000 && out[2] == 1000);
+    CHECK_EQ(kvf_conv_layer_budgets(flat, 3, &p, 64, 1.3f, out), KVF_OK);
+    CHECK(out[0] == 1000 && out[2] == 1000);
+    /* a sink that leaves the least layer no room of its own: the floor is the least */
+    p.sink = 300; /* least 300 + 32 + 256 + 64 + 80 = 732: kept floor 412, spare 3 x 268 */
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 1.0f, out), KVF_OK);
+    CHECK(out[0] == 732 && out[1] == 1000 && out[2] == 1268);
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, -1.0f, out), KVF_E_INVAL);
+    p.sink = 700; /* least 1132 > 1000 */
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 1.0f, out), KVF_E_INVAL);
+    CHECK(strstr(kvf_errmsg(), "no room") != NULL);
+    p.sink = 0;
+    sim[1] = NAN;
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 64, 1.0f, out), KVF_E_INVAL);
     CHECK_EQ(kvf_conv_layer_min_budget(&p, 64), 0 + 32 + 256 + 64 + 16 + 64);
 }
 
@@ -330,9 +338,10 @@ static void test_layer_profile(void) {
     CHECK_EQ(kvf_conv_layer_profile_load(path, m, back), KVF_E_IO);
     kvf_conv_budget_params p = kvf_conv_budget_default_params(600);
     p.block = 64, p.window = 16;
-    int32_t lb[3], least = kvf_conv_layer_min_budget(&p, 16);
-    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, 600, 1.3f, least, lb), KVF_OK);
-    CHECK(lb[0] == (least > 600 / 4 ? least : 600 / 4)); /* the least sensitive layer */
+    int32_t lb[3], least = kvf_conv_layer_min_budget(&p, 16), reserve = 64 + 16;
+    CHECK_EQ(kvf_conv_layer_budgets(sim, 3, &p, 16, 1.3f, lb), KVF_OK);
+    /* the least sensitive layer keeps a quarter of 600 - 80 cells, or the least */
+    CHECK(lb[0] == ((600 - reserve) / 4 + reserve > least ? (600 - reserve) / 4 + reserve : least));
     CHECK(lb[0] + lb[1] + lb[2] <= 3 * 600);
     p.layer_budget = lb;
     kvf_conv_budget_stats st;

@@ -21,13 +21,18 @@ int32_t kvf_conv_layer_min_budget(const kvf_conv_budget_params *p, int32_t n_pro
     return p->sink + p->window + p->block + npc + 16 + KVF_ATTN_BK;
 }
 
-kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, int32_t budget, float alpha,
-                                  int32_t min_budget, int32_t *out) {
-    if (!sim || !out || L < 1 || budget < 1 || !(alpha >= 0) || min_budget > budget)
+kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, const kvf_conv_budget_params *p,
+                                  int32_t n_probe, float alpha, int32_t *out) {
+    if (!sim || !out || !p || L < 1 || !(alpha >= 0))
+        return kvf_set_error(KVF_E_INVAL, "layer budgets: bad arguments (alpha %g)", (double)alpha);
+    /* what a layer keeps between rounds; the block and the probe come on top in every layer */
+    int32_t reserve = p->block + (n_probe > 0 ? n_probe : KVF_MAX(p->window, 16));
+    int32_t least = kvf_conv_layer_min_budget(p, n_probe), K = p->budget - reserve;
+    if (least > p->budget)
         return kvf_set_error(KVF_E_INVAL,
-                             "layer budgets: budget %d, alpha %g, least per layer %d (alpha >= 0, "
-                             "least <= budget)",
-                             budget, (double)alpha, min_budget);
+                             "layer budgets: the budget of %d tokens leaves no room (each layer "
+                             "needs %d)",
+                             p->budget, least);
     float lo = INFINITY, hi = -INFINITY;
     for (int l = 0; l < L; l++) {
         if (!isfinite(sim[l]))
@@ -35,15 +40,15 @@ kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, int32_t budget, f
                                  l);
         lo = fminf(lo, sim[l]), hi = fmaxf(hi, sim[l]);
     }
-    int32_t floor_ = KVF_MAX(budget / 4, min_budget);
+    int32_t floor_ = KVF_MAX(K / 4, least - reserve);
     double wsum = 0;
     for (int l = 0; l < L; l++)
         wsum += hi > lo ? pow(1.0 - (sim[l] - lo) / (hi - lo), alpha) : 0.0;
     for (int l = 0; l < L; l++) {
         double w = hi > lo ? pow(1.0 - (sim[l] - lo) / (hi - lo), alpha) : 0.0;
         out[l] = alpha == 0 || wsum <= 0
-                     ? budget
-                     : floor_ + (int32_t)((double)L * (budget - floor_) * w / wsum);
+                     ? p->budget
+                     : reserve + floor_ + (int32_t)((double)L * (K - floor_) * w / wsum);
     }
     return KVF_OK;
 }

@@ -638,8 +638,8 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     if (bp.sink > s->p.conv_budget / 4) bp.sink = s->p.conv_budget / 4;
     /* layer budgets from the profile (uniform where this request's sink leaves no room) */
     if (s->conv_sim &&
-        kvf_conv_layer_budgets(s->conv_sim, kvf_model_n_layer(s->m), s->p.conv_budget, s->p.conv_alpha,
-                               kvf_conv_layer_min_budget(&bp, CONV_PROBE), s->conv_lb) == KVF_OK)
+        kvf_conv_layer_budgets(s->conv_sim, kvf_model_n_layer(s->m), &bp, np > 0 ? np : 0, s->p.conv_alpha,
+                               s->conv_lb) == KVF_OK)
         bp.layer_budget = s->conv_lb;
     kvf_conv_budget_stats st;
     kvf_status rc = kvf_session_prefill_budget(sl->s, sl->flat, q0, np > 0 ? probe : NULL, np > 0 ? np : 0, &bp, &st);
