@@ -151,7 +151,7 @@ bench-fused-attn: all ## a3's TTFT at 16k tokens with SALE for the recomputed ro
 bench-conv: cli $(QWEN05) ## multi-turn conversations outliving their slot: TTFT per turn with --conv-block 0 vs 256, Qwen2.5-Coder-0.5B (bench/conv.sh)
 	bench/conv.sh qwen2.5-coder-0.5b
 
-bench-conv-budget: benches $(QWEN05) ## EpiCache: answers under --conv-budget (25% of the history) vs the whole history: agreement and peak KV, Qwen2.5-Coder-0.5B (bench/conv_budget.sh)
+bench-conv-budget: benches cli $(QWEN05) ## EpiCache: answers under --conv-budget (25% of the history) vs the whole history: agreement and peak KV, Qwen2.5-Coder-0.5B (bench/conv_budget.sh)
 	bench/conv_budget.sh $(QWEN05)
 
 bench-flow: cli $(QWEN05) ## KVFlow: an agent workflow's chunk hit rate and TTFT with workflow hints vs LRU, memory cache at half the working set, Qwen2.5-Coder-0.5B (bench/flow.sh)

@@ -7,8 +7,12 @@
 # bounded modes (epi,recent; also question, epiq: the question alone, the episode + question).
 # Prints the table (bench/conv_budget.py) and keeps the JSON lines. Not part of `make test`.
 #   bench/conv_budget.sh [MODEL_FILE]   (default models/Qwen2.5-Coder-0.5B-Instruct.gguf)
+# MODES with epil: epi with layer budgets (serve --conv-layers) from LAYERS, a profile of
+# `kvfuse conv-profile`; without LAYERS one is measured first on 4096 tokens of the needle set's
+# Paul Graham essays (~30 s on the 0.5B) and kept next to OUT.
 #   env: CONVS (5), TOPICS (3), PASSAGES (4), FRAC (0.25), BLOCK (256), EPISODES (4), PROBE (64),
-#        N (16), MODES (epi,recent), SHARED (../shared), OUT (results file, default a temporary one)
+#        N (16), MODES (epi,recent), LAYERS, ALPHA (1.3), SHARED (../shared),
+#        OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-models/Qwen2.5-Coder-0.5B-Instruct.gguf}
@@ -19,8 +23,23 @@ BIN=${BIN:-build/bench/conv_budget}
 [ -f "$DATA" ] || { echo "conv_budget: $DATA not found (set SHARED)" >&2; exit 1; }
 [ -f "$MODEL" ] || { echo "conv_budget: $MODEL not found (make demo downloads it)" >&2; exit 1; }
 OUT=${OUT:-$(mktemp --suffix=.jsonl)}
+MODES=${MODES:-epi,recent}
+LAYER_ARGS=()
+if [[ ",$MODES," == *,epil,* ]]; then
+    if [ -z "${LAYERS:-}" ]; then
+        LAYERS="${OUT%.jsonl}.layers.txt"
+        ESSAYS="$SHARED/data/needle/PaulGrahamEssays"
+        [ -d "$ESSAYS" ] || { echo "conv_budget: $ESSAYS not found (set LAYERS)" >&2; exit 1; }
+        cat $(ls "$ESSAYS"/*.txt | sort) > "$OUT.essays.txt"
+        build/kvfuse conv-profile -m "$MODEL" -f "$OUT.essays.txt" --tokens 4096 --block 1024 \
+            -o "$LAYERS" >&2
+        rm -f "$OUT.essays.txt"
+    fi
+    LAYER_ARGS=(--layers "$LAYERS" --alpha "${ALPHA:-1.3}")
+fi
 "$BIN" -m "$MODEL" --data "$DATA" --conversations "${CONVS:-5}" --topics "${TOPICS:-3}" \
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
-    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "${MODES:-epi,recent}" > "$OUT"
+    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" \
+    "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"
