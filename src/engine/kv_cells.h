@@ -6,7 +6,9 @@
  * rows; row i has a RoPE position pos[i], writes its K/V into cell[i], and attends to cells
  * [0, kv_end[i]). Plain generation uses cell == position and kv_end = position + 1 (causal);
  * fusion recomputes arbitrary subsets of rows against a fully populated cache with the same
- * steps, and eviction compacts cells while positions keep their original values.
+ * steps, and eviction compacts cells while positions keep their original values. Layers evicted
+ * to different budgets (convbudget.c) share the append point n_cells: layer l holds cells
+ * [cell_start[l], n_cells), its start a multiple of the key tile, and attention starts there.
  *
  * Layout per layer: keys transposed in tiles of 64 cells, kt[h][cell / 64][i][cell % 64] (head h,
  * component i: kvf_kt_idx in kernels.h), so attention streams 16 keys per vector from one
@@ -174,7 +176,8 @@ static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, c
 }
 
 /* Eviction: move the keys and values of cells keep[0..n) (sorted ascending) of layer l, KV head
- * h to cells dst..dst+n-1, in order; dst is 0 (moves down) or at least n_cells - n (moves up).
+ * h to cells dst..dst+n-1, in order; either dst is 0 (cells move down) or keep[i] <= dst + i
+ * for every i (cells move up).
  * Heads may keep different cells; the caller sets n_cells, cell_start and `evicted` once every
  * head is compacted (session.c). */
 void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n,
