@@ -10,7 +10,9 @@
  * window (block prefill without episodes), "question" the question's words (question-specific
  * eviction, which EpiCache argues fails in later turns), "epiq" the episode's probe, then the
  * question's words, and "epil" epi with each layer's budget from a --layers profile
- * (kvf_conv_layer_budgets, --alpha). --modes picks them (default epi,recent); full always runs.
+ * (kvf_conv_layer_budgets, --alpha), "epia" epi with the layers' shares recomputed from the
+ * probe's attention every round (layer_adapt). --modes picks them (default epi,recent); full
+ * always runs.
  *
  * One JSON line per (conversation, question, mode) on stdout: the answer, the gold answers, peak
  * cells, KV bytes resident after the answer, times. bench/conv_budget.py turns the lines into
@@ -52,7 +54,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
-            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil] [--offset I]\n"
+            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia]\n"
+            "       [--offset I]\n"
             "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
             "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
 }
@@ -287,8 +290,8 @@ int main(int argc, char **argv) {
             /* epiq: the episode's probe, then the question's words */
             int32_t n_epiq = n_probe;
             for (int32_t i = 0; i < nqw && n_epiq < 4096 + 1024; i++) probe[n_epiq++] = qw[i];
-            const char *modes[6] = {"full", "epi", "recent", "question", "epiq", "epil"};
-            for (int md = 0; md < 6; md++) {
+            const char *modes[7] = {"full", "epi", "recent", "question", "epiq", "epil", "epia"};
+            for (int md = 0; md < 7; md++) {
                 if (md > 0 && !has_mode(mode_list, modes[md])) continue;
                 char ans[2048];
                 double ttft = 0, pre_ms = 0;
@@ -300,10 +303,11 @@ int main(int argc, char **argv) {
                 } else {
                     kvf_session_truncate(s, 0);
                     kvf_session_trim(s);
-                    const int32_t *pr = md == 1 || md == 4 || md == 5 ? probe : md == 3 ? qw : NULL;
-                    int32_t np = md == 1 || md == 5 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
+                    const int32_t *pr = md == 1 || md >= 4 ? probe : md == 3 ? qw : NULL;
+                    int32_t np = md == 1 || md >= 5 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
                     bp.window = 32;
                     bp.layer_budget = NULL;
+                    bp.layer_adapt = md == 6; /* epia: shares by attention mass each round */
                     if (md == 5) { /* epil: the episode's probe and the profile's layer budgets */
                         if (kvf_conv_layer_budgets(lsim, L, &bp, np, (float)alpha, lb) != KVF_OK) {
                             fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
@@ -340,7 +344,7 @@ int main(int argc, char **argv) {
                     "\"ttft_ms\": %.1f, \"answer\": ",
                     c, t, modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
                     sim,
-                    md == 1 || md == 5 ? n_probe
+                    md == 1 || md >= 5 ? n_probe
                     : md == 3 ? nqw
                     : md == 4 ? n_epiq
                     : md == 2 ? 32

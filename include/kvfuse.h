@@ -513,6 +513,10 @@ typedef struct kvf_conv_budget_params {
     int32_t pool;   /* score pooling width (5; 1 = none) */
     const int32_t *layer_budget; /* [n_layer] cells each layer may hold (mean <= budget), e.g.
                                     from kvf_conv_layer_budgets; NULL: budget for every layer */
+    int32_t layer_adapt; /* 1: every eviction round shares the layers' cells out again by how much
+                            of each layer's probe attention they keep (after Ada-KV): a layer
+                            whose attention is spread keeps more; each keeps at least a quarter
+                            of its share and the mean over layers stays within the budget (0) */
 } kvf_conv_budget_params;
 KVF_API kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget);
 

@@ -61,9 +61,11 @@ static void test_never_exceeds(void) {
         int n, block, budget, np, sink, window;
     } cases[] = {{1200, 64, 300, 16, 8, 16},  {1200, 100, 260, 40, 0, 0},  {777, 37, 200, 1, 3, 5},
                  {1200, 256, 600, 0, 20, 32}, {500, 128, 2048, 16, 0, 32}, {65, 64, 200, 16, 4, 8}};
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    for (size_t ca = 0; ca < 2 * sizeof cases / sizeof cases[0]; ca++) {
+        size_t c = ca / 2; /* each case uniform, then with adaptive layer shares */
         kvf_conv_budget_params p = kvf_conv_budget_default_params(cases[c].budget);
         p.block = cases[c].block, p.sink = cases[c].sink, p.window = cases[c].window;
+        p.layer_adapt = (int)(ca % 2);
         kvf_conv_budget_stats st;
         kvf_session_truncate(s, 0);
         kvf_status rc = kvf_session_prefill_budget(s, ids, cases[c].n, cases[c].np ? probe : NULL,
@@ -76,7 +78,10 @@ static void test_never_exceeds(void) {
         int npc = cases[c].np ? cases[c].np : (cases[c].window > 16 ? cases[c].window : 16);
         CHECK(st.peak_cells <= cases[c].budget);
         CHECK(st.cells <= cases[c].budget - npc);
-        CHECK_EQ(st.cells, s->n_cells);
+        int64_t held = 0; /* cells over layers */
+        for (int l = 0; l < m->hp.n_layer; l++) held += s->n_cells - s->cell_start[l];
+        CHECK_EQ(st.cells, (held + m->hp.n_layer - 1) / m->hp.n_layer);
+        if (!p.layer_adapt) CHECK_EQ(st.cells, s->n_cells);
         CHECK_EQ(kvf_session_n_past(s), cases[c].n); /* positions run on past evicted cells */
         CHECK_EQ(st.blocks, (cases[c].n + cases[c].block - 1) / cases[c].block);
         if (cases[c].n + npc <= cases[c].budget)
@@ -128,92 +133,151 @@ static int by_asc(const void *x, const void *y) {
     return *(const int32_t *)x - *(const int32_t *)y;
 }
 
-/* One eviction round recomputed at layer 0. Uniform budget 160: before the third of three
- * 64-token blocks, every layer keeps 88 of 128 cells. Layer budgets (200 for layer 0, 264 for
- * layer 1): before the fourth block, layer 0 keeps 128 of 192 cells, now at cells 64..191 (its
- * start rounded to the key tile), and layer 1 keeps all 192 at 0..191. */
-static void test_selection_by_hand(int layered) {
-    kvf_model *m = load_synth(layered ? "handl" : "hand", 13);
+/* The probe's scores of the reference session r (which holds the nh history cells) at every
+ * layer, by hand: the probe's queries against the cached keys, softmax over those keys only, the
+ * maximum over probe rows and the query heads of a KV head. sc: [layer][kv head][nh]. */
+static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, int nh, float *sc) {
+    const kvf_hparams *hp = &r->m->hp;
+    int g = hp->n_head / hp->n_head_kv;
+    for (int i = 0; i < np; i++)
+        r->b_pos[i] = nh + i, r->b_cell[i] = nh + i, r->b_end[i] = nh + i + 1;
+    kvf_batch b = {np, r->b_pos, r->b_cell, r->b_end, NULL};
+    kvf_fwd_embed(r, probe, np, r->x);
+    kvf_fwd_rope_tables(r, &b);
+    for (int l = 0; l < hp->n_layer; l++) {
+        kvf_fwd_qkv(r, l, r->x, &b, NULL, NULL);
+        for (int kh = 0; kh < hp->n_head_kv; kh++) {
+            float *out = sc + ((int64_t)l * hp->n_head_kv + kh) * nh, lg[256];
+            const void *kt = kvf_kt_at(r, l, kh);
+            for (int j = 0; j < nh; j++) out[j] = 0;
+            for (int i = 0; i < np; i++)
+                for (int gi = 0; gi < g; gi++) {
+                    const float *q = r->q + (int64_t)i * hp->n_head * HD + (kh * g + gi) * HD;
+                    float mx = -INFINITY;
+                    for (int j = 0; j < nh; j++) {
+                        double d = 0;
+                        for (int e = 0; e < HD; e++)
+                            d += (double)q[e] * kvf_kv_get(r, kt, kvf_kt_idx(e, j, HD));
+                        lg[j] = (float)(d / sqrt(HD));
+                        mx = fmaxf(mx, lg[j]);
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < nh; j++) sum += exp((double)(lg[j] - mx));
+                    for (int j = 0; j < nh; j++)
+                        out[j] = fmaxf(out[j], (float)(exp((double)(lg[j] - mx)) / sum));
+                }
+        }
+        kvf_fwd_attn_out(r, l, r->x, &b);
+        kvf_fwd_mlp(r, l, r->x, np);
+    }
+}
+
+/* sc pooled over 3 (1 each side) within [c0, c1) */
+static void pool3(const float *sc, int c0, int c1, float *pooled) {
+    for (int j = c0; j < c1; j++) {
+        double acc = 0;
+        int cnt = 0;
+        for (int t = j - 1; t <= j + 1; t++)
+            if (t >= c0 && t < c1) acc += sc[t], cnt++;
+        pooled[j] = (float)(acc / cnt);
+    }
+}
+
+static int by_fdesc(const void *x, const void *y) {
+    float a = *(const float *)x, b = *(const float *)y;
+    return a != b ? (a > b ? -1 : 1) : 0;
+}
+
+/* One eviction round recomputed by hand at both layers of a 2-layer model, 64-token blocks,
+ * probe 8, sink 4, window 8, pool 3:
+ * - uniform budget 160: before the third block every layer keeps 88 of 128 cells at 0..87;
+ * - layer budgets (200, 264): before the fourth block layer 0 keeps 128 of 192 cells at cells
+ *   64..191 (its start rounded to the key tile) and layer 1 all 192 at 0..191;
+ * - adaptive (budget 160): the two layers' 2 x 76 scored cells are shared out by the probe's
+ *   attention mass (each layer's k-th gain the mean over heads of its k-th largest pooled score
+ *   over the head's total; at least 19 each), then the tile rounding as above.
+ * Every head must keep exactly its sink, its window and its top cells by pooled score, in order. */
+static void test_selection_by_hand(int mode) {
+    const char *tags[3] = {"hand", "handl", "handa"};
+    kvf_model *m = load_synth(tags[mode], 13);
     if (!m) return;
     kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
     int32_t ids[256], probe[8], lb[2] = {200, 264};
     make_ids(ids, 256, 7), make_ids(probe, 8, 2);
-    const int budget = layered ? 264 : 160, sink = 4, window = 8, pool = 3;
-    const int nh = layered ? 192 : 128, keep = (layered ? lb[0] : budget) - 64 - 8;
-    const int dst = layered ? 64 : 0, n_ids = nh + 64;
+    const int sink = 4, window = 8, Hkv = m->hp.n_head_kv;
+    const int budget = mode == 1 ? 264 : 160, nh = mode == 1 ? 192 : 128, n_ids = nh + 64;
     kvf_conv_budget_params p = kvf_conv_budget_default_params(budget);
-    p.block = 64, p.sink = sink, p.window = window, p.pool = pool;
-    if (layered) p.layer_budget = lb;
+    p.block = 64, p.sink = sink, p.window = window, p.pool = 3;
+    if (mode == 1) p.layer_budget = lb;
+    p.layer_adapt = mode == 2;
     kvf_conv_budget_stats st;
     CHECK_EQ(kvf_session_prefill_budget(s, ids, n_ids, probe, 8, &p, &st), KVF_OK);
     CHECK_EQ(st.evictions, 1);
-    CHECK_EQ(s->n_cells, dst + keep + 64);
-    CHECK_EQ(s->cell_start[0], dst);
-    CHECK_EQ(s->cell_start[1], 0);
-    CHECK_EQ(st.cells, layered ? (keep + 64 + nh + 64 + 1) / 2 : keep + 64);
-    /* the reference: the first 128 tokens whole, then the probe's layer-0 queries */
     CHECK_EQ(kvf_session_eval(r, ids, nh, 0), KVF_OK);
-    const kvf_hparams *hp = &m->hp;
-    int g = hp->n_head / hp->n_head_kv;
-    for (int i = 0; i < 8; i++)
-        r->b_pos[i] = nh + i, r->b_cell[i] = nh + i, r->b_end[i] = nh + i + 1;
-    kvf_batch b = {8, r->b_pos, r->b_cell, r->b_end, NULL};
-    kvf_fwd_embed(r, probe, 8, r->x);
-    kvf_fwd_rope_tables(r, &b);
-    kvf_fwd_qkv(r, 0, r->x, &b, NULL, NULL);
-    int all_match = 1;
-    for (int kh = 0; kh < hp->n_head_kv; kh++) {
-        float sc[256] = {0}, pooled[256], lg[256];
-        const void *kt = kvf_kt_at(r, 0, kh);
-        for (int i = 0; i < 8; i++)
-            for (int gi = 0; gi < g; gi++) {
-                const float *q = r->q + (int64_t)i * hp->n_head * HD + (kh * g + gi) * HD;
-                float mx = -INFINITY;
-                for (int j = 0; j < nh; j++) {
-                    double d = 0;
-                    for (int e = 0; e < HD; e++)
-                        d += (double)q[e] * kvf_kv_get(r, kt, kvf_kt_idx(e, j, HD));
-                    lg[j] = (float)(d / sqrt(HD));
-                    mx = fmaxf(mx, lg[j]);
-                }
+    static float sc[2 * 4 * 256];
+    probe_scores_by_hand(r, probe, 8, nh, sc);
+    /* the cells each layer keeps */
+    int keep[2] = {budget - 72, budget - 72};
+    if (mode == 1) keep[0] = lb[0] - 72, keep[1] = KVF_MIN(lb[1] - 72, nh);
+    if (mode == 2) {
+        int cand = nh - sink - window, need = keep[0] - sink - window, lo = need / 4;
+        float gains[2][256] = {{0}}, pooled[256], all[512];
+        for (int l = 0; l < 2; l++)
+            for (int kh = 0; kh < Hkv; kh++) {
+                pool3(sc + ((int64_t)l * Hkv + kh) * nh, sink, nh - window, pooled);
                 double sum = 0;
-                for (int j = 0; j < nh; j++)
-                    sum += exp((double)(lg[j] - mx));
-                for (int j = 0; j < nh; j++)
-                    sc[j] = fmaxf(sc[j], (float)(exp((double)(lg[j] - mx)) / sum));
+                for (int j = sink; j < nh - window; j++) sum += pooled[j];
+                qsort(pooled + sink, (size_t)cand, sizeof(float), by_fdesc);
+                for (int k = 0; k < cand; k++) gains[l][k] += (float)(pooled[sink + k] / sum) / (float)Hkv;
             }
-        int32_t idx[256], n = 0, want[256];
-        for (int j = sink; j < nh - window; j++) {
-            double acc = 0;
-            int cnt = 0;
-            for (int t = j - 1; t <= j + 1; t++)
-                if (t >= sink && t < nh - window) acc += sc[t], cnt++;
-            pooled[j] = (float)(acc / cnt);
-            idx[n++] = j;
+        int na = 0;
+        for (int l = 0; l < 2; l++)
+            for (int k = lo; k < cand; k++) all[na++] = gains[l][k];
+        qsort(all, (size_t)na, sizeof(float), by_fdesc);
+        float cut = all[2 * need - 2 * lo - 1]; /* the last gain taken */
+        for (int l = 0; l < 2; l++) {
+            int n = lo;
+            for (int k = lo; k < cand; k++) n += gains[l][k] > cut;
+            keep[l] = sink + n + window;
         }
-        qsort_r(idx, (size_t)n, sizeof(int32_t), by_desc, pooled);
-        qsort(idx, (size_t)(keep - sink - window), sizeof(int32_t), by_asc);
-        int w = 0;
-        for (int j = 0; j < sink; j++)
-            want[w++] = j;
-        for (int j = 0; j < keep - sink - window; j++)
-            want[w++] = idx[j];
-        for (int j = nh - window; j < nh; j++)
-            want[w++] = j;
-        /* cell dst + c of the evicted session holds the key of original cell want[c] */
-        const void *ks = kvf_kt_at(s, 0, kh);
-        for (int c = 0; c < keep; c++)
-            for (int e = 0; e < HD; e++)
-                if (kvf_kv_get(s, ks, kvf_kt_idx(e, dst + c, HD)) !=
-                    kvf_kv_get(r, kt, kvf_kt_idx(e, want[c], HD)))
-                    all_match = 0;
-        /* with layer budgets layer 1 had room: its cells are the reference's, unmoved */
-        const void *k1 = kvf_kt_at(s, 1, kh), *r1 = kvf_kt_at(r, 1, kh);
-        for (int c = 0; layered && c < nh; c++)
-            for (int e = 0; e < HD; e++)
-                if (kvf_kv_get(s, k1, kvf_kt_idx(e, c, HD)) != kvf_kv_get(r, r1, kvf_kt_idx(e, c, HD)))
-                    all_match = 0;
+        /* gains equal to the cut (ties) go to layer 0 first, as the code breaks them */
+        int left = 2 * need - (keep[0] + keep[1] - 2 * (sink + window));
+        for (int l = 0; l < 2 && left > 0; l++)
+            for (int k = lo; k < cand && left > 0; k++)
+                if (gains[l][k] == cut) keep[l]++, left--;
+        CHECK(keep[0] != keep[1]); /* the test means something only if the layers differ */
+        CHECK(keep[0] + keep[1] == 2 * (budget - 72));
     }
+    int top = KVF_MAX(keep[0], keep[1]), dst[2];
+    for (int l = 0; l < 2; l++) {
+        dst[l] = mode == 0 ? 0 : (top - keep[l] + 63) / 64 * 64;
+        keep[l] = mode == 0 ? keep[l] : top - dst[l];
+    }
+    CHECK_EQ(s->n_cells, top + 64);
+    CHECK_EQ(s->cell_start[0], dst[0]);
+    CHECK_EQ(s->cell_start[1], dst[1]);
+    CHECK_EQ(st.cells, (keep[0] + keep[1] + 2 * 64 + 1) / 2);
+    int all_match = 1;
+    for (int l = 0; l < 2; l++)
+        for (int kh = 0; kh < Hkv; kh++) {
+            float pooled[256];
+            int32_t idx[256], n = 0, want[256];
+            pool3(sc + ((int64_t)l * Hkv + kh) * nh, sink, nh - window, pooled);
+            for (int j = sink; j < nh - window; j++) idx[n++] = j;
+            qsort_r(idx, (size_t)n, sizeof(int32_t), by_desc, pooled);
+            qsort(idx, (size_t)(keep[l] - sink - window), sizeof(int32_t), by_asc);
+            int w = 0;
+            for (int j = 0; j < sink; j++) want[w++] = j;
+            for (int j = 0; j < keep[l] - sink - window; j++) want[w++] = idx[j];
+            for (int j = nh - window; j < nh; j++) want[w++] = j;
+            /* cell dst + c of the evicted session holds the key of original cell want[c] */
+            const void *ks = kvf_kt_at(s, l, kh), *kt = kvf_kt_at(r, l, kh);
+            for (int c = 0; c < keep[l]; c++)
+                for (int e = 0; e < HD; e++)
+                    if (kvf_kv_get(s, ks, kvf_kt_idx(e, dst[l] + c, HD)) !=
+                        kvf_kv_get(r, kt, kvf_kt_idx(e, want[c], HD)))
+                        all_match = 0;
+        }
     CHECK(all_match);
     kvf_session_free(s), kvf_session_free(r);
     kvf_model_free(m);
@@ -224,6 +288,9 @@ static void test_selection_uniform(void) {
 }
 static void test_selection_layered(void) {
     test_selection_by_hand(1);
+}
+static void test_selection_adaptive(void) {
+    test_selection_by_hand(2);
 }
 
 /* Layers whose cells start past 0 (layer budgets) attend exactly as before: every layer's cells
@@ -463,6 +530,7 @@ int main(void) {
     RUN(test_no_eviction_is_dense);
     RUN(test_selection_uniform);
     RUN(test_selection_layered);
+    RUN(test_selection_adaptive);
     RUN(test_layer_start_exact);
     RUN(test_layer_budgets);
     RUN(test_layer_profile);

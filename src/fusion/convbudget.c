@@ -38,8 +38,8 @@ typedef struct {
     kvf_session *s;
     int l;
     int32_t u, a, nh; /* probe rows (queries in s->q); the layer's cells [a, a + nh) */
-    float *score;  /* [n_head_kv][nh] of layer l: running maximum */
-    float *work;   /* per thread: [head_dim][nh] keys + [nh] logits */
+    float *score;     /* [n_head_kv][nh] of layer l: running maximum */
+    float *work;      /* per thread: [head_dim][nh] keys + [nh] logits */
     atomic_int_fast64_t next;
 } probe_task;
 
@@ -81,25 +81,99 @@ static int32_t held(const kvf_session *s, int l) {
     return s->n_cells - kvf_cell_start(s, l);
 }
 static int32_t held_mean(const kvf_session *s, int32_t extra) {
-    int     L   = s->m->hp.n_layer;
+    int L = s->m->hp.n_layer;
     int64_t sum = 0;
-    for (int l = 0; l < L; l++) sum += held(s, l) + extra;
+    for (int l = 0; l < L; l++)
+        sum += held(s, l) + extra;
     return (int32_t)((sum + L - 1) / L);
+}
+
+/* Scores of cells [c0, c1) pooled over `half` neighbours each side (within the range) into
+ * pool[c0 .. c1). */
+static void pool_scores(const float *sc, int32_t c0, int32_t c1, int32_t half, float *pool) {
+    for (int32_t j = c0; j < c1; j++) {
+        double acc = 0;
+        int cnt = 0;
+        for (int32_t t = j - half; t <= j + half; t++)
+            if (t >= c0 && t < c1) acc += sc[t], cnt++;
+        pool[j] = (float)(acc / cnt);
+    }
+}
+
+typedef struct {
+    float g;
+    int32_t l;
+} gain;
+
+static int by_gain_desc(const void *x, const void *y) {
+    const gain *a = x, *b = y;
+    return a->g != b->g ? (a->g > b->g ? -1 : 1) : a->l - b->l;
+}
+
+static int by_float_desc(const void *x, const void *y) {
+    float a = *(const float *)x, b = *(const float *)y;
+    return a != b ? (a > b ? -1 : 1) : 0;
+}
+
+/* Adaptive layer budgets (after Ada-KV): the layers' scored cells (between sink and window) share
+ * out sum(want[l]) cells by the probe attention mass each would keep. Layer l's gain for its k-th
+ * cell is the mean over its KV heads of the k-th largest pooled score as a share of the head's
+ * total, so a layer whose attention is concentrated on few cells gives up cells to one whose
+ * attention is spread. Every layer keeps at least a quarter of want[l] and at most cap cells; the
+ * counts come back in want. */
+static kvf_status adapt_counts(kvf_session *s, const float *score, int32_t nh, int32_t S_,
+                               int32_t W_, int32_t half, int32_t cap, int32_t *want) {
+    const kvf_hparams *hp = &s->m->hp;
+    int L = hp->n_layer, Hkv = hp->n_head_kv;
+    float *pool = kvf_malloc(sizeof(float) * (size_t)nh),
+          *mean = kvf_malloc(sizeof(float) * (size_t)nh);
+    gain *g = kvf_malloc(sizeof(gain) * (size_t)L * (size_t)nh);
+    int32_t *lo = kvf_malloc(sizeof(int32_t) * (size_t)L);
+    if (!pool || !mean || !g || !lo) {
+        kvf_free(pool), kvf_free(mean), kvf_free(g), kvf_free(lo);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory sharing out layer budgets");
+    }
+    int64_t ng = 0, total = 0, floors = 0;
+    for (int l = 0; l < L; l++) {
+        int32_t c = held(s, l), S = KVF_MIN(S_, c), W = KVF_MIN(W_, c - S), c0 = S, c1 = c - W;
+        int32_t cand = c1 - c0, hi = KVF_MIN(cand, cap), need = KVF_MAX(0, want[l] - S - W);
+        lo[l] = KVF_MIN(hi, need / 4);
+        total += KVF_MIN(need, cand), floors += lo[l];
+        memset(mean, 0, sizeof(float) * (size_t)KVF_MAX(cand, 1));
+        for (int kh = 0; kh < Hkv; kh++) {
+            pool_scores(score + ((int64_t)l * Hkv + kh) * nh, c0, c1, half, pool);
+            double sum = 0;
+            for (int32_t j = c0; j < c1; j++)
+                sum += pool[j];
+            qsort(pool + c0, (size_t)cand, sizeof(float), by_float_desc);
+            for (int32_t k = 0; k < cand; k++)
+                mean[k] += (float)(sum > 0 ? pool[c0 + k] / sum : 1.0 / cand) / (float)Hkv;
+        }
+        for (int32_t k = lo[l]; k < hi; k++)
+            g[ng++] = (gain){mean[k], l};
+    }
+    qsort(g, (size_t)ng, sizeof(gain), by_gain_desc);
+    for (int l = 0; l < L; l++)
+        want[l] = lo[l];
+    for (int64_t i = 0; i < ng && i < total - floors; i++)
+        want[g[i].l]++;
+    for (int l = 0; l < L; l++) {
+        int32_t c = held(s, l), S = KVF_MIN(S_, c);
+        want[l] += S + KVF_MIN(W_, c - S); /* the sink and the window on top */
+    }
+    kvf_free(pool), kvf_free(mean), kvf_free(g), kvf_free(lo);
+    return KVF_OK;
 }
 
 /* Run the probe after the cells, then keep keep_n[l] cells of each KV head of layer l: its sink,
  * its window and its top pooled scores, in order. With equal counts the cells stay at 0 ..;
  * otherwise every layer's cells end at the largest count and start at a key tile, so a layer
  * keeps up to 63 cells fewer than it may. */
-static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np,
-                              const int32_t *keep_n, const kvf_conv_budget_params *p) {
+static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, int32_t *keep_n,
+                              int32_t cap, const kvf_conv_budget_params *p) {
     const kvf_hparams *hp = &s->m->hp;
     int L = hp->n_layer, Hkv = hp->n_head_kv, hd = hp->head_dim;
-    int32_t nh = s->n_cells, nth = kvf_session_threads(s), top = 0, uniform = 1;
-    for (int l = 0; l < L; l++) {
-        top = KVF_MAX(top, KVF_MIN(keep_n[l], held(s, l)));
-        uniform &= keep_n[l] == keep_n[0] && kvf_cell_start(s, l) == 0;
-    }
+    int32_t nh = s->n_cells, nth = kvf_session_threads(s), top = 0, uniform = !p->layer_adapt;
     float *score = kvf_calloc((size_t)L * (size_t)Hkv * (size_t)nh, sizeof(float));
     float *work =
         kvf_malloc(sizeof(float) * (size_t)(nth > 0 ? nth : 1) * (size_t)(hd + 1) * (size_t)nh);
@@ -137,7 +211,15 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np,
         }
     }
     int32_t half = p->pool > 1 ? p->pool / 2 : 0;
-    for (int l = 0; l < L; l++) {
+    kvf_status rc = KVF_OK;
+    if (p->layer_adapt) /* keep_n's total shared out by attention mass */
+        rc =
+            adapt_counts(s, score, nh, p->sink, p->window, half, cap - p->sink - p->window, keep_n);
+    for (int l = 0; l < L && rc == KVF_OK; l++) {
+        top = KVF_MAX(top, KVF_MIN(keep_n[l], held(s, l)));
+        uniform &= keep_n[l] == keep_n[0] && kvf_cell_start(s, l) == 0;
+    }
+    for (int l = 0; l < L && rc == KVF_OK; l++) {
         /* the layer's cells [a, nh) as 0 .. c-1; what it keeps ends at `top`, tile-aligned */
         int32_t a = kvf_cell_start(s, l), c = nh - a;
         int32_t k = KVF_MIN(keep_n[l], c), dst = 0;
@@ -148,14 +230,7 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np,
         int32_t S = KVF_MIN(p->sink, c), W = KVF_MIN(p->window, c - S), c0 = S, c1 = c - W;
         int32_t need = KVF_MAX(0, k - S - W);
         for (int kh = 0; kh < Hkv; kh++) {
-            const float *sc = score + ((int64_t)l * Hkv + kh) * nh;
-            for (int32_t j = c0; j < c1; j++) {
-                double acc = 0;
-                int cnt = 0;
-                for (int32_t t = j - half; t <= j + half; t++)
-                    if (t >= c0 && t < c1) acc += sc[t], cnt++;
-                pool[j] = (float)(acc / cnt);
-            }
+            pool_scores(score + ((int64_t)l * Hkv + kh) * nh, c0, c1, half, pool);
             int32_t n = 0;
             for (int32_t j = c0; j < c1; j++)
                 idx[n++] = j;
@@ -181,10 +256,12 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np,
         }
         s->cell_start[l] = dst;
     }
-    s->n_cells = uniform ? KVF_MIN(keep_n[0], nh) : top;
-    s->evicted = 1;
+    if (rc == KVF_OK) {
+        s->n_cells = uniform ? KVF_MIN(keep_n[0], nh) : top;
+        s->evicted = 1;
+    }
     kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
-    return KVF_OK;
+    return rc;
 }
 
 kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
@@ -254,18 +331,23 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
     kvf_status rc = KVF_OK;
     for (int32_t pos = 0; pos < n && rc == KVF_OK;) {
         int32_t b = KVF_MIN(p->block, n - pos);
-        int over = 0; /* some layer would not fit the block and the probe */
+        /* some layer would not fit the block and the probe (adaptive: the layers together, or
+         * one past the session's cells) */
+        int over = 0;
+        int64_t sum_held = 0, sum_keep = 0;
         for (int l = 0; l < L; l++) {
             int32_t M = p->layer_budget ? p->layer_budget[l] : p->budget;
             keep[l] = M - b - npc;
-            over |= held(s, l) > keep[l];
+            sum_held += held(s, l), sum_keep += keep[l];
+            over |= p->layer_adapt ? held(s, l) > s->n_ctx - b - npc : held(s, l) > keep[l];
         }
+        over |= p->layer_adapt && sum_held > sum_keep;
         if (over) {
             double t0 = kvf_time_ms();
             const int32_t *pr = probe ? probe : ids + pos - KVF_MIN(npc, pos);
             int32_t np = probe ? n_probe : KVF_MIN(npc, pos);
             st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, np));
-            rc = probe_evict(s, pr, np, keep, p);
+            rc = probe_evict(s, pr, np, keep, s->n_ctx - b - npc, p);
             kvf_session_trim(s); /* the pages of the evicted cells go back */
             st->evictions++;
             st->probe_ms += kvf_time_ms() - t0;
