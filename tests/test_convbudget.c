@@ -79,7 +79,8 @@ static void test_never_exceeds(void) {
         CHECK(st.peak_cells <= cases[c].budget);
         CHECK(st.cells <= cases[c].budget - npc);
         int64_t held = 0; /* cells over layers */
-        for (int l = 0; l < m->hp.n_layer; l++) held += s->n_cells - s->cell_start[l];
+        for (int l = 0; l < m->hp.n_layer; l++)
+            held += s->n_cells - s->cell_start[l];
         CHECK_EQ(st.cells, (held + m->hp.n_layer - 1) / m->hp.n_layer);
         if (!p.layer_adapt) CHECK_EQ(st.cells, s->n_cells);
         CHECK_EQ(kvf_session_n_past(s), cases[c].n); /* positions run on past evicted cells */
@@ -149,7 +150,8 @@ static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, i
         for (int kh = 0; kh < hp->n_head_kv; kh++) {
             float *out = sc + ((int64_t)l * hp->n_head_kv + kh) * nh, lg[256];
             const void *kt = kvf_kt_at(r, l, kh);
-            for (int j = 0; j < nh; j++) out[j] = 0;
+            for (int j = 0; j < nh; j++)
+                out[j] = 0;
             for (int i = 0; i < np; i++)
                 for (int gi = 0; gi < g; gi++) {
                     const float *q = r->q + (int64_t)i * hp->n_head * HD + (kh * g + gi) * HD;
@@ -162,7 +164,8 @@ static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, i
                         mx = fmaxf(mx, lg[j]);
                     }
                     double sum = 0;
-                    for (int j = 0; j < nh; j++) sum += exp((double)(lg[j] - mx));
+                    for (int j = 0; j < nh; j++)
+                        sum += exp((double)(lg[j] - mx));
                     for (int j = 0; j < nh; j++)
                         out[j] = fmaxf(out[j], (float)(exp((double)(lg[j] - mx)) / sum));
                 }
@@ -226,18 +229,22 @@ static void test_selection_by_hand(int mode) {
             for (int kh = 0; kh < Hkv; kh++) {
                 pool3(sc + ((int64_t)l * Hkv + kh) * nh, sink, nh - window, pooled);
                 double sum = 0;
-                for (int j = sink; j < nh - window; j++) sum += pooled[j];
+                for (int j = sink; j < nh - window; j++)
+                    sum += pooled[j];
                 qsort(pooled + sink, (size_t)cand, sizeof(float), by_fdesc);
-                for (int k = 0; k < cand; k++) gains[l][k] += (float)(pooled[sink + k] / sum) / (float)Hkv;
+                for (int k = 0; k < cand; k++)
+                    gains[l][k] += (float)(pooled[sink + k] / sum) / (float)Hkv;
             }
         int na = 0;
         for (int l = 0; l < 2; l++)
-            for (int k = lo; k < cand; k++) all[na++] = gains[l][k];
+            for (int k = lo; k < cand; k++)
+                all[na++] = gains[l][k];
         qsort(all, (size_t)na, sizeof(float), by_fdesc);
         float cut = all[2 * need - 2 * lo - 1]; /* the last gain taken */
         for (int l = 0; l < 2; l++) {
             int n = lo;
-            for (int k = lo; k < cand; k++) n += gains[l][k] > cut;
+            for (int k = lo; k < cand; k++)
+                n += gains[l][k] > cut;
             keep[l] = sink + n + window;
         }
         /* gains equal to the cut (ties) go to layer 0 first, as the code breaks them */
@@ -263,13 +270,17 @@ static void test_selection_by_hand(int mode) {
             float pooled[256];
             int32_t idx[256], n = 0, want[256];
             pool3(sc + ((int64_t)l * Hkv + kh) * nh, sink, nh - window, pooled);
-            for (int j = sink; j < nh - window; j++) idx[n++] = j;
+            for (int j = sink; j < nh - window; j++)
+                idx[n++] = j;
             qsort_r(idx, (size_t)n, sizeof(int32_t), by_desc, pooled);
             qsort(idx, (size_t)(keep[l] - sink - window), sizeof(int32_t), by_asc);
             int w = 0;
-            for (int j = 0; j < sink; j++) want[w++] = j;
-            for (int j = 0; j < keep[l] - sink - window; j++) want[w++] = idx[j];
-            for (int j = nh - window; j < nh; j++) want[w++] = j;
+            for (int j = 0; j < sink; j++)
+                want[w++] = j;
+            for (int j = 0; j < keep[l] - sink - window; j++)
+                want[w++] = idx[j];
+            for (int j = nh - window; j < nh; j++)
+                want[w++] = j;
             /* cell dst + c of the evicted session holds the key of original cell want[c] */
             const void *ks = kvf_kt_at(s, l, kh), *kt = kvf_kt_at(r, l, kh);
             for (int c = 0; c < keep[l]; c++)
@@ -298,8 +309,8 @@ static void test_selection_adaptive(void) {
  * prompt and decoded tokens (split-K decode across the shifted range), against the same
  * session unmoved. */
 static void test_layer_start_exact(void) {
-    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048,
-                     .seed = 16};
+    synth_cfg cfg = {
+        .n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048, .seed = 16};
     kvf_model *m = synth_model_load(&cfg, "start");
     if (!m) return;
     kvf_session *a = new_session(m, 64), *b = new_session(m, 64);
@@ -309,9 +320,11 @@ static void test_layer_start_exact(void) {
     CHECK_EQ(kvf_session_eval(a, ids, n0, 0), KVF_OK);
     CHECK_EQ(kvf_session_eval(b, ids, n0, 0), KVF_OK);
     int32_t *keep = malloc(sizeof(int32_t) * n0);
-    for (int i = 0; i < n0; i++) keep[i] = i;
+    for (int i = 0; i < n0; i++)
+        keep[i] = i;
     for (int l = 0; l < m->hp.n_layer; l++) {
-        for (int h = 0; h < m->hp.n_head_kv; h++) kvf_cells_compact_head(a, l, h, keep, n0, up);
+        for (int h = 0; h < m->hp.n_head_kv; h++)
+            kvf_cells_compact_head(a, l, h, keep, n0, up);
         a->cell_start[l] = up;
     }
     a->n_cells = n0 + up, a->evicted = 1;
@@ -369,8 +382,8 @@ static void test_layer_budgets(void) {
  * in blocks and differ. Then layer budgets from it run a bounded prefill within every layer's
  * budget. */
 static void test_layer_profile(void) {
-    synth_cfg cfg = {.n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048,
-                     .seed = 17};
+    synth_cfg cfg = {
+        .n_embd = HD * 4, .n_head = 4, .n_head_kv = 2, .n_layer = 3, .n_ctx = 2048, .seed = 17};
     kvf_model *m = synth_model_load(&cfg, "prof");
     if (!m) return;
     kvf_session *s = new_session(m, 64);
@@ -380,7 +393,7 @@ static void test_layer_profile(void) {
     CHECK_EQ(kvf_conv_layer_profile(s, ids, 1024, 256, sim), KVF_OK);
     CHECK(fabsf(sim[0] - 1.0f) < 1e-5f);
     CHECK(sim[1] < 0.99999f && sim[2] < 0.99999f && sim[1] > -1.0f && sim[2] > -1.0f);
-    CHECK_EQ(kvf_session_n_past(s), 0); /* left empty */
+    CHECK_EQ(kvf_session_n_past(s), 0);                                   /* left empty */
     CHECK_EQ(kvf_conv_layer_profile(s, ids, 300, 256, sim), KVF_E_INVAL); /* one block */
     /* the profile's file: a round trip, and malformed files refused with the line */
     char path[64], bad[64];
@@ -389,10 +402,11 @@ static void test_layer_profile(void) {
     float back[3] = {0};
     CHECK_EQ(kvf_conv_layer_profile_save(path, m, sim, 1024, 256), KVF_OK);
     CHECK_EQ(kvf_conv_layer_profile_load(path, m, back), KVF_OK);
-    for (int l = 0; l < 3; l++) CHECK(fabsf(back[l] - sim[l]) < 1e-6f);
-    const char *bodies[] = {"layers 2\n0 1\n1 0.5\n", "layers 3\n0 1\n2 0.5\n1 0.4\n",
+    for (int l = 0; l < 3; l++)
+        CHECK(fabsf(back[l] - sim[l]) < 1e-6f);
+    const char *bodies[] = {"layers 2\n0 1\n1 0.5\n",        "layers 3\n0 1\n2 0.5\n1 0.4\n",
                             "layers 3\n0 1\n1 nan\n2 0.1\n", "layers 3\n0 1\n1 0.5\n",
-                            "0 1\n1 0.5\n2 0.4\n", "layers 3\n0 1\n1 1.5\n2 0\n",
+                            "0 1\n1 0.5\n2 0.4\n",           "layers 3\n0 1\n1 1.5\n2 0\n",
                             "layers 3\n0 1\n1 x\n2 0\n"};
     for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
         FILE *f = fopen(bad, "w");
@@ -420,7 +434,8 @@ static void test_layer_profile(void) {
     }
     CHECK_EQ(kvf_session_eval(s, probe, 16, 0), KVF_OK);
     int ok = 1;
-    for (int32_t v = 0; v < kvf_model_n_vocab(m); v++) ok &= isfinite(kvf_session_logits(s, -1)[v]);
+    for (int32_t v = 0; v < kvf_model_n_vocab(m); v++)
+        ok &= isfinite(kvf_session_logits(s, -1)[v]);
     CHECK(ok);
     /* a layer budget under the least, or a mean over the budget, is refused */
     lb[0] = least - 1;
