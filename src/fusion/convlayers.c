@@ -169,7 +169,15 @@ kvf_status kvf_conv_layer_profile_save(const char *path, const kvf_model *m, con
         return kvf_set_error(KVF_E_INVAL, "layer profile: path too long");
     FILE *f = fopen(tmp, "w");
     if (!f) return kvf_set_error(KVF_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-    fprintf(f, "# kvfuse layer profile: %d tokens in blocks of %d\n", n_tokens, block);
+    kvf_model_info info;
+    kvf_model_get_info(m, &info);
+    char name[128]; /* the model's name, one printable line whatever its metadata holds */
+    size_t k = 0;
+    for (const char *c = info.name ? info.name : ""; *c && k + 1 < sizeof name; c++)
+        name[k++] = (*c >= 0x20 && *c < 0x7f) ? *c : '?';
+    name[k] = 0;
+    fprintf(f, "# kvfuse layer profile of \"%s\": %d tokens in blocks of %d\n", name, n_tokens,
+            block);
     fprintf(f, "# cosine of each layer's keys, whole against in blocks (1: insensitive)\n");
     fprintf(f, "layers %d\n", L);
     for (int l = 0; l < L; l++)
