@@ -182,6 +182,11 @@ static inline void kvf_kv_put_row(const kvf_session *s, void *base, int64_t i, c
  * head is compacted (session.c). */
 void kvf_cells_compact_head(kvf_session *s, int l, int h, const int32_t *keep, int32_t n,
                             int32_t dst);
+/* kvf_session_eval with the rows' RoPE positions given (pos[0..n); NULL: n_past on): the rows
+ * are appended after the cells, causal among themselves, and n_past becomes the last position
+ * + 1 (session.c; convlayers.c's block-masked profile). */
+kvf_status kvf_session_eval_at(kvf_session *s, const int32_t *tokens, const int32_t *pos, int32_t n,
+                               uint32_t flags);
 /* The first cell layer l holds (0 unless its layer was evicted to a smaller budget). */
 static inline int32_t kvf_cell_start(const kvf_session *s, int l) {
     return s->cell_start[l];

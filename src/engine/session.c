@@ -313,6 +313,11 @@ static kvf_status ensure_logits(kvf_session *s, int64_t rows) {
 }
 
 kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, uint32_t flags) {
+    return kvf_session_eval_at(s, tokens, NULL, n, flags);
+}
+
+kvf_status kvf_session_eval_at(kvf_session *s, const int32_t *tokens, const int32_t *pos, int32_t n,
+                               uint32_t flags) {
     if (!s || (!tokens && n > 0) || n < 0) return kvf_set_error(KVF_E_INVAL, "kvf_session_eval: bad arguments");
     if (n == 0) return KVF_OK;
     const kvf_hparams *hp = &s->m->hp;
@@ -331,7 +336,7 @@ kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, ui
     for (int32_t i0 = 0; i0 < n; i0 += s->U) {
         int32_t u = KVF_MIN(s->U, n - i0);
         for (int32_t i = 0; i < u; i++) {
-            s->b_pos[i]  = s->n_past + i;
+            s->b_pos[i]  = pos ? pos[i0 + i] : s->n_past + i;
             s->b_cell[i] = s->n_cells + i;
             s->b_end[i]  = s->n_cells + i + 1;
         }
@@ -344,11 +349,11 @@ kvf_status kvf_session_eval(kvf_session *s, const int32_t *tokens, int32_t n, ui
             kvf_fwd_mlp(s, l, s->x, u);
         }
         for (int32_t i = 0; i < u; i++) {
-            s->cell_pos[s->n_cells + i] = s->n_past + i;
+            s->cell_pos[s->n_cells + i] = s->b_pos[i];
             s->cell_tok[s->n_cells + i] = tokens[i0 + i];
         }
         s->n_cells += u;
-        s->n_past += u;
+        s->n_past = s->b_pos[u - 1] + 1;
         if (all)
             kvf_fwd_logits(s, s->x, u, hp->n_embd, s->logits + (int64_t)i0 * hp->n_vocab);
         else if (i0 + u == n)

@@ -53,31 +53,6 @@ kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, const kvf_conv_bu
     return KVF_OK;
 }
 
-/* Append toks[0..n) at positions pos[0..n) after the session's cells, causal among themselves. */
-static void eval_at(kvf_session *s, const int32_t *toks, const int32_t *pos, int32_t n) {
-    for (int32_t i0 = 0; i0 < n; i0 += s->U) {
-        int32_t u = KVF_MIN(s->U, n - i0);
-        for (int32_t i = 0; i < u; i++) {
-            s->b_pos[i] = pos[i0 + i];
-            s->b_cell[i] = s->n_cells + i;
-            s->b_end[i] = s->n_cells + i + 1;
-        }
-        kvf_batch b = {u, s->b_pos, s->b_cell, s->b_end, NULL};
-        kvf_fwd_embed(s, toks + i0, u, s->x);
-        kvf_fwd_rope_tables(s, &b);
-        for (int l = 0; l < s->m->hp.n_layer; l++) {
-            kvf_fwd_attn(s, l, s->x, &b);
-            kvf_fwd_mlp(s, l, s->x, u);
-        }
-        for (int32_t i = 0; i < u; i++) {
-            s->cell_pos[s->n_cells + i] = pos[i0 + i];
-            s->cell_tok[s->n_cells + i] = toks[i0 + i];
-        }
-        s->n_cells += u;
-        s->n_past = pos[i0 + u - 1] + 1;
-    }
-}
-
 #define PROFILE_SINK 128 /* tokens every block sees (EpiCache's profile) */
 #define PROFILE_WIN  100 /* tokens per compared window */
 
@@ -127,10 +102,11 @@ kvf_status kvf_conv_layer_profile(kvf_session *s, const int32_t *ids, int32_t n,
             cpos[nc++] = i;
         for (int32_t i = 0; i < nc; i++)
             ctx[i] = ids[cpos[i]];
-        eval_at(s, ctx, cpos, nc);
         for (int32_t i = 0; i < nb; i++)
             cpos[nc + i] = b0 + i;
-        eval_at(s, ids + b0, cpos + nc, nb);
+        if ((rc = kvf_session_eval_at(s, ctx, cpos, nc, 0)) != KVF_OK ||
+            (rc = kvf_session_eval_at(s, ids + b0, cpos + nc, nb, 0)) != KVF_OK)
+            goto done;
         for (int l = 0; l < L; l++)
             for (int h = 0; h < Hkv; h++) {
                 for (int d = 0; d < hd; d++)
