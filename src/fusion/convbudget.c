@@ -117,12 +117,12 @@ static int by_float_desc(const void *x, const void *y) {
 
 /* Adaptive layer budgets (after Ada-KV): the layers' scored cells (between sink and window) share
  * out sum(want[l]) cells by the probe attention mass each would keep. Layer l's gain for its k-th
- * cell is the mean over its KV heads of the k-th largest pooled score as a share of the head's
- * total, so a layer whose attention is concentrated on few cells gives up cells to one whose
- * attention is spread. Every layer keeps at least a quarter of want[l] and at most cap cells; the
- * counts come back in want. */
+ * cell is the mean over its KV heads of the k-th largest pooled score (score: pooled already) as
+ * a share of the head's total, so a layer whose attention is concentrated on few cells gives up
+ * cells to one whose attention is spread. Every layer keeps at least a quarter of want[l] and at
+ * most cap cells; the counts come back in want. */
 static kvf_status adapt_counts(kvf_session *s, const float *score, int32_t nh, int32_t S_,
-                               int32_t W_, int32_t half, int32_t cap, int32_t *want) {
+                               int32_t W_, int32_t cap, int32_t *want) {
     const kvf_hparams *hp = &s->m->hp;
     int L = hp->n_layer, Hkv = hp->n_head_kv;
     float *pool = kvf_malloc(sizeof(float) * (size_t)nh),
@@ -141,7 +141,8 @@ static kvf_status adapt_counts(kvf_session *s, const float *score, int32_t nh, i
         total += KVF_MIN(need, cand), floors += lo[l];
         memset(mean, 0, sizeof(float) * (size_t)KVF_MAX(cand, 1));
         for (int kh = 0; kh < Hkv; kh++) {
-            pool_scores(score + ((int64_t)l * Hkv + kh) * nh, c0, c1, half, pool);
+            memcpy(pool + c0, score + ((int64_t)l * Hkv + kh) * nh + c0,
+                   sizeof(float) * (size_t)cand);
             double sum = 0;
             for (int32_t j = c0; j < c1; j++)
                 sum += pool[j];
@@ -210,11 +211,19 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
             }
         }
     }
+    /* every head's scores pooled once, in place, between its layer's sink and window */
     int32_t half = p->pool > 1 ? p->pool / 2 : 0;
+    for (int l = 0; l < L; l++) {
+        int32_t c = held(s, l), S = KVF_MIN(p->sink, c), W = KVF_MIN(p->window, c - S);
+        for (int kh = 0; kh < Hkv; kh++) {
+            float *sc = score + ((int64_t)l * Hkv + kh) * nh;
+            pool_scores(sc, S, c - W, half, pool);
+            memcpy(sc + S, pool + S, sizeof(float) * (size_t)(c - W - S));
+        }
+    }
     kvf_status rc = KVF_OK;
     if (p->layer_adapt) /* keep_n's total shared out by attention mass */
-        rc =
-            adapt_counts(s, score, nh, p->sink, p->window, half, cap - p->sink - p->window, keep_n);
+        rc = adapt_counts(s, score, nh, p->sink, p->window, cap - p->sink - p->window, keep_n);
     for (int l = 0; l < L && rc == KVF_OK; l++) {
         top = KVF_MAX(top, KVF_MIN(keep_n[l], held(s, l)));
         uniform &= keep_n[l] == keep_n[0] && kvf_cell_start(s, l) == 0;
@@ -230,11 +239,11 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
         int32_t S = KVF_MIN(p->sink, c), W = KVF_MIN(p->window, c - S), c0 = S, c1 = c - W;
         int32_t need = KVF_MAX(0, k - S - W);
         for (int kh = 0; kh < Hkv; kh++) {
-            pool_scores(score + ((int64_t)l * Hkv + kh) * nh, c0, c1, half, pool);
             int32_t n = 0;
             for (int32_t j = c0; j < c1; j++)
                 idx[n++] = j;
-            qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc, pool);
+            qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc,
+                    score + ((int64_t)l * Hkv + kh) * nh);
             n = KVF_MIN(need, n);
             qsort(idx, (size_t)n, sizeof(int32_t), kvf_by_index);
             /* keep = [0, S) + the chosen + [c1, c), ascending: shift the chosen up by S */
@@ -288,7 +297,8 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
                              "(block >= 1, sink and window >= 0, pool 1..64)",
                              p->block, p->sink, p->window, p->pool);
     int32_t npc = probe ? n_probe : KVF_MAX(p->window, 16); /* probe cells an eviction needs */
-    int64_t least = (int64_t)p->sink + p->window + p->block + npc + 16;
+    /* sink + window + block + probe + 16; a layer budget needs a key tile more */
+    int64_t least = (int64_t)kvf_conv_layer_min_budget(p, n_probe) - KVF_ATTN_BK;
     if (p->budget < least)
         return kvf_set_error(KVF_E_INVAL,
                              "conversation budget of %d tokens is too small: sink %d + "

@@ -17,8 +17,9 @@
 
 int32_t kvf_conv_layer_min_budget(const kvf_conv_budget_params *p, int32_t n_probe) {
     if (!p) return 0;
-    int32_t npc = n_probe > 0 ? n_probe : KVF_MAX(p->window, 16);
-    return p->sink + p->window + p->block + npc + 16 + KVF_ATTN_BK;
+    int64_t npc = n_probe > 0 ? n_probe : KVF_MAX(p->window, 16);
+    int64_t least = (int64_t)p->sink + p->window + p->block + npc + 16 + KVF_ATTN_BK;
+    return least > INT32_MAX ? INT32_MAX : (int32_t)least; /* hostile parameters saturate */
 }
 
 kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, const kvf_conv_budget_params *p,
