@@ -238,6 +238,7 @@ eval-fidelity-needle: cli $(QWEN05) ## needle at 4k and 8k tokens (3 depths), ev
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset needle --data $(SHARED)/data/needle/PaulGrahamEssays \
 	    --methods $(FID_METHODS) --ratios $(FID_RATIOS) --lengths 4096,8192 --depths 0.1,0.5,0.9 \
 	    -n 32 --out $(RESULTS)/qwen05-needle $(EVAL_ARGS)
+	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-needle/results.jsonl
 
 ATTN_METHODS ?= full,a3
 ATTN_LENGTHS ?= 4096,8192
@@ -262,11 +263,13 @@ eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \
 	    --haystack $(SHARED)/data/needle/PaulGrahamEssays --methods full,cacheblend,a3,prophet,focus \
 	    --ratios $(FID_RATIOS) --lengths 4096,8192 --ruler-n 2 -n 64 --out $(RESULTS)/qwen05-ruler $(EVAL_ARGS)
+	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-ruler/results.jsonl
 
 eval-fidelity-kv: cli $(QWEN05) ## Lost-in-the-Middle kv-retrieval (75 keys, ~5k tokens), first 6, every method at 4 ratios on the 0.5B -> results/qwen05-kv
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset kv-retrieval \
 	    --data $(SHARED)/data/kv-retrieval/kv-retrieval-75_keys.jsonl.gz --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --limit 6 -n 96 --out $(RESULTS)/qwen05-kv $(EVAL_ARGS)
+	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-kv/results.jsonl
 
 eval-fidelity-15b: cli $(QWEN15) ## MuSiQue, first 6 questions, 6 methods at r=0.15/0.3 on Qwen2.5-Coder-1.5B -> results/qwen15-musique
 	$(CLI) eval -m qwen2.5-coder-1.5b --dataset musique \

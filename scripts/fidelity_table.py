@@ -8,7 +8,9 @@ Only the examples on which every (method, ratio) of the file has a run are count
 cell averages the same examples (an interrupted evaluation leaves its last example partial).
 Per method and ratio: answer agreement with full (token F1 of the greedy answers, %), exact
 agreement (%), first-token KL(full || method) in nats, task F1 against the gold answer (%),
-and the estimated compute share of full prefill (%). Prints a Markdown table.
+and the estimated compute share of full prefill (%). The task column is named after the
+records' metric (F1 against gold for QA; the share found for needle and kv-retrieval;
+string_match_all for RULER). Prints a Markdown table.
 """
 import json
 import sys
@@ -48,7 +50,10 @@ def main():
     if not ids:
         sys.exit("no example has a run of every method and ratio")
     print(f"{len(ids)} examples ({', '.join(ids)}), each cell the mean over all of them\n")
-    print("| method | ratio | agreement F1 | agreement EM | first-token KL | F1 vs gold | compute % |")
+    names = {"f1": "F1 vs gold", "substring": "found %", "string_match_all": "RULER score"}
+    metrics = {r.get("metric", "f1") for r in recs}
+    task = names.get(metrics.pop(), "task score") if len(metrics) == 1 else "task score"
+    print(f"| method | ratio | agreement F1 | agreement EM | first-token KL | {task} | compute % |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for g in groups:
         rs = [by_ex[i][g] for i in ids]
