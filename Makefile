@@ -259,9 +259,9 @@ eval-fidelity-noise: cli $(QWEN05) ## the noise floor of answer agreement: full 
 	    --limit $(FID_LIMIT) -n 16 --precision q8 --out $(RESULTS)/qwen05-musique30-q8 $(EVAL_ARGS)
 	$(PYTHON) scripts/agreement.py $(RESULTS)/qwen05-musique30/results.jsonl $(RESULTS)/qwen05-musique30-q8/results.jsonl
 
-eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4k and 8k (2 each), 5 methods at 4 ratios on the 0.5B -> results/qwen05-ruler
+eval-fidelity-ruler: cli $(QWEN05) ## RULER-NIAH single/multikey/multivalue at 4k and 8k (2 each), every method at 4 ratios on the 0.5B -> results/qwen05-ruler
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset ruler-niah --data $(SHARED)/data/ruler-wordlists \
-	    --haystack $(SHARED)/data/needle/PaulGrahamEssays --methods full,cacheblend,a3,prophet,focus \
+	    --haystack $(SHARED)/data/needle/PaulGrahamEssays --methods $(FID_METHODS) \
 	    --ratios $(FID_RATIOS) --lengths 4096,8192 --ruler-n 2 -n 64 --out $(RESULTS)/qwen05-ruler $(EVAL_ARGS)
 	python3 scripts/fidelity_table.py $(RESULTS)/qwen05-ruler/results.jsonl
 
