@@ -20,6 +20,7 @@
 #include "engine/kv_cells.h"
 #include "engine/model.h"
 #include "engine/threadpool.h"
+#include "fusion/convbudget.h"
 #include "fusion/select.h"
 
 #include <math.h>
@@ -296,7 +297,7 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
                              "conversation budget: block %d, sink %d, window %d, pool %d "
                              "(block >= 1, sink and window >= 0, pool 1..64)",
                              p->block, p->sink, p->window, p->pool);
-    int32_t npc = probe ? n_probe : KVF_MAX(p->window, 16); /* probe cells an eviction needs */
+    int32_t npc = kvf_conv_probe_cells(p, n_probe); /* probe cells an eviction needs */
     /* sink + window + block + probe + 16; a layer budget needs a key tile more */
     int64_t least = (int64_t)kvf_conv_layer_min_budget(p, n_probe) - KVF_ATTN_BK;
     if (p->budget < least)

@@ -7,6 +7,7 @@
 #include "engine/forward.h"
 #include "engine/kv_cells.h"
 #include "engine/model.h"
+#include "fusion/convbudget.h"
 
 #include <errno.h>
 #include <math.h>
@@ -17,8 +18,8 @@
 
 int32_t kvf_conv_layer_min_budget(const kvf_conv_budget_params *p, int32_t n_probe) {
     if (!p) return 0;
-    int64_t npc = n_probe > 0 ? n_probe : KVF_MAX(p->window, 16);
-    int64_t least = (int64_t)p->sink + p->window + p->block + npc + 16 + KVF_ATTN_BK;
+    int64_t least = (int64_t)p->sink + p->window + p->block + kvf_conv_probe_cells(p, n_probe) +
+                    16 + KVF_ATTN_BK;
     return least > INT32_MAX ? INT32_MAX : (int32_t)least; /* hostile parameters saturate */
 }
 
@@ -27,7 +28,7 @@ kvf_status kvf_conv_layer_budgets(const float *sim, int32_t L, const kvf_conv_bu
     if (!sim || !out || !p || L < 1 || !(alpha >= 0))
         return kvf_set_error(KVF_E_INVAL, "layer budgets: bad arguments (alpha %g)", (double)alpha);
     /* what a layer keeps between rounds; the block and the probe come on top in every layer */
-    int32_t reserve = p->block + (n_probe > 0 ? n_probe : KVF_MAX(p->window, 16));
+    int32_t reserve = p->block + kvf_conv_probe_cells(p, n_probe);
     int32_t least = kvf_conv_layer_min_budget(p, n_probe), K = p->budget - reserve;
     if (least > p->budget)
         return kvf_set_error(KVF_E_INVAL,
