@@ -23,6 +23,7 @@
  *       [-n 16] [--threads N] [--modes epi,recent] [--offset 0]
  */
 #include "kvfuse.h"
+#include "bench_io.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -58,19 +59,6 @@ static void usage(void) {
             "       [--offset I]\n"
             "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
             "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
-}
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) free(b), b = NULL;
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
 }
 
 static void json_str(FILE *o, const char *s) {
@@ -177,7 +165,7 @@ int main(int argc, char **argv) {
         probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) ||
         (has_mode(mode_list, "epil") && !layers))
         return usage(), 2;
-    char *txt = read_file(data);
+    char *txt = bench_read_file(data, NULL);
     cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
     free(txt);
     if (!cJSON_IsArray(ds)) {

@@ -12,6 +12,8 @@
  *
  * Plain HTTP/1.1 over TCP, for loopback use: no TLS, no proxies.
  */
+#include "bench_io.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
@@ -179,19 +181,8 @@ typedef struct question {
     char   ids[16][40];
 } question;
 
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    buf  b = {0};
-    char tmp[65536];
-    size_t k;
-    while ((k = fread(tmp, 1, sizeof tmp, f)) > 0) buf_add(&b, tmp, k);
-    fclose(f);
-    return b.p;
-}
-
 static int load_questions(const char *path, question *qs, int max) {
-    char *txt = read_file(path);
+    char *txt = bench_read_file(path, NULL);
     if (!txt) return -1;
     cJSON *root = cJSON_Parse(txt);
     free(txt);

@@ -23,6 +23,7 @@
 #include "../tools/cli/rag.c" /* the MuSiQue prompt of `kvfuse ask --musique` (one translation unit) */
 
 #include "store/chunk_io.h"
+#include "bench_io.h"
 #include "common.h"
 #include "engine/model.h"
 #include "store/store.h"
@@ -178,22 +179,9 @@ typedef struct {
     int    n_docs;
 } mq;
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) free(b), b = NULL;
-    fclose(f);
-    if (b) b[n] = 0, *len = (size_t)n;
-    return b;
-}
-
 static int load_musique(const char *path, int limit, mq **out) {
     size_t len;
-    char  *txt = read_file(path, &len);
+    char  *txt = bench_read_file(path, &len);
     if (!txt) return -1;
     cJSON *root = cJSON_ParseWithLength(txt, len);
     free(txt);
