@@ -4,17 +4,22 @@
 # first) for ROUNDS rounds, one request at a time. Every step's request carries SHARED_DOCS
 # passages common to all steps and PRIVATE passages of its own (MuSiQue), and a question. The
 # server's memory chunk cache holds HALF (0.5) of the working set, measured in a first run; the
-# cyclic order is LRU's worst case. Each configuration runs twice with the same requests: without
-# hints (LRU) and with "kvfuse": {"workflow", "step", "next"} (eviction by steps-to-execution,
-# the next step's chunks warmed from the lower tier while the current one runs):
-#   memory  - memory cache only: an evicted chunk is computed again
+# cyclic order is LRU's worst case. Each tier runs the same requests without hints (LRU) and
+# with "kvfuse": {"workflow", "step", "next"} (eviction by steps-to-execution, the next step's
+# chunks warmed from the lower tier while the current one runs); the agent waits THINK seconds
+# between a step's answer and its next request (tool calls):
+#   memory  - memory cache only: an evicted chunk is computed again; with hints twice: with
+#             --no-flow-compute, and with the server computing the next step's missing chunks
+#             while it is idle (the default)
 #   disk    - --store DIR: an evicted chunk is read back from the LMDB tier (TIER=disk)
 # Reports per run the chunk hit rate of the memory tier (rounds after the first), mean and p90
-# TTFT (server side, queue excluded), the ratio LRU / KVFlow, and whether the answers are equal.
-# Not part of `make test`.
+# TTFT (server side, queue excluded), mean TTFT + queue wait (a request that arrives during
+# idle work waits for it), the ratio LRU / KVFlow on the latter, and whether the answers are
+# equal. Not part of `make test`.
 #   bench/flow.sh [MODEL]     (default qwen2.5-coder-0.5b)
 #   env: STEPS (6), ROUNDS (4), PRIVATE (2), SHARED_DOCS (1), HALF (0.5), METHOD (a3),
-#        MAX_TOKENS (4), TIERS ("memory disk"), SHARED (../shared), JSON (write the numbers there)
+#        MAX_TOKENS (4), TIERS ("memory disk"), THINK (0.05 s), SHARED (../shared),
+#        JSON (write the numbers there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-qwen2.5-coder-0.5b}
@@ -26,6 +31,7 @@ HALF=${HALF:-0.5}
 METHOD=${METHOD:-a3}
 MAX_TOKENS=${MAX_TOKENS:-4}
 TIERS=${TIERS:-memory disk}
+THINK=${THINK:-0.05}
 SHARED=${SHARED:-../shared}
 KVFUSE=${KVFUSE:-build/kvfuse}
 PY=${PYTHON:-python3}
@@ -51,9 +57,9 @@ stop() { kill "$spid"; wait "$spid" 2>/dev/null || true; spid=; }
 
 run() { # run NAME HINTS(0/1) ROUNDS: the workflow against the server on $port
     "$PY" - "$port" "$DATA" "$STEPS" "$3" "$PRIVATE" "$SHARED_DOCS" "$METHOD" "$MAX_TOKENS" "$2" \
-        "$work/run-$1.json" <<'PYEOF'
+        "$work/run-$1.json" "$THINK" <<'PYEOF'
 import ast, json, re, sys, time, urllib.request
-port, data, steps, rounds, private, shared, method, max_tokens, hints, out = sys.argv[1:11]
+port, data, steps, rounds, private, shared, method, max_tokens, hints, out, think = sys.argv[1:12]
 steps, rounds, private, shared, max_tokens, hints = map(int, (steps, rounds, private, shared, max_tokens, hints))
 ex = json.load(open(data))
 
@@ -85,12 +91,12 @@ for r in range(rounds):
         with urllib.request.urlopen(req, timeout=3600) as resp:
             j = json.load(resp)
         k = j.get("kvfuse", {})
-        rows.append({"round": r + 1, "step": s, "ttft_ms": k.get("ttft_ms", 0),
+        rows.append({"round": r + 1, "step": s, "ttft_ms": k.get("ttft_ms", 0), "queue_ms": k.get("queue_ms", 0),
                      "hits": k.get("chunk_hits", 0), "misses": k.get("chunk_misses", 0),
                      "kv_bytes": k.get("kv_bytes_loaded", 0), "total_tokens": k.get("total_tokens", 0),
                      "answer": j["choices"][0]["message"]["content"]})
-        # while the next step's chunks are warmed, an agent would decode and think
-        time.sleep(0.05)
+        # the agent's own work before its next request (tool calls, parsing)
+        time.sleep(float(think))
 end = mem_counts()
 mem = {"hits": end[0] - base[0], "misses": end[1] - base[1]} if base else {"hits": 0, "misses": 0}
 json.dump({"rows": rows, "memory": mem}, open(out, "w"))
@@ -115,44 +121,54 @@ read -r ws_bytes budget_mb < "$work/budget"
 echo "flow: working set $((ws_bytes >> 20)) MiB of chunk KV; memory cache $budget_mb MiB" >&2
 
 for tier in $TIERS; do
-    for hints in 0 1; do
+    modes="0 1"
+    [ "$tier" = memory ] && modes="0 1 2"
+    for hints in $modes; do # 0: LRU; 1: hints; 2: hints, the idle server computing ahead
         name="$tier-$hints"
         args=(--cache-mb "$budget_mb")
+        [ "$hints" = 1 ] && [ "$tier" = memory ] && args+=(--no-flow-compute)
         if [ "$tier" = disk ]; then
             rm -rf "$work/store"
             args+=(--store "$work/store")
         fi
-        echo "flow: $tier tier, hints $hints: $STEPS steps x $ROUNDS rounds ..." >&2
+        echo "flow: $tier tier, mode $hints: $STEPS steps x $ROUNDS rounds ..." >&2
         serve "$name" "${args[@]}"
-        run "$name" "$hints" "$ROUNDS"
+        run "$name" "$((hints > 0))" "$ROUNDS"
         stop
     done
 done
 
-"$PY" - "$work" "$MODEL" "$STEPS" "$ROUNDS" "$PRIVATE" "$SHARED_DOCS" "$budget_mb" "$ws_bytes" "$METHOD" "${JSON:-}" $TIERS <<'PYEOF'
-import json, sys
-work, model, steps, rounds, private, shared, budget, ws, method, out = sys.argv[1:11]
-tiers = sys.argv[11:]
+"$PY" - "$work" "$MODEL" "$STEPS" "$ROUNDS" "$PRIVATE" "$SHARED_DOCS" "$budget_mb" "$ws_bytes" "$METHOD" "${JSON:-}" "$THINK" $TIERS <<'PYEOF'
+import json, os, sys
+work, model, steps, rounds, private, shared, budget, ws, method, out, think = sys.argv[1:12]
+tiers = sys.argv[12:]
 print(f"model {model}; {steps} steps in a cycle x {rounds} rounds, {shared} shared + {private} private "
-      f"passages per step, method {method}; working set {int(ws) / 2**20:.0f} MiB, memory cache {budget} MiB")
-print(" tier | caching | memory-tier hit rate (rounds 2+) | mean TTFT ms | p90 TTFT ms | answers equal")
+      f"passages per step, method {method}; working set {int(ws) / 2**20:.0f} MiB, memory cache {budget} MiB; "
+      f"the agent waits {think} s between steps")
+print(" tier | caching | memory-tier hit rate (rounds 2+) | mean TTFT ms | p90 TTFT ms | mean TTFT + queue ms | answers equal")
+names = {0: "lru", 1: "kvflow", 2: "kvflow+compute"}
+label = {0: "LRU", 1: "KVFlow hints", 2: "KVFlow hints + idle compute"}
 res = {}
 for tier in tiers:
-    data = {h: json.load(open(f"{work}/run-{tier}-{h}.json")) for h in (0, 1)}
-    runs = {h: data[h]["rows"] for h in (0, 1)}
-    for h in (0, 1):
+    modes = [h for h in (0, 1, 2) if os.path.exists(f"{work}/run-{tier}-{h}.json")]
+    data = {h: json.load(open(f"{work}/run-{tier}-{h}.json")) for h in modes}
+    runs = {h: data[h]["rows"] for h in modes}
+    for h in modes:
         later = [r for r in runs[h] if r["round"] > 1]
         hits, miss = data[h]["memory"]["hits"], data[h]["memory"]["misses"]
         t = sorted(r["ttft_ms"] for r in later)
+        tq = [r["ttft_ms"] + r.get("queue_ms", 0) for r in later]
         same = all(a["answer"] == b["answer"] for a, b in zip(runs[0], runs[h]))
-        res[f"{tier}/{'kvflow' if h else 'lru'}"] = {"hit_rate": hits / max(1, hits + miss),
-            "mean_ttft_ms": sum(t) / len(t), "p90_ttft_ms": t[int(0.9 * (len(t) - 1))], "answers_equal": same}
-        s = res[f"{tier}/{'kvflow' if h else 'lru'}"]
-        print(f" {tier} | {'KVFlow hints' if h else 'LRU'} | {s['hit_rate'] * 100:.0f}% | {s['mean_ttft_ms']:.0f} | "
-              f"{s['p90_ttft_ms']:.0f} | {'yes' if same else 'no'}")
-    print(f" {tier}: mean TTFT LRU / KVFlow = {res[tier + '/lru']['mean_ttft_ms'] / res[tier + '/kvflow']['mean_ttft_ms']:.2f}x")
+        s = res[f"{tier}/{names[h]}"] = {"hit_rate": hits / max(1, hits + miss),
+            "mean_ttft_ms": sum(t) / len(t), "p90_ttft_ms": t[int(0.9 * (len(t) - 1))],
+            "mean_ttft_queue_ms": sum(tq) / len(tq), "answers_equal": same}
+        print(f" {tier} | {label[h]} | {s['hit_rate'] * 100:.0f}% | {s['mean_ttft_ms']:.0f} | "
+              f"{s['p90_ttft_ms']:.0f} | {s['mean_ttft_queue_ms']:.0f} | {'yes' if same else 'no'}")
+    for h in modes[1:]:
+        print(f" {tier}: mean TTFT + queue, LRU / {label[h]} = "
+              f"{res[tier + '/lru']['mean_ttft_queue_ms'] / res[tier + '/' + names[h]]['mean_ttft_queue_ms']:.2f}x")
 if out:
     json.dump({"model": model, "steps": int(steps), "rounds": int(rounds), "private": int(private),
                "shared": int(shared), "budget_mb": int(budget), "working_set_bytes": int(ws),
-               "method": method, "results": res}, open(out, "w"), indent=1)
+               "method": method, "think_s": float(think), "results": res}, open(out, "w"), indent=1)
 PYEOF

@@ -1343,6 +1343,139 @@ static void test_flow_registry(void) {
     for (int i = 0; i < 6; i++) kvf_chunk_release(ch[i]);
 }
 
+/* KVFlow without a lower tier: the registry hands out the next steps' documents once per step
+ * start, and a finished step's chunks go behind the next step's */
+static void test_flow_take(void) {
+    srv_flow *f = srv_flow_new();
+    CHECK(f != NULL);
+    if (!f) return;
+    int32_t         pre[3] = {1, 2, 3}, da[4] = {10, 11, 12, 13}, db[2] = {20, 21}, dc[5] = {30, 31, 32, 33, 34}, q[1] = {9};
+    kvf_segment     sa[4] = {{pre, 3}, {da, 4}, {db, 2}, {q, 1}}, sb[3] = {{pre, 3}, {dc, 5}, {q, 1}};
+    kvf_fuse_params fp = kvf_fuse_default_params();
+    uint8_t         sh[4] = {0, 0, 1, 0};
+    srv_flow_hint   hA = flow_hint("wf", "A", "B"), hB = flow_hint("wf", "B", "A");
+    srv_flow_doc    d;
+    /* A runs (documents da, db) and names B next; B is not known yet: nothing to compute */
+    CHECK_EQ(srv_flow_step(f, "default", &hA, NULL, 0, NULL), 0);
+    CHECK_EQ(srv_flow_remember(f, "default", &hA, sa, 4, sh, &fp), 0);
+    CHECK(!srv_flow_has_doc(f));
+    /* B runs (dc): A is next, and A's two documents are handed out once each, in order */
+    srv_flow_step(f, "default", &hB, NULL, 0, NULL);
+    srv_flow_remember(f, "default", &hB, sb, 3, NULL, &fp);
+    CHECK(srv_flow_has_doc(f));
+    CHECK_EQ(srv_flow_take_doc(f, &d), 1);
+    CHECK(d.segs[0].n == 3 && d.segs[0].ids[2] == 3 && d.segs[1].n == 4 && d.segs[1].ids[0] == 10 && !d.shared);
+    CHECK(d.segs[2].n == 1 && !strcmp(d.ns, "default"));
+    CHECK_EQ(srv_flow_take_doc(f, &d), 1);
+    CHECK(d.segs[1].n == 2 && d.segs[1].ids[1] == 21 && d.shared);
+    CHECK_EQ(srv_flow_take_doc(f, &d), 0);
+    CHECK(!srv_flow_has_doc(f));
+    /* the next start of a step hands its next steps' documents out again */
+    srv_flow_step(f, "default", &hA, NULL, 0, NULL);
+    CHECK_EQ(srv_flow_take_doc(f, &d), 1);
+    CHECK(d.segs[1].n == 5 && d.segs[1].ids[4] == 34);
+    srv_flow_free(f);
+
+    /* step_done: after A (next B) of the cycle A -> B -> C -> A, B's chunks are the nearest and
+     * A's the farthest, so in a two-chunk cache B's survive a put of C's and A's go first */
+    kvf_chunk *ch[3];
+    for (int i = 0; i < 3; i++) ch[i] = flow_chunk(i);
+    f = srv_flow_new();
+    kvf_chunk_cache *c;
+    CHECK_EQ(kvf_chunk_cache_new_memory(ch[0]->bytes * 5 / 2, &c), KVF_OK); /* two chunks */
+    const char *names[3] = {"A", "B", "C"};
+    for (int st = 0; st < 3; st++) { /* learn the cycle */
+        srv_flow_hint h = flow_hint("wf", names[st], names[(st + 1) % 3]);
+        srv_flow_step(f, "default", &h, &ch[st]->key, 1, NULL);
+    }
+    srv_flow_hint h = flow_hint("wf", "A", "B");
+    srv_flow_step(f, "default", &h, &ch[0]->key, 1, c);
+    c->ops->put(c, &ch[1]->key, ch[1]);
+    c->ops->put(c, &ch[0]->key, ch[0]);
+    srv_flow_step_done(f, "default", &h, c); /* A over: B 1, C 2, A 3 steps away */
+    c->ops->put(c, &ch[2]->key, ch[2]);
+    CHECK_MSG(cached(c, ch[1]) && cached(c, ch[2]) && !cached(c, ch[0]), "A's chunk should have gone");
+    kvf_chunk_cache_free(c);
+    srv_flow_free(f);
+    for (int i = 0; i < 3; i++) kvf_chunk_release(ch[i]);
+}
+
+static double metric(srv_metrics *m, const char *name) {
+    size_t n;
+    char   line[128];
+    snprintf(line, sizeof line, "\n%s ", name); /* the sample, not its # HELP / # TYPE lines */
+    char  *t = srv_metrics_render(m, &n), *p = t ? strstr(t, line) : NULL;
+    double v = p ? strtod(p + strlen(line), NULL) : -1;
+    free(t);
+    return v;
+}
+
+/* KVFlow's idle computation in the scheduler: a two-step cycle B -> A -> B through a memory
+ * cache that holds the prefix and about two documents. A's run evicts B's chunks; with
+ * flow_compute the idle server computes them again before B's next run, which then misses
+ * nothing; without it B misses. Answers are the same. */
+static void test_sched_flow_compute(void) {
+    static const char base[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"which one?\"}], \"max_tokens\": 3, "
+                               "\"documents\": [\"%s\", \"%s\"], \"kvfuse\": {\"workflow\": \"w\", \"step\": \"%s\", \"next\": [\"%s\"]}}";
+    static const char *docs[2][2] = {{"the red key is under the mat by the front door of the house",
+                                      "a blue cup stands on the shelf in the kitchen near the window"},
+                                     {"seven old books lie on the desk in the study upstairs today",
+                                      "the garden gate squeaks when the wind blows from the north side"}};
+    kvf_model_info mi;
+    kvf_model_get_info(g_model, &mi);
+    size_t per_tok = kvf_chunk_row_bytes(KVF_CHUNK_F16, mi.n_head_kv * mi.head_dim) * 2 * (size_t)mi.n_layer;
+    size_t budget  = 0;
+    char  *answer[2] = {NULL, NULL};
+    for (int pass = -1; pass < 2; pass++) { /* -1: sizes (unbounded cache); 0: off; 1: on */
+        srv_docs        *d  = srv_docs_new(0, 0);
+        srv_metrics     *m  = srv_metrics_new();
+        srv_api         *a  = api_new(NULL, d, m, 512);
+        srv_sched_params sp = one_slot_params();
+        sp.cache_bytes      = pass < 0 ? 0 : budget;
+        sp.flow_compute     = pass == 1;
+        char       err[256];
+        srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+        CHECK(s != NULL);
+        if (!s) return;
+        srv_job *jb = NULL, *ja = NULL, *jb2 = NULL;
+        char     body[1024];
+        snprintf(body, sizeof body, base, docs[0][0], docs[0][1], "B", "A");
+        jb = make_job(a, NULL, body);
+        char *t = jb ? run_one(s, jb) : NULL;
+        free(t);
+        snprintf(body, sizeof body, base, docs[1][0], docs[1][1], "A", "B");
+        ja = make_job(a, NULL, body);
+        t  = ja ? run_one(s, ja) : NULL;
+        free(t);
+        if (pass < 0 && jb && ja) { /* the prefix, B's larger document, half of A's */
+            int32_t big = jb->segs[1].n > jb->segs[2].n ? jb->segs[1].n : jb->segs[2].n;
+            budget      = per_tok * (size_t)(jb->segs[0].n + jb->segs[1].n + jb->segs[2].n) +
+                     per_tok * (size_t)(ja->segs[1].n + ja->segs[2].n) / 4;
+            CHECK(big > 0);
+        }
+        if (pass == 1) /* idle: B's two documents computed ahead */
+            for (int i = 0; i < 300 && metric(m, "kvfuse_flow_computed_chunks_total") < 2; i++) usleep(10000);
+        if (pass >= 0) {
+            CHECK_EQ(metric(m, "kvfuse_flow_computed_chunks_total"), pass ? 2 : 0);
+            snprintf(body, sizeof body, base, docs[0][0], docs[0][1], "B", "A");
+            jb2 = make_job(a, NULL, body);
+            answer[pass] = jb2 ? run_one(s, jb2) : NULL;
+            CHECK(answer[pass] != NULL);
+            if (jb2) CHECK_MSG(pass ? jb2->fst.chunk_misses == 0 : jb2->fst.chunk_misses >= 1,
+                               "pass %d: B's second run missed %d chunks", pass, jb2->fst.chunk_misses);
+        }
+        if (jb) srv_job_release(jb);
+        if (ja) srv_job_release(ja);
+        if (jb2) srv_job_release(jb2);
+        srv_sched_free(s);
+        free(a);
+        srv_metrics_free(m);
+        srv_docs_free(d);
+    }
+    CHECK(answer[0] && answer[1] && !strcmp(answer[0], answer[1]));
+    free(answer[0]), free(answer[1]);
+}
+
 /* Workflow hints through the API and the scheduler: the step's position is learned, the
  * response names it, and the answer is the one without hints. */
 static void test_sched_workflow(void) {
@@ -1614,6 +1747,8 @@ int main(void) {
     RUN(test_sched_conversations);
     RUN(test_flow_registry);
     RUN(test_sched_workflow);
+    RUN(test_flow_take);
+    RUN(test_sched_flow_compute);
     RUN(test_sched_conv_budget);
     RUN(test_sched_conv_layers);
     RUN(test_sched_audit);

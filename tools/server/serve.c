@@ -95,6 +95,10 @@ static void help(void) {
         "                          audit waits for at most one step (default 32)\n"
         "      --audit-tokens N    greedy answer tokens compared (default 16; 0 = first token\n"
         "                          only; requests with temperature > 0: first token only)\n"
+        "      --no-flow-compute   KVFlow without --store/--redis: do not compute the next\n"
+        "                          workflow steps' uncached chunks while the server is idle\n"
+        "                          (by default it does, one document at a time, before audit\n"
+        "                          work; a request arriving waits for at most one document)\n"
         "      --evict E           default eviction after fusion: none, snapkv, streaming\n"
         "      --temp T            default temperature (default 0 = greedy; OpenAI's is 1)\n"
         "      --cache-mb N        memory chunk cache per tenant, MiB (default 2048; 0 = no\n"
@@ -262,7 +266,7 @@ int cmd_serve(int argc, char **argv) {
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
         {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
         {"conv-episodes", required_argument, 0, 2011}, {"conv-layers", required_argument, 0, 2012},
-        {"conv-alpha", required_argument, 0, 2013},
+        {"conv-alpha", required_argument, 0, 2013}, {"no-flow-compute", no_argument, 0, 2014},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
     cli_attn         ca    = {0};
     const char      *model = NULL, *port_file = NULL, *keys_file = NULL, *isa = NULL, *model_id = NULL;
@@ -291,6 +295,7 @@ int cmd_serve(int argc, char **argv) {
         case 2011: sp.conv_episodes = (int32_t)cli_int("serve", "--conv-episodes", optarg, 1, 64); break;
         case 2012: sp.conv_layers = optarg; break;
         case 2013: sp.conv_alpha = (float)cli_float("serve", "--conv-alpha", optarg, 0, 16); break;
+        case 2014: sp.flow_compute = false; break;
         case 2007: sp.kv_budget = cli_int("serve", "--kv-budget", optarg, 0, 1L << 40), kv_budget_set = true; break;
         case 'n': sp.n_slots = (int32_t)cli_int("serve", "--parallel", optarg, 1, 64); break;
         case 'Q': sp.max_queue = (int32_t)cli_int("serve", "--queue", optarg, 0, 4096); break;

@@ -30,6 +30,8 @@ struct srv_metrics {
     uint64_t        fused_requests, fused_total, fused_recomputed, fused_reused;
     uint64_t        kv_evictions;
     uint64_t        cache_hits, cache_misses;
+    uint64_t        flow_computed;
+    double          flow_seconds;
     uint64_t        decode_steps, decode_rows;
     double          decode_seconds;
     uint64_t        prefill_units, prefill_tokens;
@@ -113,6 +115,14 @@ void srv_metrics_cache(srv_metrics *m, int64_t hits, int64_t misses) {
     pthread_mutex_lock(&m->mu);
     m->cache_hits += (uint64_t)hits;
     m->cache_misses += (uint64_t)misses;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_flow_compute(srv_metrics *m, int64_t chunks, double ms) {
+    if (!m) return;
+    pthread_mutex_lock(&m->mu);
+    m->flow_computed += (uint64_t)chunks;
+    m->flow_seconds += ms / 1e3;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -287,6 +297,10 @@ char *srv_metrics_render(srv_metrics *m, size_t *len) {
           s.fused_total ? (double)s.fused_recomputed / (double)s.fused_total : 0.0);
     counter(&b, "kvfuse_kv_evictions_total",
             "fused prefills whose KV cache was shrunk by eviction (snapkv, streaming)", s.kv_evictions);
+    counter(&b, "kvfuse_flow_computed_chunks_total",
+            "chunks of the next workflow steps' documents computed ahead in idle time (KVFlow)",
+            s.flow_computed);
+    gauge(&b, "kvfuse_flow_compute_seconds_total", "idle time spent computing them", s.flow_seconds);
     head(&b, "kvfuse_chunk_cache_lookups_total", "counter",
          "chunk KV lookups by fusion (all tiers together)");
     out(&b, "kvfuse_chunk_cache_lookups_total{result=\"hit\"} %llu\n", (unsigned long long)s.cache_hits);

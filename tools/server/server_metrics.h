@@ -60,6 +60,8 @@ void srv_metrics_job(srv_metrics *m, const srv_job_outcome *j);
 void srv_metrics_rejected(srv_metrics *m, int status);
 /* Chunk-cache lookups by fusion (all tiers together). */
 void srv_metrics_cache(srv_metrics *m, int64_t hits, int64_t misses);
+/* KVFlow computed `chunks` of the next workflow steps' documents ahead, in idle time. */
+void srv_metrics_flow_compute(srv_metrics *m, int64_t chunks, double ms);
 /* One batched decode step of `rows` requests. */
 void srv_metrics_decode_step(srv_metrics *m, int rows, double ms);
 /* One prefill unit (a fused prefill or a chunk of a plain one). */

@@ -63,6 +63,9 @@ typedef struct mux_cache {
     kvf_chunk_cache  base;
     kvf_chunk_cache *own, *shared;
     const srv_job   *job; /* the request being fused: its shared documents route puts */
+    bool             put_shared; /* KVFlow's idle computation of a shared document: its chunk
+                                    (the one of n_tokens > 0 tokens put) goes to "shared" */
+    const kvf_segment *doc;      /* that document */
 } mux_cache;
 
 struct srv_sched {
@@ -91,6 +94,7 @@ struct srv_sched {
     mux_cache       mux;
     srv_audit      *audit; /* NULL: off */
     srv_flow       *flow;  /* KVFlow's workflow registry (server_flow.h) */
+    kvf_session    *flow_s; /* KVFlow's idle computation of the next steps' chunks (lazily) */
     float          *conv_sim; /* [n_layer] the --conv-layers profile, or NULL */
     int32_t        *conv_lb;  /* [n_layer] scratch: a request's layer budgets (inference thread) */
 };
@@ -112,6 +116,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.conv_alpha    = 1.3f;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */
+    p.flow_compute  = true;
     return p;
 }
 
@@ -146,9 +151,14 @@ static kvf_chunk *mux_get_deferred(kvf_chunk_cache *c, const kvf_chunk_key *key)
     return NULL;
 }
 
+static bool chunk_is_doc(const kvf_segment *d, const kvf_chunk *c) {
+    return d && d->n == c->n_tokens && memcmp(d->ids, c->ids, sizeof(int32_t) * (size_t)d->n) == 0;
+}
+
 static kvf_status mux_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chunk *chunk) {
     mux_cache *x = (mux_cache *)c;
-    if (x->shared && chunk_is_shared_doc(x->job, chunk)) return x->shared->ops->put(x->shared, key, chunk);
+    if (x->shared && (chunk_is_shared_doc(x->job, chunk) || (x->put_shared && chunk_is_doc(x->doc, chunk))))
+        return x->shared->ops->put(x->shared, key, chunk);
     return x->own->ops->put(x->own, key, chunk);
 }
 
@@ -254,8 +264,10 @@ static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, siz
     if (!sh) return NULL;
     s->mux.base.ops = &mux_ops;
     s->mux.own      = own;
-    s->mux.shared   = sh == own ? NULL : sh;
-    s->mux.job      = j;
+    s->mux.shared     = sh == own ? NULL : sh;
+    s->mux.job        = j;
+    s->mux.put_shared = false;
+    s->mux.doc        = NULL;
     return &s->mux.base;
 }
 
@@ -279,6 +291,12 @@ static void save_conversation(srv_sched *s, slot *sl, const srv_job *j) {
 static void slot_release(srv_sched *s, slot *sl) {
     srv_job *j = sl->job;
     save_conversation(s, sl, j);
+    if (j->flow.wf[0] && !sl->plain && s->flow) { /* KVFlow: the step is over */
+        char             err[320];
+        kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
+        if (c) srv_flow_step_done(s->flow, j->ns, &j->flow, c);
+        s->mux.job = NULL;
+    }
     kvf_sampler_free(sl->smp);
     sl->smp = NULL;
     free(sl->flat);
@@ -613,6 +631,15 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
     kvf_chunk_key keys[256];
     int32_t       n = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, (uint8_t(*)[16])keys, 256);
     int           w = n >= 0 && s->flow ? srv_flow_step(s->flow, j->ns, &j->flow, keys, n, c) : 0;
+    if (s->flow && s->p.flow_compute && !s->p.store) { /* to compute its chunks ahead next time */
+        uint8_t *sh = calloc((size_t)j->n_segs, 1);
+        for (int32_t i = 1; sh && i + 1 < j->n_segs; i++)
+            for (int32_t k = 0; k < j->n_docs && !sh[i]; k++)
+                sh[i] = j->docs[k]->shared && j->docs[k]->n_tok == j->segs[i].n &&
+                        !memcmp(j->docs[k]->tok, j->segs[i].ids, sizeof(int32_t) * (size_t)j->segs[i].n);
+        if (sh) srv_flow_remember(s->flow, j->ns, &j->flow, j->segs, j->n_segs, sh, &j->fp);
+        free(sh);
+    }
     pthread_mutex_lock(&j->mu);
     j->flow_warmed = w > 0 ? w : 0;
     pthread_mutex_unlock(&j->mu);
@@ -792,6 +819,45 @@ static int decode_step(srv_sched *s) {
     return n;
 }
 
+/* ---- idle work --------------------------------------------------------------------------- */
+
+static bool flow_ready(const srv_sched *s) {
+    return s->flow && s->p.flow_compute && !s->p.store && srv_flow_has_doc(s->flow);
+}
+
+/* KVFlow without a lower tier: one document of a next workflow step, its chunk computed and
+ * cached unless it is there already (kvf_session_precompute looks it up first) */
+static void flow_compute_unit(srv_sched *s) {
+    srv_flow_doc d;
+    if (!srv_flow_take_doc(s->flow, &d)) return;
+    double t0 = srv_now_ms();
+    if (!s->flow_s) {
+        kvf_session_params sp = kvf_session_default_params();
+        sp.n_ctx              = s->p.n_ctx;
+        sp.n_threads          = s->p.n_threads;
+        sp.kv_type            = s->p.kv_type;
+        if (kvf_session_new(s->m, &sp, &s->flow_s) != KVF_OK) {
+            s->flow_s = NULL;
+            return; /* no memory for it now: the step computes its chunks itself */
+        }
+    }
+    char             err[320];
+    srv_job          stand_in; /* the namespace is all job_cache reads */
+    memset(&stand_in, 0, sizeof stand_in);
+    snprintf(stand_in.ns, sizeof stand_in.ns, "%s", d.ns);
+    kvf_chunk_cache *c = job_cache(s, &stand_in, err, sizeof err);
+    if (!c) return;
+    if (c == &s->mux.base) {
+        s->mux.job        = NULL;
+        s->mux.put_shared = d.shared;
+        s->mux.doc        = &d.segs[1];
+    }
+    kvf_fuse_stats st;
+    kvf_status     rc = kvf_session_precompute(s->flow_s, c, d.segs, 3, &d.fp, &st);
+    s->mux.put_shared = false, s->mux.doc = NULL;
+    if (rc == KVF_OK) srv_metrics_flow_compute(s->met, st.chunk_misses, srv_now_ms() - t0);
+}
+
 /* ---- the loop -------------------------------------------------------------------------- */
 
 static bool expired(const srv_job *j, double now) {
@@ -804,10 +870,15 @@ static void *sched_main(void *arg) {
     bool       was_idle = true;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        /* idle: wait for a request; audit work runs only here, one unit at a time */
-        bool audit_now = false;
+        /* idle: wait for a request; KVFlow's and the audit's work runs only here, one unit at
+         * a time */
+        bool audit_now = false, flow_now = false;
         while (!s->stop && (s->q_len == 0 || s->held) && s->n_busy == 0) {
             double wait = 0;
+            if (flow_ready(s)) {
+                flow_now = true;
+                break;
+            }
             if (srv_audit_ready(s->audit, srv_now_ms(), &wait)) {
                 audit_now = true;
                 break;
@@ -826,6 +897,11 @@ static void *sched_main(void *arg) {
         if (s->stop) {
             pthread_mutex_unlock(&s->mu);
             break;
+        }
+        if (flow_now) {
+            pthread_mutex_unlock(&s->mu);
+            flow_compute_unit(s);
+            continue;
         }
         if (audit_now) {
             pthread_mutex_unlock(&s->mu);
@@ -1050,6 +1126,7 @@ void srv_sched_free(srv_sched *s) {
     free(s->caches);
     srv_audit_free(s->audit);
     srv_flow_free(s->flow);
+    if (s->flow_s) kvf_session_free(s->flow_s);
     free(s->conv_sim), free(s->conv_lb);
     free(s->slots);
     free(s->q);

@@ -15,8 +15,9 @@
  *   4. decode steps for every slot that has a token to feed, each batched into one forward
  *      pass: one step, or, after prefill units that took P ms, steps for up to R * P ms
  *      (--decode-ratio R, default 1).
- *   5. only when no request is queued or holds a slot: one unit of the fidelity audit
- *      (--audit-rate; server_audit.h), within its CPU share (--audit-cpu).
+ *   5. only when no request is queued or holds a slot: one document of the next workflow
+ *      steps computed ahead (KVFlow hints without a lower tier; server_flow.h), else one unit
+ *      of the fidelity audit (--audit-rate; server_audit.h), within its CPU share (--audit-cpu).
  * So running requests get at least R / (1 + R) of the inference time while prompts wait
  * (a long prompt delays another request's next token by at most one unit), and a new request
  * waits for at most the units of the requests that arrived before it plus the decode bursts
@@ -69,6 +70,9 @@ typedef struct srv_sched_params {
     const char *conv_layers;   /* EpiCache's layer budgets: a profile from `kvfuse conv-profile`
                                   (NULL: every layer gets conv_budget) */
     float       conv_alpha;    /* how strongly the profile skews the budgets (1.3) */
+    bool        flow_compute;  /* KVFlow without a lower tier (no store): when idle, compute the
+                                  chunks of the next steps' documents that are not cached (one
+                                  document per unit, before audit work); default on */
     srv_audit_params audit;    /* live fidelity audit (audit.rate 0 = off; n_ctx, n_threads
                                   and kv_type are the slots') */
     /* tests: called on the inference thread after every audit unit (no lock held) */
