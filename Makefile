@@ -84,7 +84,7 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB) | $(BUILD)/tests
 # the server's unit test compiles the server sources in (tools/server/server_*.c)
 $(BUILD)/tests/test_server_api: $(wildcard tools/server/server_*.c tools/server/server_*.h)
 
-$(BUILD)/bench/%: bench/%.c $(wildcard bench/*.h) $(LIB) | $(BUILD)/bench
+$(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
 	$(CC) $(ALL_CFLAGS) $(TOOL_INCS) $< $(LIB) $(LDLIBS) -o $@
 
 $(BUILD)/tests $(BUILD)/bench:

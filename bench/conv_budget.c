@@ -23,7 +23,7 @@
  *       [-n 16] [--threads N] [--modes epi,recent] [--offset 0]
  */
 #include "kvfuse.h"
-#include "bench_io.h"
+#include "common.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -165,7 +165,7 @@ int main(int argc, char **argv) {
         probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) ||
         (has_mode(mode_list, "epil") && !layers))
         return usage(), 2;
-    char *txt = bench_read_file(data, NULL);
+    char *txt = kvf_read_file(data, NULL);
     cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
     free(txt);
     if (!cJSON_IsArray(ds)) {

@@ -12,7 +12,7 @@
  *
  * Plain HTTP/1.1 over TCP, for loopback use: no TLS, no proxies.
  */
-#include "bench_io.h"
+#include "common.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -182,7 +182,7 @@ typedef struct question {
 } question;
 
 static int load_questions(const char *path, question *qs, int max) {
-    char *txt = bench_read_file(path, NULL);
+    char *txt = kvf_read_file(path, NULL);
     if (!txt) return -1;
     cJSON *root = cJSON_Parse(txt);
     free(txt);

@@ -23,7 +23,6 @@
 #include "../tools/cli/rag.c" /* the MuSiQue prompt of `kvfuse ask --musique` (one translation unit) */
 
 #include "store/chunk_io.h"
-#include "bench_io.h"
 #include "common.h"
 #include "engine/model.h"
 #include "store/store.h"
@@ -181,7 +180,7 @@ typedef struct {
 
 static int load_musique(const char *path, int limit, mq **out) {
     size_t len;
-    char  *txt = bench_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     if (!txt) return -1;
     cJSON *root = cJSON_ParseWithLength(txt, len);
     free(txt);

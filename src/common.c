@@ -4,7 +4,10 @@
 
 #include <stdatomic.h>
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -169,6 +172,33 @@ size_t kvf_vmem_resident(const void *p, size_t n) {
         for (size_t j = 0; j < k; j++) res += vec[j] & 1;
     }
     return res * ps;
+}
+
+char *kvf_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char  *b   = malloc(cap);
+    while (b) {
+        size_t k = fread(b + n, 1, cap - n - 1, f);
+        n += k;
+        if (k == 0) break;
+        if (cap - n - 1 == 0) {
+            char *nb = realloc(b, cap *= 2);
+            if (!nb) free(b);
+            b = nb;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!b || err) {
+        free(b);
+        errno = err ? EIO : ENOMEM;
+        return NULL;
+    }
+    b[n] = 0;
+    if (len) *len = n;
+    return b;
 }
 
 char *kvf_strdup(const char *s) {

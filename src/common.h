@@ -62,6 +62,10 @@ void  kvf_free(void *p);
 void *kvf_alloc_aligned(size_t n);
 void  kvf_free_aligned(void *p);
 char *kvf_strdup(const char *s);
+/* A whole file's bytes, NUL-terminated (the length in *len when len is not NULL), from
+ * malloc: the caller frees with free(). NULL when it cannot be opened (errno from fopen) or
+ * read (EIO), or out of memory (ENOMEM). */
+char *kvf_read_file(const char *path, size_t *len);
 
 /* Demand-paged reservations (the session KV cache, after vAttention): kvf_vmem_reserve maps n
  * bytes of zero-filled address space without committing memory; the kernel commits a page when

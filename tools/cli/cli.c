@@ -150,33 +150,6 @@ double cli_now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-char *cli_read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char  *b   = malloc(cap);
-    while (b) {
-        size_t k = fread(b + n, 1, cap - n - 1, f);
-        n += k;
-        if (k == 0) break;
-        if (cap - n - 1 == 0) {
-            char *nb = realloc(b, cap *= 2);
-            if (!nb) free(b);
-            b = nb;
-        }
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b || err) {
-        free(b);
-        errno = err ? EIO : ENOMEM;
-        return NULL;
-    }
-    b[n] = 0;
-    if (len) *len = n;
-    return b;
-}
-
 /* length of a valid UTF-8 sequence at s (n bytes left), 0 if invalid */
 static size_t utf8_len(const unsigned char *s, size_t n) {
     unsigned c = s[0];

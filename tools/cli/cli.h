@@ -3,6 +3,7 @@
 #ifndef KVF_CLI_H
 #define KVF_CLI_H
 
+#include "common.h" /* kvf_read_file */
 #include "kvfuse.h"
 
 #include <stdint.h>
@@ -162,8 +163,6 @@ int cli_check_memory(const char *cmd, const kvf_model *m, const kvf_session_para
 int cli_measure_peak(int threads, const char *want, double *gflops, double *gbps, const char **isa);
 /* Monotonic clock in milliseconds (for timings). */
 double cli_now_ms(void);
-/* Read a whole file (malloc'd, NUL-terminated); NULL with errno set on failure. */
-char *cli_read_file(const char *path, size_t *len);
 
 /* Minimal JSON writing to a FILE. */
 void json_str(FILE *f, const char *s, size_t n); /* quoted, escaped; invalid UTF-8 -> U+FFFD */

@@ -65,7 +65,7 @@ static void help(void) {
 /* documents from a JSON array of strings or {"title","text"} objects (malloc'd strings) */
 static char **read_docs_json(const char *path, int musique, int *n_out, char *err, size_t el) {
     size_t len;
-    char  *txt = cli_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     if (!txt) {
         snprintf(err, el, "cannot read '%s'", path);
         return NULL;
@@ -225,7 +225,7 @@ int cmd_ask(int argc, char **argv) {
     } else {
         docs = calloc((size_t)n_doc_files, sizeof(char *));
         for (int i = 0; i < n_doc_files; i++) {
-            if (!(docs[i] = cli_read_file(doc_files[i], NULL))) {
+            if (!(docs[i] = kvf_read_file(doc_files[i], NULL))) {
                 for (int j = 0; j < i; j++) free(docs[j]);
                 free(docs);
                 return cli_fail("ask", "cannot read document '%s'", doc_files[i]);

@@ -65,7 +65,7 @@ int cmd_conv_profile(int argc, char **argv) {
     if (2 * block > n_tok)
         return cli_fail("conv-profile", "--block %ld needs --tokens >= %ld", block, 2 * block);
     size_t len = 0;
-    char *text = cli_read_file(file, &len);
+    char *text = kvf_read_file(file, &len);
     if (!text) return cli_fail("conv-profile", "cannot read %s: %s", file, strerror(errno));
     kvf_model *m = cli_load_model(cli_model_path(model), NULL, (int)threads, KVF_PREC_Q16);
     if (!m) return free(text), 1;

@@ -81,7 +81,7 @@ int cmd_generate(int argc, char **argv) {
     char *file_text = NULL;
     if (file) {
         if (prompt) return cli_fail("generate", "give -p or -f, not both");
-        if (!(file_text = cli_read_file(file, NULL)))
+        if (!(file_text = kvf_read_file(file, NULL)))
             return cli_fail("generate", "cannot read '%s'", file);
         prompt = file_text;
     }

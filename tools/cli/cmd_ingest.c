@@ -158,7 +158,7 @@ static int chunk_file(const kvf_model *m, const char *text, size_t len, int wind
 /* passages of a MuSiQue file, formatted as ask --musique formats them */
 static int musique_passages(const char *path, int limit, textlist *out, char *err, size_t el) {
     size_t len;
-    char  *txt = cli_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     if (!txt) return snprintf(err, el, "cannot read '%s'", path), -1;
     cJSON *root = cJSON_ParseWithLength(txt, len);
     free(txt);
@@ -306,7 +306,7 @@ int cmd_ingest(int argc, char **argv) {
     } else {
         for (int i = optind; i < argc && rc == 0; i++) {
             size_t len;
-            char  *txt = cli_read_file(argv[i], &len);
+            char  *txt = kvf_read_file(argv[i], &len);
             if (!txt) {
                 rc = cli_fail("ingest", "cannot read '%s'", argv[i]);
                 break;

@@ -25,7 +25,7 @@ static void help(void) {
 
 static int32_t *read_ids(const char *path, int32_t *n) {
     size_t len;
-    char  *txt = cli_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     if (!txt) return NULL;
     int32_t  cap = 256, k = 0;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)cap);

@@ -432,7 +432,7 @@ static int check_config(const char *dir, cJSON *now, char *err, size_t el) {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t len;
-    char  *txt = cli_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     if (!txt) {
         if (errno != ENOENT) {
             snprintf(err, el, "cannot read '%s': %s", path, strerror(errno));
@@ -567,7 +567,7 @@ static void report_title(const char *dir, char *title, size_t n) {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", dir);
     size_t len;
-    char  *txt = cli_read_file(path, &len);
+    char  *txt = kvf_read_file(path, &len);
     cJSON *c   = txt ? cJSON_ParseWithLength(txt, len) : NULL;
     free(txt);
     cJSON *ds = cJSON_GetObjectItemCaseSensitive(c, "dataset"), *mn = cJSON_GetObjectItemCaseSensitive(c, "model_name");
