@@ -1476,6 +1476,87 @@ static void test_sched_flow_compute(void) {
     free(answer[0]), free(answer[1]);
 }
 
+/* The same with tenants: alpha's workflow B uses a shared document (beta's) and a private one,
+ * A two others; each namespace's cache holds one document. A's run evicts B's chunks from
+ * alpha's cache and from "shared"; the idle server computes them again, the shared document's
+ * chunk into "shared" (beta then finds it) and the private one into alpha's. */
+static void test_sched_flow_compute_tenants(void) {
+    char         err[256];
+    const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
+    srv_tenants *t    = srv_tenants_parse(keys, strlen(keys), err, sizeof err);
+    srv_docs    *d    = srv_docs_new(0, 0);
+    srv_metrics *m    = srv_metrics_new();
+    srv_api     *a    = api_new(t, d, m, 512);
+    static const char *text[4] = {
+        "the shared manual says the pump must be primed with water before it is started each spring morning",
+        "the second shared page says the valve on the left side is closed when the tank is being cleaned",
+        "alpha notes that the spare filter is kept in the blue box on the lowest shelf of the garage today",
+        "alpha also notes that the old hose leaks near the tap and must be replaced before the summer comes"};
+    char id[2][64];
+    for (int i = 0; i < 2; i++) {
+        char b[300];
+        snprintf(b, sizeof b, "{\"text\": \"%s\", \"shared\": true}", text[i]);
+        call_out o = call(a, "POST", "/v1/documents", "Bearer key-beta-4567", b);
+        snprintf(id[i], sizeof id[i], "%s", jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "data"), 0), "id"));
+        call_free(&o);
+    }
+    static const char base[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"what now?\"}], \"max_tokens\": 2, "
+                               "\"documents\": [\"%s\", \"%s\"], \"kvfuse\": {\"workflow\": \"w\", \"step\": \"%s\", \"next\": [\"%s\"]}}";
+    kvf_model_info mi;
+    kvf_model_get_info(g_model, &mi);
+    size_t per_tok = kvf_chunk_row_bytes(KVF_CHUNK_F16, mi.n_head_kv * mi.head_dim) * 2 * (size_t)mi.n_layer;
+    size_t budget  = 0;
+    double done0   = 0; /* chunks computed ahead in pass 0 */
+    for (int pass = 0; pass < 2; pass++) { /* 0: sizes (unbounded caches); 1: one document each */
+        srv_sched_params sp = one_slot_params();
+        sp.multi_tenant     = true;
+        sp.cache_bytes      = budget;
+        srv_sched *s        = srv_sched_new(g_model, &sp, m, err, sizeof err);
+        CHECK(s != NULL);
+        if (!s) break;
+        char body[1024];
+        snprintf(body, sizeof body, base, id[0], text[2], "B", "A");
+        srv_job *jb = make_job(a, "Bearer key-alpha-123", body);
+        free(jb ? run_one(s, jb) : NULL);
+        snprintf(body, sizeof body, base, id[1], text[3], "A", "B");
+        srv_job *ja = make_job(a, "Bearer key-alpha-123", body);
+        free(ja ? run_one(s, ja) : NULL);
+        if (pass == 0 && jb && ja) { /* alpha's prefix and its larger private document; "shared" the larger shared one */
+            int32_t pd = jb->segs[2].n > ja->segs[2].n ? jb->segs[2].n : ja->segs[2].n;
+            int32_t sd = jb->segs[1].n > ja->segs[1].n ? jb->segs[1].n : ja->segs[1].n;
+            int32_t mn = KVF_MIN(jb->segs[1].n, KVF_MIN(ja->segs[1].n, KVF_MIN(jb->segs[2].n, ja->segs[2].n)));
+            budget     = per_tok * (size_t)KVF_MAX(jb->segs[0].n + pd, sd) + per_tok * (size_t)mn / 2;
+            CHECK_MSG(jb->segs[0].n + pd + mn / 2 < 2 * mn, "prefix %d, documents %d..%d: a cache would hold two",
+                      jb->segs[0].n, mn, KVF_MAX(pd, sd));
+        }
+        if (pass == 1) {
+            for (int i = 0; i < 300 && metric(m, "kvfuse_flow_computed_chunks_total") < done0 + 2; i++) usleep(10000);
+            CHECK_EQ(metric(m, "kvfuse_flow_computed_chunks_total"), done0 + 2);
+            /* beta asks about the first shared page: it misses only its own prefix */
+            snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"what?\"}], \"max_tokens\": 2, \"documents\": [\"%s\"]}", id[0]);
+            srv_job *jx = make_job(a, "Bearer key-beta-4567", body);
+            free(jx ? run_one(s, jx) : NULL);
+            if (jx) CHECK_MSG(jx->fst.chunk_misses == 1 && jx->fst.chunk_hits == 1, "beta: %d hits, %d misses", jx->fst.chunk_hits, jx->fst.chunk_misses);
+            if (jx) srv_job_release(jx);
+            /* alpha's step B again: its private document was computed into alpha's cache */
+            snprintf(body, sizeof body, base, id[0], text[2], "B", "A");
+            srv_job *jb2 = make_job(a, "Bearer key-alpha-123", body);
+            free(jb2 ? run_one(s, jb2) : NULL);
+            if (jb2) CHECK_MSG(jb2->fst.chunk_misses == 0, "alpha's B again: %d misses", jb2->fst.chunk_misses);
+            if (jb2) srv_job_release(jb2);
+        }
+        if (jb) srv_job_release(jb);
+        if (ja) srv_job_release(ja);
+        srv_sched_free(s);
+        if (pass == 0) done0 = metric(m, "kvfuse_flow_computed_chunks_total");
+    }
+    CHECK_EQ(done0, 0); /* unbounded caches: B's chunks were still there */
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+    srv_tenants_free(t);
+}
+
 /* Workflow hints through the API and the scheduler: the step's position is learned, the
  * response names it, and the answer is the one without hints. */
 static void test_sched_workflow(void) {
@@ -1749,6 +1830,7 @@ int main(void) {
     RUN(test_sched_workflow);
     RUN(test_flow_take);
     RUN(test_sched_flow_compute);
+    RUN(test_sched_flow_compute_tenants);
     RUN(test_sched_conv_budget);
     RUN(test_sched_conv_layers);
     RUN(test_sched_audit);
