@@ -1376,6 +1376,29 @@ static void test_flow_take(void) {
     CHECK(d.segs[1].n == 5 && d.segs[1].ids[4] == 34);
     srv_flow_free(f);
 
+    /* bounded: a workflow's documents past SRV_FLOW_TOKENS make the least recently hinted
+     * workflow's be forgotten (its next step is then not computed ahead) */
+    int32_t  n_big = SRV_FLOW_TOKENS / 2 - 8;
+    int32_t *big   = calloc((size_t)n_big, sizeof(int32_t));
+    CHECK(big != NULL);
+    f = srv_flow_new();
+    for (int w = 0; big && w < 3; w++) {
+        char name[8];
+        snprintf(name, sizeof name, "w%d", w);
+        kvf_segment   sg[3] = {{pre, 3}, {big, n_big}, {q, 1}}, tiny[3] = {{pre, 3}, {db, 2}, {q, 1}};
+        srv_flow_hint ht = flow_hint(name, "t", NULL), hs = flow_hint(name, "s", "t");
+        srv_flow_step(f, "default", &ht, NULL, 0, NULL); /* t: a large document */
+        CHECK_EQ(srv_flow_remember(f, "default", &ht, sg, 3, NULL, &fp), 0);
+        if (w == 0) { /* s (next: t) starts: t's large document is handed out */
+            srv_flow_step(f, "default", &hs, NULL, 0, NULL);
+            srv_flow_remember(f, "default", &hs, tiny, 3, NULL, &fp);
+            CHECK(srv_flow_has_doc(f));
+        }
+    }
+    CHECK_MSG(!srv_flow_has_doc(f), "w0's documents should have been forgotten for w2's");
+    srv_flow_free(f);
+    free(big);
+
     /* step_done: after A (next B) of the cycle A -> B -> C -> A, B's chunks are the nearest and
      * A's the farthest, so in a two-chunk cache B's survive a put of C's and A's go first */
     kvf_chunk *ch[3];
