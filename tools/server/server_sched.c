@@ -63,9 +63,8 @@ typedef struct mux_cache {
     kvf_chunk_cache  base;
     kvf_chunk_cache *own, *shared;
     const srv_job   *job; /* the request being fused: its shared documents route puts */
-    bool             put_shared; /* KVFlow's idle computation of a shared document: its chunk
-                                    (the one of n_tokens > 0 tokens put) goes to "shared" */
-    const kvf_segment *doc;      /* that document */
+    const kvf_segment *shared_doc; /* KVFlow's idle computation of a shared document: its
+                                      chunk goes to "shared" too */
 } mux_cache;
 
 struct srv_sched {
@@ -122,14 +121,14 @@ srv_sched_params srv_sched_default_params(void) {
 
 /* ---- caches ---------------------------------------------------------------------------- */
 
-static bool chunk_is_shared_doc(const srv_job *j, const kvf_chunk *c) {
-    if (!j) return false;
-    for (int32_t i = 0; i < j->n_docs; i++) {
-        const srv_doc *d = j->docs[i];
-        if (d->shared && d->n_tok == c->n_tokens &&
-            memcmp(d->tok, c->ids, sizeof(int32_t) * (size_t)c->n_tokens) == 0)
-            return true;
-    }
+static bool same_tokens(const int32_t *a, int32_t na, const int32_t *b, int32_t nb) {
+    return na == nb && memcmp(a, b, sizeof(int32_t) * (size_t)na) == 0;
+}
+
+/* the tokens are those of one of job j's documents shared between tenants */
+static bool is_shared_doc(const srv_job *j, const int32_t *ids, int32_t n) {
+    for (int32_t i = 0; j && i < j->n_docs; i++)
+        if (j->docs[i]->shared && same_tokens(j->docs[i]->tok, j->docs[i]->n_tok, ids, n)) return true;
     return false;
 }
 
@@ -151,13 +150,11 @@ static kvf_chunk *mux_get_deferred(kvf_chunk_cache *c, const kvf_chunk_key *key)
     return NULL;
 }
 
-static bool chunk_is_doc(const kvf_segment *d, const kvf_chunk *c) {
-    return d && d->n == c->n_tokens && memcmp(d->ids, c->ids, sizeof(int32_t) * (size_t)d->n) == 0;
-}
-
 static kvf_status mux_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chunk *chunk) {
-    mux_cache *x = (mux_cache *)c;
-    if (x->shared && (chunk_is_shared_doc(x->job, chunk) || (x->put_shared && chunk_is_doc(x->doc, chunk))))
+    mux_cache         *x = (mux_cache *)c;
+    const kvf_segment *d = x->shared_doc;
+    if (x->shared && (is_shared_doc(x->job, chunk->ids, chunk->n_tokens) ||
+                      (d && same_tokens(d->ids, d->n, chunk->ids, chunk->n_tokens))))
         return x->shared->ops->put(x->shared, key, chunk);
     return x->own->ops->put(x->own, key, chunk);
 }
@@ -256,19 +253,25 @@ static kvf_chunk_cache *cache_for(srv_sched *s, const char *ns, char *err, size_
     return c;
 }
 
-/* the cache fusion uses for job j */
-static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, size_t el) {
-    kvf_chunk_cache *own = cache_for(s, j->ns, err, el);
+/* the cache of namespace ns (with "shared" behind it when multi-tenant); puts of job j's
+ * shared documents (j may be NULL) and of shared_doc go to "shared" */
+static kvf_chunk_cache *tenant_cache(srv_sched *s, const char *ns, const srv_job *j,
+                                     const kvf_segment *shared_doc, char *err, size_t el) {
+    kvf_chunk_cache *own = cache_for(s, ns, err, el);
     if (!own || !s->p.multi_tenant) return own;
     kvf_chunk_cache *sh = cache_for(s, SRV_NS_SHARED, err, el);
     if (!sh) return NULL;
-    s->mux.base.ops = &mux_ops;
-    s->mux.own      = own;
+    s->mux.base.ops   = &mux_ops;
+    s->mux.own        = own;
     s->mux.shared     = sh == own ? NULL : sh;
     s->mux.job        = j;
-    s->mux.put_shared = false;
-    s->mux.doc        = NULL;
+    s->mux.shared_doc = shared_doc;
     return &s->mux.base;
+}
+
+/* the cache fusion uses for job j */
+static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, size_t el) {
+    return tenant_cache(s, j->ns, j, NULL, err, el);
 }
 
 /* ---- job endings ----------------------------------------------------------------------- */
@@ -633,10 +636,7 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
     int           w = n >= 0 && s->flow ? srv_flow_step(s->flow, j->ns, &j->flow, keys, n, c) : 0;
     if (s->flow && s->p.flow_compute && !s->p.store) { /* to compute its chunks ahead next time */
         uint8_t *sh = calloc((size_t)j->n_segs, 1);
-        for (int32_t i = 1; sh && i + 1 < j->n_segs; i++)
-            for (int32_t k = 0; k < j->n_docs && !sh[i]; k++)
-                sh[i] = j->docs[k]->shared && j->docs[k]->n_tok == j->segs[i].n &&
-                        !memcmp(j->docs[k]->tok, j->segs[i].ids, sizeof(int32_t) * (size_t)j->segs[i].n);
+        for (int32_t i = 1; sh && i + 1 < j->n_segs; i++) sh[i] = is_shared_doc(j, j->segs[i].ids, j->segs[i].n);
         if (sh) srv_flow_remember(s->flow, j->ns, &j->flow, j->segs, j->n_segs, sh, &j->fp);
         free(sh);
     }
@@ -842,19 +842,11 @@ static void flow_compute_unit(srv_sched *s) {
         }
     }
     char             err[320];
-    srv_job          stand_in; /* the namespace is all job_cache reads */
-    memset(&stand_in, 0, sizeof stand_in);
-    snprintf(stand_in.ns, sizeof stand_in.ns, "%s", d.ns);
-    kvf_chunk_cache *c = job_cache(s, &stand_in, err, sizeof err);
+    kvf_chunk_cache *c = tenant_cache(s, d.ns, NULL, d.shared ? &d.segs[1] : NULL, err, sizeof err);
     if (!c) return;
-    if (c == &s->mux.base) {
-        s->mux.job        = NULL;
-        s->mux.put_shared = d.shared;
-        s->mux.doc        = &d.segs[1];
-    }
     kvf_fuse_stats st;
     kvf_status     rc = kvf_session_precompute(s->flow_s, c, d.segs, 3, &d.fp, &st);
-    s->mux.put_shared = false, s->mux.doc = NULL;
+    s->mux.shared_doc = NULL;
     if (rc == KVF_OK) srv_metrics_flow_compute(s->met, st.chunk_misses, srv_now_ms() - t0);
 }
 
