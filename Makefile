@@ -157,8 +157,9 @@ bench-conv-budget: benches cli $(QWEN05) ## EpiCache: answers under --conv-budge
 bench-flow: cli $(QWEN05) ## KVFlow: an agent workflow's chunk hit rate and TTFT with workflow hints vs LRU, memory cache at half the working set, Qwen2.5-Coder-0.5B (bench/flow.sh)
 	bench/flow.sh qwen2.5-coder-0.5b
 
-bench-sched: cli $(MODEL) ## cache-aware queue order vs FIFO: 8 clients, half the requests with cached documents, mean and p99 TTFT (bench/sched.sh)
-	bench/sched.sh
+bench-sched: cli $(MODEL) ## cache-aware queue order vs FIFO, 8 clients: documents shared under a cache of 1/4 of them, then cached-or-unique documents; mean and p99 TTFT (bench/sched.sh)
+	POOL=16 bench/sched.sh
+	POOL=0 bench/sched.sh
 
 bench-store: all $(MODEL) ## disk tier vs raw disk reads, bytes/token, a3 from disk vs full (MuSiQue)
 	bench/store_bench.sh

@@ -1,17 +1,28 @@
 #!/bin/bash
 # sched.sh - cache-aware queue order against FIFO (issue 13, part 4). CLIENTS closed-loop
 # clients send REQS chat requests each to a `kvfuse serve --parallel SLOTS`, so requests queue.
-# Each request carries DOCS MuSiQue passages as `documents` and the example's question. A seeded
-# share HOT of the requests (the same for both runs) use passages whose KV the server already
-# has (ingested and warmed before the clock starts); the others carry passages the server has
-# never seen (each passage tagged with a unique reference line), whose KV must be computed.
-# Run twice with the same requests: --queue-aging 0 (arrival order) and --queue-aging AGING
-# (cached share first, nobody waits past the bound). Reports mean / p50 / p90 / p99 / max TTFT
-# (queue wait + the server's ttft_ms, per request), hot and cold separately, and the ratios.
-# Not part of `make test`.
+# Each request carries DOCS MuSiQue passages as `documents` and its example's question. Two
+# workloads:
+#   POOL=0 (default)  a seeded share HOT of the requests (the same for both runs) use passages
+#                     whose KV the server already has (ingested and warmed before the clock);
+#                     the others carry passages the server has never seen (each passage tagged
+#                     with a unique reference line). Every request's work is fixed: reordering
+#                     can only trade one request's wait for another's.
+#   POOL=N            documents shared between requests: every request asks about one of N
+#                     examples (seeded; weight 1/rank^ZIPF), whose passages are ingested before
+#                     the clock but not computed. The memory chunk cache holds FRAC of the
+#                     pool's chunk KV (measured in a first run), so a chunk computed for one
+#                     request may be evicted before the next request that needs it.
+# Run twice with the same requests: --queue-aging 0 (arrival order) and cache-aware order
+# (--queue-aging AGING --queue-overtake OVERTAKE: cached share first; a request waits at most
+# AGING ms or OVERTAKE later arrivals). Reports mean / p50 / p90 / p99 / max TTFT (the server's
+# ttft_ms, counted from the request's arrival: the queue wait is in it), for requests whose
+# documents were all cached when they ran ("hot") and the others separately, the chunk hit rate,
+# and the ratios. Not part of `make test`.
 #   bench/sched.sh [MODEL]          (default SmolLM2-135M-Instruct)
-#   env: CLIENTS (8), REQS (8), SLOTS (2), DOCS (4), HOT (0.5), AGING (2000), MAX_TOKENS (8),
-#        METHOD (a3), SEED (1), SHARED (../shared), JSON (write the numbers there)
+#   env: CLIENTS (8), REQS (8), SLOTS (2), DOCS (4), HOT (0.5), POOL (0), ZIPF (0), FRAC (0.25),
+#        AGING (60000), OVERTAKE (3), MAX_TOKENS (8), METHOD (a3), SEED (1), SHARED (../shared),
+#        JSON (write the numbers there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-smollm2-135m}
@@ -20,7 +31,11 @@ REQS=${REQS:-8}
 SLOTS=${SLOTS:-2}
 DOCS=${DOCS:-4}
 HOT=${HOT:-0.5}
-AGING=${AGING:-2000}
+POOL=${POOL:-0}
+ZIPF=${ZIPF:-0}
+FRAC=${FRAC:-0.25}
+AGING=${AGING:-60000}
+OVERTAKE=${OVERTAKE:-3}
 MAX_TOKENS=${MAX_TOKENS:-8}
 METHOD=${METHOD:-a3}
 SEED=${SEED:-1}
@@ -34,20 +49,27 @@ work=$(mktemp -d)
 spid=
 trap '[ -n "$spid" ] && kill "$spid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
-for aging in 0 "$AGING"; do
-    echo "sched: kvfuse serve --parallel $SLOTS --queue-aging $aging; $CLIENTS clients x $REQS requests ..." >&2
+serve() { # serve NAME ARGS...: start a server, its port in $port
+    local name=$1
+    shift
     rm -f "$work/port"
-    "$KVFUSE" serve -m "$MODEL" --parallel "$SLOTS" --ctx 8192 --queue-aging "$aging" --queue 64 \
-        --timeout 3600 --port 0 --port-file "$work/port" -q 2> "$work/serve-$aging.log" &
+    "$KVFUSE" serve -m "$MODEL" --parallel "$SLOTS" --ctx 8192 --queue 64 --timeout 3600 --port 0 \
+        --port-file "$work/port" -q "$@" 2> "$work/serve-$name.log" &
     spid=$!
     for _ in $(seq 600); do [ -s "$work/port" ] && break; sleep 0.2; done
-    [ -s "$work/port" ] || { echo "sched: the server did not start:" >&2; cat "$work/serve-$aging.log" >&2; exit 1; }
-    "$PY" - "$(cat "$work/port")" "$DATA" "$CLIENTS" "$REQS" "$DOCS" "$HOT" "$MAX_TOKENS" "$METHOD" \
-        "$SEED" "$aging" "$work/run-$aging.json" <<'PYEOF'
+    [ -s "$work/port" ] || { echo "sched: the server did not start:" >&2; cat "$work/serve-$name.log" >&2; exit 1; }
+    port=$(cat "$work/port")
+}
+stop() { kill "$spid"; wait "$spid" 2>/dev/null || true; spid=; }
+
+# run NAME CLIENTS REQS: the workload against the server on $port, rows to $work/run-NAME.json
+run() {
+    "$PY" - "$port" "$DATA" "$2" "$3" "$DOCS" "$HOT" "$POOL" "$ZIPF" "$MAX_TOKENS" "$METHOD" "$SEED" \
+        "$1" "$work/run-$1.json" <<'PYEOF'
 import ast, json, random, sys, threading, time, urllib.request
-port, data, clients, reqs, docs, hot, max_tokens, method, seed, aging, out = sys.argv[1:12]
-clients, reqs, docs, max_tokens = int(clients), int(reqs), int(docs), int(max_tokens)
-hot, seed = float(hot), int(seed)
+port, data, clients, reqs, docs, hot, pool, zipf, max_tokens, method, seed, name, out = sys.argv[1:14]
+clients, reqs, docs, pool, max_tokens, seed = int(clients), int(reqs), int(docs), int(pool), int(max_tokens), int(seed)
+hot, zipf = float(hot), float(zipf)
 ex = json.load(open(data))
 url = f"http://127.0.0.1:{port}"
 
@@ -61,35 +83,40 @@ def passages(e):
     ctxs = ast.literal_eval(e["ctxs"]) if isinstance(e["ctxs"], str) else e["ctxs"]
     return [f"{c.get('title', '')}\n{c['text']}" for c in ctxs[:docs]]
 
-# the plan, identical for both runs: client c's request r uses example c * reqs + r, hot or cold
+# the plan, identical for both runs: client c's request r uses example i, hot or cold (POOL=0),
+# or one of the pool's examples
 rng = random.Random(seed)
-plan = [[(c * reqs + r, rng.random() < hot) for r in range(reqs)] for c in range(clients)]
-# hot requests: their passages ingested and warmed before the clock starts
-ids = {}
+if pool:
+    w = [1 / (k + 1) ** zipf for k in range(pool)]
+    plan = [[(rng.choices(range(pool), w)[0], None) for r in range(reqs)] for c in range(clients)]
+else:
+    plan = [[(c * reqs + r, rng.random() < hot) for r in range(reqs)] for c in range(clients)]
+ids = {}  # example -> ingested document ids: every pool example, or the hot ones (warmed)
 for c in range(clients):
     for i, h in plan[c]:
-        if h and i not in ids:
+        if (pool or h) and i not in ids:
             e = ex[i % len(ex)]
             ids[i] = [d["id"] for d in post("/v1/documents", {"documents": passages(e)})["data"]]
-            post("/v1/chat/completions", {"messages": [{"role": "user", "content": e["question"]}],
-                                          "documents": ids[i], "max_tokens": 1,
-                                          "kvfuse": {"method": method}})
+            if h:
+                post("/v1/chat/completions", {"messages": [{"role": "user", "content": e["question"]}],
+                                              "documents": ids[i], "max_tokens": 1,
+                                              "kvfuse": {"method": method}})
 rows, lock = [], threading.Lock()
 
 def client(c):
     for r, (i, h) in enumerate(plan[c]):
         e = ex[i % len(ex)]
-        documents = ids[i] if h else [f"[ref {seed}-{aging}-{c}-{r}-{k}]\n{t}" for k, t in enumerate(passages(e))]
+        documents = ids[i] if i in ids else [f"[ref {seed}-{name}-{c}-{r}-{k}]\n{t}" for k, t in enumerate(passages(e))]
         t0 = time.time()
         j = post("/v1/chat/completions", {"messages": [{"role": "user", "content": e["question"]}],
                                           "documents": documents, "max_tokens": max_tokens,
                                           "temperature": 0, "kvfuse": {"method": method}})
         k = j.get("kvfuse", {})
         with lock:
-            rows.append({"client": c, "req": r, "hot": h, "queue_ms": k.get("queue_ms", 0),
-                         "ttft_ms": k.get("ttft_ms", 0), "wall_ms": (time.time() - t0) * 1e3,
-                         "prompt_tokens": j["usage"]["prompt_tokens"],
-                         "chunk_misses": k.get("chunk_misses", 0)})
+            rows.append({"client": c, "req": r, "example": i, "hot": k.get("chunk_misses", 0) == 0,
+                         "queue_ms": k.get("queue_ms", 0), "ttft_ms": k.get("ttft_ms", 0),
+                         "wall_ms": (time.time() - t0) * 1e3, "prompt_tokens": j["usage"]["prompt_tokens"],
+                         "chunk_hits": k.get("chunk_hits", 0), "chunk_misses": k.get("chunk_misses", 0)})
 
 t0 = time.time()
 th = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
@@ -98,37 +125,61 @@ for t in th: t.join()
 print(f"  {len(rows)} requests in {time.time() - t0:.1f} s", file=sys.stderr)
 json.dump(rows, open(out, "w"))
 PYEOF
-    kill "$spid"; wait "$spid" 2>/dev/null || true; spid=
+}
+
+cache_args=()
+if [ "$POOL" -gt 0 ]; then # the pool's chunk KV, every example once with room for all of it
+    echo "sched: measuring the pool's chunk KV ($POOL examples) ..." >&2
+    serve calib --cache-mb 65536 --store "$work/calib-store"
+    "$PY" - "$port" "$DATA" "$DOCS" "$POOL" "$METHOD" "$work/budget" "$FRAC" <<'PYEOF'
+import ast, json, re, sys, urllib.request
+port, data, docs, pool, method, out, frac = sys.argv[1:8]
+docs, pool, frac = int(docs), int(pool), float(frac)
+ex = json.load(open(data))
+url = f"http://127.0.0.1:{port}"
+
+def post(path, body):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=3600) as r:
+        return json.load(r)
+
+for i in range(pool):
+    e = ex[i % len(ex)]
+    ctxs = ast.literal_eval(e["ctxs"]) if isinstance(e["ctxs"], str) else e["ctxs"]
+    ids = [d["id"] for d in post("/v1/documents", {"documents": [f"{c.get('title', '')}\n{c['text']}" for c in ctxs[:docs]]})["data"]]
+    post("/v1/chat/completions", {"messages": [{"role": "user", "content": e["question"]}],
+                                  "documents": ids, "max_tokens": 1, "kvfuse": {"method": method}})
+m = urllib.request.urlopen(f"{url}/metrics").read().decode()
+b = [float(x) for x in re.findall(r'^kvfuse_store_bytes\{tier="memory"\}\s+(\S+)$', m, re.M)]
+if not b:
+    sys.exit("sched: /metrics has no kvfuse_store_bytes{tier=\"memory\"}")
+open(out, "w").write(f"{sum(b):.0f} {max(1, int(sum(b) * frac / (1 << 20)))}\n")
+PYEOF
+    stop
+    read -r ws_bytes budget_mb < "$work/budget"
+    echo "sched: the pool's chunk KV is $((ws_bytes >> 20)) MiB; memory cache $budget_mb MiB" >&2
+    cache_args=(--cache-mb "$budget_mb")
+fi
+
+for order in fifo aware; do
+    args=(--queue-aging 0)
+    [ "$order" = aware ] && args=(--queue-aging "$AGING" --queue-overtake "$OVERTAKE")
+    echo "sched: kvfuse serve --parallel $SLOTS ${args[*]} ${cache_args[*]}; $CLIENTS clients x $REQS requests ..." >&2
+    serve "$order" "${args[@]}" "${cache_args[@]}"
+    run "$order" "$CLIENTS" "$REQS"
+    stop
 done
 
-"$PY" - "$work/run-0.json" "$work/run-$AGING.json" "$MODEL" "$CLIENTS" "$REQS" "$SLOTS" "$DOCS" "$HOT" "$AGING" "$METHOD" "${JSON:-}" <<'PYEOF'
+"$PY" - "$work/run-fifo.json" "$work/run-aware.json" "$MODEL" "$CLIENTS" "$REQS" "$SLOTS" "$DOCS" "$HOT" "$POOL" \
+    "$ZIPF" "$FRAC" "$AGING" "$OVERTAKE" "$METHOD" "${ws_bytes:-0}" "${budget_mb:-0}" "${JSON:-$work/result.json}" <<'PYEOF'
 import json, sys
 fifo, aware = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-model, clients, reqs, slots, docs, hot, aging, method, out = sys.argv[3:12]
-
-def pct(v, p):
-    v = sorted(v)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else float("nan")
-
-def stats(rows, sel=None):
-    v = [r["queue_ms"] + r["ttft_ms"] for r in rows if sel is None or r["hot"] == sel]
-    return {"n": len(v), "mean": sum(v) / len(v) if v else float("nan"), "p50": pct(v, 50),
-            "p90": pct(v, 90), "p99": pct(v, 99), "max": max(v) if v else float("nan")}
-
-print(f"model {model}; {clients} clients x {reqs} requests, {slots} slots, {docs} passages each, "
-      f"{float(hot) * 100:.0f}% of requests with cached passages, method {method}")
-print(" requests | order | n | mean ms | p50 | p90 | p99 | max")
-res = {}
-for name, sel in (("all", None), ("hot", True), ("cold", False)):
-    for order, rows in (("fifo", fifo), (f"cache-aware (aging {aging} ms)", aware)):
-        s = stats(rows, sel)
-        res[f"{name}/{order.split()[0]}"] = s
-        print(f" {name} | {order} | {s['n']} | {s['mean']:.0f} | {s['p50']:.0f} | {s['p90']:.0f} | {s['p99']:.0f} | {s['max']:.0f}")
-a, f = res["all/cache-aware"], res["all/fifo"]
-print(f"mean TTFT: FIFO / cache-aware = {f['mean'] / a['mean']:.2f}x; "
-      f"p99: cache-aware / FIFO = {a['p99'] / f['p99']:.2f}")
-if out:
-    json.dump({"model": model, "clients": int(clients), "reqs": int(reqs), "slots": int(slots),
-               "docs": int(docs), "hot": float(hot), "aging_ms": float(aging), "method": method,
-               "stats": res, "fifo": fifo, "aware": aware}, open(out, "w"), indent=1)
+model, clients, reqs, slots, docs, hot, pool, zipf, frac, aging, overtake, method, ws, mb, out = sys.argv[3:18]
+json.dump({"model": model, "clients": int(clients), "reqs": int(reqs), "slots": int(slots),
+           "docs": int(docs), "hot": float(hot), "pool": int(pool), "zipf": float(zipf),
+           "frac": float(frac), "pool_bytes": int(ws), "cache_mb": int(mb), "aging_ms": float(aging),
+           "overtake": int(overtake), "method": method, "fifo": fifo, "aware": aware},
+          open(out, "w"), indent=1)
 PYEOF
+"$PY" bench/sched_report.py "${JSON:-$work/result.json}"

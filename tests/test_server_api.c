@@ -975,6 +975,160 @@ static void test_sched_cache_order(void) {
     srv_docs_free(d);
 }
 
+/* The overtake bound: with one slot, cached requests that arrive after an uncached one go first
+ * only until overtake_max of them have; then the uncached one is next, whatever is cached. */
+static void test_sched_overtake(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = one_slot_params();
+    sp.aging_ms         = 60000;
+    sp.overtake_max     = 2;
+    char       err[256];
+    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char fused[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 2, "
+                                "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}";
+    static const char plain[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a lazy dog sleeps in the sun\"}], \"max_tokens\": 2}";
+    srv_job *j0 = make_job(a, NULL, fused); /* puts the documents' chunks in the cache */
+    free(j0 ? run_one(s, j0) : NULL);
+    if (j0) srv_job_release(j0);
+    enum { NF = 4 };
+    srv_job *p = make_job(a, NULL, plain), *f[NF];
+    int      ra, n_f = 0;
+    for (; n_f < NF && (f[n_f] = make_job(a, NULL, fused)) != NULL; n_f++) {}
+    CHECK(p != NULL && n_f == NF);
+    if (p && n_f == NF) {
+        srv_sched_hold(s, true);
+        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK); /* p arrives first */
+        for (int i = 0; i < NF; i++) {
+            usleep(2000);
+            CHECK(srv_sched_submit(s, f[i], &ra) == SRV_SUBMIT_OK);
+        }
+        srv_sched_hold(s, false);
+        wait_done(p);
+        for (int i = 0; i < NF; i++) wait_done(f[i]);
+        /* admission times: f0, f1 (p overtaken twice: due), p, f2, f3 */
+        double pa = p->t_arrival_ms + p->queue_ms, fa[NF];
+        for (int i = 0; i < NF; i++) fa[i] = f[i]->t_arrival_ms + f[i]->queue_ms;
+        CHECK_MSG(fa[0] < pa && fa[1] < pa, "the cached requests did not go first (%.1f, %.1f ms before)", pa - fa[0], pa - fa[1]);
+        CHECK_MSG(pa < fa[2] && pa < fa[3], "the uncached request was overtaken more than twice (%.1f, %.1f ms after)",
+                  pa - fa[2], pa - fa[3]);
+        CHECK(p->overtaken == 2 && f[2]->overtaken == 0);
+    }
+    if (p) srv_job_release(p);
+    for (int i = 0; i < n_f; i++) srv_job_release(f[i]);
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
+/* Scores are redone when a job ends: a request whose documents another request computed while
+ * it waited now goes before an earlier uncached one. */
+static void test_sched_rescore(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_metrics     *m  = srv_metrics_new();
+    srv_api         *a  = api_new(NULL, d, m, 512);
+    srv_sched_params sp = one_slot_params();
+    sp.aging_ms         = 60000;
+    char       err[256];
+    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) return;
+    static const char fused[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"what is green?\"}], \"max_tokens\": 2, "
+                                "\"documents\": [\"the frog sat on a green leaf\", \"a boat went down the river\"]}";
+    static const char plain[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"the old clock on the wall\"}], \"max_tokens\": 2}";
+    srv_job *x = make_job(a, NULL, fused), *p = make_job(a, NULL, plain), *y = make_job(a, NULL, fused);
+    int      ra;
+    CHECK(x && p && y);
+    if (x && p && y) {
+        srv_sched_hold(s, true); /* x, p, y arrive in this order, nothing cached */
+        CHECK(srv_sched_submit(s, x, &ra) == SRV_SUBMIT_OK);
+        usleep(2000);
+        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK);
+        usleep(2000);
+        CHECK(srv_sched_submit(s, y, &ra) == SRV_SUBMIT_OK);
+        srv_sched_hold(s, false);
+        wait_done(x), wait_done(p), wait_done(y);
+        CHECK(x->err_status == 0 && p->err_status == 0 && y->err_status == 0);
+        double pa = p->t_arrival_ms + p->queue_ms, ya = y->t_arrival_ms + y->queue_ms;
+        CHECK(x->fst.chunk_misses > 0 && y->fst.chunk_misses == 0 && y->fst.chunk_hits > 0);
+        CHECK_MSG(ya < pa, "y, whose documents x computed, was admitted %.1f ms after the uncached p", ya - pa);
+    }
+    if (x) srv_job_release(x);
+    if (p) srv_job_release(p);
+    if (y) srv_job_release(y);
+    srv_sched_free(s);
+    free(a);
+    srv_metrics_free(m);
+    srv_docs_free(d);
+}
+
+/* The queue's eviction hints: with one slot and a cache one document short, an earlier job
+ * computing two new documents evicts the cached document a waiting job needs under LRU (arrival
+ * order, no hints), but not when the waiting job's chunks are hinted (the running job's own
+ * chunks go first). */
+static void test_sched_queue_hints(void) {
+    static const char base[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}], \"max_tokens\": 2, "
+                               "\"documents\": [%s]}";
+    static const char d1[] = "\"the red key is under the mat by the front door of the house\"";
+    static const char d23[] = "\"seven old books lie on the desk in the study upstairs today\", "
+                              "\"the garden gate squeaks when the wind blows from the north side\"";
+    kvf_model_info mi;
+    kvf_model_get_info(g_model, &mi);
+    size_t per_tok = kvf_chunk_row_bytes(KVF_CHUNK_F16, mi.n_head_kv * mi.head_dim) * 2 * (size_t)mi.n_layer;
+    size_t budget  = 0;
+    for (int pass = -1; pass < 2; pass++) { /* -1: sizes (unbounded cache); 0: LRU; 1: hints */
+        srv_docs        *d  = srv_docs_new(0, 0);
+        srv_metrics     *m  = srv_metrics_new();
+        srv_api         *a  = api_new(NULL, d, m, 512);
+        srv_sched_params sp = one_slot_params();
+        sp.cache_bytes      = pass < 0 ? 0 : budget;
+        sp.aging_ms         = pass == 1 ? 1 : 0; /* 1 ms: every job is due (arrival order), hints on */
+        char       err[256];
+        srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
+        CHECK(s != NULL);
+        if (!s) return;
+        char body[1024];
+        snprintf(body, sizeof body, base, "where is the key?", d1);
+        srv_job *ja = make_job(a, NULL, body); /* caches the prefix and d1 */
+        free(ja ? run_one(s, ja) : NULL);
+        snprintf(body, sizeof body, base, "what is upstairs?", d23);
+        srv_job *jc = make_job(a, NULL, body);
+        snprintf(body, sizeof body, base, "what colour is the key?", d1);
+        srv_job *jb = make_job(a, NULL, body);
+        int      ra;
+        CHECK(ja && jc && jb);
+        if (ja && jc && jb) {
+            srv_sched_hold(s, true); /* c (two new documents) arrives before b (d1 again) */
+            CHECK(srv_sched_submit(s, jc, &ra) == SRV_SUBMIT_OK);
+            usleep(2000);
+            CHECK(srv_sched_submit(s, jb, &ra) == SRV_SUBMIT_OK);
+            srv_sched_hold(s, false);
+            wait_done(jc), wait_done(jb);
+            CHECK(jc->err_status == 0 && jb->err_status == 0);
+            if (pass < 0) { /* room for the prefix and three documents, less half the smaller one */
+                int32_t n1 = ja->segs[1].n, n2 = jc->segs[1].n, n3 = jc->segs[2].n;
+                budget     = per_tok * (size_t)(ja->segs[0].n + n1 + n2 + n3) - per_tok * (size_t)(n1 < n2 ? n1 : n2) / 2;
+                CHECK(jb->fst.chunk_misses == 0);
+            } else {
+                CHECK(jc->fst.chunk_misses == 2);
+                CHECK_MSG(pass ? jb->fst.chunk_misses == 0 : jb->fst.chunk_misses == 1,
+                          "%s: the waiting job missed %d chunks", pass ? "hints" : "LRU", jb->fst.chunk_misses);
+            }
+        }
+        if (ja) srv_job_release(ja);
+        if (jc) srv_job_release(jc);
+        if (jb) srv_job_release(jb);
+        srv_sched_free(s);
+        free(a);
+        srv_metrics_free(m);
+        srv_docs_free(d);
+    }
+}
+
 /* Tenants' chunk caches are separate; shared documents are cached once for everybody. */
 static void test_sched_tenants(void) {
     char         err[256];
@@ -1847,6 +2001,9 @@ int main(void) {
     RUN(test_sched);
     RUN(test_sched_kv_budget);
     RUN(test_sched_cache_order);
+    RUN(test_sched_overtake);
+    RUN(test_sched_rescore);
+    RUN(test_sched_queue_hints);
     RUN(test_sched_tenants);
     RUN(test_sched_conversations);
     RUN(test_flow_registry);

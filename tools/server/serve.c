@@ -49,7 +49,10 @@ static void help(void) {
         "      --queue-aging MS    waiting requests go by how much of their prompt's KV is\n"
         "                          cached (documents' chunks, a slot's kept prefix), most\n"
         "                          first, until they have waited MS ms; then by arrival\n"
-        "                          (default 2000; 0 = arrival order only)\n"
+        "                          (default 60000; 0 = arrival order only)\n"
+        "      --queue-overtake N  ... or until N later requests went before them (default\n"
+        "                          3; 0 = no such bound); waiting requests' chunks are the\n"
+        "                          last the memory cache evicts\n"
         "      --conv-block N      a plain prompt's KV outlives its slot: when the request ends\n"
         "                          it is kept in blocks of N tokens in the tenant's chunk cache\n"
         "                          (memory, then --store's disk and Redis tiers), and the next\n"
@@ -264,7 +267,7 @@ int cmd_serve(int argc, char **argv) {
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
-        {"queue-aging", required_argument, 0, 2008}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
+        {"queue-aging", required_argument, 0, 2008}, {"queue-overtake", required_argument, 0, 2015}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
         {"conv-episodes", required_argument, 0, 2011}, {"conv-layers", required_argument, 0, 2012},
         {"conv-alpha", required_argument, 0, 2013}, {"no-flow-compute", no_argument, 0, 2014},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
@@ -290,6 +293,7 @@ int cmd_serve(int argc, char **argv) {
         case 'P': port_file = optarg; break;
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
         case 2008: sp.aging_ms = cli_float("serve", "--queue-aging", optarg, 0, 1e9); break;
+        case 2015: sp.overtake_max = (int32_t)cli_int("serve", "--queue-overtake", optarg, 0, 1 << 20); break;
         case 2009: sp.conv_block = (int32_t)cli_int("serve", "--conv-block", optarg, 0, KVF_PREFIX_BLOCK_MAX); break;
         case 2010: sp.conv_budget = (int32_t)cli_int("serve", "--conv-budget", optarg, 0, 1 << 24); break;
         case 2011: sp.conv_episodes = (int32_t)cli_int("serve", "--conv-episodes", optarg, 1, 64); break;

@@ -304,6 +304,7 @@ void srv_job_release(srv_job *j) {
     for (int32_t i = 0; i < j->n_docs; i++) srv_doc_release(j->docs[i]);
     free(j->docs);
     free(j->text);
+    free(j->ckeys);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     free(j);

@@ -100,6 +100,11 @@ typedef struct srv_job {
     /* --- queue order: the scheduler thread only --- */
     int32_t      kv_cached;     /* prompt tokens whose KV is already cached (estimate) */
     bool         kv_scored;     /* kv_cached was computed */
+    uint64_t     kv_epoch;      /* the scheduler's cache epoch when kv_cached was computed */
+    int32_t      overtaken;     /* later arrivals admitted before this job while it waited */
+    uint8_t    (*ckeys)[16];    /* a fused job's chunk keys (kvf_fuse_chunk_keys), or NULL */
+    int32_t      n_ckeys;
+    bool         kv_hinted;     /* its keys carry the queue's eviction hints (to be cleared) */
 
     /* --- progress: guarded by mu --- */
     pthread_mutex_t mu;

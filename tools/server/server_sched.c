@@ -14,6 +14,7 @@
 #include "server/server_docs.h"
 
 #include "store/chunk.h" /* kvf_chunk_cache_ops: the composite tenant + shared cache */
+#include "store/steps.h" /* KVF_STEPS_NONE */
 
 #include <errno.h>
 #include <math.h>
@@ -82,6 +83,8 @@ struct srv_sched {
     int             q_head, q_len, q_cap;
     int            *q_order; /* [q_cap] scratch of the admission order (inference thread) */
     srv_job       **q_score; /* [q_cap] scratch: jobs to score (inference thread) */
+    uint64_t        cache_epoch; /* bumped when cached KV may have changed (a job ended, an idle
+                                    unit computed chunks): queued jobs' scores are stale */
     int             n_busy;
     bool            stop;
     bool            held; /* srv_sched_hold: queued jobs wait */
@@ -107,7 +110,8 @@ srv_sched_params srv_sched_default_params(void) {
     p.prefill_chunk = 512;
     p.prefill_units = 1;
     p.decode_ratio  = 1.0;
-    p.aging_ms      = 2000;
+    p.aging_ms      = 60000;
+    p.overtake_max  = 3;
     p.cache_bytes   = (size_t)2048 << 20;
     p.conv_block    = 256;
     p.conv_budget   = 0;
@@ -269,6 +273,8 @@ static kvf_chunk_cache *tenant_cache(srv_sched *s, const char *ns, const srv_job
     return &s->mux.base;
 }
 
+static void queue_rehint(srv_sched *s, srv_job *j, uint32_t steps);
+
 /* the cache fusion uses for job j */
 static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, size_t el) {
     return tenant_cache(s, j->ns, j, NULL, err, el);
@@ -294,6 +300,7 @@ static void save_conversation(srv_sched *s, slot *sl, const srv_job *j) {
 static void slot_release(srv_sched *s, slot *sl) {
     srv_job *j = sl->job;
     save_conversation(s, sl, j);
+    queue_rehint(s, j, KVF_STEPS_NONE);
     if (j->flow.wf[0] && !sl->plain && s->flow) { /* KVFlow: the step is over */
         char             err[320];
         kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
@@ -315,6 +322,7 @@ static void slot_release(srv_sched *s, slot *sl) {
     }
     srv_job_outcome o = srv_job_outcome_of(j);
     srv_metrics_job(s->met, &o);
+    s->cache_epoch++; /* its chunks and prefix are cached now: queued jobs are scored again */
     double dur = (srv_now_ms() - j->t_arrival_ms) / 1e3;
     pthread_mutex_lock(&s->mu);
     s->n_busy--;
@@ -339,6 +347,7 @@ __attribute__((format(printf, 5, 6))) static void slot_fail(srv_sched *s, slot *
 
 /* A queued job that never got a slot. */
 static void drop_queued(srv_sched *s, srv_job *j, int status, const char *type, const char *msg) {
+    queue_rehint(s, j, KVF_STEPS_NONE);
     pthread_mutex_lock(&j->mu);
     srv_job_done_locked(j, NULL, status, type, "%s", msg);
     srv_job_outcome o = srv_job_outcome_of(j);
@@ -484,13 +493,53 @@ static void make_kv_room(srv_sched *s, const slot *use, const srv_job *j) {
 
 /* ---- queue order (after KVShare) --------------------------------------------------------- */
 
+/* The queue's eviction hints (steps-to-execution, store/steps.h) on a fused job's chunks: 1
+ * while it waits and 2 while it runs, so the cache evicts the chunks nobody waits for or uses
+ * first (least recently used first), then the running jobs', and the waiting jobs' last;
+ * KVF_STEPS_NONE once it is done. Not for KVFlow's jobs, whose workflow hints rule their
+ * chunks. */
+static void queue_hint(srv_sched *s, srv_job *j, uint32_t steps) {
+    if (j->n_ckeys <= 0 || j->flow.wf[0] || (steps == KVF_STEPS_NONE && !j->kv_hinted)) return;
+    char             err[160];
+    kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
+    if (c && c->ops->hint) c->ops->hint(c, (const kvf_chunk_key *)j->ckeys, j->n_ckeys, steps);
+    if (c) s->mux.job = NULL;
+    j->kv_hinted = steps != KVF_STEPS_NONE;
+}
+
+/* Job j leaves the queue (steps 2: it runs; KVF_STEPS_NONE: it is done or dropped): its hints
+ * change, and the other jobs' hints are set again, the running ones' and then the waiting ones'
+ * (they may share keys with j: the prefix, a document). */
+static void queue_rehint(srv_sched *s, srv_job *j, uint32_t steps) {
+    if (!j->kv_hinted) return;
+    queue_hint(s, j, steps);
+    for (int i = 0; i < s->p.n_slots; i++) {
+        srv_job *r = s->slots[i].phase == SLOT_FREE ? NULL : s->slots[i].job;
+        if (r && r != j && r->kv_hinted) queue_hint(s, r, 2);
+    }
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->q_len; i++) {
+        srv_job *q = s->q[(s->q_head + i) % s->q_cap];
+        if (q && q != j && q->kv_hinted) s->q_score[n++] = q;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++) queue_hint(s, s->q_score[i], 1);
+}
+
 /* How many of j's prompt tokens have their KV cached: its documents' chunks in the tenant's
- * caches (fused), or the longest prefix an idle slot keeps that admit() would reuse (plain). */
+ * caches (fused; their keys kept in the job the first time, for queue_hint), or the longest
+ * prefix an idle slot keeps that admit() would reuse (plain). */
 static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
     if (j->fused && j->fp.method != KVF_METHOD_FULL) {
         char             err[160];
         kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
         int64_t          n = c ? kvf_fuse_cached_tokens(s->m, c, j->segs, j->n_segs, &j->fp) : 0;
+        if (!j->ckeys && j->n_segs > 1 && (j->ckeys = malloc(16 * (size_t)(j->n_segs - 1))) != NULL) {
+            j->n_ckeys = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, j->ckeys, j->n_segs - 1);
+            if (j->n_ckeys < 0) j->n_ckeys = 0;
+        }
+        s->mux.job = NULL;
         return n > 0 ? (int32_t)n : 0;
     }
     if (j->fused) return 0; /* method full: prefilled without a slot's prefix (admit) */
@@ -505,19 +554,25 @@ static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
     return best;
 }
 
-/* Score the queued jobs not scored yet, outside the queue lock (a chunk lookup may read a
- * store). Only this thread removes jobs from the queue, so the pointers stay valid. */
+/* Score the queued jobs not scored since the cache last changed, outside the queue lock (a
+ * chunk lookup may read a store), and hint their chunks to the cache. A job that ends has its
+ * documents' chunks cached, so a waiting request with the same documents is cheap now: scores
+ * are redone after each. Only this thread removes jobs from the queue, so the pointers stay
+ * valid. */
 static void score_queue(srv_sched *s) {
     int n = 0;
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->q_len; i++) {
         srv_job *j = s->q[(s->q_head + i) % s->q_cap];
-        if (!j->kv_scored) s->q_score[n++] = j;
+        if (!j->kv_scored || j->kv_epoch != s->cache_epoch) s->q_score[n++] = j;
     }
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < n; i++) {
-        s->q_score[i]->kv_cached = cached_tokens_of(s, s->q_score[i]);
-        s->q_score[i]->kv_scored = true;
+        srv_job *j   = s->q_score[i];
+        j->kv_cached  = cached_tokens_of(s, j);
+        j->kv_scored  = true;
+        j->kv_epoch   = s->cache_epoch;
+        queue_hint(s, j, 1);
     }
 }
 
@@ -526,13 +581,20 @@ typedef struct {
     double     now;
 } order_ctx;
 
-/* Admission order: jobs past the aging bound first, by arrival; then by the share of the
- * prompt already cached, most first; ties by arrival. */
+/* A job is due when it has waited past the aging bound or been overtaken overtake_max times.
+ * An earlier arrival has waited longer and been overtaken at least as often (every job admitted
+ * past a later one passed it too), so the due jobs are a prefix of the arrival order. */
+static bool due(const srv_sched *s, const srv_job *j, double now) {
+    return now - j->t_arrival_ms > s->p.aging_ms || (s->p.overtake_max > 0 && j->overtaken >= s->p.overtake_max);
+}
+
+/* Admission order: due jobs first, by arrival; then by the share of the prompt already cached,
+ * most first; ties by arrival. */
 static int by_admission(const void *a, const void *b, void *arg) {
     const order_ctx *o = arg;
     const srv_job   *x = o->s->q[(o->s->q_head + *(const int *)a) % o->s->q_cap];
     const srv_job   *y = o->s->q[(o->s->q_head + *(const int *)b) % o->s->q_cap];
-    bool             ox = o->now - x->t_arrival_ms > o->s->p.aging_ms, oy = o->now - y->t_arrival_ms > o->s->p.aging_ms;
+    bool             ox = due(o->s, x, o->now), oy = due(o->s, y, o->now);
     if (ox != oy) return ox ? -1 : 1;
     if (!ox) {
         double fx = (double)x->kv_cached / (x->n_prompt > 0 ? x->n_prompt : 1);
@@ -552,6 +614,7 @@ static bool bounded_job(const srv_sched *s, const srv_job *j, int32_t n_flat) {
 
 /* Give job j a free slot (there is one). */
 static void admit(srv_sched *s, srv_job *j) {
+    queue_rehint(s, j, 2); /* the waiting jobs' chunks go before its own */
     double now  = srv_now_ms();
     bool   plain = !j->fused || j->fp.method == KVF_METHOD_FULL;
     int32_t *flat = NULL, n_flat = 0;
@@ -847,6 +910,7 @@ static void flow_compute_unit(srv_sched *s) {
     kvf_fuse_stats st;
     kvf_status     rc = kvf_session_precompute(s->flow_s, c, d.segs, 3, &d.fp, &st);
     s->mux.shared_doc = NULL;
+    s->cache_epoch++;
     if (rc == KVF_OK) srv_metrics_flow_compute(s->met, st.chunk_misses, srv_now_ms() - t0);
 }
 
@@ -859,6 +923,7 @@ static bool expired(const srv_job *j, double now) {
 static void *sched_main(void *arg) {
     srv_sched *s = arg;
     srv_job   *adm[MAX_SLOTS];
+    int        adm_pos[MAX_SLOTS]; /* their queue positions (arrival order) */
     bool       was_idle = true;
     for (;;) {
         pthread_mutex_lock(&s->mu);
@@ -933,15 +998,17 @@ static void *sched_main(void *arg) {
             srv_job *j = s->q[(s->q_head + i) % s->q_cap];
             if (n_adm < free_slots && !kv_full &&
                 (s->p.kv_budget <= 0 || kv_used + job_kv(s, j) <= s->p.kv_budget || (s->n_busy == 0 && n_adm == 0))) {
-                adm[n_adm++] = j, kv_used += job_kv(s, j);
+                adm_pos[n_adm] = i, adm[n_adm++] = j, kv_used += job_kv(s, j);
                 s->q[(s->q_head + i) % s->q_cap] = NULL;
             } else if (n_adm < free_slots) {
                 kv_full = true; /* a free slot but no KV room */
             }
         }
-        for (int i = 0; i < s->q_len; i++) { /* the rest stay, in arrival order */
-            srv_job *j = s->q[(s->q_head + i) % s->q_cap];
-            if (j) s->q[(s->q_head + keep++) % s->q_cap] = j;
+        for (int i = 0; i < s->q_len; i++) { /* the rest stay, in arrival order; each counts */
+            srv_job *j = s->q[(s->q_head + i) % s->q_cap]; /* the later arrivals admitted */
+            if (!j) continue;                              /* before it */
+            for (int k = 0; k < n_adm; k++) j->overtaken += adm_pos[k] > i;
+            s->q[(s->q_head + keep++) % s->q_cap] = j;
         }
         s->q_len = keep;
         pthread_mutex_unlock(&s->mu);

@@ -46,6 +46,8 @@ typedef struct srv_sched_params {
                                   by the share of their prompt's KV already cached (documents'
                                   chunks, a slot's kept prefix), older ones first in arrival
                                   order; 0 = arrival order only */
+    int32_t     overtake_max;  /* ... and a job that later arrivals have overtaken this many
+                                  times goes next, in arrival order too (0 = no such bound) */
     int64_t     kv_budget;     /* KV cache tokens all slots may hold at once (0 = no limit): the
                                   sessions' KV is demand-paged, so this bounds its memory; a job
                                   is admitted when the running jobs' prompt + max_tokens and its
