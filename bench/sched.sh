@@ -84,9 +84,11 @@ def passages(e):
     return [f"{c.get('title', '')}\n{c['text']}" for c in ctxs[:docs]]
 
 # the plan, identical for both runs: client c's request r uses example i, hot or cold (POOL=0),
-# or one of the pool's examples
+# or one of the pool's examples; "calib": one client asking about every pool example once
 rng = random.Random(seed)
-if pool:
+if name == "calib":
+    plan = [[(k, None) for k in range(pool)]]
+elif pool:
     w = [1 / (k + 1) ** zipf for k in range(pool)]
     plan = [[(rng.choices(range(pool), w)[0], None) for r in range(reqs)] for c in range(clients)]
 else:
@@ -131,26 +133,11 @@ cache_args=()
 if [ "$POOL" -gt 0 ]; then # the pool's chunk KV, every example once with room for all of it
     echo "sched: measuring the pool's chunk KV ($POOL examples) ..." >&2
     serve calib --cache-mb 65536 --store "$work/calib-store"
-    "$PY" - "$port" "$DATA" "$DOCS" "$POOL" "$METHOD" "$work/budget" "$FRAC" <<'PYEOF'
-import ast, json, re, sys, urllib.request
-port, data, docs, pool, method, out, frac = sys.argv[1:8]
-docs, pool, frac = int(docs), int(pool), float(frac)
-ex = json.load(open(data))
-url = f"http://127.0.0.1:{port}"
-
-def post(path, body):
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=3600) as r:
-        return json.load(r)
-
-for i in range(pool):
-    e = ex[i % len(ex)]
-    ctxs = ast.literal_eval(e["ctxs"]) if isinstance(e["ctxs"], str) else e["ctxs"]
-    ids = [d["id"] for d in post("/v1/documents", {"documents": [f"{c.get('title', '')}\n{c['text']}" for c in ctxs[:docs]]})["data"]]
-    post("/v1/chat/completions", {"messages": [{"role": "user", "content": e["question"]}],
-                                  "documents": ids, "max_tokens": 1, "kvfuse": {"method": method}})
-m = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    run calib 1 "$POOL"
+    "$PY" - "$port" "$work/budget" "$FRAC" <<'PYEOF'
+import re, sys, urllib.request
+port, out, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
+m = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
 b = [float(x) for x in re.findall(r'^kvfuse_store_bytes\{tier="memory"\}\s+(\S+)$', m, re.M)]
 if not b:
     sys.exit("sched: /metrics has no kvfuse_store_bytes{tier=\"memory\"}")

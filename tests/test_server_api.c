@@ -922,16 +922,57 @@ static srv_sched_params one_slot_params(void) {
     return sp;
 }
 
+/* a scheduler with its documents, metrics and request parser */
+typedef struct {
+    srv_docs    *d;
+    srv_metrics *m;
+    srv_api     *a;
+    srv_sched   *s;
+} sched_fix;
+
+static void fix_close(sched_fix *f) {
+    srv_sched_free(f->s);
+    free(f->a);
+    srv_metrics_free(f->m);
+    srv_docs_free(f->d);
+    memset(f, 0, sizeof *f);
+}
+
+static bool fix_open(sched_fix *f, const srv_sched_params *sp) {
+    char err[256] = "";
+    f->d = srv_docs_new(0, 0);
+    f->m = srv_metrics_new();
+    f->a = api_new(NULL, f->d, f->m, 512);
+    f->s = srv_sched_new(g_model, sp, f->m, err, sizeof err);
+    CHECK_MSG(f->s != NULL, "srv_sched_new: %s", err);
+    if (!f->s) fix_close(f);
+    return f->s != NULL;
+}
+
+/* the jobs arrive in this order (2 ms apart) while the scheduler holds them, then go */
+static void submit_in_order(srv_sched *s, srv_job **jobs, int n) {
+    int ra;
+    srv_sched_hold(s, true);
+    for (int i = 0; i < n; i++) {
+        if (i) usleep(2000);
+        CHECK(srv_sched_submit(s, jobs[i], &ra) == SRV_SUBMIT_OK);
+    }
+    srv_sched_hold(s, false);
+    for (int i = 0; i < n; i++) wait_done(jobs[i]);
+}
+
+/* when the scheduler admitted job j */
+static double admitted_at(const srv_job *j) {
+    return j->t_arrival_ms + j->queue_ms;
+}
+
 static void test_sched_cache_order(void) {
-    srv_docs        *d  = srv_docs_new(0, 0);
-    srv_metrics     *m  = srv_metrics_new();
-    srv_api         *a  = api_new(NULL, d, m, 512);
     srv_sched_params sp = one_slot_params();
     sp.aging_ms         = 60000;
-    char       err[256];
-    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
-    CHECK(s != NULL);
-    if (!s) return;
+    sched_fix        f;
+    if (!fix_open(&f, &sp)) return;
+    srv_sched *s = f.s;
+    srv_api   *a = f.a;
     static const char fused0[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 4, "
                                  "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}";
     static const char fused1[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"what rained?\"}], \"max_tokens\": 4, "
@@ -945,125 +986,81 @@ static void test_sched_cache_order(void) {
     /* aging 60 s: the cached request first; 0 (arrival order only) and 1 ms (both aged): plain first */
     const double aging[3] = {60000, 0, 1};
     for (int pass = 0; pass < 3; pass++) {
-        int      ra;
-        srv_job *p = make_job(a, NULL, plain), *f = make_job(a, NULL, fused1);
-        if (!p || !f) break;
-        srv_sched_hold(s, true);
+        srv_job *p = make_job(a, NULL, plain), *q = make_job(a, NULL, fused1);
+        if (!p || !q) break;
         s->p.aging_ms = aging[pass];
-        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK); /* p arrives first */
-        usleep(3000);
-        CHECK(srv_sched_submit(s, f, &ra) == SRV_SUBMIT_OK);
-        usleep(3000);
-        srv_sched_hold(s, false);
-        wait_done(p), wait_done(f);
-        CHECK(p->err_status == 0 && f->err_status == 0);
+        submit_in_order(s, (srv_job *[]){p, q}, 2); /* p arrives first */
+        CHECK(p->err_status == 0 && q->err_status == 0);
         /* one slot: the second admitted waits for the first to finish */
-        double pa = p->t_arrival_ms + p->queue_ms, fa = f->t_arrival_ms + f->queue_ms;
+        double pa = admitted_at(p), qa = admitted_at(q);
         if (pass == 0) {
-            CHECK_MSG(fa < pa, "the cached request was admitted %.1f ms after the uncached one", fa - pa);
-            CHECK(f->kv_scored && f->kv_cached > 0 && f->kv_cached < f->n_prompt && p->kv_cached == 0);
-            CHECK(f->fst.chunk_hits > 0 && f->fst.chunk_misses == 0);
+            CHECK_MSG(qa < pa, "the cached request was admitted %.1f ms after the uncached one", qa - pa);
+            CHECK(q->kv_scored && q->kv_cached > 0 && q->kv_cached < q->n_prompt && p->kv_cached == 0);
+            CHECK(q->fst.chunk_hits > 0 && q->fst.chunk_misses == 0);
         } else {
-            CHECK_MSG(pa < fa, "aging %.0f ms: arrival order expected, the later request went %.1f ms first",
-                      aging[pass], pa - fa);
+            CHECK_MSG(pa < qa, "aging %.0f ms: arrival order expected, the later request went %.1f ms first",
+                      aging[pass], pa - qa);
         }
-        srv_job_release(p), srv_job_release(f);
+        srv_job_release(p), srv_job_release(q);
     }
-    srv_sched_free(s);
-    free(a);
-    srv_metrics_free(m);
-    srv_docs_free(d);
+    fix_close(&f);
 }
 
 /* The overtake bound: with one slot, cached requests that arrive after an uncached one go first
  * only until overtake_max of them have; then the uncached one is next, whatever is cached. */
 static void test_sched_overtake(void) {
-    srv_docs        *d  = srv_docs_new(0, 0);
-    srv_metrics     *m  = srv_metrics_new();
-    srv_api         *a  = api_new(NULL, d, m, 512);
     srv_sched_params sp = one_slot_params();
     sp.aging_ms         = 60000;
     sp.overtake_max     = 2;
-    char       err[256];
-    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
-    CHECK(s != NULL);
-    if (!s) return;
+    sched_fix        f;
+    if (!fix_open(&f, &sp)) return;
     static const char fused[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is it?\"}], \"max_tokens\": 2, "
                                 "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"]}";
     static const char plain[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"a lazy dog sleeps in the sun\"}], \"max_tokens\": 2}";
-    srv_job *j0 = make_job(a, NULL, fused); /* puts the documents' chunks in the cache */
-    free(j0 ? run_one(s, j0) : NULL);
+    srv_job *j0 = make_job(f.a, NULL, fused); /* puts the documents' chunks in the cache */
+    free(j0 ? run_one(f.s, j0) : NULL);
     if (j0) srv_job_release(j0);
-    enum { NF = 4 };
-    srv_job *p = make_job(a, NULL, plain), *f[NF];
-    int      ra, n_f = 0;
-    for (; n_f < NF && (f[n_f] = make_job(a, NULL, fused)) != NULL; n_f++) {}
-    CHECK(p != NULL && n_f == NF);
-    if (p && n_f == NF) {
-        srv_sched_hold(s, true);
-        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK); /* p arrives first */
-        for (int i = 0; i < NF; i++) {
-            usleep(2000);
-            CHECK(srv_sched_submit(s, f[i], &ra) == SRV_SUBMIT_OK);
-        }
-        srv_sched_hold(s, false);
-        wait_done(p);
-        for (int i = 0; i < NF; i++) wait_done(f[i]);
-        /* admission times: f0, f1 (p overtaken twice: due), p, f2, f3 */
-        double pa = p->t_arrival_ms + p->queue_ms, fa[NF];
-        for (int i = 0; i < NF; i++) fa[i] = f[i]->t_arrival_ms + f[i]->queue_ms;
-        CHECK_MSG(fa[0] < pa && fa[1] < pa, "the cached requests did not go first (%.1f, %.1f ms before)", pa - fa[0], pa - fa[1]);
-        CHECK_MSG(pa < fa[2] && pa < fa[3], "the uncached request was overtaken more than twice (%.1f, %.1f ms after)",
-                  pa - fa[2], pa - fa[3]);
-        CHECK(p->overtaken == 2 && f[2]->overtaken == 0);
+    enum { NJ = 5 }; /* the uncached p, then 4 cached ones */
+    srv_job *j[NJ];
+    int      n = 0;
+    for (; n < NJ && (j[n] = make_job(f.a, NULL, n ? fused : plain)) != NULL; n++) {}
+    CHECK(n == NJ);
+    if (n == NJ) {
+        submit_in_order(f.s, j, NJ);
+        /* admitted: j1, j2 (p overtaken twice: due), p, j3, j4 */
+        double pa = admitted_at(j[0]);
+        CHECK_MSG(admitted_at(j[1]) < pa && admitted_at(j[2]) < pa, "the cached requests did not go first (%.1f, %.1f ms before)",
+                  pa - admitted_at(j[1]), pa - admitted_at(j[2]));
+        CHECK_MSG(pa < admitted_at(j[3]) && pa < admitted_at(j[4]), "the uncached request was overtaken more than twice");
+        CHECK(j[0]->overtaken == 2 && j[3]->overtaken == 0);
     }
-    if (p) srv_job_release(p);
-    for (int i = 0; i < n_f; i++) srv_job_release(f[i]);
-    srv_sched_free(s);
-    free(a);
-    srv_metrics_free(m);
-    srv_docs_free(d);
+    for (int i = 0; i < n; i++) srv_job_release(j[i]);
+    fix_close(&f);
 }
 
 /* Scores are redone when a job ends: a request whose documents another request computed while
  * it waited now goes before an earlier uncached one. */
 static void test_sched_rescore(void) {
-    srv_docs        *d  = srv_docs_new(0, 0);
-    srv_metrics     *m  = srv_metrics_new();
-    srv_api         *a  = api_new(NULL, d, m, 512);
     srv_sched_params sp = one_slot_params();
     sp.aging_ms         = 60000;
-    char       err[256];
-    srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
-    CHECK(s != NULL);
-    if (!s) return;
+    sched_fix        f;
+    if (!fix_open(&f, &sp)) return;
     static const char fused[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"what is green?\"}], \"max_tokens\": 2, "
                                 "\"documents\": [\"the frog sat on a green leaf\", \"a boat went down the river\"]}";
     static const char plain[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"the old clock on the wall\"}], \"max_tokens\": 2}";
-    srv_job *x = make_job(a, NULL, fused), *p = make_job(a, NULL, plain), *y = make_job(a, NULL, fused);
-    int      ra;
+    srv_job *x = make_job(f.a, NULL, fused), *p = make_job(f.a, NULL, plain), *y = make_job(f.a, NULL, fused);
     CHECK(x && p && y);
     if (x && p && y) {
-        srv_sched_hold(s, true); /* x, p, y arrive in this order, nothing cached */
-        CHECK(srv_sched_submit(s, x, &ra) == SRV_SUBMIT_OK);
-        usleep(2000);
-        CHECK(srv_sched_submit(s, p, &ra) == SRV_SUBMIT_OK);
-        usleep(2000);
-        CHECK(srv_sched_submit(s, y, &ra) == SRV_SUBMIT_OK);
-        srv_sched_hold(s, false);
-        wait_done(x), wait_done(p), wait_done(y);
+        submit_in_order(f.s, (srv_job *[]){x, p, y}, 3); /* nothing cached */
         CHECK(x->err_status == 0 && p->err_status == 0 && y->err_status == 0);
-        double pa = p->t_arrival_ms + p->queue_ms, ya = y->t_arrival_ms + y->queue_ms;
         CHECK(x->fst.chunk_misses > 0 && y->fst.chunk_misses == 0 && y->fst.chunk_hits > 0);
-        CHECK_MSG(ya < pa, "y, whose documents x computed, was admitted %.1f ms after the uncached p", ya - pa);
+        CHECK_MSG(admitted_at(y) < admitted_at(p), "y, whose documents x computed, was admitted %.1f ms after the uncached p",
+                  admitted_at(y) - admitted_at(p));
     }
     if (x) srv_job_release(x);
     if (p) srv_job_release(p);
     if (y) srv_job_release(y);
-    srv_sched_free(s);
-    free(a);
-    srv_metrics_free(m);
-    srv_docs_free(d);
+    fix_close(&f);
 }
 
 /* The queue's eviction hints: with one slot and a cache one document short, an earlier job
@@ -1081,17 +1078,14 @@ static void test_sched_queue_hints(void) {
     size_t per_tok = kvf_chunk_row_bytes(KVF_CHUNK_F16, mi.n_head_kv * mi.head_dim) * 2 * (size_t)mi.n_layer;
     size_t budget  = 0;
     for (int pass = -1; pass < 2; pass++) { /* -1: sizes (unbounded cache); 0: LRU; 1: hints */
-        srv_docs        *d  = srv_docs_new(0, 0);
-        srv_metrics     *m  = srv_metrics_new();
-        srv_api         *a  = api_new(NULL, d, m, 512);
         srv_sched_params sp = one_slot_params();
         sp.cache_bytes      = pass < 0 ? 0 : budget;
         sp.aging_ms         = pass == 1 ? 1 : 0; /* 1 ms: every job is due (arrival order), hints on */
-        char       err[256];
-        srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
-        CHECK(s != NULL);
-        if (!s) return;
-        char body[1024];
+        sched_fix f;
+        if (!fix_open(&f, &sp)) return;
+        srv_sched *s = f.s;
+        srv_api   *a = f.a;
+        char       body[1024];
         snprintf(body, sizeof body, base, "where is the key?", d1);
         srv_job *ja = make_job(a, NULL, body); /* caches the prefix and d1 */
         free(ja ? run_one(s, ja) : NULL);
@@ -1099,15 +1093,9 @@ static void test_sched_queue_hints(void) {
         srv_job *jc = make_job(a, NULL, body);
         snprintf(body, sizeof body, base, "what colour is the key?", d1);
         srv_job *jb = make_job(a, NULL, body);
-        int      ra;
         CHECK(ja && jc && jb);
         if (ja && jc && jb) {
-            srv_sched_hold(s, true); /* c (two new documents) arrives before b (d1 again) */
-            CHECK(srv_sched_submit(s, jc, &ra) == SRV_SUBMIT_OK);
-            usleep(2000);
-            CHECK(srv_sched_submit(s, jb, &ra) == SRV_SUBMIT_OK);
-            srv_sched_hold(s, false);
-            wait_done(jc), wait_done(jb);
+            submit_in_order(s, (srv_job *[]){jc, jb}, 2); /* c (two new documents), then b (d1 again) */
             CHECK(jc->err_status == 0 && jb->err_status == 0);
             if (pass < 0) { /* room for the prefix and three documents, less half the smaller one */
                 int32_t n1 = ja->segs[1].n, n2 = jc->segs[1].n, n3 = jc->segs[2].n;
@@ -1122,10 +1110,7 @@ static void test_sched_queue_hints(void) {
         if (ja) srv_job_release(ja);
         if (jc) srv_job_release(jc);
         if (jb) srv_job_release(jb);
-        srv_sched_free(s);
-        free(a);
-        srv_metrics_free(m);
-        srv_docs_free(d);
+        fix_close(&f);
     }
 }
 
