@@ -11,7 +11,8 @@
 # `kvfuse conv-profile`; without LAYERS one is measured first on 4096 tokens of the needle set's
 # Paul Graham essays (~30 s on the 0.5B) and kept next to OUT.
 #   env: CONVS (5), TOPICS (3), PASSAGES (4), FRAC (0.25), BLOCK (256), EPISODES (4), PROBE (64),
-#        N (16), MODES (epi,recent), LAYERS, ALPHA (1.3), SHARED (../shared),
+#        N (16), MODES (epi,recent), LAYERS, ALPHA (1.3), OFFSET (0: the first MuSiQue example
+#        used; another offset gives other conversations, for development), SHARED (../shared),
 #        OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ if [[ ",$MODES," == *,epil,* ]]; then
 fi
 "$BIN" -m "$MODEL" --data "$DATA" --conversations "${CONVS:-5}" --topics "${TOPICS:-3}" \
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
-    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" \
+    --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" --offset "${OFFSET:-0}" \
     "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"
