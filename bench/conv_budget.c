@@ -56,7 +56,8 @@ static void usage(void) {
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
             "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia]\n"
-            "       [--offset I]\n"
+            "       [--offset I] [--score max|sum]   (a cell's probe attention: the maximum\n"
+            "       over the probe's rows, the default, or their sum)\n"
             "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
             "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
 }
@@ -121,6 +122,7 @@ int main(int argc, char **argv) {
     int threads = 0, offset = 0;
     const char *mode_list = "epi,recent", *layers = NULL;
     double alpha = 1.3;
+    int score_sum = 0;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -156,6 +158,8 @@ int main(int argc, char **argv) {
             layers = v;
         else if (!strcmp(a, "--alpha"))
             alpha = atof(v);
+        else if (!strcmp(a, "--score") && (!strcmp(v, "sum") || !strcmp(v, "max")))
+            score_sum = !strcmp(v, "sum");
         else
             return usage(), 2;
         i++;
@@ -233,6 +237,7 @@ int main(int argc, char **argv) {
         }
         int32_t budget = (int32_t)(n_hist * frac);
         kvf_conv_budget_params bp = kvf_conv_budget_default_params(budget);
+        bp.score_sum = score_sum;
         bp.block = block;
         bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
         kvf_episodes *ep = NULL;

@@ -503,14 +503,17 @@ KVF_API kvf_status kvf_session_prefix_load(kvf_session *s, kvf_chunk_cache *cach
  * the probe would not fit, evicts cells down to what does fit: every layer and KV head keeps its
  * `sink` first cells, its `window` most recent ones and the cells a probe text attends to most
  * (the maximum over the probe's rows and the KV head's query heads of the softmax over the
- * cached keys, pooled over `pool` neighbours). The probe runs after the cache and leaves no
- * cells. The session never holds more than `budget` cells while doing so. */
+ * cached keys, or with `score_sum` their sum, pooled over `pool` neighbours). The probe runs after the
+ * cache and leaves no cells. The session never holds more than `budget` cells while doing so. */
 typedef struct kvf_conv_budget_params {
     int32_t budget; /* most cells held while prefilling the history (tokens per KV head) */
     int32_t block;  /* history tokens prefilled between evictions (256) */
     int32_t sink;   /* first cells never evicted, e.g. the system prompt (0) */
     int32_t window; /* most recent cells never evicted (32) */
     int32_t pool;   /* score pooling width (5; 1 = none) */
+    int32_t score_sum; /* 1: a cell's score is its attention summed over the probe's rows and
+                          query heads (SnapKV's observation window), so a cell many probe tokens
+                          attend to outranks one a single token does; 0: their maximum (0) */
     const int32_t *layer_budget; /* [n_layer] cells each layer may hold (mean <= budget), e.g.
                                     from kvf_conv_layer_budgets; NULL: budget for every layer */
     int32_t layer_adapt; /* 1: every eviction round shares the layers' cells out again by how much

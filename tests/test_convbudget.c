@@ -137,7 +137,7 @@ static int by_asc(const void *x, const void *y) {
 /* The probe's scores of the reference session r (which holds the nh history cells) at every
  * layer, by hand: the probe's queries against the cached keys, softmax over those keys only, the
  * maximum over probe rows and the query heads of a KV head. sc: [layer][kv head][nh]. */
-static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, int nh, float *sc) {
+static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, int nh, int use_sum, float *sc) {
     const kvf_hparams *hp = &r->m->hp;
     int g = hp->n_head / hp->n_head_kv;
     for (int i = 0; i < np; i++)
@@ -166,8 +166,10 @@ static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, i
                     double sum = 0;
                     for (int j = 0; j < nh; j++)
                         sum += exp((double)(lg[j] - mx));
-                    for (int j = 0; j < nh; j++)
-                        out[j] = fmaxf(out[j], (float)(exp((double)(lg[j] - mx)) / sum));
+                    for (int j = 0; j < nh; j++) {
+                        float a = (float)(exp((double)(lg[j] - mx)) / sum);
+                        out[j]  = use_sum ? out[j] + a : fmaxf(out[j], a);
+                    }
                 }
         }
         kvf_fwd_attn_out(r, l, r->x, &b);
@@ -198,10 +200,13 @@ static int by_fdesc(const void *x, const void *y) {
  *   64..191 (its start rounded to the key tile) and layer 1 all 192 at 0..191;
  * - adaptive (budget 160): the two layers' 2 x 76 scored cells are shared out by the probe's
  *   attention mass (each layer's k-th gain the mean over heads of its k-th largest pooled score
- *   over the head's total; at least 19 each), then the tile rounding as above.
+ *   over the head's total; at least 19 each), then the tile rounding as above;
+ * - uniform with score_sum: as the first, a cell's score the sum over the probe's rows and query
+ *   heads instead of their maximum.
  * Every head must keep exactly its sink, its window and its top cells by pooled score, in order. */
 static void test_selection_by_hand(int mode) {
-    const char *tags[3] = {"hand", "handl", "handa"};
+    const char *tags[4] = {"hand", "handl", "handa", "hands"};
+    const int   uniform = mode == 0 || mode == 3;
     kvf_model *m = load_synth(tags[mode], 13);
     if (!m) return;
     kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
@@ -213,12 +218,13 @@ static void test_selection_by_hand(int mode) {
     p.block = 64, p.sink = sink, p.window = window, p.pool = 3;
     if (mode == 1) p.layer_budget = lb;
     p.layer_adapt = mode == 2;
+    p.score_sum   = mode == 3;
     kvf_conv_budget_stats st;
     CHECK_EQ(kvf_session_prefill_budget(s, ids, n_ids, probe, 8, &p, &st), KVF_OK);
     CHECK_EQ(st.evictions, 1);
     CHECK_EQ(kvf_session_eval(r, ids, nh, 0), KVF_OK);
     static float sc[2 * 4 * 256];
-    probe_scores_by_hand(r, probe, 8, nh, sc);
+    probe_scores_by_hand(r, probe, 8, nh, mode == 3, sc);
     /* the cells each layer keeps */
     int keep[2] = {budget - 72, budget - 72};
     if (mode == 1) keep[0] = lb[0] - 72, keep[1] = KVF_MIN(lb[1] - 72, nh);
@@ -257,8 +263,8 @@ static void test_selection_by_hand(int mode) {
     }
     int top = KVF_MAX(keep[0], keep[1]), dst[2];
     for (int l = 0; l < 2; l++) {
-        dst[l] = mode == 0 ? 0 : (top - keep[l] + 63) / 64 * 64;
-        keep[l] = mode == 0 ? keep[l] : top - dst[l];
+        dst[l] = uniform ? 0 : (top - keep[l] + 63) / 64 * 64;
+        keep[l] = uniform ? keep[l] : top - dst[l];
     }
     CHECK_EQ(s->n_cells, top + 64);
     CHECK_EQ(s->cell_start[0], dst[0]);
@@ -299,6 +305,9 @@ static void test_selection_uniform(void) {
 }
 static void test_selection_layered(void) {
     test_selection_by_hand(1);
+}
+static void test_selection_score_sum(void) {
+    test_selection_by_hand(3);
 }
 static void test_selection_adaptive(void) {
     test_selection_by_hand(2);
@@ -546,6 +555,7 @@ int main(void) {
     RUN(test_selection_uniform);
     RUN(test_selection_layered);
     RUN(test_selection_adaptive);
+    RUN(test_selection_score_sum);
     RUN(test_layer_start_exact);
     RUN(test_layer_budgets);
     RUN(test_layer_profile);

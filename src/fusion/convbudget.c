@@ -6,7 +6,7 @@
  * Eviction rounds run before a block that would not fit: the probe's rows run through every
  * layer after the cached cells (their K/V land in the cells past n_cells and are dropped), each
  * layer's post-RoPE queries are scored against the cached keys (softmax over those keys only,
- * the maximum over probe rows and the query heads of a KV head), the scores are pooled over
+ * the maximum over probe rows and the query heads of a KV head, or their sum), the scores are pooled over
  * neighbours, and each head keeps its sink, its recent window and its top cells. Cells then no
  * longer map to one position (s->evicted): the session can only grow or be reset.
  *
@@ -39,7 +39,8 @@ typedef struct {
     kvf_session *s;
     int l;
     int32_t u, a, nh; /* probe rows (queries in s->q); the layer's cells [a, a + nh) */
-    float *score;     /* [n_head_kv][nh] of layer l: running maximum */
+    float *score;     /* [n_head_kv][nh] of layer l: running maximum (or sum) */
+    int score_sum;    /* kvf_conv_budget_params.score_sum */
     float *work;      /* per thread: [head_dim][nh] keys + [nh] logits */
     atomic_int_fast64_t next;
 } probe_task;
@@ -71,8 +72,12 @@ static void probe_head(void *p, int ith, int nth) {
                 for (int64_t j = 0; j < nh; j++)
                     sum += (lg[j] = expf(lg[j] - mx));
                 float inv = (float)(1.0 / sum);
-                for (int64_t j = 0; j < nh; j++)
-                    sc[j] = fmaxf(sc[j], lg[j] * inv);
+                if (t->score_sum)
+                    for (int64_t j = 0; j < nh; j++)
+                        sc[j] += lg[j] * inv;
+                else
+                    for (int64_t j = 0; j < nh; j++)
+                        sc[j] = fmaxf(sc[j], lg[j] * inv);
             }
     }
 }
@@ -203,6 +208,7 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
                             .a = kvf_cell_start(s, l),
                             .nh = held(s, l),
                             .score = score + (int64_t)l * Hkv * nh,
+                            .score_sum = p->score_sum,
                             .work = work};
             atomic_init(&t.next, 0);
             kvf_pool_run(s->pool, probe_head, &t);
