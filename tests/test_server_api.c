@@ -1589,16 +1589,14 @@ static void test_sched_flow_compute(void) {
     size_t budget  = 0;
     char  *answer[2] = {NULL, NULL};
     for (int pass = -1; pass < 2; pass++) { /* -1: sizes (unbounded cache); 0: off; 1: on */
-        srv_docs        *d  = srv_docs_new(0, 0);
-        srv_metrics     *m  = srv_metrics_new();
-        srv_api         *a  = api_new(NULL, d, m, 512);
         srv_sched_params sp = one_slot_params();
         sp.cache_bytes      = pass < 0 ? 0 : budget;
         sp.flow_compute     = pass == 1;
-        char       err[256];
-        srv_sched *s = srv_sched_new(g_model, &sp, m, err, sizeof err);
-        CHECK(s != NULL);
-        if (!s) return;
+        sched_fix f;
+        if (!fix_open(&f, &sp)) return;
+        srv_sched   *s = f.s;
+        srv_api     *a = f.a;
+        srv_metrics *m = f.m;
         srv_job *jb = NULL, *ja = NULL, *jb2 = NULL;
         char     body[1024];
         snprintf(body, sizeof body, base, docs[0][0], docs[0][1], "B", "A");
@@ -1629,10 +1627,7 @@ static void test_sched_flow_compute(void) {
         if (jb) srv_job_release(jb);
         if (ja) srv_job_release(ja);
         if (jb2) srv_job_release(jb2);
-        srv_sched_free(s);
-        free(a);
-        srv_metrics_free(m);
-        srv_docs_free(d);
+        fix_close(&f);
     }
     CHECK(answer[0] && answer[1] && !strcmp(answer[0], answer[1]));
     free(answer[0]), free(answer[1]);

@@ -280,6 +280,16 @@ static kvf_chunk_cache *job_cache(srv_sched *s, const srv_job *j, char *err, siz
     return tenant_cache(s, j->ns, j, NULL, err, el);
 }
 
+/* The keys fused job j's chunks are looked up under (kvf_fuse_chunk_keys), computed once and
+ * kept in the job for the queue's and KVFlow's hints; how many (0 if out of memory). */
+static int32_t job_keys(srv_sched *s, srv_job *j) {
+    if (!j->ckeys && j->n_segs > 1 && (j->ckeys = malloc(16 * (size_t)(j->n_segs - 1))) != NULL) {
+        j->n_ckeys = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, j->ckeys, j->n_segs - 1);
+        if (j->n_ckeys < 0) j->n_ckeys = 0;
+    }
+    return j->n_ckeys;
+}
+
 /* ---- job endings ----------------------------------------------------------------------- */
 
 /* A plain job's tokens stay findable after the slot serves another conversation: the blocks
@@ -535,10 +545,7 @@ static int32_t cached_tokens_of(srv_sched *s, srv_job *j) {
         char             err[160];
         kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
         int64_t          n = c ? kvf_fuse_cached_tokens(s->m, c, j->segs, j->n_segs, &j->fp) : 0;
-        if (!j->ckeys && j->n_segs > 1 && (j->ckeys = malloc(16 * (size_t)(j->n_segs - 1))) != NULL) {
-            j->n_ckeys = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, j->ckeys, j->n_segs - 1);
-            if (j->n_ckeys < 0) j->n_ckeys = 0;
-        }
+        job_keys(s, j);
         s->mux.job = NULL;
         return n > 0 ? (int32_t)n : 0;
     }
@@ -694,9 +701,8 @@ static void admit(srv_sched *s, srv_job *j) {
 /* KVFlow: this step of a workflow starts; the caches learn how far each of the workflow's chunks
  * is from use, and the next steps' chunks are read up from the lower tiers meanwhile */
 static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
-    kvf_chunk_key keys[256];
-    int32_t       n = kvf_fuse_chunk_keys(s->m, j->segs, j->n_segs, &j->fp, (uint8_t(*)[16])keys, 256);
-    int           w = n >= 0 && s->flow ? srv_flow_step(s->flow, j->ns, &j->flow, keys, n, c) : 0;
+    int32_t n = job_keys(s, j);
+    int     w = s->flow ? srv_flow_step(s->flow, j->ns, &j->flow, (const kvf_chunk_key *)j->ckeys, n, c) : 0;
     if (s->flow && s->p.flow_compute && !s->p.store) { /* to compute its chunks ahead next time */
         uint8_t *sh = calloc((size_t)j->n_segs, 1);
         for (int32_t i = 1; sh && i + 1 < j->n_segs; i++) sh[i] = is_shared_doc(j, j->segs[i].ids, j->segs[i].n);
