@@ -381,30 +381,39 @@ static void test_kvflow_eviction(void) {
         CHECK(s->ops->hint != NULL);
 #define HAS(i) has_key(s, c[i])
         for (int i = 0; i < 3; i++) s->ops->put(s, &c[i]->key, c[i]);
-        s->ops->hint(s, &c[0]->key, 1, 0); /* c0 is the LRU one, but needed now */
-        s->ops->hint(s, &c[1]->key, 1, 2);
-        s->ops->hint(s, &c[2]->key, 1, 1);
+        s->ops->hint(s, &c[0]->key, 1, KVF_HINT_FLOW, 0); /* c0 is the LRU one, but needed now */
+        s->ops->hint(s, &c[1]->key, 1, KVF_HINT_FLOW, 2);
+        s->ops->hint(s, &c[2]->key, 1, KVF_HINT_FLOW, 1);
         s->ops->put(s, &c[3]->key, c[3]); /* evicts c1: two steps away */
         CHECK_MSG(HAS(0) && !HAS(1) && HAS(2) && HAS(3), "cache kind %d: the furthest step first", kind);
-        s->ops->hint(s, &c[3]->key, 1, 0);
-        s->ops->hint(s, &c[4]->key, 1, 5); /* before c4 is cached */
+        s->ops->hint(s, &c[3]->key, 1, KVF_HINT_FLOW, 0);
+        s->ops->hint(s, &c[4]->key, 1, KVF_HINT_FLOW, 5); /* before c4 is cached */
         s->ops->put(s, &c[4]->key, c[4]);  /* c0 0, c2 1, c3 0: c2 goes */
         CHECK_MSG(HAS(0) && !HAS(2) && HAS(3) && HAS(4), "cache kind %d: step 1 before step 0", kind);
         s->ops->put(s, &c[5]->key, c[5]); /* c4 (5 steps, hinted before it came) goes */
         CHECK_MSG(HAS(0) && HAS(3) && !HAS(4) && HAS(5), "cache kind %d: a hint given before the put", kind);
         s->ops->put(s, &c[6]->key, c[6]); /* c5 has no hint: before any hinted one */
         CHECK_MSG(HAS(0) && HAS(3) && !HAS(5) && HAS(6), "cache kind %d: no hint goes first", kind);
+        /* another source's hint on c0 comes and goes: c0 keeps its own (0, needed now) */
+        s->ops->hint(s, &c[0]->key, 1, KVF_HINT_QUEUE, 2);
+        s->ops->hint(s, &c[0]->key, 1, KVF_HINT_QUEUE, KVF_STEPS_NONE);
+        s->ops->hint(s, &c[6]->key, 1, KVF_HINT_FLOW, 1);
+        s->ops->put(s, &c[8]->key, c[8]); /* c0 0, c3 0, c6 1: c6 goes, not c0 */
+        CHECK_MSG(HAS(0) && HAS(3) && !HAS(6) && HAS(8), "cache kind %d: lanes", kind);
+        s->ops->put(s, &c[6]->key, c[6]); /* c8 has no hint: it goes */
+        CHECK_MSG(HAS(0) && HAS(3) && HAS(6) && !HAS(8), "cache kind %d: lanes", kind);
+        s->ops->hint(s, &c[6]->key, 1, KVF_HINT_FLOW, KVF_STEPS_NONE);
         /* hints cleared: plain LRU again (c0 touched last, c3 is the oldest) */
-        s->ops->hint(s, &c[0]->key, 1, KVF_STEPS_NONE);
-        s->ops->hint(s, &c[3]->key, 1, KVF_STEPS_NONE);
+        s->ops->hint(s, &c[0]->key, 1, KVF_HINT_FLOW, KVF_STEPS_NONE);
+        s->ops->hint(s, &c[3]->key, 1, KVF_HINT_FLOW, KVF_STEPS_NONE);
         kvf_chunk_release(s->ops->get(s, &c[0]->key));
         kvf_chunk_release(s->ops->get(s, &c[6]->key));
         s->ops->put(s, &c[7]->key, c[7]);
         CHECK_MSG(HAS(0) && !HAS(3) && HAS(6) && HAS(7), "cache kind %d: LRU among equals", kind);
         if (kind == 1) { /* the store: a pinned entry stays whatever its hint */
-            s->ops->hint(s, &c[0]->key, 1, 9);
-            s->ops->hint(s, &c[6]->key, 1, 3);
-            s->ops->hint(s, &c[7]->key, 1, 0);
+            s->ops->hint(s, &c[0]->key, 1, KVF_HINT_FLOW, 9);
+            s->ops->hint(s, &c[6]->key, 1, KVF_HINT_FLOW, 3);
+            s->ops->hint(s, &c[7]->key, 1, KVF_HINT_FLOW, 0);
             CHECK_EQ(kvf_store_pin(s, c[0]->key.b, true), KVF_OK);
             s->ops->put(s, &c[8]->key, c[8]);
             CHECK(HAS(0) && !HAS(6) && HAS(7) && HAS(8));
@@ -413,6 +422,52 @@ static void test_kvflow_eviction(void) {
         kvf_chunk_cache_free(s);
     }
     for (int i = 0; i < 9; i++) kvf_chunk_release(c[i]);
+}
+
+/* The hint map (store/steps.h): a key's hint is the nearest of its lanes', and a lane clears
+ * only its own; when 3/4 full the map drops the keys no lane hints any more and keeps every live
+ * hint (growing when the live ones fill half of it) instead of forgetting them all. */
+static void test_steps_lanes_and_rebuild(void) {
+    kvf_steps t;
+    CHECK_EQ(kvf_steps_init(&t, 64), KVF_OK);
+    CHECK_EQ(t.cap, 64u);
+    uint8_t k[16] = {0}, other[16] = {0};
+    k[8] = 1, other[8] = 2;
+    CHECK_EQ(kvf_steps_get(&t, k), KVF_STEPS_NONE);
+    kvf_steps_set(&t, k, KVF_HINT_FLOW, 5);
+    kvf_steps_set(&t, k, KVF_HINT_QUEUE, 1);
+    CHECK_EQ(kvf_steps_get(&t, k), 1u); /* the nearest */
+    kvf_steps_set(&t, k, KVF_HINT_QUEUE, KVF_STEPS_NONE);
+    CHECK_EQ(kvf_steps_get(&t, k), 5u); /* the workflow's hint stands */
+    kvf_steps_set(&t, k, KVF_HINT_LANES, 0); /* a bad lane changes nothing */
+    kvf_steps_set(&t, k, -1, 0);
+    CHECK_EQ(kvf_steps_get(&t, k), 5u);
+    kvf_steps_set(&t, other, KVF_HINT_QUEUE, KVF_STEPS_NONE); /* clearing an absent key adds none */
+    CHECK_EQ(t.n, 1u);
+    /* churn: 400 keys hinted and cleared one after the other (a queue's requests) in a map of 64
+     * slots; the workflow's key keeps its hint through every rebuild, and the map stays small */
+    uint8_t key[16] = {0};
+    for (uint32_t i = 0; i < 400; i++) {
+        memcpy(key + 8, &(uint64_t){0x9e3779b97f4a7c15ull * (i + 3)}, 8);
+        kvf_steps_set(&t, key, KVF_HINT_QUEUE, 2);
+        CHECK_EQ(kvf_steps_get(&t, key), 2u);
+        kvf_steps_set(&t, key, KVF_HINT_QUEUE, KVF_STEPS_NONE);
+    }
+    CHECK_EQ(kvf_steps_get(&t, k), 5u);
+    CHECK_EQ(t.cap, 64u);
+    CHECK(t.n <= 48);
+    /* 100 live hints at once: the map grows and keeps them all */
+    for (uint32_t i = 0; i < 100; i++) {
+        memcpy(key + 8, &(uint64_t){0x9e3779b97f4a7c15ull * (i + 1000)}, 8);
+        kvf_steps_set(&t, key, KVF_HINT_FLOW, i);
+    }
+    CHECK(t.cap >= 256);
+    for (uint32_t i = 0; i < 100; i++) {
+        memcpy(key + 8, &(uint64_t){0x9e3779b97f4a7c15ull * (i + 1000)}, 8);
+        CHECK_EQ(kvf_steps_get(&t, key), i);
+    }
+    CHECK_EQ(kvf_steps_get(&t, k), 5u);
+    kvf_steps_free(&t);
 }
 
 /* The store's warm(): keys missing from memory are read up from the disk tier in the
@@ -1047,6 +1102,7 @@ int main(void) {
     RUN(test_q8_dtype);
     RUN(test_memory_lru_and_pin);
     RUN(test_kvflow_eviction);
+    RUN(test_steps_lanes_and_rebuild);
     RUN(test_kvflow_warm);
     RUN(test_disk_roundtrip_and_persistence);
     RUN(test_disk_budget_lru);

@@ -361,10 +361,10 @@ static kvf_status mem_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chun
     return KVF_OK;
 }
 
-static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
     mem_cache *m = (mem_cache *)c;
     pthread_mutex_lock(&m->mu);
-    for (int i = 0; i < n; i++) kvf_steps_set(&m->steps, keys[i].b, steps);
+    for (int i = 0; i < n; i++) kvf_steps_set(&m->steps, keys[i].b, lane, steps);
     pthread_mutex_unlock(&m->mu);
 }
 

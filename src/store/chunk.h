@@ -119,9 +119,11 @@ typedef struct kvf_chunk_cache_ops {
     void (*prefetch)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n);
     /* Optional (NULL: plain LRU). KVFlow's steps-to-execution hint (store/steps.h): these keys
      * are needed again in `steps` agent steps (0: by the step running now; KVF_STEPS_NONE: no
-     * longer known). The memory tier evicts the entries needed furthest away first (no hint
-     * counts as never), the least recently used among equals. Also for keys not cached yet. */
-    void (*hint)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps);
+     * longer known), says source `lane` (kvf_hint_lane; each source sets and clears only its
+     * own, a key counts by the nearest). The memory tier evicts the entries needed furthest
+     * away first (no hint counts as never), the least recently used among equals. Also for
+     * keys not cached yet. */
+    void (*hint)(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps);
     /* Optional (NULL: nothing to do). Bring these keys into the memory tier from the lower tiers
      * in the background (the store's writer thread reads them from disk or Redis); returns at
      * once. KVFlow's prefetch of the next steps' KV while the current step runs. */

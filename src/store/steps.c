@@ -4,10 +4,9 @@
 
 #include <string.h>
 
-kvf_status kvf_steps_init(kvf_steps *t, uint32_t cap_hint) {
-    memset(t, 0, sizeof *t);
-    uint32_t cap = 64;
-    while (cap < (cap_hint ? cap_hint : 16384u) && cap < (1u << 24)) cap <<= 1;
+#define STEPS_MAX_CAP (1u << 24)
+
+static kvf_status alloc_table(kvf_steps *t, uint32_t cap) {
     t->keys  = kvf_malloc(sizeof *t->keys * cap);
     t->steps = kvf_malloc(sizeof *t->steps * cap);
     t->used  = kvf_calloc(cap, 1);
@@ -15,8 +14,15 @@ kvf_status kvf_steps_init(kvf_steps *t, uint32_t cap_hint) {
         kvf_steps_free(t);
         return kvf_set_error(KVF_E_NOMEM, "out of memory for the cache's step hints");
     }
-    t->cap = cap;
+    t->cap = cap, t->n = 0;
     return KVF_OK;
+}
+
+kvf_status kvf_steps_init(kvf_steps *t, uint32_t cap_hint) {
+    memset(t, 0, sizeof *t);
+    uint32_t cap = 64;
+    while (cap < (cap_hint ? cap_hint : 16384u) && cap < STEPS_MAX_CAP) cap <<= 1;
+    return alloc_table(t, cap);
 }
 
 void kvf_steps_free(kvf_steps *t) {
@@ -32,27 +38,61 @@ static uint32_t slot_of(const kvf_steps *t, const uint8_t key[16]) {
     return i;
 }
 
-uint32_t kvf_steps_get(const kvf_steps *t, const uint8_t key[16]) {
-    if (!t->cap || !t->n) return KVF_STEPS_NONE;
-    uint32_t i = slot_of(t, key);
-    return t->used[i] ? t->steps[i] : KVF_STEPS_NONE;
+static int live(const uint32_t steps[KVF_HINT_LANES]) {
+    for (int l = 0; l < KVF_HINT_LANES; l++)
+        if (steps[l] != KVF_STEPS_NONE) return 1;
+    return 0;
 }
 
-void kvf_steps_set(kvf_steps *t, const uint8_t key[16], uint32_t steps) {
-    if (!t->cap) return;
+uint32_t kvf_steps_get(const kvf_steps *t, const uint8_t key[16]) {
+    if (!t->cap || !t->n) return KVF_STEPS_NONE;
+    uint32_t i = slot_of(t, key), best = KVF_STEPS_NONE;
+    if (!t->used[i]) return KVF_STEPS_NONE;
+    for (int l = 0; l < KVF_HINT_LANES; l++) best = KVF_MIN(best, t->steps[i][l]);
+    return best;
+}
+
+/* The table is 3/4 full: rebuild it from the keys some lane still hints, in a table twice
+ * the size when those fill half of this one. Forgets everything only when no table can be
+ * had (advisory hints: the caches fall back to LRU). */
+static void rebuild(kvf_steps *t) {
+    uint32_t n_live = 0;
+    for (uint32_t i = 0; i < t->cap; i++) n_live += t->used[i] && live(t->steps[i]);
+    uint32_t  cap = t->cap;
+    if (n_live >= cap / 2 && cap < STEPS_MAX_CAP) cap <<= 1;
+    kvf_steps old = *t;
+    if (n_live >= cap / 2 || alloc_table(t, cap) != KVF_OK) { /* cannot grow: forget all */
+        *t = old;
+        memset(t->used, 0, t->cap);
+        t->n = 0;
+        return;
+    }
+    for (uint32_t i = 0; i < old.cap; i++) {
+        if (!old.used[i] || !live(old.steps[i])) continue;
+        uint32_t j = slot_of(t, old.keys[i]);
+        t->used[j] = 1;
+        memcpy(t->keys[j], old.keys[i], 16);
+        memcpy(t->steps[j], old.steps[i], sizeof t->steps[j]);
+        t->n++;
+    }
+    kvf_steps_free(&old);
+}
+
+void kvf_steps_set(kvf_steps *t, const uint8_t key[16], int lane, uint32_t steps) {
+    if (!t->cap || lane < 0 || lane >= KVF_HINT_LANES) return;
     uint32_t i = slot_of(t, key);
-    if (t->used[i]) { /* a cleared hint keeps its slot (no tombstones): it reads as none */
-        t->steps[i] = steps;
+    if (t->used[i]) { /* a cleared hint keeps its slot until the next rebuild */
+        t->steps[i][lane] = steps;
         return;
     }
     if (steps == KVF_STEPS_NONE) return;
-    if (t->n + 1 > t->cap - t->cap / 4) { /* 3/4 full: forget every hint (advisory) */
-        memset(t->used, 0, t->cap);
-        t->n = 0;
-        i    = slot_of(t, key);
+    if (t->n + 1 > t->cap - t->cap / 4) {
+        rebuild(t);
+        i = slot_of(t, key);
     }
-    t->used[i]  = 1;
+    t->used[i] = 1;
     memcpy(t->keys[i], key, 16);
-    t->steps[i] = steps;
+    for (int l = 0; l < KVF_HINT_LANES; l++) t->steps[i][l] = KVF_STEPS_NONE;
+    t->steps[i][lane] = steps;
     t->n++;
 }

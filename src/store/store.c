@@ -658,11 +658,11 @@ static void store_prefetch(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n)
     if (s->disk && s->have_model) kvf_lmdb_prefetch(s->disk, keys, n);
 }
 
-static void store_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+static void store_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
     kvf_store *s = (kvf_store *)c;
     if (!s->mem_budget) return;
     pthread_mutex_lock(&s->mmu);
-    for (int i = 0; i < n; i++) kvf_steps_set(&s->steps, keys[i].b, steps);
+    for (int i = 0; i < n; i++) kvf_steps_set(&s->steps, keys[i].b, lane, steps);
     pthread_mutex_unlock(&s->mmu);
 }
 

@@ -123,11 +123,11 @@ static void hint_all(const fwf *w, const int *dist, kvf_chunk_cache *cache) {
     for (int i = 0; i < w->n_steps; i++) max_d = dist[i] > max_d ? dist[i] : max_d;
     for (int i = 0; i < w->n_steps; i++)
         if (dist[i] < 0 && w->steps[i].n_keys)
-            cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, KVF_STEPS_NONE);
+            cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, KVF_HINT_FLOW, KVF_STEPS_NONE);
     for (int d = max_d; d >= 0; d--)
         for (int i = 0; i < w->n_steps; i++)
             if (dist[i] == d && w->steps[i].n_keys)
-                cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, (uint32_t)d);
+                cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, KVF_HINT_FLOW, (uint32_t)d);
 }
 
 void srv_flow_step_done(srv_flow *f, const char *ns, const srv_flow_hint *h, kvf_chunk_cache *cache) {

@@ -169,10 +169,10 @@ static void mux_prefetch(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
     if (x->shared && x->shared->ops->prefetch) x->shared->ops->prefetch(x->shared, keys, n);
 }
 
-static void mux_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, uint32_t steps) {
+static void mux_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
     mux_cache *x = (mux_cache *)c;
-    if (x->own->ops->hint) x->own->ops->hint(x->own, keys, n, steps);
-    if (x->shared && x->shared->ops->hint) x->shared->ops->hint(x->shared, keys, n, steps);
+    if (x->own->ops->hint) x->own->ops->hint(x->own, keys, n, lane, steps);
+    if (x->shared && x->shared->ops->hint) x->shared->ops->hint(x->shared, keys, n, lane, steps);
 }
 
 static void mux_warm(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n) {
@@ -512,7 +512,7 @@ static void queue_hint(srv_sched *s, srv_job *j, uint32_t steps) {
     if (j->n_ckeys <= 0 || j->flow.wf[0] || (steps == KVF_STEPS_NONE && !j->kv_hinted)) return;
     char             err[160];
     kvf_chunk_cache *c = job_cache(s, j, err, sizeof err);
-    if (c && c->ops->hint) c->ops->hint(c, (const kvf_chunk_key *)j->ckeys, j->n_ckeys, steps);
+    if (c && c->ops->hint) c->ops->hint(c, (const kvf_chunk_key *)j->ckeys, j->n_ckeys, KVF_HINT_QUEUE, steps);
     if (c) s->mux.job = NULL;
     j->kv_hinted = steps != KVF_STEPS_NONE;
 }
