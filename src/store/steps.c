@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-#define STEPS_MAX_CAP (1u << 24)
+#define STEPS_MAX_CAP (1u << 20) /* 25 MiB of hints at most */
 
 static kvf_status alloc_table(kvf_steps *t, uint32_t cap) {
     t->keys  = kvf_malloc(sizeof *t->keys * cap);

@@ -11,7 +11,7 @@
  *
  * kvf_steps is a bounded map key -> steps per lane, filled before or after the key is cached.
  * When it is 3/4 full it drops the keys no lane hints any more and, if the live ones still
- * fill half of it, doubles (up to 2^24 keys); only when it cannot grow does it forget every
+ * fill half of it, doubles (up to 2^20 keys); only when it cannot grow does it forget every
  * hint at once (advisory: the caches fall back to LRU until the next hints arrive). Not
  * thread-safe: the owning cache holds its lock around every call. */
 #ifndef KVF_STORE_STEPS_H
