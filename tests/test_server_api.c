@@ -1854,11 +1854,41 @@ static void test_sched_conv_budget(void) {
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
         CHECK(jnum(o, "kvfuse.conversation.episodes") >= 1 && jnum(o, "kvfuse.conversation.episodes") <= 4);
         CHECK(jnum(o, "kvfuse.conversation.episode") >= 0);
+        CHECK(strstr(rs.body, "\"probe\":\"episode\"") != NULL);
         cJSON_Delete(o);
         srv_response_clear(&rs);
     }
     free(t);
     if (j) srv_job_release(j);
+    /* --conv-probe question: the question itself is the probe, no episodes; same bound */
+    sp.conv_probe_question = true;
+    srv_sched *sq          = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(sq != NULL);
+    j = sq ? make_job(a, NULL, body) : NULL;
+    t = j ? run_one(sq, j) : NULL;
+    CHECK(t != NULL);
+    if (j && t) {
+        CHECK(j->conv_bounded && j->conv_probe_q);
+        CHECK(j->n_gen > 0);
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK(strstr(rs.body, "\"probe\":\"question\"") != NULL);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
+        /* the probe is the question's tokens (fewer than 64 here): its cells come off the kept */
+        int32_t nq = j->n_prompt - j->utt[j->n_utt - 1];
+        CHECK(nq > 0 && nq < 64);
+        CHECK(jnum(o, "kvfuse.conversation.kept_tokens") <= 512 - nq);
+        CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
+        CHECK_EQ(jnum(o, "kvfuse.conversation.episodes"), 0);
+        CHECK_EQ(jnum(o, "kvfuse.conversation.episode"), -1);
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    if (j) srv_job_release(j);
+    srv_sched_free(sq);
+    sp.conv_probe_question = false;
     /* a short chat goes the ordinary way */
     j = make_job(a, NULL, "{\"max_tokens\": 3, \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}");
     t = j ? run_one(s, j) : NULL;

@@ -523,6 +523,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     cJSON_AddNumberToObject(k, "batch_max", j->batch_max);
     if (j->conv_bounded) {
         cJSON *c = cJSON_AddObjectToObject(k, "conversation");
+        cJSON_AddStringToObject(c, "probe", j->conv_probe_q ? "question" : "episode");
         cJSON_AddNumberToObject(c, "episode", j->conv_episode);
         cJSON_AddNumberToObject(c, "episodes", j->conv_episodes);
         cJSON_AddNumberToObject(c, "kept_tokens", j->conv_kept);

@@ -124,6 +124,7 @@ typedef struct srv_job {
     int32_t         cached_tokens; /* prompt tokens whose KV was reused */
     int32_t         flow_warmed;   /* KVFlow: chunks of the next steps asked up from disk/Redis */
     bool            conv_bounded;  /* the history was prefilled under --conv-budget: */
+    bool            conv_probe_q;  /* ... with the question as the probe (else its episode) */
     int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions;
     int32_t         conv_layer_min, conv_layer_max; /* --conv-layers: least and most cells a
                                                        layer could hold (0: uniform) */

@@ -718,13 +718,17 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
 
 /* The history of a bounded conversation (every message but the last) in one unit: its episodes
  * clustered, the question routed to one, the history prefilled under the budget with that
- * episode's probe; the question follows in the ordinary units. */
+ * episode's probe (--conv-probe question: the question's first CONV_PROBE tokens instead, no
+ * episodes); the question follows in the ordinary units. */
 static void bounded_prefill(srv_sched *s, slot *sl) {
     srv_job      *j  = sl->job;
     double        t0 = srv_now_ms();
     int32_t       q0 = j->utt[j->n_utt - 1], probe[CONV_PROBE], np = 0, e_id = -1;
     kvf_episodes *ep = NULL;
-    if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
+    if (s->p.conv_probe_question) {
+        np = sl->n_flat - q0 < CONV_PROBE ? sl->n_flat - q0 : CONV_PROBE;
+        memcpy(probe, sl->flat + q0, sizeof(int32_t) * (size_t)(np > 0 ? np : 0));
+    } else if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
         e_id = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
         np   = e_id >= 0 ? kvf_episodes_probe(ep, e_id, probe, CONV_PROBE) : 0;
     }
@@ -751,6 +755,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     pthread_mutex_lock(&j->mu);
     j->prefill_ms += dt;
     j->conv_bounded   = true;
+    j->conv_probe_q   = s->p.conv_probe_question;
     j->conv_episode   = e_id;
     j->conv_episodes  = n_ep;
     j->conv_kept      = st.cells;

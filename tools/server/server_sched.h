@@ -69,6 +69,8 @@ typedef struct srv_sched_params {
                                   question's episode attends to least (kvf_session_prefill_budget);
                                   0 = off; >= 512 */
     int32_t     conv_episodes; /* episodes a history is clustered into (4) */
+    bool        conv_probe_question; /* the question itself is the eviction probe (--conv-probe
+                                        question; default false: the question's episode) */
     const char *conv_layers;   /* EpiCache's layer budgets: a profile from `kvfuse conv-profile`
                                   (NULL: every layer gets conv_budget) */
     float       conv_alpha;    /* how strongly the profile skews the budgets (1.3) */
