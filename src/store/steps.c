@@ -38,18 +38,17 @@ static uint32_t slot_of(const kvf_steps *t, const uint8_t key[16]) {
     return i;
 }
 
-static int live(const uint32_t steps[KVF_HINT_LANES]) {
-    for (int l = 0; l < KVF_HINT_LANES; l++)
-        if (steps[l] != KVF_STEPS_NONE) return 1;
-    return 0;
+/* a key's hint: the nearest of its lanes' (KVF_STEPS_NONE when no lane hints it) */
+static uint32_t nearest(const uint32_t steps[KVF_HINT_LANES]) {
+    uint32_t best = KVF_STEPS_NONE;
+    for (int l = 0; l < KVF_HINT_LANES; l++) best = KVF_MIN(best, steps[l]);
+    return best;
 }
 
 uint32_t kvf_steps_get(const kvf_steps *t, const uint8_t key[16]) {
     if (!t->cap || !t->n) return KVF_STEPS_NONE;
-    uint32_t i = slot_of(t, key), best = KVF_STEPS_NONE;
-    if (!t->used[i]) return KVF_STEPS_NONE;
-    for (int l = 0; l < KVF_HINT_LANES; l++) best = KVF_MIN(best, t->steps[i][l]);
-    return best;
+    uint32_t i = slot_of(t, key);
+    return t->used[i] ? nearest(t->steps[i]) : KVF_STEPS_NONE;
 }
 
 /* The table is 3/4 full: rebuild it from the keys some lane still hints, in a table twice
@@ -57,18 +56,18 @@ uint32_t kvf_steps_get(const kvf_steps *t, const uint8_t key[16]) {
  * had (advisory hints: the caches fall back to LRU). */
 static void rebuild(kvf_steps *t) {
     uint32_t n_live = 0;
-    for (uint32_t i = 0; i < t->cap; i++) n_live += t->used[i] && live(t->steps[i]);
+    for (uint32_t i = 0; i < t->cap; i++) n_live += t->used[i] && nearest(t->steps[i]) != KVF_STEPS_NONE;
     uint32_t  cap = t->cap;
     if (n_live >= cap / 2 && cap < STEPS_MAX_CAP) cap <<= 1;
     kvf_steps old = *t;
     if (n_live >= cap / 2 || alloc_table(t, cap) != KVF_OK) { /* cannot grow: forget all */
-        *t = old;
+        *t = old; /* alloc_table failed (or was not tried): the old table stands */
         memset(t->used, 0, t->cap);
         t->n = 0;
         return;
     }
     for (uint32_t i = 0; i < old.cap; i++) {
-        if (!old.used[i] || !live(old.steps[i])) continue;
+        if (!old.used[i] || nearest(old.steps[i]) == KVF_STEPS_NONE) continue;
         uint32_t j = slot_of(t, old.keys[i]);
         t->used[j] = 1;
         memcpy(t->keys[j], old.keys[i], 16);

@@ -297,10 +297,8 @@ int cmd_serve(int argc, char **argv) {
         case 'c': sp.n_ctx = (int32_t)cli_int("serve", "--ctx", optarg, 64, 1 << 20), ctx_set = true; break;
         case 2008: sp.aging_ms = cli_float("serve", "--queue-aging", optarg, 0, 1e9); break;
         case 2016:
-            if (strcmp(optarg, "episode") && strcmp(optarg, "question")) {
-                fprintf(stderr, "serve: --conv-probe must be episode or question, not '%s'\n", optarg);
-                return 2;
-            }
+            if (strcmp(optarg, "episode") && strcmp(optarg, "question"))
+                return cli_fail("serve", "--conv-probe expects episode or question, got '%s'", optarg);
             sp.conv_probe_question = !strcmp(optarg, "question");
             break;
         case 2015: sp.overtake_max = (int32_t)cli_int("serve", "--queue-overtake", optarg, 0, 1 << 20); break;
