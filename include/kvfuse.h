@@ -544,6 +544,18 @@ KVF_API kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids
                                               const int32_t *probe, int32_t n_probe,
                                               const kvf_conv_budget_params *p,
                                               kvf_conv_budget_stats *stats);
+/* The same in parts, so a server can interleave other work: *done is the history tokens the
+ * earlier parts prefilled (0 on the first call, which needs an empty session and resets
+ * *stats); each call prefills whole blocks until at least max_tokens more are in (max_tokens
+ * <= 0: the rest) and advances *done; stats accumulate over the parts, so pass the same
+ * struct each time. Between parts the session must not change. The parts together compute
+ * exactly what one kvf_session_prefill_budget call does. On an error the session is emptied
+ * and *done is 0. */
+KVF_API kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, int32_t n,
+                                                   const int32_t *probe, int32_t n_probe,
+                                                   const kvf_conv_budget_params *p,
+                                                   int32_t max_tokens, int32_t *done,
+                                                   kvf_conv_budget_stats *stats);
 
 /* Layer budgets (EpiCache's layer-wise allocation). kvf_conv_layer_profile measures how much
  * each layer's keys change when ids[0..n) is prefilled in blocks of `block` tokens, each block

@@ -125,6 +125,71 @@ static void test_no_eviction_is_dense(void) {
     kvf_model_free(m);
 }
 
+/* The history in parts (kvf_session_prefill_budget_part, as serve interleaves it with other
+ * work) computes exactly what one call does: the same cells, stats and logits; a session changed
+ * between parts is refused. */
+static void test_parts_equal_one_call(void) {
+    kvf_model *m = load_synth("parts", 14);
+    if (!m) return;
+    kvf_session *a = new_session(m, 64), *b = new_session(m, 64);
+    int32_t ids[1100], probe[12], q[9];
+    make_ids(ids, 1100, 4), make_ids(probe, 12, 2), make_ids(q, 9, 7);
+    for (int adapt = 0; adapt < 2 && a && b; adapt++) {
+        kvf_conv_budget_params p = kvf_conv_budget_default_params(360);
+        p.block = 96, p.sink = 6, p.window = 16, p.layer_adapt = adapt;
+        kvf_conv_budget_stats sa, sb;
+        kvf_session_truncate(a, 0), kvf_session_truncate(b, 0);
+        CHECK_EQ(kvf_session_prefill_budget(a, ids, 1100, probe, 12, &p, &sa), KVF_OK);
+        int32_t done = 0, parts = 0, last = 0;
+        kvf_status rc = KVF_OK;
+        while (rc == KVF_OK && done < 1100 && parts < 100) {
+            rc = kvf_session_prefill_budget_part(b, ids, 1100, probe, 12, &p, 150, &done, &sb);
+            parts++;
+            /* whole blocks, at least 150 tokens a part (fewer only at the end) */
+            CHECK(done == 1100 || (done - last >= 150 && done % 96 == 0));
+            last = done;
+        }
+        CHECK_EQ(rc, KVF_OK);
+        CHECK_EQ(parts, 6); /* 2 blocks a part: 192, 384, ..., 960, then the last 140 */
+        CHECK_EQ(sb.blocks, sa.blocks);
+        CHECK_EQ(sb.evictions, sa.evictions);
+        CHECK_EQ(sb.peak_cells, sa.peak_cells);
+        CHECK_EQ(sb.cells, sa.cells);
+        CHECK_EQ(b->n_cells, a->n_cells);
+        CHECK_EQ(kvf_session_n_past(b), 1100);
+        for (int l = 0; l < m->hp.n_layer; l++)
+            CHECK_EQ(b->cell_start[l], a->cell_start[l]);
+        CHECK_EQ(kvf_session_eval(a, q, 9, 0), KVF_OK);
+        CHECK_EQ(kvf_session_eval(b, q, 9, 0), KVF_OK);
+        double d = 0;
+        for (int32_t v = 0; v < kvf_model_n_vocab(m); v++)
+            d = fmax(d, fabs((double)kvf_session_logits(a, -1)[v] - kvf_session_logits(b, -1)[v]));
+        CHECK(d == 0);
+        if (d != 0) T_FAILMSG("parts: max logit difference to one call %.2e", d);
+    }
+    /* a session that changed between parts, and a later part without the earlier stats */
+    if (b) {
+        kvf_conv_budget_params p = kvf_conv_budget_default_params(360);
+        p.block = 96;
+        kvf_conv_budget_stats st;
+        int32_t done = 0;
+        kvf_session_truncate(b, 0);
+        CHECK_EQ(kvf_session_prefill_budget_part(b, ids, 1100, probe, 12, &p, 96, &done, &st), KVF_OK);
+        CHECK_EQ(done, 96);
+        CHECK_EQ(kvf_session_prefill_budget_part(b, ids, 1100, probe, 12, &p, 96, &done, NULL),
+                 KVF_E_INVAL);
+        CHECK_EQ(kvf_session_eval(b, q, 1, 0), KVF_OK); /* someone else's token */
+        CHECK_EQ(kvf_session_prefill_budget_part(b, ids, 1100, probe, 12, &p, 96, &done, &st),
+                 KVF_E_INVAL);
+        CHECK(strstr(kvf_errmsg(), "earlier parts") != NULL);
+        done = 1200; /* past the history */
+        CHECK_EQ(kvf_session_prefill_budget_part(b, ids, 1100, probe, 12, &p, 96, &done, &st),
+                 KVF_E_INVAL);
+    }
+    kvf_session_free(a), kvf_session_free(b);
+    kvf_model_free(m);
+}
+
 static int by_desc(const void *x, const void *y, void *arg) {
     const float *s = arg;
     float a = s[*(const int32_t *)x], b = s[*(const int32_t *)y];
@@ -552,6 +617,7 @@ int main(void) {
     RUN(test_errors);
     RUN(test_never_exceeds);
     RUN(test_no_eviction_is_dense);
+    RUN(test_parts_equal_one_call);
     RUN(test_selection_uniform);
     RUN(test_selection_layered);
     RUN(test_selection_adaptive);

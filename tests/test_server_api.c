@@ -1831,20 +1831,27 @@ static void test_sched_conv_budget(void) {
     sp.conv_budget = 300; /* below the least budget */
     CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
     CHECK(strstr(err, "--conv-budget") != NULL);
-    sp.conv_budget = 512;
-    srv_sched *s   = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    sp.conv_budget   = 512;
+    sp.prefill_chunk = 128; /* a unit: one block of the history (256), then the others decode */
+    srv_sched *s     = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(s != NULL);
     if (!s) return;
     char body[4096];
     conv_body(body, sizeof body);
-    srv_job *j = make_job(a, NULL, body);
-    char    *t = j ? run_one(s, j) : NULL;
+    srv_job *j  = make_job(a, NULL, body);
+    double   u0 = metric(m, "kvfuse_prefill_units_total"), k0 = metric(m, "kvfuse_prefill_tokens_total");
+    char    *t  = j ? run_one(s, j) : NULL;
     CHECK(t != NULL);
     if (j && t) {
         CHECK(j->n_prompt > 512); /* the history is longer than the budget */
         CHECK_EQ(j->n_utt, 26);   /* system, 24 notes and replies, the question */
         CHECK(j->conv_bounded);
         CHECK(j->n_gen > 0);
+        /* the history went in block by block, one unit each, and the question in one more; every
+         * prompt token counted once */
+        int32_t q0 = j->utt[j->n_utt - 1];
+        CHECK_EQ(metric(m, "kvfuse_prefill_units_total") - u0, (q0 + 255) / 256 + 1);
+        CHECK_EQ(metric(m, "kvfuse_prefill_tokens_total") - k0, j->n_prompt);
         srv_response rs = {0};
         srv_job_response(j, &rs);
         cJSON *o = cJSON_Parse(rs.body);

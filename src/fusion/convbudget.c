@@ -283,16 +283,37 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
 kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
                                       const int32_t *probe, int32_t n_probe,
                                       const kvf_conv_budget_params *p, kvf_conv_budget_stats *st) {
+    int32_t done = 0;
+    return kvf_session_prefill_budget_part(s, ids, n, probe, n_probe, p, 0, &done, st);
+}
+
+kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, int32_t n,
+                                           const int32_t *probe, int32_t n_probe,
+                                           const kvf_conv_budget_params *p, int32_t max_tokens,
+                                           int32_t *done, kvf_conv_budget_stats *st) {
     kvf_conv_budget_stats local;
-    if (!st) st = &local;
-    memset(st, 0, sizeof *st);
-    if (!s || !p || (!ids && n > 0) || n < 0 || (probe && n_probe < 1) || (!probe && n_probe != 0))
+    if (!st) {
+        if (done && *done > 0)
+            return kvf_set_error(KVF_E_INVAL, "kvf_session_prefill_budget_part: a later part "
+                                              "needs the earlier parts' stats");
+        st = &local;
+    }
+    if (!s || !p || !done || (!ids && n > 0) || n < 0 || (probe && n_probe < 1) ||
+        (!probe && n_probe != 0) || *done < 0 || *done > n)
         return kvf_set_error(KVF_E_INVAL, "kvf_session_prefill_budget: bad arguments");
-    if (s->n_cells != 0 || s->n_past != 0)
+    if (*done == 0) {
+        memset(st, 0, sizeof *st);
+        if (s->n_cells != 0 || s->n_past != 0)
+            return kvf_set_error(KVF_E_INVAL,
+                                 "kvf_session_prefill_budget: the session must be empty "
+                                 "(it holds %d tokens; truncate it to 0 first)",
+                                 s->n_past);
+    } else if (s->n_past != *done || st->blocks < 1) { /* changed since the part before */
         return kvf_set_error(KVF_E_INVAL,
-                             "kvf_session_prefill_budget: the session must be empty "
-                             "(it holds %d tokens; truncate it to 0 first)",
-                             s->n_past);
+                             "kvf_session_prefill_budget_part: the session holds %d tokens, "
+                             "not the %d the earlier parts prefilled",
+                             s->n_past, *done);
+    }
     if (kvf_session_attn(s).mode != KVF_ATTN_DENSE)
         return kvf_set_error(KVF_E_INVAL, "a conversation budget needs dense prefill attention");
     if (kvf_session_decode_attn(s).mode == KVF_DECODE_LOUIS) /* its index is of uncompacted cells */
@@ -346,7 +367,8 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
     int32_t *keep = kvf_malloc(sizeof(int32_t) * (size_t)L);
     if (!keep) return kvf_set_error(KVF_E_NOMEM, "out of memory for layer budgets");
     kvf_status rc = KVF_OK;
-    for (int32_t pos = 0; pos < n && rc == KVF_OK;) {
+    int32_t pos = *done, stop = max_tokens > 0 && max_tokens < n - pos ? pos + max_tokens : n;
+    while (pos < stop && rc == KVF_OK) {
         int32_t b = KVF_MIN(p->block, n - pos);
         /* some layer would not fit the block and the probe (adaptive: the layers together, or
          * one past the session's cells) */
@@ -379,6 +401,7 @@ kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_
     }
     kvf_free(keep);
     st->cells = held_mean(s, 0);
+    *done = rc == KVF_OK ? pos : 0;
     if (rc != KVF_OK) kvf_session_truncate(s, 0); /* a partial history is nobody's */
     return rc;
 }

@@ -29,6 +29,7 @@
 #include <xxhash.h>
 
 #define MAX_SLOTS 64
+#define CONV_PROBE 64 /* probe tokens of a bounded conversation (--conv-budget) */
 
 typedef enum { SLOT_FREE = 0, SLOT_PREFILL, SLOT_DECODE } slot_phase;
 
@@ -41,6 +42,15 @@ typedef struct slot {
     int32_t      n_flat, pf_done;
     bool         plain; /* plain prefill (no fusion call) */
     bool         bounded; /* plain chat prefilled under --conv-budget (EpiCache) */
+    struct {              /* its history, prefilled a few blocks per unit */
+        bool                   started;
+        int32_t                done; /* history tokens prefilled */
+        int32_t                probe[CONV_PROBE], np, episode, n_ep;
+        kvf_conv_budget_params bp;
+        kvf_conv_budget_stats  st;
+        int32_t               *lb; /* [n_layer] its layer budgets (--conv-layers), or NULL */
+        double                 ms;
+    } conv;
     int32_t      next;  /* sampled token to feed at the next decode step */
     /* tokens in the session, for prefix reuse by the next plain request of the same tenant */
     int32_t     *hist;
@@ -98,7 +108,6 @@ struct srv_sched {
     srv_flow       *flow;  /* KVFlow's workflow registry (server_flow.h) */
     kvf_session    *flow_s; /* KVFlow's idle computation of the next steps' chunks (lazily) */
     float          *conv_sim; /* [n_layer] the --conv-layers profile, or NULL */
-    int32_t        *conv_lb;  /* [n_layer] scratch: a request's layer budgets (inference thread) */
 };
 
 srv_sched_params srv_sched_default_params(void) {
@@ -657,6 +666,7 @@ static void admit(srv_sched *s, srv_job *j) {
         kvf_session_truncate(sl->s, 0);
         sl->pf_done = sl->n_hist = sl->n_saved = 0;
         sl->hist_ok      = false;
+        sl->conv.started = false;
         j->cached_tokens = 0;
     } else if (plain) {
         /* reuse the slot's previous tokens (same tenant, plain prompts only), or the longer
@@ -714,57 +724,73 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
     pthread_mutex_unlock(&j->mu);
 }
 
-#define CONV_PROBE 64 /* probe tokens of an episode */
-
-/* The history of a bounded conversation (every message but the last) in one unit: its episodes
- * clustered, the question routed to one, the history prefilled under the budget with that
- * episode's probe (--conv-probe question: the question's first CONV_PROBE tokens instead, no
- * episodes); the question follows in the ordinary units. */
+/* The history of a bounded conversation (every message but the last), a few blocks per unit so
+ * that the other slots decode meanwhile: on the first unit its episodes are clustered, the
+ * question routed to one and that episode's text made the probe (--conv-probe question: the
+ * question's first CONV_PROBE tokens, no episodes); every unit then prefills at least
+ * --prefill-chunk more history tokens under the budget (kvf_session_prefill_budget_part). The
+ * question follows in the ordinary units. */
 static void bounded_prefill(srv_sched *s, slot *sl) {
-    srv_job      *j  = sl->job;
-    double        t0 = srv_now_ms();
-    int32_t       q0 = j->utt[j->n_utt - 1], probe[CONV_PROBE], np = 0, e_id = -1;
-    kvf_episodes *ep = NULL;
-    if (s->p.conv_probe_question) {
-        np = sl->n_flat - q0 < CONV_PROBE ? sl->n_flat - q0 : CONV_PROBE;
-        memcpy(probe, sl->flat + q0, sizeof(int32_t) * (size_t)(np > 0 ? np : 0));
-    } else if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
-        e_id = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
-        np   = e_id >= 0 ? kvf_episodes_probe(ep, e_id, probe, CONV_PROBE) : 0;
+    srv_job *j  = sl->job;
+    double   t0 = srv_now_ms();
+    int32_t  q0 = j->utt[j->n_utt - 1];
+    if (!sl->conv.started) {
+        kvf_episodes *ep = NULL;
+        sl->conv.np = 0, sl->conv.episode = -1, sl->conv.done = 0, sl->conv.ms = 0;
+        if (s->p.conv_probe_question) {
+            sl->conv.np = sl->n_flat - q0 < CONV_PROBE ? sl->n_flat - q0 : CONV_PROBE;
+            memcpy(sl->conv.probe, sl->flat + q0, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
+        } else if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
+            sl->conv.episode = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
+            sl->conv.np = sl->conv.episode >= 0 ? kvf_episodes_probe(ep, sl->conv.episode, sl->conv.probe, CONV_PROBE) : 0;
+        }
+        if (sl->conv.np < 0) sl->conv.np = 0;
+        sl->conv.n_ep = kvf_episodes_count(ep);
+        kvf_episodes_free(ep);
+        kvf_conv_budget_params *bp = &sl->conv.bp;
+        *bp          = kvf_conv_budget_default_params(s->p.conv_budget);
+        int32_t room = s->p.conv_budget - (bp->block + bp->window + CONV_PROBE + 16);
+        bp->sink     = j->utt[1] < room ? j->utt[1] : room; /* the first message (system prompt) */
+        if (bp->sink > s->p.conv_budget / 4) bp->sink = s->p.conv_budget / 4;
+        /* layer budgets from the profile (uniform where this request's sink leaves no room) */
+        if (s->conv_sim && sl->conv.lb &&
+            kvf_conv_layer_budgets(s->conv_sim, kvf_model_n_layer(s->m), bp, sl->conv.np, s->p.conv_alpha,
+                                   sl->conv.lb) == KVF_OK)
+            bp->layer_budget = sl->conv.lb;
+        sl->conv.started = true;
     }
-    kvf_conv_budget_params bp = kvf_conv_budget_default_params(s->p.conv_budget);
-    int32_t room = s->p.conv_budget - (bp.block + bp.window + CONV_PROBE + 16);
-    bp.sink      = j->utt[1] < room ? j->utt[1] : room; /* the first message (system prompt) */
-    if (bp.sink > s->p.conv_budget / 4) bp.sink = s->p.conv_budget / 4;
-    /* layer budgets from the profile (uniform where this request's sink leaves no room) */
-    if (s->conv_sim &&
-        kvf_conv_layer_budgets(s->conv_sim, kvf_model_n_layer(s->m), &bp, np > 0 ? np : 0, s->p.conv_alpha,
-                               s->conv_lb) == KVF_OK)
-        bp.layer_budget = s->conv_lb;
-    kvf_conv_budget_stats st;
-    kvf_status rc = kvf_session_prefill_budget(sl->s, sl->flat, q0, np > 0 ? probe : NULL, np > 0 ? np : 0, &bp, &st);
-    int32_t n_ep = kvf_episodes_count(ep);
-    kvf_episodes_free(ep);
+    kvf_status rc = kvf_session_prefill_budget_part(sl->s, sl->flat, q0, sl->conv.np > 0 ? sl->conv.probe : NULL,
+                                                    sl->conv.np, &sl->conv.bp, s->p.prefill_chunk, &sl->conv.done,
+                                                    &sl->conv.st);
     double dt = srv_now_ms() - t0;
+    sl->conv.ms += dt;
     if (rc != KVF_OK) {
         slot_fail(s, sl, 500, "server_error", "prefill under --conv-budget failed: %s", kvf_errmsg());
         return;
     }
-    srv_metrics_prefill(s->met, q0, dt);
-    sl->pf_done = q0;
     pthread_mutex_lock(&j->mu);
     j->prefill_ms += dt;
+    pthread_mutex_unlock(&j->mu);
+    if (sl->conv.done < q0) {
+        srv_metrics_prefill(s->met, 0, dt); /* a unit; the tokens count once the history is in */
+        return;
+    }
+    srv_metrics_prefill(s->met, q0, dt);
+    sl->pf_done = q0;
+    const kvf_conv_budget_params *bp = &sl->conv.bp;
+    const kvf_conv_budget_stats  *st = &sl->conv.st;
+    pthread_mutex_lock(&j->mu);
     j->conv_bounded   = true;
     j->conv_probe_q   = s->p.conv_probe_question;
-    j->conv_episode   = e_id;
-    j->conv_episodes  = n_ep;
-    j->conv_kept      = st.cells;
-    j->conv_peak      = st.peak_cells;
-    j->conv_evictions = st.evictions;
+    j->conv_episode   = sl->conv.episode;
+    j->conv_episodes  = sl->conv.n_ep;
+    j->conv_kept      = st->cells;
+    j->conv_peak      = st->peak_cells;
+    j->conv_evictions = st->evictions;
     j->conv_layer_min = j->conv_layer_max = 0;
-    for (int l = 0; bp.layer_budget && l < kvf_model_n_layer(s->m); l++) {
-        if (!j->conv_layer_min || bp.layer_budget[l] < j->conv_layer_min) j->conv_layer_min = bp.layer_budget[l];
-        if (bp.layer_budget[l] > j->conv_layer_max) j->conv_layer_max = bp.layer_budget[l];
+    for (int l = 0; bp->layer_budget && l < kvf_model_n_layer(s->m); l++) {
+        if (!j->conv_layer_min || bp->layer_budget[l] < j->conv_layer_min) j->conv_layer_min = bp->layer_budget[l];
+        if (bp->layer_budget[l] > j->conv_layer_max) j->conv_layer_max = bp->layer_budget[l];
     }
     pthread_mutex_unlock(&j->mu);
 }
@@ -772,7 +798,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
 static void prefill_unit(srv_sched *s, slot *sl) {
     srv_job *j  = sl->job;
     double   t0 = srv_now_ms();
-    if (sl->bounded && sl->pf_done == 0) {
+    if (sl->bounded && sl->pf_done == 0) { /* until its history is in */
         bounded_prefill(s, sl);
         return;
     }
@@ -1146,11 +1172,11 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
             snprintf(err, errlen, "--conv-alpha must be 0..16");
             goto fail;
         }
-        s->conv_sim = calloc((size_t)kvf_model_n_layer(m), sizeof(float));
-        s->conv_lb  = calloc((size_t)kvf_model_n_layer(m), sizeof(int32_t));
-        if (!s->conv_sim || !s->conv_lb ||
-            kvf_conv_layer_profile_load(p->conv_layers, m, s->conv_sim) != KVF_OK) {
-            snprintf(err, errlen, "--conv-layers: %s", s->conv_lb ? kvf_errmsg() : "out of memory");
+        bool mem   = (s->conv_sim = calloc((size_t)kvf_model_n_layer(m), sizeof(float))) != NULL;
+        for (int i = 0; mem && i < p->n_slots; i++)
+            mem = (s->slots[i].conv.lb = calloc((size_t)kvf_model_n_layer(m), sizeof(int32_t))) != NULL;
+        if (!mem || kvf_conv_layer_profile_load(p->conv_layers, m, s->conv_sim) != KVF_OK) {
+            snprintf(err, errlen, "--conv-layers: %s", mem ? kvf_errmsg() : "out of memory");
             goto fail;
         }
     }
@@ -1191,13 +1217,14 @@ void srv_sched_free(srv_sched *s) {
     for (int i = 0; s->slots && i < s->p.n_slots; i++) {
         kvf_session_free(s->slots[i].s);
         free(s->slots[i].hist);
+        free(s->slots[i].conv.lb);
     }
     for (int i = 0; i < s->n_caches; i++) kvf_chunk_cache_free(s->caches[i].c);
     free(s->caches);
     srv_audit_free(s->audit);
     srv_flow_free(s->flow);
     if (s->flow_s) kvf_session_free(s->flow_s);
-    free(s->conv_sim), free(s->conv_lb);
+    free(s->conv_sim);
     free(s->slots);
     free(s->q);
     free(s->q_order);
