@@ -1469,6 +1469,20 @@ static void test_flow_registry(void) {
     c->ops->put(c, &k[2][0], ch[4]); /* no hint, but A's was cleared: LRU between A and it */
     CHECK(cached(c, ch[2]) && !cached(c, ch[0]));
     kvf_chunk_cache_free(c);
+    /* two workflows share a document: p runs it next-but-one, q runs it now and then ends. q's
+     * end must not take p's hint away, so the document outlives two later unhinted chunks */
+    CHECK_EQ(kvf_chunk_cache_new_memory(ch[0]->bytes * 5 / 2, &c), KVF_OK); /* two chunks */
+    srv_flow_hint hp2 = flow_hint("p", "p2", NULL), hp1 = flow_hint("p", "p1", "p2"), hq = flow_hint("q", "q1", NULL);
+    srv_flow_step(f, "default", &hp2, &ch[0]->key, 1, c);
+    srv_flow_step(f, "default", &hp1, &ch[5]->key, 1, c);
+    srv_flow_step(f, "default", &hq, &ch[0]->key, 1, c);
+    srv_flow_step_done(f, "default", &hq, c);
+    CHECK_EQ(srv_flow_distance(f, "default", "p", "p1", "p2"), 1);
+    c->ops->put(c, &ch[0]->key, ch[0]);
+    c->ops->put(c, &ch[1]->key, ch[1]);
+    c->ops->put(c, &ch[2]->key, ch[2]);
+    CHECK(cached(c, ch[0]) && cached(c, ch[2]) && !cached(c, ch[1]));
+    kvf_chunk_cache_free(c);
     /* bounded: the least recently hinted workflow is forgotten first */
     for (int i = 0; i < SRV_FLOW_MAX; i++) {
         char          name[32];

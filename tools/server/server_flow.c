@@ -3,6 +3,7 @@
 #include "server/server_types.h"
 #include "store/steps.h"
 
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@ typedef struct fwf {
     int      n_steps;
     uint64_t used; /* registry clock at the last hint */
     int      cur;  /* the step that started last */
+    int      dist[SRV_FLOW_STEPS]; /* each step's distance in its latest hint (-1: none) */
     int      take; /* documents of its next steps handed out since (srv_flow_take_doc) */
 } fwf;
 
@@ -74,6 +76,7 @@ static fwf *wf_get(srv_flow *f, const char *ns, const char *id) {
     if (!(w = calloc(1, sizeof *w))) return NULL;
     snprintf(w->ns, sizeof w->ns, "%s", ns);
     snprintf(w->id, sizeof w->id, "%s", id);
+    for (int i = 0; i < SRV_FLOW_STEPS; i++) w->dist[i] = -1;
     if (f->n_wf == SRV_FLOW_MAX) {
         int old = 0;
         for (int i = 1; i < f->n_wf; i++)
@@ -96,6 +99,7 @@ static int step_get(fwf *w, const char *name) {
     if (i >= 0 || w->n_steps == SRV_FLOW_STEPS) return i;
     i = w->n_steps++;
     memset(&w->steps[i], 0, sizeof w->steps[i]);
+    w->dist[i] = -1;
     snprintf(w->steps[i].name, sizeof w->steps[i].name, "%s", name);
     return i;
 }
@@ -115,19 +119,60 @@ static void distances(const fwf *w, int from, int *dist) {
     }
 }
 
-/* every key of the workflow hinted by its step's distance (dist[i] < 0: no longer known);
- * farthest first, so that a key several steps share ends with its nearest use; the steps that
- * cannot be reached lose their hints (their keys go before any hinted one) */
-static void hint_all(const fwf *w, const int *dist, kvf_chunk_cache *cache) {
-    int max_d = 0;
-    for (int i = 0; i < w->n_steps; i++) max_d = dist[i] > max_d ? dist[i] : max_d;
+typedef struct {
+    kvf_chunk_key k;
+    int           d; /* nearest use over the namespace's workflows; INT_MAX: none */
+} key_use;
+
+static int by_key(const void *a, const void *b) {
+    return memcmp(((const key_use *)a)->k.b, ((const key_use *)b)->k.b, sizeof(kvf_chunk_key));
+}
+
+static int by_dist_desc(const void *a, const void *b) {
+    int x = ((const key_use *)a)->d, y = ((const key_use *)b)->d;
+    return x != y ? (x > y ? -1 : 1) : by_key(a, b);
+}
+
+/* every key of workflow w hinted by its nearest use: its own steps' distances (dist[i] < 0: no
+ * longer known), or a nearer one of another workflow of the namespace that shares the document,
+ * so that two workflows never overwrite each other's hint; a key no workflow still needs loses
+ * its hint (it goes before any hinted one) */
+static void hint_all(const srv_flow *f, fwf *w, const int *dist, kvf_chunk_cache *cache) {
+    int n = 0;
+    for (int i = 0; i < w->n_steps; i++) w->dist[i] = dist[i], n += w->steps[i].n_keys;
+    key_use *u = malloc(sizeof *u * (size_t)(n > 0 ? n : 1));
+    if (!u) return; /* the old hints stay: eviction falls back on them and LRU */
+    n = 0;
     for (int i = 0; i < w->n_steps; i++)
-        if (dist[i] < 0 && w->steps[i].n_keys)
-            cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, KVF_HINT_FLOW, KVF_STEPS_NONE);
-    for (int d = max_d; d >= 0; d--)
-        for (int i = 0; i < w->n_steps; i++)
-            if (dist[i] == d && w->steps[i].n_keys)
-                cache->ops->hint(cache, w->steps[i].keys, w->steps[i].n_keys, KVF_HINT_FLOW, (uint32_t)d);
+        for (int k = 0; k < w->steps[i].n_keys; k++)
+            u[n++] = (key_use){w->steps[i].keys[k], dist[i] >= 0 ? dist[i] : INT_MAX};
+    qsort(u, (size_t)n, sizeof *u, by_key);
+    int m = 0; /* one entry per key, its nearest step */
+    for (int i = 0; i < n; i++)
+        if (m > 0 && !by_key(&u[m - 1], &u[i]))
+            u[m - 1].d = u[i].d < u[m - 1].d ? u[i].d : u[m - 1].d;
+        else
+            u[m++] = u[i];
+    for (int o = 0; o < f->n_wf; o++) {
+        const fwf *x = f->wf[o];
+        if (x == w || strcmp(x->ns, w->ns)) continue;
+        for (int t = 0; t < x->n_steps; t++)
+            for (int k = 0; x->dist[t] >= 0 && k < x->steps[t].n_keys; k++) {
+                key_use  q = {x->steps[t].keys[k], 0};
+                key_use *h = bsearch(&q, u, (size_t)m, sizeof *u, by_key);
+                if (h && x->dist[t] < h->d) h->d = x->dist[t];
+            }
+    }
+    qsort(u, (size_t)m, sizeof *u, by_dist_desc);
+    kvf_chunk_key *run = malloc(sizeof *run * (size_t)(m > 0 ? m : 1));
+    for (int i = 0, r = 0; run && i < m; i++) { /* runs of one distance, one call each */
+        run[r++] = u[i].k;
+        if (i + 1 == m || u[i + 1].d != u[i].d) {
+            cache->ops->hint(cache, run, r, KVF_HINT_FLOW, u[i].d == INT_MAX ? KVF_STEPS_NONE : (uint32_t)u[i].d);
+            r = 0;
+        }
+    }
+    free(run), free(u);
 }
 
 void srv_flow_step_done(srv_flow *f, const char *ns, const srv_flow_hint *h, kvf_chunk_cache *cache) {
@@ -143,7 +188,7 @@ void srv_flow_step_done(srv_flow *f, const char *ns, const srv_flow_hint *h, kvf
         for (int i = 0; i < w->n_steps; i++)
             if (dn[i] >= 0 && (dist[i] < 0 || dn[i] + 1 < dist[i])) dist[i] = dn[i] + 1;
     }
-    hint_all(w, dist, cache);
+    hint_all(f, w, dist, cache);
 }
 
 int srv_flow_step(srv_flow *f, const char *ns, const srv_flow_hint *h, const kvf_chunk_key *keys,
@@ -172,7 +217,7 @@ int srv_flow_step(srv_flow *f, const char *ns, const srv_flow_hint *h, const kvf
     if (!cache || !cache->ops->hint) return 0;
     int dist[SRV_FLOW_STEPS];
     distances(w, cur, dist);
-    hint_all(w, dist, cache);
+    hint_all(f, w, dist, cache);
     int warmed = 0;
     if (cache->ops->warm)
         for (int i = 0; i < w->n_steps; i++)
