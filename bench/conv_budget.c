@@ -58,6 +58,7 @@ static void usage(void) {
             "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia]\n"
             "       [--offset I] [--score max|sum]   (a cell's probe attention: the maximum\n"
             "       over the probe's rows, the default, or their sum)\n"
+            "       [--chunk C]   (every head keeps the same cells, whole runs of C; not epil/epia)\n"
             "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
             "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
 }
@@ -122,7 +123,7 @@ int main(int argc, char **argv) {
     int threads = 0, offset = 0;
     const char *mode_list = "epi,recent", *layers = NULL;
     double alpha = 1.3;
-    int score_sum = 0;
+    int score_sum = 0, chunk = 0;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -158,6 +159,8 @@ int main(int argc, char **argv) {
             layers = v;
         else if (!strcmp(a, "--alpha"))
             alpha = atof(v);
+        else if (!strcmp(a, "--chunk"))
+            chunk = atoi(v);
         else if (!strcmp(a, "--score") && (!strcmp(v, "sum") || !strcmp(v, "max")))
             score_sum = !strcmp(v, "sum");
         else
@@ -166,7 +169,7 @@ int main(int argc, char **argv) {
     }
     if (!model || !data || n_conv < 1 || topics < 1 || passages < 1 ||
         topics * passages * 2 + 2 > MAX_MSG || !(frac > 0 && frac <= 1) || block < 1 || n_ep < 1 ||
-        probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) ||
+        probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) || chunk < 0 ||
         (has_mode(mode_list, "epil") && !layers))
         return usage(), 2;
     char *txt = kvf_read_file(data, NULL);
@@ -238,6 +241,7 @@ int main(int argc, char **argv) {
         int32_t budget = (int32_t)(n_hist * frac);
         kvf_conv_budget_params bp = kvf_conv_budget_default_params(budget);
         bp.score_sum = score_sum;
+        bp.chunk = chunk;
         bp.block = block;
         bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
         kvf_episodes *ep = NULL;
@@ -301,6 +305,7 @@ int main(int argc, char **argv) {
                     bp.window = 32;
                     bp.layer_budget = NULL;
                     bp.layer_adapt = md == 6; /* epia: shares by attention mass each round */
+                    bp.chunk = md >= 5 ? 0 : chunk; /* whole runs need one budget for all layers */
                     if (md == 5) { /* epil: the episode's probe and the profile's layer budgets */
                         if (kvf_conv_layer_budgets(lsim, L, &bp, np, (float)alpha, lb) != KVF_OK) {
                             fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());

@@ -14,7 +14,8 @@
 #        N (16), MODES (epi,recent), LAYERS, ALPHA (1.3), OFFSET (0: the first MuSiQue example
 #        used; another offset gives other conversations, for development), SCORE (max: a cell's
 #        score is the maximum of its attention over the probe's rows, what serve does; sum: their
-#        sum), SHARED (../shared),
+#        sum), CHUNK (0: each head keeps its own top cells; C > 0: every head the same cells,
+#        whole runs of C chosen by their attention summed over layers and heads, after ChunkKV), SHARED (../shared),
 #        OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ fi
 "$BIN" -m "$MODEL" --data "$DATA" --conversations "${CONVS:-5}" --topics "${TOPICS:-3}" \
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
     --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" --offset "${OFFSET:-0}" \
-    --score "${SCORE:-max}" \
+    --score "${SCORE:-max}" --chunk "${CHUNK:-0}" \
     "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"

@@ -520,6 +520,10 @@ typedef struct kvf_conv_budget_params {
                             of each layer's probe attention they keep (after Ada-KV): a layer
                             whose attention is spread keeps more; each keeps at least a quarter
                             of its share and the mean over layers stays within the budget (0) */
+    int32_t chunk; /* > 0: every layer and KV head keeps the same cells, whole runs of `chunk`
+                      cells chosen by their pooled probe attention, each head's share summed
+                      over layers and heads (after ChunkKV), so kept text stays contiguous; not
+                      with layer_budget or layer_adapt. 0: each head keeps its own top cells (0) */
 } kvf_conv_budget_params;
 KVF_API kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget);
 

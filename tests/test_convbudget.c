@@ -195,6 +195,11 @@ static int by_desc(const void *x, const void *y, void *arg) {
     float a = s[*(const int32_t *)x], b = s[*(const int32_t *)y];
     return a != b ? (a > b ? -1 : 1) : *(const int32_t *)x - *(const int32_t *)y;
 }
+static int by_desc_d(const void *x, const void *y, void *arg) {
+    const double *s = arg;
+    double a = s[*(const int32_t *)x], b = s[*(const int32_t *)y];
+    return a != b ? (a > b ? -1 : 1) : *(const int32_t *)x - *(const int32_t *)y;
+}
 static int by_asc(const void *x, const void *y) {
     return *(const int32_t *)x - *(const int32_t *)y;
 }
@@ -270,8 +275,8 @@ static int by_fdesc(const void *x, const void *y) {
  *   heads instead of their maximum.
  * Every head must keep exactly its sink, its window and its top cells by pooled score, in order. */
 static void test_selection_by_hand(int mode) {
-    const char *tags[4] = {"hand", "handl", "handa", "hands"};
-    const int   uniform = mode == 0 || mode == 3;
+    const char *tags[5] = {"hand", "handl", "handa", "hands", "handc"};
+    const int   uniform = mode == 0 || mode == 3 || mode == 4;
     kvf_model *m = load_synth(tags[mode], 13);
     if (!m) return;
     kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
@@ -284,6 +289,7 @@ static void test_selection_by_hand(int mode) {
     if (mode == 1) p.layer_budget = lb;
     p.layer_adapt = mode == 2;
     p.score_sum   = mode == 3;
+    p.chunk       = mode == 4 ? 10 : 0;
     kvf_conv_budget_stats st;
     CHECK_EQ(kvf_session_prefill_budget(s, ids, n_ids, probe, 8, &p, &st), KVF_OK);
     CHECK_EQ(st.evictions, 1);
@@ -335,6 +341,31 @@ static void test_selection_by_hand(int mode) {
     CHECK_EQ(s->cell_start[0], dst[0]);
     CHECK_EQ(s->cell_start[1], dst[1]);
     CHECK_EQ(st.cells, (keep[0] + keep[1] + 2 * 64 + 1) / 2);
+    /* chunks: runs of 10 cells from the sink on, each run's score the sum over layers and heads
+     * of its pooled scores as shares of the head's total; the best runs whole, the next cut */
+    int32_t runs[256], n_runs = (nh - window - sink + 9) / 10, chosen[256];
+    double  rs[256] = {0};
+    for (int l = 0; l < 2; l++)
+        for (int kh = 0; kh < Hkv && mode == 4; kh++) {
+            float pooled[256];
+            pool3(sc + ((int64_t)l * Hkv + kh) * nh, sink, nh - window, pooled);
+            double tot = 0;
+            for (int j = sink; j < nh - window; j++)
+                tot += pooled[j];
+            for (int j = sink; j < nh - window; j++)
+                rs[(j - sink) / 10] += pooled[j] / tot;
+        }
+    for (int i = 0; i < n_runs; i++)
+        runs[i] = i;
+    qsort_r(runs, (size_t)n_runs, sizeof(int32_t), by_desc_d, rs);
+    for (int i = 0, n = 0; i < n_runs && n < keep[0] - sink - window; i++)
+        for (int j = sink + runs[i] * 10; j < KVF_MIN(sink + runs[i] * 10 + 10, nh - window) &&
+                                          n < keep[0] - sink - window; j++)
+            chosen[n++] = j;
+    if (mode == 4) {
+        CHECK(keep[0] - sink - window > 20); /* whole runs and a cut one */
+        qsort(chosen, (size_t)(keep[0] - sink - window), sizeof(int32_t), by_asc);
+    }
     int all_match = 1;
     for (int l = 0; l < 2; l++)
         for (int kh = 0; kh < Hkv; kh++) {
@@ -345,6 +376,8 @@ static void test_selection_by_hand(int mode) {
                 idx[n++] = j;
             qsort_r(idx, (size_t)n, sizeof(int32_t), by_desc, pooled);
             qsort(idx, (size_t)(keep[l] - sink - window), sizeof(int32_t), by_asc);
+            if (mode == 4) /* every head the same cells */
+                memcpy(idx, chosen, sizeof(int32_t) * (size_t)(keep[l] - sink - window));
             int w = 0;
             for (int j = 0; j < sink; j++)
                 want[w++] = j;
@@ -376,6 +409,9 @@ static void test_selection_score_sum(void) {
 }
 static void test_selection_adaptive(void) {
     test_selection_by_hand(2);
+}
+static void test_selection_chunks(void) {
+    test_selection_by_hand(4);
 }
 
 /* Layers whose cells start past 0 (layer budgets) attend exactly as before: every layer's cells
@@ -622,6 +658,7 @@ int main(void) {
     RUN(test_selection_layered);
     RUN(test_selection_adaptive);
     RUN(test_selection_score_sum);
+    RUN(test_selection_chunks);
     RUN(test_layer_start_exact);
     RUN(test_layer_budgets);
     RUN(test_layer_profile);

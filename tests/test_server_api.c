@@ -1909,6 +1909,32 @@ static void test_sched_conv_budget(void) {
     free(t);
     if (j) srv_job_release(j);
     srv_sched_free(sq);
+    /* --conv-chunk: every head keeps the same whole runs; the same bound; not with layer budgets */
+    sp.conv_chunk = 8;
+    sq            = srv_sched_new(g_model, &sp, m, err, sizeof err);
+    CHECK(sq != NULL);
+    j = sq ? make_job(a, NULL, body) : NULL;
+    t = j ? run_one(sq, j) : NULL;
+    CHECK(t != NULL);
+    if (j && t) {
+        CHECK(j->conv_bounded && j->n_gen > 0);
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK_EQ(jnum(o, "kvfuse.conversation.chunk"), 8);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
+        CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    if (j) srv_job_release(j);
+    srv_sched_free(sq);
+    sp.conv_layers = "/nonexistent/layers.txt";
+    CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
+    CHECK(strstr(err, "--conv-chunk") != NULL);
+    sp.conv_layers         = NULL;
+    sp.conv_chunk          = 0;
     sp.conv_probe_question = false;
     /* a short chat goes the ordinary way */
     j = make_job(a, NULL, "{\"max_tokens\": 3, \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}");

@@ -172,6 +172,58 @@ static kvf_status adapt_counts(kvf_session *s, const float *score, int32_t nh, i
     return KVF_OK;
 }
 
+typedef struct {
+    double score;
+    int32_t a, n; /* cells [a, a + n) */
+} run_score;
+
+static int by_run_score_desc(const void *x, const void *y) {
+    const run_score *a = x, *b = y;
+    return a->score != b->score ? (a->score > b->score ? -1 : 1) : a->a - b->a;
+}
+
+/* chunk > 0 (every layer holds the same nh cells): the cells between sink and window that every
+ * head keeps, k - sink - window of them, as whole runs of `chunk` cells ranked by the sum over
+ * their cells of each head's pooled scores as shares of that head's total; the best run that no
+ * longer fits is cut. They go to idx[nh ..] in order; returns how many (0 without chunks). */
+static int32_t chunk_select(kvf_session *s, const float *score, int32_t nh, int32_t k,
+                            const kvf_conv_budget_params *p, int32_t *idx) {
+    if (p->chunk <= 0) return 0;
+    const kvf_hparams *hp = &s->m->hp;
+    int L = hp->n_layer, Hkv = hp->n_head_kv;
+    int32_t S = KVF_MIN(p->sink, nh), W = KVF_MIN(p->window, nh - S), c0 = S, c1 = nh - W;
+    int32_t need = KVF_MAX(0, KVF_MIN(k, nh) - S - W), nr = (c1 - c0 + p->chunk - 1) / p->chunk;
+    run_score *r = kvf_calloc((size_t)(nr > 0 ? nr : 1), sizeof(run_score));
+    int32_t *out = idx + nh, n = 0;
+    if (!r) { /* no memory to rank runs: the most recent cells, contiguous all the same */
+        for (int32_t j = c1 - need; j < c1; j++)
+            out[n++] = j;
+        return n;
+    }
+    for (int32_t i = 0; i < nr; i++)
+        r[i].a = c0 + i * p->chunk, r[i].n = KVF_MIN(p->chunk, c1 - r[i].a);
+    for (int64_t h = 0; h < (int64_t)L * Hkv; h++) {
+        const float *sc = score + h * nh;
+        double tot = 0;
+        for (int32_t j = c0; j < c1; j++)
+            tot += sc[j];
+        if (!(tot > 0)) continue;
+        for (int32_t i = 0; i < nr; i++) {
+            double acc = 0;
+            for (int32_t j = r[i].a; j < r[i].a + r[i].n; j++)
+                acc += sc[j];
+            r[i].score += acc / tot;
+        }
+    }
+    qsort(r, (size_t)nr, sizeof(run_score), by_run_score_desc);
+    for (int32_t i = 0; i < nr && n < need; i++)
+        for (int32_t j = r[i].a; j < r[i].a + r[i].n && n < need; j++)
+            out[n++] = j;
+    qsort(out, (size_t)n, sizeof(int32_t), kvf_by_index);
+    kvf_free(r);
+    return n;
+}
+
 /* Run the probe after the cells, then keep keep_n[l] cells of each KV head of layer l: its sink,
  * its window and its top pooled scores, in order. With equal counts the cells stay at 0 ..;
  * otherwise every layer's cells end at the largest count and start at a key tile, so a layer
@@ -185,7 +237,7 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
     float *work =
         kvf_malloc(sizeof(float) * (size_t)(nth > 0 ? nth : 1) * (size_t)(hd + 1) * (size_t)nh);
     float *pool = kvf_malloc(sizeof(float) * (size_t)nh);
-    int32_t *idx = kvf_malloc(sizeof(int32_t) * (size_t)nh);
+    int32_t *idx = kvf_malloc(sizeof(int32_t) * (size_t)nh * 2); /* [nh] + chunk_select's */
     if (!score || !work || !pool || !idx) {
         kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
         return kvf_set_error(KVF_E_NOMEM, "out of memory scoring a conversation's cells");
@@ -229,6 +281,7 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
         }
     }
     kvf_status rc = KVF_OK;
+    int32_t n_sel = chunk_select(s, score, nh, keep_n[0], p, idx);
     if (p->layer_adapt) /* keep_n's total shared out by attention mass */
         rc = adapt_counts(s, score, nh, p->sink, p->window, cap - p->sink - p->window, keep_n);
     for (int l = 0; l < L && rc == KVF_OK; l++) {
@@ -247,12 +300,17 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
         int32_t need = KVF_MAX(0, k - S - W);
         for (int kh = 0; kh < Hkv; kh++) {
             int32_t n = 0;
-            for (int32_t j = c0; j < c1; j++)
-                idx[n++] = j;
-            qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc,
-                    score + ((int64_t)l * Hkv + kh) * nh);
-            n = KVF_MIN(need, n);
-            qsort(idx, (size_t)n, sizeof(int32_t), kvf_by_index);
+            if (p->chunk > 0) { /* the same cells for every head (chunk_select, below idx + nh) */
+                n = KVF_MIN(n_sel, need);
+                memcpy(idx, idx + nh, sizeof(int32_t) * (size_t)n);
+            } else {
+                for (int32_t j = c0; j < c1; j++)
+                    idx[n++] = j;
+                qsort_r(idx, (size_t)n, sizeof(int32_t), kvf_by_score_desc,
+                        score + ((int64_t)l * Hkv + kh) * nh);
+                n = KVF_MIN(need, n);
+                qsort(idx, (size_t)n, sizeof(int32_t), kvf_by_index);
+            }
             /* keep = [0, S) + the chosen + [c1, c), ascending: shift the chosen up by S */
             memmove(idx + S, idx, sizeof(int32_t) * (size_t)n);
             for (int32_t j = 0; j < S; j++)
@@ -319,6 +377,12 @@ kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, i
     if (kvf_session_decode_attn(s).mode == KVF_DECODE_LOUIS) /* its index is of uncompacted cells */
         return kvf_set_error(KVF_E_INVAL, "a conversation budget cannot be combined with LouisKV "
                                           "decode attention");
+    if (p->chunk < 0 || (p->chunk > 0 && (p->layer_budget || p->layer_adapt)))
+        return kvf_set_error(KVF_E_INVAL,
+                             "conversation budget: chunk %d (>= 0; whole runs of cells for every "
+                             "head need one budget for every layer, no layer budgets or adaptive "
+                             "shares)",
+                             p->chunk);
     if (p->block < 1 || p->sink < 0 || p->window < 0 || p->pool < 1 || p->pool > 64)
         return kvf_set_error(KVF_E_INVAL,
                              "conversation budget: block %d, sink %d, window %d, pool %d "

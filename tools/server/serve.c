@@ -67,6 +67,9 @@ static void help(void) {
         "      --conv-probe P      what the eviction keeps: episode (what the question's episode\n"
         "                          attends to, EpiCache; default) or question (what the question\n"
         "                          itself attends to; no episodes)\n"
+        "      --conv-chunk C      every layer and head keeps the same history cells, whole runs\n"
+        "                          of C chosen by their attention over all heads (after ChunkKV;\n"
+        "                          0 = each head its own top cells, default; not with --conv-layers)\n"
         "      --conv-layers FILE  with --conv-budget: give each layer its own share of the\n"
         "                          budget from a profile written by `kvfuse conv-profile`\n"
         "                          (sensitive layers keep more; the mean stays N)\n"
@@ -271,7 +274,7 @@ int cmd_serve(int argc, char **argv) {
         {"ratio-max", required_argument, 0, 2002}, {"audit-rate", required_argument, 0, 2003},
         {"audit-cpu", required_argument, 0, 2004}, {"audit-chunk", required_argument, 0, 2005},
         {"audit-tokens", required_argument, 0, 2006}, {"kv-budget", required_argument, 0, 2007},
-        {"queue-aging", required_argument, 0, 2008}, {"queue-overtake", required_argument, 0, 2015}, {"conv-probe", required_argument, 0, 2016}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
+        {"queue-aging", required_argument, 0, 2008}, {"queue-overtake", required_argument, 0, 2015}, {"conv-probe", required_argument, 0, 2016}, {"conv-chunk", required_argument, 0, 2017}, {"conv-block", required_argument, 0, 2009}, {"conv-budget", required_argument, 0, 2010},
         {"conv-episodes", required_argument, 0, 2011}, {"conv-layers", required_argument, 0, 2012},
         {"conv-alpha", required_argument, 0, 2013}, {"no-flow-compute", no_argument, 0, 2014},
         CLI_STORE_OPTIONS,                         CLI_ATTN_OPTIONS, {0, 0, 0, 0}};
@@ -302,6 +305,7 @@ int cmd_serve(int argc, char **argv) {
                 return cli_fail("serve", "--conv-probe expects episode or question, got '%s'", optarg);
             sp.conv_probe_question = !strcmp(optarg, "question");
             break;
+        case 2017: sp.conv_chunk = (int32_t)cli_int("serve", "--conv-chunk", optarg, 0, 4096); break;
         case 2015: sp.overtake_max = (int32_t)cli_int("serve", "--queue-overtake", optarg, 0, 1 << 20); break;
         case 2009: sp.conv_block = (int32_t)cli_int("serve", "--conv-block", optarg, 0, KVF_PREFIX_BLOCK_MAX); break;
         case 2010: sp.conv_budget = (int32_t)cli_int("serve", "--conv-budget", optarg, 0, 1 << 24); break;

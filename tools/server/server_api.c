@@ -524,6 +524,7 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     if (j->conv_bounded) {
         cJSON *c = cJSON_AddObjectToObject(k, "conversation");
         cJSON_AddStringToObject(c, "probe", j->conv_probe_q ? "question" : "episode");
+        cJSON_AddNumberToObject(c, "chunk", j->conv_chunk);
         cJSON_AddNumberToObject(c, "episode", j->conv_episode);
         cJSON_AddNumberToObject(c, "episodes", j->conv_episodes);
         cJSON_AddNumberToObject(c, "kept_tokens", j->conv_kept);

@@ -126,6 +126,7 @@ typedef struct srv_job {
     bool            conv_bounded;  /* the history was prefilled under --conv-budget: */
     bool            conv_probe_q;  /* ... with the question as the probe (else its episode) */
     int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions;
+    int32_t         conv_chunk;    /* ... keeping whole runs of this many cells (0: per head) */
     int32_t         conv_layer_min, conv_layer_max; /* --conv-layers: least and most cells a
                                                        layer could hold (0: uniform) */
     double          queue_ms, prefill_ms, ttft_ms, decode_ms;

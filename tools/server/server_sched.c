@@ -751,6 +751,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
         *bp          = kvf_conv_budget_default_params(s->p.conv_budget);
         int32_t room = s->p.conv_budget - (bp->block + bp->window + CONV_PROBE + 16);
         bp->sink     = j->utt[1] < room ? j->utt[1] : room; /* the first message (system prompt) */
+        bp->chunk    = s->p.conv_chunk;
         if (bp->sink > s->p.conv_budget / 4) bp->sink = s->p.conv_budget / 4;
         /* layer budgets from the profile (uniform where this request's sink leaves no room) */
         if (s->conv_sim && sl->conv.lb &&
@@ -782,6 +783,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     pthread_mutex_lock(&j->mu);
     j->conv_bounded   = true;
     j->conv_probe_q   = s->p.conv_probe_question;
+    j->conv_chunk     = bp->chunk;
     j->conv_episode   = sl->conv.episode;
     j->conv_episodes  = sl->conv.n_ep;
     j->conv_kept      = st->cells;
@@ -1112,6 +1114,11 @@ srv_sched *srv_sched_new(const kvf_model *m, const srv_sched_params *p, srv_metr
     if (p->n_ctx < 16 || p->max_queue < 0 || p->prefill_chunk < 1 || p->prefill_units < 1 ||
         !(p->decode_ratio >= 0) || p->conv_episodes < 1 || p->conv_episodes > 64) {
         snprintf(err, errlen, "bad scheduler parameters");
+        return NULL;
+    }
+    if (p->conv_chunk < 0 || p->conv_chunk > 4096 || (p->conv_chunk > 0 && p->conv_layers)) {
+        snprintf(err, errlen, "--conv-chunk %d must be 0 (off) or 1..4096, and not with --conv-layers (whole runs "
+                 "need one budget for every layer)", p->conv_chunk);
         return NULL;
     }
     if (p->conv_budget != 0 && (p->conv_budget < 512 || p->conv_budget > p->n_ctx)) {
