@@ -1954,6 +1954,60 @@ static void test_sched_conv_budget(void) {
     srv_docs_free(d);
 }
 
+/* A short prompt that arrives with a bounded conversation is not queued behind the whole history:
+ * while the older job's history goes in, every other prefill unit is the short one's, so the
+ * short job's first token comes before the bounded one's (oldest first, it came after). Both
+ * answers equal their answers alone. */
+static void test_sched_conv_budget_interleave(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_api         *a  = api_new(NULL, d, NULL, 2048);
+    srv_sched_params sp = one_slot_params();
+    sp.n_slots          = 2;
+    sp.n_ctx            = 2048;
+    sp.conv_budget      = 512;
+    sp.prefill_chunk    = 128;
+    char       err[256], body[4096];
+    const char *shortb = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+    conv_body(body, sizeof body);
+    srv_sched *s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+    CHECK(s != NULL);
+    if (!s) {
+        free(a), srv_docs_free(d);
+        return;
+    }
+    srv_job *j = make_job(a, NULL, body), *k = NULL;
+    char    *alone_long = j ? run_one(s, j) : NULL;
+    if (j) srv_job_release(j);
+    k                   = make_job(a, NULL, shortb);
+    char *alone_short   = k ? run_one(s, k) : NULL;
+    if (k) srv_job_release(k);
+    CHECK(alone_long && alone_short);
+    int ra;
+    srv_sched_hold(s, true); /* both start in one scheduling step */
+    j = make_job(a, NULL, body);
+    usleep(2000);            /* the bounded one is the older */
+    k = make_job(a, NULL, shortb);
+    CHECK(j && srv_sched_submit(s, j, &ra) == SRV_SUBMIT_OK);
+    CHECK(k && srv_sched_submit(s, k, &ra) == SRV_SUBMIT_OK);
+    srv_sched_hold(s, false);
+    if (j && k) {
+        wait_done(j), wait_done(k);
+        CHECK(j->conv_bounded && !k->conv_bounded);
+        CHECK(j->t_arrival_ms < k->t_arrival_ms);
+        CHECK_MSG(k->t_arrival_ms + k->ttft_ms < j->t_arrival_ms + j->ttft_ms,
+                  "short first token at %.1f ms, bounded at %.1f ms", k->t_arrival_ms + k->ttft_ms - j->t_arrival_ms,
+                  j->ttft_ms);
+        CHECK(alone_long && j->text && !strcmp(alone_long, j->text));
+        CHECK(alone_short && k->text && !strcmp(alone_short, k->text));
+    }
+    if (j) srv_job_release(j);
+    if (k) srv_job_release(k);
+    free(alone_long), free(alone_short);
+    srv_sched_free(s);
+    free(a);
+    srv_docs_free(d);
+}
+
 static void test_sched_conversations(void) {
     char         err[256];
     const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
@@ -2069,6 +2123,7 @@ int main(void) {
     RUN(test_sched_flow_compute);
     RUN(test_sched_flow_compute_tenants);
     RUN(test_sched_conv_budget);
+    RUN(test_sched_conv_budget_interleave);
     RUN(test_sched_conv_layers);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);

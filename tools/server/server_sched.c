@@ -98,6 +98,7 @@ struct srv_sched {
     int             n_busy;
     bool            stop;
     bool            held; /* srv_sched_hold: queued jobs wait */
+    uint32_t        pf_turn; /* prefill units given while a bounded history was the oldest */
     double          avg_job_s; /* EWMA of job durations, for Retry-After */
 
     pthread_mutex_t cache_mu; /* the caches array (read by the metrics thread) */
@@ -1069,15 +1070,22 @@ static void *sched_main(void *arg) {
             else if (expired(sl->job, now))
                 slot_fail(s, sl, 504, "timeout", "the request timed out after %.0f s (--timeout)", sl->job->timeout_ms / 1e3);
         }
-        /* 3. prefill units, oldest job first */
+        /* 3. prefill units, oldest job first; while the oldest is in a bounded history (many
+         * units), every other unit goes to the next oldest, so a short prompt is not queued
+         * behind a whole history */
         double pf_ms = 0;
         for (int u = 0; u < s->p.prefill_units; u++) {
-            slot *p = NULL;
+            slot *p = NULL, *p2 = NULL;
             for (int i = 0; i < s->p.n_slots; i++) {
                 slot *sl = &s->slots[i];
-                if (sl->phase == SLOT_PREFILL && (!p || sl->job->t_arrival_ms < p->job->t_arrival_ms)) p = sl;
+                if (sl->phase != SLOT_PREFILL) continue;
+                if (!p || sl->job->t_arrival_ms < p->job->t_arrival_ms)
+                    p2 = p, p = sl;
+                else if (!p2 || sl->job->t_arrival_ms < p2->job->t_arrival_ms)
+                    p2 = sl;
             }
             if (!p) break;
+            if (p2 && p->bounded && p->pf_done == 0 && (s->pf_turn++ & 1)) p = p2;
             double t0 = srv_now_ms();
             prefill_unit(s, p);
             pf_ms += srv_now_ms() - t0;
