@@ -5,7 +5,8 @@ A streaming request (120 greedy tokens) decodes in one slot; after its 10th toke
 MuSiQue passages as notes (~5k tokens) arrives, longer than --conv-budget 1536, so its history
 is prefilled under the budget in the other slot. Prints, per kvfuse binary, the streaming
 request's largest gap between two tokens and its total time, and the long request's total time
-and its kvfuse.conversation. Not part of `make test`.
+and its kvfuse.conversation; then the long chat again with a short request 1 s behind it: the
+short one's time to its answer. Not part of `make test`.
 
     bench/conv_stall.py BIN [BIN ...] [--port 18431] [--model models/Qwen2.5-Coder-0.5B-Instruct.gguf]
                         [--data ../shared/data/musique-cacheblend/musique_s.json]
@@ -59,9 +60,19 @@ def run(bin_, port):
             th = threading.Thread(target=long_req); th.start()
     th and th.join()
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    print(json.dumps({'bin': bin_, 'stream_chunks': len(stamps), 'stream_total_s': round(stamps[-1] - t0, 2),
-                      'max_gap_s': round(max(gaps), 2), 'long_total_s': round(res.get('long_s', -1), 2),
-                      'long_conv': res.get('long_conv')}))
+    out = {'bin': bin_, 'stream_chunks': len(stamps), 'stream_total_s': round(stamps[-1] - t0, 2),
+           'max_gap_s': round(max(gaps), 2), 'long_total_s': round(res.get('long_s', -1), 2),
+           'long_conv': res.get('long_conv')}
+    # then a short request that arrives 1 s after another long one: its time to the answer
+    th = threading.Thread(target=long_req)
+    th.start()
+    time.sleep(1)
+    t = time.time()
+    json.load(post({'messages': [{'role': 'user', 'content': 'Say hello.'}], 'max_tokens': 4}))
+    out['short_after_long_s'] = round(time.time() - t, 2)
+    th.join()
+    out['long2_total_s'] = round(res.get('long_s', -1), 2)
+    print(json.dumps(out))
     srv.terminate(); srv.wait()
 
 
