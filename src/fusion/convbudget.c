@@ -185,7 +185,8 @@ static int by_run_score_desc(const void *x, const void *y) {
 /* chunk > 0 (every layer holds the same nh cells): the cells between sink and window that every
  * head keeps, k - sink - window of them, as whole runs of `chunk` cells ranked by the sum over
  * their cells of each head's pooled scores as shares of that head's total; the best run that no
- * longer fits is cut. They go to idx[nh ..] in order; returns how many (0 without chunks). */
+ * longer fits is cut. They go to idx[nh ..] in order; returns how many (0 without chunks, -1
+ * out of memory). */
 static int32_t chunk_select(kvf_session *s, const float *score, int32_t nh, int32_t k,
                             const kvf_conv_budget_params *p, int32_t *idx) {
     if (p->chunk <= 0) return 0;
@@ -195,11 +196,7 @@ static int32_t chunk_select(kvf_session *s, const float *score, int32_t nh, int3
     int32_t need = KVF_MAX(0, KVF_MIN(k, nh) - S - W), nr = (c1 - c0 + p->chunk - 1) / p->chunk;
     run_score *r = kvf_calloc((size_t)(nr > 0 ? nr : 1), sizeof(run_score));
     int32_t *out = idx + nh, n = 0;
-    if (!r) { /* no memory to rank runs: the most recent cells, contiguous all the same */
-        for (int32_t j = c1 - need; j < c1; j++)
-            out[n++] = j;
-        return n;
-    }
+    if (!r) return -1;
     for (int32_t i = 0; i < nr; i++)
         r[i].a = c0 + i * p->chunk, r[i].n = KVF_MIN(p->chunk, c1 - r[i].a);
     for (int64_t h = 0; h < (int64_t)L * Hkv; h++) {
@@ -282,7 +279,8 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
     }
     kvf_status rc = KVF_OK;
     int32_t n_sel = chunk_select(s, score, nh, keep_n[0], p, idx);
-    if (p->layer_adapt) /* keep_n's total shared out by attention mass */
+    if (n_sel < 0) rc = kvf_set_error(KVF_E_NOMEM, "out of memory ranking runs of cells");
+    if (rc == KVF_OK && p->layer_adapt) /* keep_n's total shared out by attention mass */
         rc = adapt_counts(s, score, nh, p->sink, p->window, cap - p->sink - p->window, keep_n);
     for (int l = 0; l < L && rc == KVF_OK; l++) {
         top = KVF_MAX(top, KVF_MIN(keep_n[l], held(s, l)));

@@ -49,7 +49,6 @@ typedef struct slot {
         kvf_conv_budget_params bp;
         kvf_conv_budget_stats  st;
         int32_t               *lb; /* [n_layer] its layer budgets (--conv-layers), or NULL */
-        double                 ms;
     } conv;
     int32_t      next;  /* sampled token to feed at the next decode step */
     /* tokens in the session, for prefix reuse by the next plain request of the same tenant */
@@ -737,7 +736,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     int32_t  q0 = j->utt[j->n_utt - 1];
     if (!sl->conv.started) {
         kvf_episodes *ep = NULL;
-        sl->conv.np = 0, sl->conv.episode = -1, sl->conv.done = 0, sl->conv.ms = 0;
+        sl->conv.np = 0, sl->conv.episode = -1, sl->conv.done = 0;
         if (s->p.conv_probe_question) {
             sl->conv.np = sl->n_flat - q0 < CONV_PROBE ? sl->n_flat - q0 : CONV_PROBE;
             memcpy(sl->conv.probe, sl->flat + q0, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
@@ -765,7 +764,6 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
                                                     sl->conv.np, &sl->conv.bp, s->p.prefill_chunk, &sl->conv.done,
                                                     &sl->conv.st);
     double dt = srv_now_ms() - t0;
-    sl->conv.ms += dt;
     if (rc != KVF_OK) {
         slot_fail(s, sl, 500, "server_error", "prefill under --conv-budget failed: %s", kvf_errmsg());
         return;
