@@ -2008,6 +2008,74 @@ static void test_sched_conv_budget_interleave(void) {
     srv_docs_free(d);
 }
 
+/* Plain prompts (no --conv-budget) share the prefill units as a bounded history does, but only
+ * while the oldest needs more units than the next oldest: a short prompt behind a long one gets
+ * every other unit (its first token after 2 units instead of after the long one's), two prompts
+ * of equal length go oldest first (the older's first token after its own units only). Sharing
+ * changes no answer. Units are counted by the scheduler (pf_unit_last), not timed. */
+static void test_sched_prefill_share(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_api         *a  = api_new(NULL, d, NULL, 2048);
+    srv_sched_params sp = one_slot_params();
+    sp.n_slots          = 2;
+    sp.n_ctx            = 2048;
+    sp.prefill_chunk    = 32;
+    char        err[256], longb[4096], long2[4096];
+    const char *shortb = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+    conv_body(longb, sizeof longb);
+    conv_body(long2, sizeof long2);
+    long2[strlen(long2) - 8] = 'X'; /* another last word, about the same length */
+    const char *bodies[3] = {longb, shortb, long2};
+    char       *alone[3]  = {0};
+    srv_sched  *s         = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+    CHECK(s != NULL);
+    for (int i = 0; s && i < 3; i++) { /* each alone, in a scheduler of its own (no reuse) */
+        srv_sched *s1 = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+        srv_job   *j  = s1 ? make_job(a, NULL, bodies[i]) : NULL;
+        alone[i]      = j ? run_one(s1, j) : NULL;
+        CHECK(alone[i] != NULL);
+        if (j) srv_job_release(j);
+        srv_sched_free(s1);
+    }
+    for (int pass = 0; s && pass < 2; pass++) { /* 0: long + short, 1: long + long */
+        srv_sched_free(s);
+        s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+        if (!s) break;
+        int ra;
+        srv_sched_hold(s, true); /* both start in one scheduling step */
+        srv_job *j = make_job(a, NULL, longb);
+        usleep(2000); /* the long one is the older */
+        srv_job *k = make_job(a, NULL, pass ? long2 : shortb);
+        CHECK(j && srv_sched_submit(s, j, &ra) == SRV_SUBMIT_OK);
+        CHECK(k && srv_sched_submit(s, k, &ra) == SRV_SUBMIT_OK);
+        srv_sched_hold(s, false);
+        if (j && k) {
+            wait_done(j), wait_done(k);
+            int64_t uj = (j->n_prompt + sp.prefill_chunk - 1) / sp.prefill_chunk;
+            int64_t uk = (k->n_prompt + sp.prefill_chunk - 1) / sp.prefill_chunk;
+            CHECK(uj > 4 && (pass ? uk == uj : uk == 1));
+            CHECK(!j->conv_bounded && !k->conv_bounded);
+            if (pass == 0) { /* the short one: one unit of the long one's, then its own */
+                CHECK_MSG(k->pf_unit_last == 2, "short prompt's first token after %llu units",
+                          (unsigned long long)k->pf_unit_last);
+                CHECK((int64_t)j->pf_unit_last == uj + uk);
+            } else { /* equal: the older's units first, then the newer's */
+                CHECK_MSG((int64_t)j->pf_unit_last == uj, "older prompt's first token after %llu units, its own %lld",
+                          (unsigned long long)j->pf_unit_last, (long long)uj);
+                CHECK((int64_t)k->pf_unit_last == uj + uk);
+            }
+            CHECK(alone[0] && j->text && !strcmp(alone[0], j->text));
+            CHECK(alone[pass ? 2 : 1] && k->text && !strcmp(alone[pass ? 2 : 1], k->text));
+        }
+        if (j) srv_job_release(j);
+        if (k) srv_job_release(k);
+    }
+    for (int i = 0; i < 3; i++) free(alone[i]);
+    srv_sched_free(s);
+    free(a);
+    srv_docs_free(d);
+}
+
 static void test_sched_conversations(void) {
     char         err[256];
     const char  *keys = "key-alpha-123 alpha\nkey-beta-4567 beta\n";
@@ -2124,6 +2192,7 @@ int main(void) {
     RUN(test_sched_flow_compute_tenants);
     RUN(test_sched_conv_budget);
     RUN(test_sched_conv_budget_interleave);
+    RUN(test_sched_prefill_share);
     RUN(test_sched_conv_layers);
     RUN(test_sched_audit);
     RUN(test_audit_off_and_auth);

@@ -105,6 +105,7 @@ typedef struct srv_job {
     uint8_t    (*ckeys)[16];    /* a fused job's chunk keys (kvf_fuse_chunk_keys), or NULL */
     int32_t      n_ckeys;
     bool         kv_hinted;     /* its keys carry the queue's eviction hints (to be cleared) */
+    uint64_t     pf_unit_last;  /* the scheduler's prefill units run when its prompt was in */
 
     /* --- progress: guarded by mu --- */
     pthread_mutex_t mu;

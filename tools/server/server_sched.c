@@ -97,7 +97,8 @@ struct srv_sched {
     int             n_busy;
     bool            stop;
     bool            held; /* srv_sched_hold: queued jobs wait */
-    uint32_t        pf_turn; /* prefill units given while a bounded history was the oldest */
+    uint32_t        pf_turn; /* prefill units given while the oldest prompt was shared */
+    uint64_t        pf_units; /* prefill units run */
     double          avg_job_s; /* EWMA of job durations, for Retry-After */
 
     pthread_mutex_t cache_mu; /* the caches array (read by the metrics thread) */
@@ -418,6 +419,7 @@ static bool emit(srv_sched *s, slot *sl, int32_t tok, bool first) {
 }
 
 static void first_token(srv_sched *s, slot *sl) {
+    sl->job->pf_unit_last = s->pf_units;
     const float *lg  = kvf_session_logits(sl->s, -1);
     int32_t      tok = kvf_sampler_sample(sl->smp, lg, s->n_vocab);
     emit(s, sl, tok, true);
@@ -864,6 +866,23 @@ static void prefill_unit(srv_sched *s, slot *sl) {
 
 static bool expired(const srv_job *j, double now);
 
+/* Prefill units a slot still needs: a plain prompt's chunks (a bounded history counted as its
+ * whole prompt), one for a fused prompt. */
+static int64_t units_left(const srv_sched *s, const slot *sl) {
+    if (!sl->plain) return 1;
+    int64_t n = sl->n_flat - sl->pf_done;
+    return (n + s->p.prefill_chunk - 1) / s->p.prefill_chunk;
+}
+
+/* Whether the oldest prefilling slot p shares the prefill units with the next oldest p2: while
+ * p is in a bounded history (always), or p needs more units than p2 still does. Two prompts of
+ * the same length go oldest first, so sharing never delays the older for nothing. */
+static bool share_unit(const srv_sched *s, const slot *p, const slot *p2) {
+    if (p->bounded && p->pf_done == 0) return true;
+    int64_t n = units_left(s, p);
+    return n > 1 && units_left(s, p2) < n;
+}
+
 /* One batched decode step; returns the rows decoded. */
 static int decode_step(srv_sched *s) {
     kvf_session *sess[MAX_SLOTS];
@@ -1068,9 +1087,9 @@ static void *sched_main(void *arg) {
             else if (expired(sl->job, now))
                 slot_fail(s, sl, 504, "timeout", "the request timed out after %.0f s (--timeout)", sl->job->timeout_ms / 1e3);
         }
-        /* 3. prefill units, oldest job first; while the oldest is in a bounded history (many
-         * units), every other unit goes to the next oldest, so a short prompt is not queued
-         * behind a whole history */
+        /* 3. prefill units, oldest job first; while the oldest needs more units than the next
+         * oldest (or is in a bounded history), every other unit goes to the next oldest, so a
+         * short prompt is not queued behind a long one and the long one still gets half */
         double pf_ms = 0;
         for (int u = 0; u < s->p.prefill_units; u++) {
             slot *p = NULL, *p2 = NULL;
@@ -1083,8 +1102,9 @@ static void *sched_main(void *arg) {
                     p2 = sl;
             }
             if (!p) break;
-            if (p2 && p->bounded && p->pf_done == 0 && (s->pf_turn++ & 1)) p = p2;
+            if (p2 && share_unit(s, p, p2) && (s->pf_turn++ & 1)) p = p2;
             double t0 = srv_now_ms();
+            s->pf_units++;
             prefill_unit(s, p);
             pf_ms += srv_now_ms() - t0;
         }
