@@ -20,7 +20,7 @@
  *
  *   build/bench/conv_budget -m MODEL --data musique_s.json [--conversations 5] [--topics 3]
  *       [--passages 4] [--budget-frac 0.25] [--block 256] [--episodes 4] [--probe 64]
- *       [-n 16] [--threads N] [--modes epi,recent] [--offset 0]
+ *       [-n 16] [--threads N] [--modes epi,recent] [--offset 0] [--grounded]
  */
 #include "kvfuse.h"
 #include "common.h"
@@ -59,6 +59,9 @@ static void usage(void) {
             "       [--offset I] [--score max|sum]   (a cell's probe attention: the maximum\n"
             "       over the probe's rows, the default, or their sum)\n"
             "       [--chunk C]   (every head keeps the same cells, whole runs of C; not epil/epia)\n"
+            "       [--grounded]   (only questions whose gold answer occurs in one of their\n"
+            "       passages; those passages are among the P given, the best-ranked others fill\n"
+            "       the rest)\n"
             "       [--layers PROFILE] [--alpha A]   (epil: epi with layer budgets from\n"
             "       `kvfuse conv-profile`, skewed by A, default 1.3)\n");
 }
@@ -117,6 +120,36 @@ static int answer(kvf_session *s, const kvf_model *m, const int32_t *q, int32_t 
     return 0;
 }
 
+/* whether passage `ctx` of example `ex` contains one of its gold answers (case-insensitive) */
+static bool has_gold(cJSON *ex, cJSON *ctx) {
+    const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "text"));
+    cJSON      *g    = cJSON_GetObjectItem(ex, "answers");
+    for (int k = 0; text && k < cJSON_GetArraySize(g); k++) {
+        const char *gs = cJSON_GetStringValue(cJSON_GetArrayItem(g, k));
+        if (gs && *gs && strcasestr(text, gs)) return true;
+    }
+    return false;
+}
+
+/* The passages of example ex given as notes: its first P in retrieval order, or with
+ * `grounded` those that contain a gold answer first and then the best-ranked others, up to P,
+ * kept in retrieval order. idx[] gets their indices; returns how many (0: none grounded). */
+static int pick_passages(cJSON *ex, int P, bool grounded, int *idx) {
+    cJSON *ctxs = cJSON_GetObjectItem(ex, "ctxs");
+    int    n    = cJSON_GetArraySize(ctxs), k = 0, n_gold = 0;
+    bool   take[64] = {0};
+    if (n > 64) n = 64;
+    for (int j = 0; grounded && j < n && k < P; j++)
+        if (has_gold(ex, cJSON_GetArrayItem(ctxs, j))) take[j] = true, k++, n_gold++;
+    if (grounded && n_gold == 0) return 0;
+    for (int j = 0; j < n && k < P; j++)
+        if (!take[j]) take[j] = true, k++;
+    k = 0;
+    for (int j = 0; j < n; j++)
+        if (take[j]) idx[k++] = j;
+    return k;
+}
+
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL;
     int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
@@ -124,10 +157,15 @@ int main(int argc, char **argv) {
     const char *mode_list = "epi,recent", *layers = NULL;
     double alpha = 1.3;
     int score_sum = 0, chunk = 0;
+    bool grounded = false;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
+        if (!strcmp(a, "--grounded")) {
+            grounded = true;
+            continue;
+        }
         if (!v) return usage(), 2;
         if (!strcmp(a, "-m"))
             model = v;
@@ -179,12 +217,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "conv_budget: cannot read %s as a JSON array\n", data);
         return 1;
     }
-    int n_ex = cJSON_GetArraySize(ds);
-    if (offset + n_conv * topics > n_ex) {
-        fprintf(
-            stderr,
-            "conv_budget: %d conversations x %d topics from %d need %d examples; the file has %d\n",
-            n_conv, topics, offset, offset + n_conv * topics, n_ex);
+    /* the examples used, in order from offset: every one, or with --grounded those whose gold
+     * answer occurs in one of their passages */
+    int n_ex = cJSON_GetArraySize(ds), need = n_conv * topics, n_use = 0;
+    int *use_ex = calloc((size_t)(need > 0 ? need : 1), sizeof(int)), pidx[64];
+    for (int i = offset; use_ex && i < n_ex && n_use < need; i++)
+        if (pick_passages(cJSON_GetArrayItem(ds, i), passages, grounded, pidx) > 0) use_ex[n_use++] = i;
+    if (!use_ex || n_use < need) {
+        fprintf(stderr,
+                "conv_budget: %d conversations x %d topics from %d need %d%s examples; the file "
+                "has %d\n",
+                n_conv, topics, offset, need, grounded ? " grounded" : "", use_ex ? n_use : 0);
         return 1;
     }
     kvf_set_log_level(1);
@@ -218,9 +261,11 @@ int main(int argc, char **argv) {
             "system", "You are a helpful assistant. The user gives you notes to remember, "
                       "then asks questions about them. Answer briefly."};
         for (int t = 0; t < topics; t++) /* one topic after the other, as a chat drifts */
-            for (int p = 0; p < passages; p++) {
-                cJSON *ex = cJSON_GetArrayItem(ds, offset + c * topics + t);
-                cJSON *ctx = cJSON_GetArrayItem(cJSON_GetObjectItem(ex, "ctxs"), p);
+            for (int p = 0, np = 0; p < passages; p++) {
+                cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
+                if (p == 0) np = pick_passages(ex, passages, grounded, pidx);
+                if (p >= np) break;
+                cJSON *ctx = cJSON_GetArrayItem(cJSON_GetObjectItem(ex, "ctxs"), pidx[p]);
                 const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "text"));
                 size_t len = strlen(text ? text : "") + 32;
                 bodies[nm] = malloc(len);
@@ -262,7 +307,7 @@ int main(int argc, char **argv) {
         }
         double full_prefill = now_ms() - t0;
         for (int t = 0; t < topics; t++) {
-            cJSON *ex = cJSON_GetArrayItem(ds, offset + c * topics + t);
+            cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
             const char *qs = cJSON_GetStringValue(cJSON_GetObjectItem(ex, "question"));
             char qtext[2048];
             snprintf(qtext, sizeof qtext,
@@ -332,7 +377,8 @@ int main(int argc, char **argv) {
                 int32_t held = md == 0 ? kvf_session_n_past(use) : st.cells + nq + n_predict;
                 if (held > peak) peak = held;
                 printf(
-                    "{\"conversation\": %d, \"topic\": %d, \"mode\": \"%s\", \"history_tokens\": "
+                    "{\"conversation\": %d, \"topic\": %d, \"example\": %d, \"mode\": \"%s\", "
+                    "\"history_tokens\": "
                     "%d, "
                     "\"question_tokens\": %d, \"budget\": %d, \"episode\": %d, \"episodes\": %d, "
                     "\"route_sim\": %.4f, \"probe_tokens\": %d, \"peak_cells\": %d, "
@@ -340,7 +386,7 @@ int main(int argc, char **argv) {
                     "\"kv_resident_bytes\": %lld, \"evictions\": %d, \"prefill_ms\": %.1f, "
                     "\"probe_ms\": %.1f, "
                     "\"ttft_ms\": %.1f, \"answer\": ",
-                    c, t, modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
+                    c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
                     sim,
                     md == 1 || md >= 5 ? n_probe
                     : md == 3 ? nqw
@@ -370,7 +416,7 @@ int main(int argc, char **argv) {
             free(bodies[k]);
     }
     kvf_session_free(s), kvf_session_free(sf);
-    free(lb), free(lsim);
+    free(lb), free(lsim), free(use_ex);
     kvf_model_free(m);
     cJSON_Delete(ds);
     return 0;

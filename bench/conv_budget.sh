@@ -15,7 +15,9 @@
 #        used; another offset gives other conversations, for development), SCORE (max: a cell's
 #        score is the maximum of its attention over the probe's rows, what serve does; sum: their
 #        sum), CHUNK (0: each head keeps its own top cells; C > 0: every head the same cells,
-#        whole runs of C chosen by their attention summed over layers and heads, after ChunkKV), SHARED (../shared),
+#        whole runs of C chosen by their attention summed over layers and heads, after ChunkKV),
+#        GROUNDED (1: only questions whose gold answer occurs in one of their passages, and those
+#        passages among the PASSAGES given, so the history holds what answers them), SHARED (../shared),
 #        OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +47,6 @@ fi
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
     --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" --offset "${OFFSET:-0}" \
     --score "${SCORE:-max}" --chunk "${CHUNK:-0}" \
-    "${LAYER_ARGS[@]}" > "$OUT"
+    $([ "${GROUNDED:-0}" = 1 ] && echo --grounded) "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"
