@@ -6,10 +6,11 @@ MuSiQue passages as notes (~5k tokens) arrives, longer than --conv-budget 1536, 
 is prefilled under the budget in the other slot. Prints, per kvfuse binary, the streaming
 request's largest gap between two tokens and its total time, and the long request's total time
 and its kvfuse.conversation; then the long chat again with a short request 1 s behind it: the
-short one's time to its answer. Not part of `make test`.
+short one's time to its answer. With --plain the server runs without --conv-budget, so the long
+chat is an ordinary prompt prefilled --prefill-chunk tokens per unit. Not part of `make test`.
 
     bench/conv_stall.py BIN [BIN ...] [--port 18431] [--model models/Qwen2.5-Coder-0.5B-Instruct.gguf]
-                        [--data ../shared/data/musique-cacheblend/musique_s.json]
+                        [--data ../shared/data/musique-cacheblend/musique_s.json] [--plain]
 """
 import argparse, json, subprocess, sys, threading, time, urllib.request
 
@@ -18,13 +19,15 @@ ap.add_argument('bins', nargs='+')
 ap.add_argument('--port', type=int, default=18431)
 ap.add_argument('--model', default='models/Qwen2.5-Coder-0.5B-Instruct.gguf')
 ap.add_argument('--data', default='../shared/data/musique-cacheblend/musique_s.json')
+ap.add_argument('--plain', action='store_true', help='no --conv-budget: the long chat is a plain prompt')
 args = ap.parse_args()
 data = json.load(open(args.data))
 
 
 def run(bin_, port):
     srv = subprocess.Popen([bin_, 'serve', '-m', args.model, '--port', str(port),
-                            '--parallel', '2', '--ctx', '8192', '--conv-budget', '1536', '--threads', '2'],
+                            '--parallel', '2', '--ctx', '8192', '--threads', '2']
+                           + ([] if args.plain else ['--conv-budget', '1536']),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f'http://127.0.0.1:{port}/v1/chat/completions'
     for _ in range(600):
@@ -38,14 +41,15 @@ def run(bin_, port):
     def post(body, stream=False):
         req = urllib.request.Request(url, json.dumps(body).encode(), {'Content-Type': 'application/json'})
         return urllib.request.urlopen(req, timeout=600)
-    msgs = [{'role': 'system', 'content': 'You are a helpful assistant.'}]
-    for ex in data[:2]:
-        for c in ex['ctxs'][:4]:
-            msgs += [{'role': 'user', 'content': 'Note: ' + c['text']}, {'role': 'assistant', 'content': 'Noted.'}]
-    msgs.append({'role': 'user', 'content': 'Question: ' + data[0]['question']})
+    def chat(first):  # 8 passages of two questions as notes, then the first one's question
+        msgs = [{'role': 'system', 'content': 'You are a helpful assistant.'}]
+        for ex in data[first:first + 2]:
+            for c in ex['ctxs'][:4]:
+                msgs += [{'role': 'user', 'content': 'Note: ' + c['text']}, {'role': 'assistant', 'content': 'Noted.'}]
+        return msgs + [{'role': 'user', 'content': 'Question: ' + data[first]['question']}]
     res = {}
-    def long_req():
-        t = time.time(); r = json.load(post({'messages': msgs, 'max_tokens': 4}))
+    def long_req(first=0):  # another chat the second time: nothing of it is cached
+        t = time.time(); r = json.load(post({'messages': chat(first), 'max_tokens': 4}))
         res['long_s'] = time.time() - t; res['long_conv'] = r.get('kvfuse', {}).get('conversation')
     stamps = []
     t0 = time.time()
@@ -64,7 +68,7 @@ def run(bin_, port):
            'max_gap_s': round(max(gaps), 2), 'long_total_s': round(res.get('long_s', -1), 2),
            'long_conv': res.get('long_conv')}
     # then a short request that arrives 1 s after another long one: its time to the answer
-    th = threading.Thread(target=long_req)
+    th = threading.Thread(target=long_req, args=(2,))
     th.start()
     time.sleep(1)
     t = time.time()
@@ -72,6 +76,7 @@ def run(bin_, port):
     out['short_after_long_s'] = round(time.time() - t, 2)
     th.join()
     out['long2_total_s'] = round(res.get('long_s', -1), 2)
+    out['plain'] = args.plain
     print(json.dumps(out))
     srv.terminate(); srv.wait()
 

@@ -1845,8 +1845,10 @@ static void test_sched_conv_budget(void) {
     sp.conv_budget = 300; /* below the least budget */
     CHECK(srv_sched_new(g_model, &sp, m, err, sizeof err) == NULL);
     CHECK(strstr(err, "--conv-budget") != NULL);
+    CHECK(sp.conv_probe_question); /* the default: the question is the probe */
     sp.conv_budget   = 512;
     sp.prefill_chunk = 128; /* a unit: one block of the history (256), then the others decode */
+    sp.conv_probe_question = false; /* first the episode's probe (EpiCache) */
     srv_sched *s     = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(s != NULL);
     if (!s) return;

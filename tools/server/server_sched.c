@@ -126,6 +126,7 @@ srv_sched_params srv_sched_default_params(void) {
     p.conv_block    = 256;
     p.conv_budget   = 0;
     p.conv_episodes = 4;
+    p.conv_probe_question = true; /* measured better than the episode's (README, Benchmarks) */
     p.conv_alpha    = 1.3f;
     p.store         = NULL;
     p.audit         = srv_audit_default_params(); /* rate 0: off */

@@ -70,7 +70,7 @@ typedef struct srv_sched_params {
                                   0 = off; >= 512 */
     int32_t     conv_episodes; /* episodes a history is clustered into (4) */
     bool        conv_probe_question; /* the question itself is the eviction probe (--conv-probe
-                                        question; default false: the question's episode) */
+                                        question, the default; false: the question's episode) */
     int32_t     conv_chunk;    /* > 0: every layer and head keeps the same history cells, whole
                                   runs of this many (--conv-chunk; after ChunkKV); 0: each head
                                   its own top cells (0); not with conv_layers */
