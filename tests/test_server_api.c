@@ -1960,16 +1960,23 @@ static void test_sched_conv_budget(void) {
  * while the older job's history goes in, every other prefill unit is the short one's, so the
  * short job's first token comes before the bounded one's (oldest first, it came after). Both
  * answers equal their answers alone. */
-static void test_sched_conv_budget_interleave(void) {
-    srv_docs        *d  = srv_docs_new(0, 0);
-    srv_api         *a  = api_new(NULL, d, NULL, 2048);
+/* two slots of 2048 cells, prefill units of `chunk` tokens; a short chat request */
+static srv_sched_params two_slot_params(int32_t chunk) {
     srv_sched_params sp = one_slot_params();
     sp.n_slots          = 2;
     sp.n_ctx            = 2048;
+    sp.prefill_chunk    = chunk;
+    return sp;
+}
+static const char *const short_chat = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+
+static void test_sched_conv_budget_interleave(void) {
+    srv_docs        *d  = srv_docs_new(0, 0);
+    srv_api         *a  = api_new(NULL, d, NULL, 2048);
+    srv_sched_params sp = two_slot_params(128);
     sp.conv_budget      = 512;
-    sp.prefill_chunk    = 128;
-    char       err[256], body[4096];
-    const char *shortb = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+    char        err[256], body[4096];
+    const char *shortb = short_chat;
     conv_body(body, sizeof body);
     srv_sched *s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
     CHECK(s != NULL);
@@ -2018,12 +2025,9 @@ static void test_sched_conv_budget_interleave(void) {
 static void test_sched_prefill_share(void) {
     srv_docs        *d  = srv_docs_new(0, 0);
     srv_api         *a  = api_new(NULL, d, NULL, 2048);
-    srv_sched_params sp = one_slot_params();
-    sp.n_slots          = 2;
-    sp.n_ctx            = 2048;
-    sp.prefill_chunk    = 32;
+    srv_sched_params sp = two_slot_params(32);
     char        err[256], longb[4096], long2[4096];
-    const char *shortb = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
+    const char *shortb = short_chat;
     conv_body(longb, sizeof longb);
     conv_body(long2, sizeof long2);
     long2[strlen(long2) - 8] = 'X'; /* another last word, about the same length */
