@@ -260,11 +260,10 @@ int main(int argc, char **argv) {
         msgs[nm++] = (kvf_chat_msg){
             "system", "You are a helpful assistant. The user gives you notes to remember, "
                       "then asks questions about them. Answer briefly."};
-        for (int t = 0; t < topics; t++) /* one topic after the other, as a chat drifts */
-            for (int p = 0, np = 0; p < passages; p++) {
-                cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
-                if (p == 0) np = pick_passages(ex, passages, grounded, pidx);
-                if (p >= np) break;
+        for (int t = 0; t < topics; t++) { /* one topic after the other, as a chat drifts */
+            cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
+            int    np = pick_passages(ex, passages, grounded, pidx);
+            for (int p = 0; p < np; p++) {
                 cJSON *ctx = cJSON_GetArrayItem(cJSON_GetObjectItem(ex, "ctxs"), pidx[p]);
                 const char *text = cJSON_GetStringValue(cJSON_GetObjectItem(ctx, "text"));
                 size_t len = strlen(text ? text : "") + 32;
@@ -274,6 +273,7 @@ int main(int argc, char **argv) {
                 nm++;
                 msgs[nm++] = (kvf_chat_msg){"assistant", "Noted."};
             }
+        }
         int32_t *hist = NULL, n_hist = format_tokens(m, msgs, nm, false, &hist);
         int32_t utt[MAX_MSG], n_utt = 0;
         for (int k = 1; k <= nm && n_hist > 0;

@@ -1956,10 +1956,6 @@ static void test_sched_conv_budget(void) {
     srv_docs_free(d);
 }
 
-/* A short prompt that arrives with a bounded conversation is not queued behind the whole history:
- * while the older job's history goes in, every other prefill unit is the short one's, so the
- * short job's first token comes before the bounded one's (oldest first, it came after). Both
- * answers equal their answers alone. */
 /* two slots of 2048 cells, prefill units of `chunk` tokens; a short chat request */
 static srv_sched_params two_slot_params(int32_t chunk) {
     srv_sched_params sp = one_slot_params();
@@ -1970,13 +1966,31 @@ static srv_sched_params two_slot_params(int32_t chunk) {
 }
 static const char *const short_chat = "{\"messages\": [{\"role\": \"user\", \"content\": \"hello there\"}], \"max_tokens\": 3}";
 
+/* Two requests admitted in one scheduling step, `older` arriving first, run to the end: *j is
+ * the older's job, *k the newer's (NULL where a job could not be made). */
+static void run_pair(srv_sched *s, srv_api *a, const char *older, const char *newer, srv_job **j,
+                     srv_job **k) {
+    int ra;
+    srv_sched_hold(s, true); /* both start in one scheduling step */
+    *j = make_job(a, NULL, older);
+    usleep(2000); /* the first is the older */
+    *k = make_job(a, NULL, newer);
+    CHECK(*j && srv_sched_submit(s, *j, &ra) == SRV_SUBMIT_OK);
+    CHECK(*k && srv_sched_submit(s, *k, &ra) == SRV_SUBMIT_OK);
+    srv_sched_hold(s, false);
+    if (*j && *k) wait_done(*j), wait_done(*k);
+}
+
+/* A short prompt that arrives with a bounded conversation is not queued behind the whole history:
+ * while the older job's history goes in, every other prefill unit is the short one's, so the
+ * short job's first token comes before the bounded one's (oldest first, it came after). Both
+ * answers equal their answers alone. */
 static void test_sched_conv_budget_interleave(void) {
     srv_docs        *d  = srv_docs_new(0, 0);
     srv_api         *a  = api_new(NULL, d, NULL, 2048);
     srv_sched_params sp = two_slot_params(128);
     sp.conv_budget      = 512;
-    char        err[256], body[4096];
-    const char *shortb = short_chat;
+    char err[256], body[4096];
     conv_body(body, sizeof body);
     srv_sched *s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
     CHECK(s != NULL);
@@ -1987,20 +2001,12 @@ static void test_sched_conv_budget_interleave(void) {
     srv_job *j = make_job(a, NULL, body), *k = NULL;
     char    *alone_long = j ? run_one(s, j) : NULL;
     if (j) srv_job_release(j);
-    k                   = make_job(a, NULL, shortb);
+    k                   = make_job(a, NULL, short_chat);
     char *alone_short   = k ? run_one(s, k) : NULL;
     if (k) srv_job_release(k);
     CHECK(alone_long && alone_short);
-    int ra;
-    srv_sched_hold(s, true); /* both start in one scheduling step */
-    j = make_job(a, NULL, body);
-    usleep(2000);            /* the bounded one is the older */
-    k = make_job(a, NULL, shortb);
-    CHECK(j && srv_sched_submit(s, j, &ra) == SRV_SUBMIT_OK);
-    CHECK(k && srv_sched_submit(s, k, &ra) == SRV_SUBMIT_OK);
-    srv_sched_hold(s, false);
+    run_pair(s, a, body, short_chat, &j, &k); /* the bounded one is the older */
     if (j && k) {
-        wait_done(j), wait_done(k);
         CHECK(j->conv_bounded && !k->conv_bounded);
         CHECK(j->t_arrival_ms < k->t_arrival_ms);
         CHECK_MSG(k->t_arrival_ms + k->ttft_ms < j->t_arrival_ms + j->ttft_ms,
@@ -2027,15 +2033,12 @@ static void test_sched_prefill_share(void) {
     srv_api         *a  = api_new(NULL, d, NULL, 2048);
     srv_sched_params sp = two_slot_params(32);
     char        err[256], longb[4096], long2[4096];
-    const char *shortb = short_chat;
     conv_body(longb, sizeof longb);
     conv_body(long2, sizeof long2);
     long2[strlen(long2) - 8] = 'X'; /* another last word, about the same length */
-    const char *bodies[3] = {longb, shortb, long2};
+    const char *bodies[3] = {longb, short_chat, long2};
     char       *alone[3]  = {0};
-    srv_sched  *s         = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
-    CHECK(s != NULL);
-    for (int i = 0; s && i < 3; i++) { /* each alone, in a scheduler of its own (no reuse) */
+    for (int i = 0; i < 3; i++) { /* each alone, in a scheduler of its own (no reuse) */
         srv_sched *s1 = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
         srv_job   *j  = s1 ? make_job(a, NULL, bodies[i]) : NULL;
         alone[i]      = j ? run_one(s1, j) : NULL;
@@ -2043,20 +2046,13 @@ static void test_sched_prefill_share(void) {
         if (j) srv_job_release(j);
         srv_sched_free(s1);
     }
-    for (int pass = 0; s && pass < 2; pass++) { /* 0: long + short, 1: long + long */
-        srv_sched_free(s);
-        s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+    for (int pass = 0; pass < 2; pass++) { /* 0: long + short, 1: long + long */
+        srv_sched *s = srv_sched_new(g_model, &sp, NULL, err, sizeof err);
+        CHECK(s != NULL);
         if (!s) break;
-        int ra;
-        srv_sched_hold(s, true); /* both start in one scheduling step */
-        srv_job *j = make_job(a, NULL, longb);
-        usleep(2000); /* the long one is the older */
-        srv_job *k = make_job(a, NULL, pass ? long2 : shortb);
-        CHECK(j && srv_sched_submit(s, j, &ra) == SRV_SUBMIT_OK);
-        CHECK(k && srv_sched_submit(s, k, &ra) == SRV_SUBMIT_OK);
-        srv_sched_hold(s, false);
+        srv_job *j, *k;
+        run_pair(s, a, longb, bodies[pass ? 2 : 1], &j, &k); /* the long one is the older */
         if (j && k) {
-            wait_done(j), wait_done(k);
             int64_t uj = (j->n_prompt + sp.prefill_chunk - 1) / sp.prefill_chunk;
             int64_t uk = (k->n_prompt + sp.prefill_chunk - 1) / sp.prefill_chunk;
             CHECK(uj > 4 && (pass ? uk == uj : uk == 1));
@@ -2075,9 +2071,9 @@ static void test_sched_prefill_share(void) {
         }
         if (j) srv_job_release(j);
         if (k) srv_job_release(k);
+        srv_sched_free(s);
     }
     for (int i = 0; i < 3; i++) free(alone[i]);
-    srv_sched_free(s);
     free(a);
     srv_docs_free(d);
 }
