@@ -11,7 +11,10 @@
  * eviction, which EpiCache argues fails in later turns), "epiq" the episode's probe, then the
  * question's words, and "epil" epi with each layer's budget from a --layers profile
  * (kvf_conv_layer_budgets, --alpha), "epia" epi with the layers' shares recomputed from the
- * probe's attention every round (layer_adapt). --modes picks them (default epi,recent); full
+ * probe's attention every round (layer_adapt), "turn" the question's whole turn as the model
+ * reads it (template and the assistant's header; its last --probe tokens), "message" the user's
+ * message without the template (instruction and question; its last --probe tokens, what serve
+ * uses). --modes picks them (default epi,recent); full
  * always runs.
  *
  * One JSON line per (conversation, question, mode) on stdout: the answer, the gold answers, peak
@@ -55,10 +58,12 @@ static void usage(void) {
     fprintf(stderr,
             "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
-            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia]\n"
+            "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia,turn,message]\n"
             "       [--offset I] [--score max|sum]   (a cell's probe attention: the maximum\n"
             "       over the probe's rows, the default, or their sum)\n"
             "       [--chunk C]   (every head keeps the same cells, whole runs of C; not epil/epia)\n"
+            "       [--probe-idf]   (a probe row's attention weighted by how rare its token is in\n"
+            "       the history's blocks)\n"
             "       [--grounded]   (only questions whose gold answer occurs in one of their\n"
             "       passages; those passages are among the P given, the best-ranked others fill\n"
             "       the rest)\n"
@@ -157,13 +162,17 @@ int main(int argc, char **argv) {
     const char *mode_list = "epi,recent", *layers = NULL;
     double alpha = 1.3;
     int score_sum = 0, chunk = 0;
-    bool grounded = false;
+    bool grounded = false, probe_idf = false;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
         if (!strcmp(a, "--grounded")) {
             grounded = true;
+            continue;
+        }
+        if (!strcmp(a, "--probe-idf")) {
+            probe_idf = true;
             continue;
         }
         if (!v) return usage(), 2;
@@ -286,6 +295,7 @@ int main(int argc, char **argv) {
         int32_t budget = (int32_t)(n_hist * frac);
         kvf_conv_budget_params bp = kvf_conv_budget_default_params(budget);
         bp.score_sum = score_sum;
+        bp.probe_idf = probe_idf;
         bp.chunk = chunk;
         bp.block = block;
         bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
@@ -332,8 +342,22 @@ int main(int argc, char **argv) {
             /* epiq: the episode's probe, then the question's words */
             int32_t n_epiq = n_probe;
             for (int32_t i = 0; i < nqw && n_epiq < 4096 + 1024; i++) probe[n_epiq++] = qw[i];
-            const char *modes[7] = {"full", "epi", "recent", "question", "epiq", "epil", "epia"};
-            for (int md = 0; md < 7; md++) {
+            const char *modes[9] = {"full", "epi",  "recent", "question", "epiq",
+                                    "epil", "epia", "turn",   "message"};
+            /* turn: the question's whole turn as the model sees it (template and the assistant's
+             * header), its last probe_max tokens, like SnapKV's observation window */
+            int32_t n_turn = nq < probe_max ? nq : probe_max;
+            const int32_t *turn = q + nq - n_turn;
+            /* message: the user's message without the template (instruction and question), its
+             * last probe_max tokens, as serve probes */
+            int32_t mw[1024], nmw = kvf_tokenize(m, qtext, strlen(qtext), mw, 1024, 0);
+            if (nmw < 1) {
+                fprintf(stderr, "conv_budget: cannot tokenize the question's message\n");
+                return 1;
+            }
+            int32_t n_msg = nmw < probe_max ? nmw : probe_max;
+            const int32_t *msg = mw + nmw - n_msg;
+            for (int md = 0; md < 9; md++) {
                 if (md > 0 && !has_mode(mode_list, modes[md])) continue;
                 char ans[2048];
                 double ttft = 0, pre_ms = 0;
@@ -345,12 +369,21 @@ int main(int argc, char **argv) {
                 } else {
                     kvf_session_truncate(s, 0);
                     kvf_session_trim(s);
-                    const int32_t *pr = md == 1 || md >= 4 ? probe : md == 3 ? qw : NULL;
-                    int32_t np = md == 1 || md >= 5 ? n_probe : md == 3 ? nqw : md == 4 ? n_epiq : 0;
+                    const int32_t *pr = md == 8   ? msg
+                                        : md == 7   ? turn
+                                        : md == 1 || md >= 4 ? probe
+                                        : md == 3            ? qw
+                                                             : NULL;
+                    int32_t np = md == 8                 ? n_msg
+                                 : md == 7              ? n_turn
+                                 : md == 1 || md >= 5   ? n_probe
+                                 : md == 3              ? nqw
+                                 : md == 4              ? n_epiq
+                                                        : 0;
                     bp.window = 32;
                     bp.layer_budget = NULL;
                     bp.layer_adapt = md == 6; /* epia: shares by attention mass each round */
-                    bp.chunk = md >= 5 ? 0 : chunk; /* whole runs need one budget for all layers */
+                    bp.chunk = md == 5 || md == 6 ? 0 : chunk; /* whole runs need one budget for all layers */
                     if (md == 5) { /* epil: the episode's probe and the profile's layer budgets */
                         if (kvf_conv_layer_budgets(lsim, L, &bp, np, (float)alpha, lb) != KVF_OK) {
                             fprintf(stderr, "conv_budget: %s\n", kvf_errmsg());
@@ -388,7 +421,9 @@ int main(int argc, char **argv) {
                     "\"ttft_ms\": %.1f, \"answer\": ",
                     c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
                     sim,
-                    md == 1 || md >= 5 ? n_probe
+                    md == 8 ? n_msg
+                    : md == 7 ? n_turn
+                    : md == 1 || md >= 5 ? n_probe
                     : md == 3 ? nqw
                     : md == 4 ? n_epiq
                     : md == 2 ? 32

@@ -52,7 +52,7 @@ def main():
         a["ttft_ms"].append(r["ttft_ms"])
         a["history"].append(r["history_tokens"])
     mean = lambda v: sum(v) / len(v) if v else 0.0
-    order = [m for m in ("full", "epi", "epil", "epia", "recent", "question", "epiq") if m in acc]
+    order = [m for m in ("full", "epi", "epil", "epia", "recent", "question", "epiq", "turn", "message") if m in acc]
     print("| mode | n | agreement F1 | agreement EM | F1 vs gold | peak KV cells | peak KV MiB | peak / full | "
           "history prefill ms | of it probe + eviction ms | TTFT after history ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

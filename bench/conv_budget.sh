@@ -4,7 +4,8 @@
 # per question, one topic after the other, as notes the assistant acknowledges) with the whole
 # history cached (full), under --conv-budget = FRAC of the history with the probe of the
 # question's episode (epi), and with a probe of the recent window only (recent); MODES picks the
-# bounded modes (epi,recent; also question, epiq: the question alone, the episode + question).
+# bounded modes (epi,recent; also question, epiq: the question alone, the episode + question;
+# turn: the question's turn with its template and the assistant's header, as serve probes).
 # Prints the table (bench/conv_budget.py) and keeps the JSON lines. Not part of `make test`.
 #   bench/conv_budget.sh [MODEL_FILE]   (default models/Qwen2.5-Coder-0.5B-Instruct.gguf)
 # MODES with epil: epi with layer budgets (serve --conv-layers) from LAYERS, a profile of
@@ -17,7 +18,9 @@
 #        sum), CHUNK (0: each head keeps its own top cells; C > 0: every head the same cells,
 #        whole runs of C chosen by their attention summed over layers and heads, after ChunkKV),
 #        GROUNDED (1: only questions whose gold answer occurs in one of their passages, and those
-#        passages among the PASSAGES given, so the history holds what answers them), SHARED (../shared),
+#        passages among the PASSAGES given, so the history holds what answers them), PROBE_IDF (1:
+#        each probe row's attention weighted by its token's rarity in the history's blocks),
+#        SHARED (../shared),
 #        OUT (results file, default a temporary one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +50,6 @@ fi
     --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
     --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" --offset "${OFFSET:-0}" \
     --score "${SCORE:-max}" --chunk "${CHUNK:-0}" \
-    $([ "${GROUNDED:-0}" = 1 ] && echo --grounded) "${LAYER_ARGS[@]}" > "$OUT"
+    $([ "${GROUNDED:-0}" = 1 ] && echo --grounded) $([ "${PROBE_IDF:-0}" = 1 ] && echo --probe-idf) "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"

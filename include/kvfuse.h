@@ -524,6 +524,11 @@ typedef struct kvf_conv_budget_params {
                       cells chosen by their pooled probe attention, each head's share summed
                       over layers and heads (after ChunkKV), so kept text stays contiguous; not
                       with layer_budget or layer_adapt. 0: each head keeps its own top cells (0) */
+    int32_t probe_idf; /* 1: each probe row's attention is weighted by how rare its token is in
+                          the history: with N blocks of `block` history tokens and df of them
+                          holding the token, w = 0.1 + 0.9 log((N + 1) / (df + 1)) / log(N + 1),
+                          so template tokens and common words, found in every block, count a
+                          tenth of a name found in one (0) */
 } kvf_conv_budget_params;
 KVF_API kvf_conv_budget_params kvf_conv_budget_default_params(int32_t budget);
 

@@ -207,7 +207,8 @@ static int by_asc(const void *x, const void *y) {
 /* The probe's scores of the reference session r (which holds the nh history cells) at every
  * layer, by hand: the probe's queries against the cached keys, softmax over those keys only, the
  * maximum over probe rows and the query heads of a KV head. sc: [layer][kv head][nh]. */
-static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, int nh, int use_sum, float *sc) {
+static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, const float *roww, int np, int nh,
+                                 int use_sum, float *sc) {
     const kvf_hparams *hp = &r->m->hp;
     int g = hp->n_head / hp->n_head_kv;
     for (int i = 0; i < np; i++)
@@ -237,7 +238,7 @@ static void probe_scores_by_hand(kvf_session *r, const int32_t *probe, int np, i
                     for (int j = 0; j < nh; j++)
                         sum += exp((double)(lg[j] - mx));
                     for (int j = 0; j < nh; j++) {
-                        float a = (float)(exp((double)(lg[j] - mx)) / sum);
+                        float a = (float)((roww ? roww[i] : 1.0) * exp((double)(lg[j] - mx)) / sum);
                         out[j]  = use_sum ? out[j] + a : fmaxf(out[j], a);
                     }
                 }
@@ -272,16 +273,19 @@ static int by_fdesc(const void *x, const void *y) {
  *   attention mass (each layer's k-th gain the mean over heads of its k-th largest pooled score
  *   over the head's total; at least 19 each), then the tile rounding as above;
  * - uniform with score_sum: as the first, a cell's score the sum over the probe's rows and query
- *   heads instead of their maximum.
+ *   heads instead of their maximum;
+ * - uniform with probe_idf: as the first, each probe row's attention weighted by how rare its
+ *   token is in the history's 64-token blocks (two probe tokens the history never holds weigh 1).
  * Every head must keep exactly its sink, its window and its top cells by pooled score, in order. */
 static void test_selection_by_hand(int mode) {
-    const char *tags[5] = {"hand", "handl", "handa", "hands", "handc"};
-    const int   uniform = mode == 0 || mode == 3 || mode == 4;
+    const char *tags[6] = {"hand", "handl", "handa", "hands", "handc", "handi"};
+    const int   uniform = mode == 0 || mode == 3 || mode == 4 || mode == 5;
     kvf_model *m = load_synth(tags[mode], 13);
     if (!m) return;
     kvf_session *s = new_session(m, 64), *r = new_session(m, 64);
     int32_t ids[256], probe[8], lb[2] = {200, 264};
     make_ids(ids, 256, 7), make_ids(probe, 8, 2);
+    probe[1] = 3, probe[5] = 4; /* never in the history */
     const int sink = 4, window = 8, Hkv = m->hp.n_head_kv;
     const int budget = mode == 1 ? 264 : 160, nh = mode == 1 ? 192 : 128, n_ids = nh + 64;
     kvf_conv_budget_params p = kvf_conv_budget_default_params(budget);
@@ -290,12 +294,28 @@ static void test_selection_by_hand(int mode) {
     p.layer_adapt = mode == 2;
     p.score_sum   = mode == 3;
     p.chunk       = mode == 4 ? 10 : 0;
+    p.probe_idf   = mode == 5;
     kvf_conv_budget_stats st;
     CHECK_EQ(kvf_session_prefill_budget(s, ids, n_ids, probe, 8, &p, &st), KVF_OK);
     CHECK_EQ(st.evictions, 1);
     CHECK_EQ(kvf_session_eval(r, ids, nh, 0), KVF_OK);
     static float sc[2 * 4 * 256];
-    probe_scores_by_hand(r, probe, 8, nh, mode == 3, sc);
+    /* probe_idf: w = 0.1 + 0.9 log((N + 1) / (df + 1)) / log(N + 1), N = 3 blocks of 64 */
+    float wt[8];
+    int   n_w1 = 0, n_low = 0;
+    for (int i = 0; i < 8; i++) {
+        int df = 0;
+        for (int b0 = 0; b0 < n_ids; b0 += 64) {
+            int in = 0;
+            for (int k = b0; k < b0 + 64; k++)
+                in |= ids[k] == probe[i];
+            df += in;
+        }
+        wt[i] = (float)(0.1 + 0.9 * log(4.0 / (df + 1.0)) / log(4.0));
+        n_w1 += df == 0, n_low += df == 3;
+    }
+    if (mode == 5) CHECK(n_w1 == 2 && n_low >= 1); /* the weights differ */
+    probe_scores_by_hand(r, probe, mode == 5 ? wt : NULL, 8, nh, mode == 3, sc);
     /* the cells each layer keeps */
     int keep[2] = {budget - 72, budget - 72};
     if (mode == 1) keep[0] = lb[0] - 72, keep[1] = KVF_MIN(lb[1] - 72, nh);
@@ -412,6 +432,9 @@ static void test_selection_adaptive(void) {
 }
 static void test_selection_chunks(void) {
     test_selection_by_hand(4);
+}
+static void test_selection_probe_idf(void) {
+    test_selection_by_hand(5);
 }
 
 /* Layers whose cells start past 0 (layer budgets) attend exactly as before: every layer's cells
@@ -658,6 +681,7 @@ int main(void) {
     RUN(test_selection_layered);
     RUN(test_selection_adaptive);
     RUN(test_selection_score_sum);
+    RUN(test_selection_probe_idf);
     RUN(test_selection_chunks);
     RUN(test_layer_start_exact);
     RUN(test_layer_budgets);

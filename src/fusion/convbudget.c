@@ -40,6 +40,7 @@ typedef struct {
     int l;
     int32_t u, a, nh; /* probe rows (queries in s->q); the layer's cells [a, a + nh) */
     float *score;     /* [n_head_kv][nh] of layer l: running maximum (or sum) */
+    const float *roww; /* [u] the probe rows' weights (probe_idf), NULL: 1 each */
     int score_sum;    /* kvf_conv_budget_params.score_sum */
     float *work;      /* per thread: [head_dim][nh] keys + [nh] logits */
     atomic_int_fast64_t next;
@@ -71,7 +72,7 @@ static void probe_head(void *p, int ith, int nth) {
                 double sum = 0;
                 for (int64_t j = 0; j < nh; j++)
                     sum += (lg[j] = expf(lg[j] - mx));
-                float inv = (float)(1.0 / sum);
+                float inv = (float)((t->roww ? t->roww[r] : 1.0) / sum);
                 if (t->score_sum)
                     for (int64_t j = 0; j < nh; j++)
                         sc[j] += lg[j] * inv;
@@ -225,8 +226,9 @@ static int32_t chunk_select(kvf_session *s, const float *score, int32_t nh, int3
  * its window and its top pooled scores, in order. With equal counts the cells stay at 0 ..;
  * otherwise every layer's cells end at the largest count and start at a key tile, so a layer
  * keeps up to 63 cells fewer than it may. */
-static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, int32_t *keep_n,
-                              int32_t cap, const kvf_conv_budget_params *p) {
+static kvf_status probe_evict(kvf_session *s, const int32_t *probe, const float *roww,
+                              int32_t np, int32_t *keep_n, int32_t cap,
+                              const kvf_conv_budget_params *p) {
     const kvf_hparams *hp = &s->m->hp;
     int L = hp->n_layer, Hkv = hp->n_head_kv, hd = hp->head_dim;
     int32_t nh = s->n_cells, nth = kvf_session_threads(s), top = 0, uniform = !p->layer_adapt;
@@ -258,6 +260,7 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
                             .nh = held(s, l),
                             .score = score + (int64_t)l * Hkv * nh,
                             .score_sum = p->score_sum,
+                            .roww = roww ? roww + i0 : NULL,
                             .work = work};
             atomic_init(&t.next, 0);
             kvf_pool_run(s->pool, probe_head, &t);
@@ -334,6 +337,25 @@ static kvf_status probe_evict(kvf_session *s, const int32_t *probe, int32_t np, 
     }
     kvf_free(score), kvf_free(work), kvf_free(pool), kvf_free(idx);
     return rc;
+}
+
+/* probe_idf: w[r] for probe row r from the number of the history's blocks holding its token */
+static void probe_row_weights(const int32_t *ids, int32_t n, int32_t block, const int32_t *probe,
+                              int32_t np, float *w, uint8_t *seen) {
+    int32_t nb = (n + block - 1) / block;
+    for (int32_t r = 0; r < np; r++)
+        w[r] = 0;
+    for (int32_t b0 = 0; b0 < n; b0 += block) {
+        memset(seen, 0, (size_t)np);
+        for (int32_t i = b0; i < KVF_MIN(n, b0 + block); i++)
+            for (int32_t r = 0; r < np; r++)
+                seen[r] |= ids[i] == probe[r];
+        for (int32_t r = 0; r < np; r++)
+            w[r] += seen[r]; /* df, counted in w for now */
+    }
+    double lg = log((double)nb + 1);
+    for (int32_t r = 0; r < np; r++)
+        w[r] = (float)(0.1 + 0.9 * (lg > 0 ? log((nb + 1.0) / (w[r] + 1.0)) / lg : 1.0));
 }
 
 kvf_status kvf_session_prefill_budget(kvf_session *s, const int32_t *ids, int32_t n,
@@ -448,7 +470,16 @@ kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, i
             const int32_t *pr = probe ? probe : ids + pos - KVF_MIN(npc, pos);
             int32_t np = probe ? n_probe : KVF_MIN(npc, pos);
             st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, np));
-            rc = probe_evict(s, pr, np, keep, s->n_ctx - b - npc, p);
+            float *w = p->probe_idf ? kvf_malloc(sizeof(float) * (size_t)np) : NULL;
+            uint8_t *seen = p->probe_idf ? kvf_malloc((size_t)np) : NULL;
+            if (p->probe_idf && (!w || !seen)) {
+                kvf_free(w), kvf_free(seen);
+                rc = kvf_set_error(KVF_E_NOMEM, "out of memory weighting the probe's rows");
+                break;
+            }
+            if (w) probe_row_weights(ids, n, p->block, pr, np, w, seen);
+            rc = probe_evict(s, pr, w, np, keep, s->n_ctx - b - npc, p);
+            kvf_free(w), kvf_free(seen);
             kvf_session_trim(s); /* the pages of the evicted cells go back */
             st->evictions++;
             st->probe_ms += kvf_time_ms() - t0;
