@@ -277,6 +277,8 @@ static void test_malformed(void) {
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"evict\": \"all\"}}", 400, "kvfuse.evict", "snapkv"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"colour\": 1}}", 400, "kvfuse", "kvfuse.colour"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"budget\": 1}}", 400, "kvfuse.budget", "between"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"conv_probe\": 3}}", 400, "kvfuse.conv_probe", "string"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"conv_probe\": \"\"}}", 400, "kvfuse.conv_probe", "1..4096 bytes"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"attn\": \"sparse\"}}", 400, "kvfuse.attn", "sparse"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": \"quest\"}}", 400, "kvfuse.decode_attn", "louis"},
         {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"kvfuse\": {\"decode_attn\": {\"mode\": \"louis\", \"cluster\": 2}}}", 400, "kvfuse.decode_attn.cluster", "between"},
@@ -1898,10 +1900,16 @@ static void test_sched_conv_budget(void) {
         cJSON *o = cJSON_Parse(rs.body);
         CHECK(strstr(rs.body, "\"probe\":\"question\"") != NULL);
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
-        /* the probe is the question's tokens (fewer than 64 here): its cells come off the kept */
-        int32_t nq = j->n_prompt - j->utt[j->n_utt - 1];
-        CHECK(nq > 0 && nq < 64);
-        CHECK(jnum(o, "kvfuse.conversation.kept_tokens") <= 512 - nq);
+        /* the probe is the question's own text, without the template around it (fewer than 64
+         * tokens here): its cells come off the kept */
+        const char *qtext = "what ticks above the door?";
+        int32_t     qt[64], nqt = kvf_tokenize(g_model, qtext, strlen(qtext), qt, 64, 0);
+        int32_t     nq = j->n_prompt - j->utt[j->n_utt - 1];
+        CHECK(nqt > 0 && nqt < nq);
+        CHECK_EQ(j->q_text1 - j->q_text0, nqt);
+        CHECK(j->q_text0 > j->utt[j->n_utt - 1] && j->q_text1 < j->n_prompt);
+        CHECK_EQ(jnum(o, "kvfuse.conversation.probe_tokens"), nqt);
+        CHECK(jnum(o, "kvfuse.conversation.kept_tokens") <= 512 - nqt);
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
         CHECK_EQ(jnum(o, "kvfuse.conversation.episodes"), 0);
         CHECK_EQ(jnum(o, "kvfuse.conversation.episode"), -1);
@@ -1909,6 +1917,29 @@ static void test_sched_conv_budget(void) {
         srv_response_clear(&rs);
     }
     free(t);
+    if (j) srv_job_release(j);
+    /* kvfuse.conv_probe: the client's text is the probe instead */
+    char *pb = malloc(strlen(body) + 64);
+    if (pb) {
+        snprintf(pb, strlen(body) + 64, "%.*s, \"kvfuse\": {\"conv_probe\": \"brass clock\"}}", (int)strlen(body) - 1, body);
+    }
+    j = sq && pb ? make_job(a, NULL, pb) : NULL;
+    t = j ? run_one(sq, j) : NULL;
+    CHECK(t != NULL);
+    if (j && t) {
+        int32_t pt[16], npt = kvf_tokenize(g_model, "brass clock", 11, pt, 16, 0);
+        CHECK(npt > 0 && j->n_conv_probe == npt);
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        cJSON *o = cJSON_Parse(rs.body);
+        CHECK(strstr(rs.body, "\"probe\":\"request\"") != NULL);
+        CHECK_EQ(jnum(o, "kvfuse.conversation.probe_tokens"), npt);
+        CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
+        CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
+        cJSON_Delete(o);
+        srv_response_clear(&rs);
+    }
+    free(t), free(pb);
     if (j) srv_job_release(j);
     srv_sched_free(sq);
     /* --conv-chunk: every head keeps the same whole runs; the same bound; not with layer budgets */

@@ -301,6 +301,7 @@ void srv_job_release(srv_job *j) {
     free(j->seg_ids);
     free(j->segs);
     free(j->utt);
+    free(j->conv_probe);
     for (int32_t i = 0; i < j->n_docs; i++) srv_doc_release(j->docs[i]);
     free(j->docs);
     free(j->text);
@@ -523,11 +524,12 @@ static cJSON *kvfuse_obj(const srv_job *j) {
     cJSON_AddNumberToObject(k, "batch_max", j->batch_max);
     if (j->conv_bounded) {
         cJSON *c = cJSON_AddObjectToObject(k, "conversation");
-        cJSON_AddStringToObject(c, "probe", j->conv_probe_q ? "question" : "episode");
+        cJSON_AddStringToObject(c, "probe", j->n_conv_probe > 0 ? "request" : j->conv_probe_q ? "question" : "episode");
         cJSON_AddNumberToObject(c, "chunk", j->conv_chunk);
         cJSON_AddNumberToObject(c, "episode", j->conv_episode);
         cJSON_AddNumberToObject(c, "episodes", j->conv_episodes);
         cJSON_AddNumberToObject(c, "kept_tokens", j->conv_kept);
+        cJSON_AddNumberToObject(c, "probe_tokens", j->conv_probe_n);
         cJSON_AddNumberToObject(c, "peak_tokens", j->conv_peak);
         cJSON_AddNumberToObject(c, "evictions", j->conv_evictions);
         if (j->conv_layer_max > 0) {
@@ -1196,7 +1198,9 @@ static int build_chat_prompt(srv_api *a, srv_job *j, pmsg *msgs, int n, req_doc 
             goto tokfail;
         first = false;
         if (n_docs > 0 && i == last) cur = &q;
+        if (n_docs == 0 && i == n - 1) j->q_text0 = pre.n;
         if (tok_append(m, cur, msgs[i].content, strlen(msgs[i].content), 0) != 0) goto tokfail;
+        if (n_docs == 0 && i == n - 1) j->q_text1 = pre.n;
         pos += tl + strlen(mk[i]);
     }
     if (n_docs > 0 && cur != &q) {
@@ -1395,6 +1399,27 @@ static int parse_flow(const cJSON *kx, srv_job *j, verr *e) {
     return 0;
 }
 
+/* kvfuse.conv_probe: the text whose attention chooses what a bounded conversation's history
+ * keeps (--conv-budget), e.g. the bare question when the last message also holds instructions */
+static int parse_conv_probe(srv_api *a, const cJSON *kx, srv_job *j, verr *e) {
+    const char *s = NULL;
+    if (opt_str(kx, "conv_probe", "kvfuse.conv_probe", &s, e) < 0) return -1;
+    if (!s) return 0;
+    size_t n = strlen(s);
+    if (n == 0 || n > 4096) return fail(e, 400, "kvfuse.conv_probe", "kvfuse.conv_probe must be 1..4096 bytes long (got %zu)", n);
+    tokbuf b = {0};
+    if (tok_append(a->model, &b, s, n, 0) != 0) {
+        free(b.p);
+        return fail(e, 500, "kvfuse.conv_probe", "cannot tokenize kvfuse.conv_probe: %s", kvf_errmsg());
+    }
+    if (b.n == 0) {
+        free(b.p);
+        return fail(e, 400, "kvfuse.conv_probe", "kvfuse.conv_probe has no tokens");
+    }
+    j->conv_probe = b.p, j->n_conv_probe = b.n;
+    return 0;
+}
+
 static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     j->fp           = a->cfg.fp;
     j->attn         = a->cfg.attn;
@@ -1403,13 +1428,13 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (!kx || cJSON_IsNull(kx)) return 0;
     if (!cJSON_IsObject(kx)) return fail(e, 400, "kvfuse", "kvfuse must be an object {\"method\", \"ratio\", \"evict\", \"budget\"}, not %s", jtype(kx));
     for (const cJSON *c = kx->child; c; c = c->next) {
-        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn", "decode_attn", "workflow", "step", "next"};
+        static const char *const known[] = {"method", "ratio", "fidelity", "evict", "budget", "epic_k", "pool", "attn", "decode_attn", "workflow", "step", "next", "conv_probe"};
         bool                     ok      = false;
         for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) ok |= c->string && !strcmp(c->string, known[i]);
         if (!ok) {
             char ex[64];
             excerpt(c->string ? c->string : "", ex, sizeof ex);
-            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn, decode_attn, workflow, step, next)", ex);
+            return fail(e, 400, "kvfuse", "kvfuse.%s is not a known field (method, ratio, fidelity, evict, budget, epic_k, pool, attn, decode_attn, workflow, step, next, conv_probe)", ex);
         }
     }
     const char *s = NULL;
@@ -1466,6 +1491,7 @@ static int parse_kvfuse(srv_api *a, const cJSON *root, srv_job *j, verr *e) {
     if (ax && !cJSON_IsNull(ax) && parse_attn(a, ax, j, e) < 0) return -1;
     const cJSON *dx = cJSON_GetObjectItemCaseSensitive(kx, "decode_attn");
     if (dx && !cJSON_IsNull(dx) && parse_decode_attn(a, dx, j, e) < 0) return -1;
+    if (parse_conv_probe(a, kx, j, e) < 0) return -1;
     return parse_flow(kx, j, e);
 }
 

@@ -91,6 +91,10 @@ typedef struct srv_job {
     srv_flow_hint flow;         /* kvfuse.workflow / step / next (KVFlow); flow.wf[0] == 0: none */
     int32_t     *utt;           /* plain chat prompts: token offset where each message starts */
     int32_t      n_utt;         /* (its template opening included); the last is the question */
+    int32_t      q_text0, q_text1; /* plain chat prompts: the last message's own text, without the
+                                    * template around it, is tokens [q_text0, q_text1) */
+    int32_t     *conv_probe;    /* kvfuse.conv_probe's tokens (owned), NULL: none */
+    int32_t      n_conv_probe;
     int32_t      max_tokens;
     char         stop[SRV_MAX_STOP][SRV_STOP_MAX + 1];
     int          n_stop;
@@ -126,7 +130,7 @@ typedef struct srv_job {
     int32_t         flow_warmed;   /* KVFlow: chunks of the next steps asked up from disk/Redis */
     bool            conv_bounded;  /* the history was prefilled under --conv-budget: */
     bool            conv_probe_q;  /* ... with the question as the probe (else its episode) */
-    int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions;
+    int32_t         conv_episode, conv_episodes, conv_kept, conv_peak, conv_evictions, conv_probe_n;
     int32_t         conv_chunk;    /* ... keeping whole runs of this many cells (0: per head) */
     int32_t         conv_layer_min, conv_layer_max; /* --conv-layers: least and most cells a
                                                        layer could hold (0: uniform) */

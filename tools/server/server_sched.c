@@ -730,7 +730,7 @@ static void flow_step(srv_sched *s, srv_job *j, kvf_chunk_cache *c) {
 /* The history of a bounded conversation (every message but the last), a few blocks per unit so
  * that the other slots decode meanwhile: on the first unit its episodes are clustered, the
  * question routed to one and that episode's text made the probe (--conv-probe question: the
- * question's first CONV_PROBE tokens, no episodes); every unit then prefills at least
+ * last CONV_PROBE tokens of the question's own text, no episodes); every unit then prefills at least
  * --prefill-chunk more history tokens under the budget (kvf_session_prefill_budget_part). The
  * question follows in the ordinary units. */
 static void bounded_prefill(srv_sched *s, slot *sl) {
@@ -740,9 +740,18 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     if (!sl->conv.started) {
         kvf_episodes *ep = NULL;
         sl->conv.np = 0, sl->conv.episode = -1, sl->conv.done = 0;
-        if (s->p.conv_probe_question) {
-            sl->conv.np = sl->n_flat - q0 < CONV_PROBE ? sl->n_flat - q0 : CONV_PROBE;
-            memcpy(sl->conv.probe, sl->flat + q0, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
+        if (j->n_conv_probe > 0) { /* kvfuse.conv_probe: the client's, its last CONV_PROBE tokens */
+            sl->conv.np = j->n_conv_probe < CONV_PROBE ? j->n_conv_probe : CONV_PROBE;
+            memcpy(sl->conv.probe, j->conv_probe + j->n_conv_probe - sl->conv.np, sizeof(int32_t) * (size_t)sl->conv.np);
+        } else if (s->p.conv_probe_question) {
+            /* the message's own text, its last CONV_PROBE tokens: the template's tokens around it
+             * attend to the notes' template, not to what the question asks (docs/conv-budget.md) */
+            int32_t a = q0, b = sl->n_flat;
+            if (j->q_text0 >= q0 && j->q_text1 > j->q_text0 && j->q_text1 <= sl->n_flat)
+                a = j->q_text0, b = j->q_text1;
+            if (b - a > CONV_PROBE) a = b - CONV_PROBE;
+            sl->conv.np = b - a;
+            memcpy(sl->conv.probe, sl->flat + a, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
         } else if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
             sl->conv.episode = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
             sl->conv.np = sl->conv.episode >= 0 ? kvf_episodes_probe(ep, sl->conv.episode, sl->conv.probe, CONV_PROBE) : 0;
@@ -791,6 +800,7 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     j->conv_kept      = st->cells;
     j->conv_peak      = st->peak_cells;
     j->conv_evictions = st->evictions;
+    j->conv_probe_n   = sl->conv.np;
     j->conv_layer_min = j->conv_layer_max = 0;
     for (int l = 0; bp->layer_budget && l < kvf_model_n_layer(s->m); l++) {
         if (!j->conv_layer_min || bp->layer_budget[l] < j->conv_layer_min) j->conv_layer_min = bp->layer_budget[l];
