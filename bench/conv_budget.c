@@ -413,13 +413,15 @@ int main(int argc, char **argv) {
                     "{\"conversation\": %d, \"topic\": %d, \"example\": %d, \"mode\": \"%s\", "
                     "\"history_tokens\": "
                     "%d, "
-                    "\"question_tokens\": %d, \"budget\": %d, \"episode\": %d, \"episodes\": %d, "
+                    "\"question_tokens\": %d, \"budget\": %d, \"block\": %d, \"probe_idf\": %d, "
+                    "\"episode\": %d, \"episodes\": %d, "
                     "\"route_sim\": %.4f, \"probe_tokens\": %d, \"peak_cells\": %d, "
                     "\"peak_kv_bytes\": %lld, "
                     "\"kv_resident_bytes\": %lld, \"evictions\": %d, \"prefill_ms\": %.1f, "
                     "\"probe_ms\": %.1f, "
                     "\"ttft_ms\": %.1f, \"answer\": ",
-                    c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, e_id, kvf_episodes_count(ep),
+                    c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, block,
+                    md == 0 ? 0 : (int)probe_idf, e_id, kvf_episodes_count(ep),
                     sim,
                     md == 8 ? n_msg
                     : md == 7 ? n_turn
