@@ -1837,6 +1837,23 @@ static void test_sched_conv_layers(void) {
     srv_docs_free(d);
 }
 
+/* body run through scheduler s to its end: the response's JSON (the caller deletes it; NULL when
+ * the request failed) and the job in *jo (the caller releases it) */
+static cJSON *run_json(srv_sched *s, srv_api *a, const char *body, srv_job **jo) {
+    srv_job *j = s ? make_job(a, NULL, body) : NULL;
+    char    *t = j ? run_one(s, j) : NULL;
+    cJSON   *o = NULL;
+    if (t) {
+        srv_response rs = {0};
+        srv_job_response(j, &rs);
+        o = cJSON_Parse(rs.body);
+        srv_response_clear(&rs);
+    }
+    free(t);
+    *jo = j;
+    return o;
+}
+
 static void test_sched_conv_budget(void) {
     srv_docs        *d  = srv_docs_new(0, 0);
     srv_metrics     *m  = srv_metrics_new();
@@ -1856,11 +1873,11 @@ static void test_sched_conv_budget(void) {
     if (!s) return;
     char body[4096];
     conv_body(body, sizeof body);
-    srv_job *j  = make_job(a, NULL, body);
+    srv_job *j;
     double   u0 = metric(m, "kvfuse_prefill_units_total"), k0 = metric(m, "kvfuse_prefill_tokens_total");
-    char    *t  = j ? run_one(s, j) : NULL;
-    CHECK(t != NULL);
-    if (j && t) {
+    cJSON   *o  = run_json(s, a, body, &j);
+    CHECK(o != NULL);
+    if (o) {
         CHECK(j->n_prompt > 512); /* the history is longer than the budget */
         CHECK_EQ(j->n_utt, 26);   /* system, 24 notes and replies, the question */
         CHECK(j->conv_bounded);
@@ -1870,35 +1887,26 @@ static void test_sched_conv_budget(void) {
         int32_t q0 = j->utt[j->n_utt - 1];
         CHECK_EQ(metric(m, "kvfuse_prefill_units_total") - u0, (q0 + 255) / 256 + 1);
         CHECK_EQ(metric(m, "kvfuse_prefill_tokens_total") - k0, j->n_prompt);
-        srv_response rs = {0};
-        srv_job_response(j, &rs);
-        cJSON *o = cJSON_Parse(rs.body);
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") > 256);
         CHECK(jnum(o, "kvfuse.conversation.kept_tokens") <= 512 - 64);
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
         CHECK(jnum(o, "kvfuse.conversation.episodes") >= 1 && jnum(o, "kvfuse.conversation.episodes") <= 4);
         CHECK(jnum(o, "kvfuse.conversation.episode") >= 0);
-        CHECK(strstr(rs.body, "\"probe\":\"episode\"") != NULL);
-        cJSON_Delete(o);
-        srv_response_clear(&rs);
+        CHECK_STR(jstr(o, "kvfuse.conversation.probe"), "episode");
     }
-    free(t);
+    cJSON_Delete(o);
     if (j) srv_job_release(j);
     /* --conv-probe question: the question itself is the probe, no episodes; same bound */
     sp.conv_probe_question = true;
     srv_sched *sq          = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(sq != NULL);
-    j = sq ? make_job(a, NULL, body) : NULL;
-    t = j ? run_one(sq, j) : NULL;
-    CHECK(t != NULL);
-    if (j && t) {
+    o = run_json(sq, a, body, &j);
+    CHECK(o != NULL);
+    if (o) {
         CHECK(j->conv_bounded && j->conv_probe_q);
         CHECK(j->n_gen > 0);
-        srv_response rs = {0};
-        srv_job_response(j, &rs);
-        cJSON *o = cJSON_Parse(rs.body);
-        CHECK(strstr(rs.body, "\"probe\":\"question\"") != NULL);
+        CHECK_STR(jstr(o, "kvfuse.conversation.probe"), "question");
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
         /* the probe is the question's own text, without the template around it (fewer than 64
          * tokens here): its cells come off the kept */
@@ -1913,54 +1921,38 @@ static void test_sched_conv_budget(void) {
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
         CHECK_EQ(jnum(o, "kvfuse.conversation.episodes"), 0);
         CHECK_EQ(jnum(o, "kvfuse.conversation.episode"), -1);
-        cJSON_Delete(o);
-        srv_response_clear(&rs);
     }
-    free(t);
+    cJSON_Delete(o);
     if (j) srv_job_release(j);
     /* kvfuse.conv_probe: the client's text is the probe instead */
-    char *pb = malloc(strlen(body) + 64);
-    if (pb) {
-        snprintf(pb, strlen(body) + 64, "%.*s, \"kvfuse\": {\"conv_probe\": \"brass clock\"}}", (int)strlen(body) - 1, body);
-    }
-    j = sq && pb ? make_job(a, NULL, pb) : NULL;
-    t = j ? run_one(sq, j) : NULL;
-    CHECK(t != NULL);
-    if (j && t) {
+    char pb[sizeof body + 64];
+    snprintf(pb, sizeof pb, "%.*s, \"kvfuse\": {\"conv_probe\": \"brass clock\"}}", (int)strlen(body) - 1, body);
+    o = run_json(sq, a, pb, &j);
+    CHECK(o != NULL);
+    if (o) {
         int32_t pt[16], npt = kvf_tokenize(g_model, "brass clock", 11, pt, 16, 0);
         CHECK(npt > 0 && j->n_conv_probe == npt);
-        srv_response rs = {0};
-        srv_job_response(j, &rs);
-        cJSON *o = cJSON_Parse(rs.body);
-        CHECK(strstr(rs.body, "\"probe\":\"request\"") != NULL);
+        CHECK_STR(jstr(o, "kvfuse.conversation.probe"), "request");
         CHECK_EQ(jnum(o, "kvfuse.conversation.probe_tokens"), npt);
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
-        cJSON_Delete(o);
-        srv_response_clear(&rs);
     }
-    free(t), free(pb);
+    cJSON_Delete(o);
     if (j) srv_job_release(j);
     srv_sched_free(sq);
     /* --conv-chunk: every head keeps the same whole runs; the same bound; not with layer budgets */
     sp.conv_chunk = 8;
     sq            = srv_sched_new(g_model, &sp, m, err, sizeof err);
     CHECK(sq != NULL);
-    j = sq ? make_job(a, NULL, body) : NULL;
-    t = j ? run_one(sq, j) : NULL;
-    CHECK(t != NULL);
-    if (j && t) {
+    o = run_json(sq, a, body, &j);
+    CHECK(o != NULL);
+    if (o) {
         CHECK(j->conv_bounded && j->n_gen > 0);
-        srv_response rs = {0};
-        srv_job_response(j, &rs);
-        cJSON *o = cJSON_Parse(rs.body);
         CHECK_EQ(jnum(o, "kvfuse.conversation.chunk"), 8);
         CHECK(jnum(o, "kvfuse.conversation.peak_tokens") <= 512);
         CHECK(jnum(o, "kvfuse.conversation.evictions") >= 1);
-        cJSON_Delete(o);
-        srv_response_clear(&rs);
     }
-    free(t);
+    cJSON_Delete(o);
     if (j) srv_job_release(j);
     srv_sched_free(sq);
     sp.conv_layers = "/nonexistent/layers.txt";
@@ -1970,16 +1962,10 @@ static void test_sched_conv_budget(void) {
     sp.conv_chunk          = 0;
     sp.conv_probe_question = false;
     /* a short chat goes the ordinary way */
-    j = make_job(a, NULL, "{\"max_tokens\": 3, \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}");
-    t = j ? run_one(s, j) : NULL;
-    CHECK(t != NULL && j && !j->conv_bounded);
-    if (j) {
-        srv_response rs = {0};
-        srv_job_response(j, &rs);
-        CHECK(strstr(rs.body, "\"conversation\"") == NULL);
-        srv_response_clear(&rs);
-    }
-    free(t);
+    o = run_json(s, a, "{\"max_tokens\": 3, \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}", &j);
+    CHECK(o != NULL && j && !j->conv_bounded);
+    CHECK(o && cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, "kvfuse"), "conversation") == NULL);
+    cJSON_Delete(o);
     if (j) srv_job_release(j);
     srv_sched_free(s);
     free(a);
