@@ -363,23 +363,24 @@ int main(int argc, char **argv) {
                 double ttft = 0, pre_ms = 0;
                 kvf_conv_budget_stats st = {0};
                 kvf_session *use = md == 0 ? sf : s;
+                /* the mode's probe (none for full and recent, which probes its recent window) */
+                const int32_t *pr = md == 8              ? msg
+                                    : md == 7            ? turn
+                                    : md == 1 || md >= 4 ? probe
+                                    : md == 3            ? qw
+                                                         : NULL;
+                int32_t np = md == 8                ? n_msg
+                             : md == 7              ? n_turn
+                             : md == 1 || md >= 5   ? n_probe
+                             : md == 3              ? nqw
+                             : md == 4              ? n_epiq
+                                                    : 0;
                 if (md == 0) {
                     kvf_session_truncate(sf, n_hist);
                     pre_ms = full_prefill;
                 } else {
                     kvf_session_truncate(s, 0);
                     kvf_session_trim(s);
-                    const int32_t *pr = md == 8   ? msg
-                                        : md == 7   ? turn
-                                        : md == 1 || md >= 4 ? probe
-                                        : md == 3            ? qw
-                                                             : NULL;
-                    int32_t np = md == 8                 ? n_msg
-                                 : md == 7              ? n_turn
-                                 : md == 1 || md >= 5   ? n_probe
-                                 : md == 3              ? nqw
-                                 : md == 4              ? n_epiq
-                                                        : 0;
                     bp.window = 32;
                     bp.layer_budget = NULL;
                     bp.layer_adapt = md == 6; /* epia: shares by attention mass each round */
@@ -423,13 +424,7 @@ int main(int argc, char **argv) {
                     c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, block,
                     md == 0 ? 0 : (int)probe_idf, e_id, kvf_episodes_count(ep),
                     sim,
-                    md == 8 ? n_msg
-                    : md == 7 ? n_turn
-                    : md == 1 || md >= 5 ? n_probe
-                    : md == 3 ? nqw
-                    : md == 4 ? n_epiq
-                    : md == 2 ? 32
-                              : 0,
+                    md == 2 ? 32 : np,
                     peak, (long long)peak * bpt, (long long)kv_res, st.evictions, pre_ms,
                     st.probe_ms, ttft);
                 json_str(stdout, ans);

@@ -5,7 +5,8 @@
 # history cached (full), under --conv-budget = FRAC of the history with the probe of the
 # question's episode (epi), and with a probe of the recent window only (recent); MODES picks the
 # bounded modes (epi,recent; also question, epiq: the question alone, the episode + question;
-# turn: the question's turn with its template and the assistant's header, as serve probes).
+# turn: the question's turn with its template and the assistant's header; message: the user's
+# message without the template, as serve probes by default).
 # Prints the table (bench/conv_budget.py) and keeps the JSON lines. Not part of `make test`.
 #   bench/conv_budget.sh [MODEL_FILE]   (default models/Qwen2.5-Coder-0.5B-Instruct.gguf)
 # MODES with epil: epi with layer budgets (serve --conv-layers) from LAYERS, a profile of

@@ -449,7 +449,15 @@ kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, i
             return kvf_set_error(KVF_E_INVAL, "probe token id %d at index %d is outside 0..%d",
                                  probe[i], i, s->m->hp.n_vocab - 1);
     int32_t *keep = kvf_malloc(sizeof(int32_t) * (size_t)L);
-    if (!keep) return kvf_set_error(KVF_E_NOMEM, "out of memory for layer budgets");
+    /* probe_idf: the rows' weights; a given probe's once, the recent window's every round */
+    int32_t nw = KVF_MAX(1, probe ? n_probe : npc);
+    float *w = p->probe_idf ? kvf_malloc(sizeof(float) * (size_t)nw) : NULL;
+    uint8_t *seen = p->probe_idf ? kvf_malloc((size_t)nw) : NULL;
+    if (!keep || (p->probe_idf && (!w || !seen))) {
+        kvf_free(keep), kvf_free(w), kvf_free(seen);
+        return kvf_set_error(KVF_E_NOMEM, "out of memory for layer budgets and probe weights");
+    }
+    if (w && probe) probe_row_weights(ids, n, p->block, probe, n_probe, w, seen);
     kvf_status rc = KVF_OK;
     int32_t pos = *done, stop = max_tokens > 0 && max_tokens < n - pos ? pos + max_tokens : n;
     while (pos < stop && rc == KVF_OK) {
@@ -470,16 +478,8 @@ kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, i
             const int32_t *pr = probe ? probe : ids + pos - KVF_MIN(npc, pos);
             int32_t np = probe ? n_probe : KVF_MIN(npc, pos);
             st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, np));
-            float *w = p->probe_idf ? kvf_malloc(sizeof(float) * (size_t)np) : NULL;
-            uint8_t *seen = p->probe_idf ? kvf_malloc((size_t)np) : NULL;
-            if (p->probe_idf && (!w || !seen)) {
-                kvf_free(w), kvf_free(seen);
-                rc = kvf_set_error(KVF_E_NOMEM, "out of memory weighting the probe's rows");
-                break;
-            }
-            if (w) probe_row_weights(ids, n, p->block, pr, np, w, seen);
+            if (w && !probe) probe_row_weights(ids, n, p->block, pr, np, w, seen);
             rc = probe_evict(s, pr, w, np, keep, s->n_ctx - b - npc, p);
-            kvf_free(w), kvf_free(seen);
             kvf_session_trim(s); /* the pages of the evicted cells go back */
             st->evictions++;
             st->probe_ms += kvf_time_ms() - t0;
@@ -492,7 +492,7 @@ kvf_status kvf_session_prefill_budget_part(kvf_session *s, const int32_t *ids, i
         st->peak_cells = KVF_MAX(st->peak_cells, held_mean(s, 0));
         pos += b;
     }
-    kvf_free(keep);
+    kvf_free(keep), kvf_free(w), kvf_free(seen);
     st->cells = held_mean(s, 0);
     *done = rc == KVF_OK ? pos : 0;
     if (rc != KVF_OK) kvf_session_truncate(s, 0); /* a partial history is nobody's */

@@ -740,18 +740,18 @@ static void bounded_prefill(srv_sched *s, slot *sl) {
     if (!sl->conv.started) {
         kvf_episodes *ep = NULL;
         sl->conv.np = 0, sl->conv.episode = -1, sl->conv.done = 0;
-        if (j->n_conv_probe > 0) { /* kvfuse.conv_probe: the client's, its last CONV_PROBE tokens */
-            sl->conv.np = j->n_conv_probe < CONV_PROBE ? j->n_conv_probe : CONV_PROBE;
-            memcpy(sl->conv.probe, j->conv_probe + j->n_conv_probe - sl->conv.np, sizeof(int32_t) * (size_t)sl->conv.np);
-        } else if (s->p.conv_probe_question) {
-            /* the message's own text, its last CONV_PROBE tokens: the template's tokens around it
-             * attend to the notes' template, not to what the question asks (docs/conv-budget.md) */
-            int32_t a = q0, b = sl->n_flat;
-            if (j->q_text0 >= q0 && j->q_text1 > j->q_text0 && j->q_text1 <= sl->n_flat)
-                a = j->q_text0, b = j->q_text1;
-            if (b - a > CONV_PROBE) a = b - CONV_PROBE;
-            sl->conv.np = b - a;
-            memcpy(sl->conv.probe, sl->flat + a, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
+        if (j->n_conv_probe > 0 || s->p.conv_probe_question) {
+            /* the request's kvfuse.conv_probe, else the message's own text: the template's tokens
+             * around it attend to the notes' template, not to what the question asks
+             * (docs/conv-budget.md); its last CONV_PROBE tokens */
+            const int32_t *src = sl->flat + q0;
+            int32_t        ns  = sl->n_flat - q0;
+            if (j->n_conv_probe > 0)
+                src = j->conv_probe, ns = j->n_conv_probe;
+            else if (j->q_text0 >= q0 && j->q_text1 > j->q_text0 && j->q_text1 <= sl->n_flat)
+                src = sl->flat + j->q_text0, ns = j->q_text1 - j->q_text0;
+            sl->conv.np = ns < CONV_PROBE ? ns : CONV_PROBE;
+            memcpy(sl->conv.probe, src + ns - sl->conv.np, sizeof(int32_t) * (size_t)(sl->conv.np > 0 ? sl->conv.np : 0));
         } else if (kvf_episodes_build(s->m, sl->flat, q0, j->utt, j->n_utt - 1, 4, s->p.conv_episodes, &ep) == KVF_OK) {
             sl->conv.episode = kvf_episodes_route(ep, sl->flat + q0, sl->n_flat - q0, NULL);
             sl->conv.np = sl->conv.episode >= 0 ? kvf_episodes_probe(ep, sl->conv.episode, sl->conv.probe, CONV_PROBE) : 0;
