@@ -51,7 +51,7 @@ LIB      := $(BUILD)/libkvfuse.a
 CLI      := $(BUILD)/kvfuse
 
 .PHONY: all lib cli tests benches test test-models test-unit test-integration asan tsan demo model python-deps deps \
-        bench bench-peer bench-attn bench-fused-attn bench-conv bench-conv-budget bench-flow bench-sched bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
+        bench bench-peer bench-attn bench-fused-attn bench-conv bench-conv-budget bench-convqa bench-flow bench-sched bench-store bench-load soak-crash soak-load fuzz fuzz-long clean format help
 
 all: cli tests benches ## build the library, the CLI, the tests and the benchmarks
 
@@ -153,6 +153,9 @@ bench-conv: cli $(QWEN05) ## multi-turn conversations outliving their slot: TTFT
 
 bench-conv-budget: benches cli $(QWEN05) ## EpiCache: answers under --conv-budget (25% of the history) vs the whole history: agreement and peak KV, Qwen2.5-Coder-0.5B (bench/conv_budget.sh)
 	bench/conv_budget.sh $(QWEN05)
+
+bench-convqa: benches cli $(QWEN15) ## EpiCache on personal-memory conversations (bench/convqa.py): answers under --conv-budget (25%) with the question's probe vs the whole history, Qwen2.5-Coder-1.5B (~35 min)
+	CONVQA=1 MODES=$(or $(MODES),question) bench/conv_budget.sh $(QWEN15)
 
 bench-flow: cli $(QWEN05) ## KVFlow: an agent workflow's chunk hit rate and TTFT with workflow hints vs LRU, memory cache at half the working set, Qwen2.5-Coder-0.5B (bench/flow.sh)
 	bench/flow.sh qwen2.5-coder-0.5b

@@ -56,12 +56,16 @@ static bool has_mode(const char *list, const char *mode) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: conv_budget -m MODEL --data musique_s.json [--conversations C] [--topics K]\n"
+            "usage: conv_budget -m MODEL (--data musique_s.json | --convs CONVS.json)\n"
+            "       [--conversations C] [--topics K]   (--convs: conversations of\n"
+            "       bench/convqa.py, their own messages and questions; --topics, --passages and\n"
+            "       --grounded do not apply)\n"
             "       [--passages P] [--budget-frac F] [--block B] [--episodes E] [--probe N]\n"
             "       [-n TOKENS] [--threads N] [--modes epi,recent,question,epiq,epil,epia,turn,message]\n"
             "       [--offset I] [--score max|sum]   (a cell's probe attention: the maximum\n"
             "       over the probe's rows, the default, or their sum)\n"
             "       [--chunk C]   (every head keeps the same cells, whole runs of C; not epil/epia)\n"
+            "       [--pool W]   (a cell's score averaged over W neighbours, 1..64, default 5)\n"
             "       [--probe-idf]   (a probe row's attention weighted by how rare its token is in\n"
             "       the history's blocks)\n"
             "       [--grounded]   (only questions whose gold answer occurs in one of their\n"
@@ -156,12 +160,12 @@ static int pick_passages(cJSON *ex, int P, bool grounded, int *idx) {
 }
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *data = NULL;
+    const char *model = NULL, *data = NULL, *convs_path = NULL;
     int n_conv = 5, topics = 3, passages = 4, block = 256, n_ep = 4, probe_max = 64, n_predict = 16;
     int threads = 0, offset = 0;
     const char *mode_list = "epi,recent", *layers = NULL;
     double alpha = 1.3;
-    int score_sum = 0, chunk = 0;
+    int score_sum = 0, chunk = 0, pool = 5;
     bool grounded = false, probe_idf = false;
     double frac = 0.25;
     for (int i = 1; i < argc; i++) {
@@ -180,6 +184,8 @@ int main(int argc, char **argv) {
             model = v;
         else if (!strcmp(a, "--data"))
             data = v;
+        else if (!strcmp(a, "--convs"))
+            convs_path = v;
         else if (!strcmp(a, "--conversations"))
             n_conv = atoi(v);
         else if (!strcmp(a, "--topics"))
@@ -208,28 +214,67 @@ int main(int argc, char **argv) {
             alpha = atof(v);
         else if (!strcmp(a, "--chunk"))
             chunk = atoi(v);
+        else if (!strcmp(a, "--pool"))
+            pool = atoi(v);
         else if (!strcmp(a, "--score") && (!strcmp(v, "sum") || !strcmp(v, "max")))
             score_sum = !strcmp(v, "sum");
         else
             return usage(), 2;
         i++;
     }
-    if (!model || !data || n_conv < 1 || topics < 1 || passages < 1 ||
+    if (!model || (!data == !convs_path) || n_conv < 1 || topics < 1 || passages < 1 ||
         topics * passages * 2 + 2 > MAX_MSG || !(frac > 0 && frac <= 1) || block < 1 || n_ep < 1 ||
         probe_max < 1 || probe_max > 4096 || n_predict < 1 || offset < 0 || !(alpha >= 0) || chunk < 0 ||
+        pool < 1 || pool > 64 ||
         (has_mode(mode_list, "epil") && !layers))
         return usage(), 2;
-    char *txt = kvf_read_file(data, NULL);
+    const char *ds_path = convs_path ? convs_path : data;
+    char *txt = kvf_read_file(ds_path, NULL);
     cJSON *ds = txt ? cJSON_Parse(txt) : NULL;
     free(txt);
     if (!cJSON_IsArray(ds)) {
-        fprintf(stderr, "conv_budget: cannot read %s as a JSON array\n", data);
+        fprintf(stderr, "conv_budget: cannot read %s as a JSON array\n", ds_path);
         return 1;
+    }
+    if (convs_path) { /* one file entry per conversation; topics is its number of questions */
+        if (cJSON_GetArraySize(ds) < offset + n_conv) {
+            fprintf(stderr, "conv_budget: %s has %d conversations, %d from %d asked\n", ds_path,
+                    cJSON_GetArraySize(ds), n_conv, offset);
+            return 1;
+        }
+        topics = 0;
+        for (int c = 0; c < n_conv; c++) {
+            cJSON *cv = cJSON_GetArrayItem(ds, offset + c), *ms = cJSON_GetObjectItem(cv, "messages");
+            int n = cJSON_GetArraySize(cJSON_GetObjectItem(cv, "questions"));
+            bool ok = cJSON_IsArray(ms) && cJSON_GetArraySize(ms) >= 1 &&
+                      cJSON_GetArraySize(ms) + 1 <= MAX_MSG && n >= 1;
+            for (int k = 0; ok && k < cJSON_GetArraySize(ms); k++) {
+                cJSON *mk = cJSON_GetArrayItem(ms, k);
+                ok = cJSON_GetStringValue(cJSON_GetObjectItem(mk, "role")) &&
+                     cJSON_GetStringValue(cJSON_GetObjectItem(mk, "content"));
+            }
+            for (int k = 0; ok && k < n; k++) {
+                cJSON *qk = cJSON_GetArrayItem(cJSON_GetObjectItem(cv, "questions"), k);
+                ok = cJSON_GetStringValue(cJSON_GetObjectItem(qk, "question")) &&
+                     cJSON_IsArray(cJSON_GetObjectItem(qk, "answers"));
+            }
+            if (!ok || (topics && n != topics)) {
+                fprintf(stderr,
+                        "conv_budget: %s: conversation %d needs messages (1..%d, each with role "
+                        "and content) and questions (each with question and answers), as many "
+                        "as the first conversation's\n",
+                        ds_path, offset + c, MAX_MSG - 1);
+                return 1;
+            }
+            topics = n;
+        }
     }
     /* the examples used, in order from offset: every one, or with --grounded those whose gold
      * answer occurs in one of their passages */
     int n_ex = cJSON_GetArraySize(ds), need = n_conv * topics, n_use = 0;
     int *use_ex = calloc((size_t)(need > 0 ? need : 1), sizeof(int)), pidx[64];
+    for (; convs_path && use_ex && n_use < need; n_use++) /* the conversation's index in the file */
+        use_ex[n_use] = offset + n_use / topics;
     for (int i = offset; use_ex && i < n_ex && n_use < need; i++)
         if (pick_passages(cJSON_GetArrayItem(ds, i), passages, grounded, pidx) > 0) use_ex[n_use++] = i;
     if (!use_ex || n_use < need) {
@@ -266,10 +311,17 @@ int main(int argc, char **argv) {
         kvf_chat_msg msgs[MAX_MSG];
         char *bodies[MAX_MSG] = {0};
         int nm = 0;
-        msgs[nm++] = (kvf_chat_msg){
-            "system", "You are a helpful assistant. The user gives you notes to remember, "
-                      "then asks questions about them. Answer briefly."};
-        for (int t = 0; t < topics; t++) { /* one topic after the other, as a chat drifts */
+        cJSON *cv = convs_path ? cJSON_GetArrayItem(ds, offset + c) : NULL;
+        for (int k = 0; cv && k < cJSON_GetArraySize(cJSON_GetObjectItem(cv, "messages")); k++) {
+            cJSON *mk = cJSON_GetArrayItem(cJSON_GetObjectItem(cv, "messages"), k);
+            msgs[nm++] = (kvf_chat_msg){cJSON_GetStringValue(cJSON_GetObjectItem(mk, "role")),
+                                        cJSON_GetStringValue(cJSON_GetObjectItem(mk, "content"))};
+        }
+        if (!cv)
+            msgs[nm++] = (kvf_chat_msg){
+                "system", "You are a helpful assistant. The user gives you notes to remember, "
+                          "then asks questions about them. Answer briefly."};
+        for (int t = 0; !cv && t < topics; t++) { /* one topic after the other, as a chat drifts */
             cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
             int    np = pick_passages(ex, passages, grounded, pidx);
             for (int p = 0; p < np; p++) {
@@ -297,6 +349,7 @@ int main(int argc, char **argv) {
         bp.score_sum = score_sum;
         bp.probe_idf = probe_idf;
         bp.chunk = chunk;
+        bp.pool = pool;
         bp.block = block;
         bp.sink = utt[1 < n_utt ? 1 : 0]; /* the system prompt */
         kvf_episodes *ep = NULL;
@@ -317,11 +370,13 @@ int main(int argc, char **argv) {
         }
         double full_prefill = now_ms() - t0;
         for (int t = 0; t < topics; t++) {
-            cJSON *ex = cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
+            cJSON *ex = cv ? cJSON_GetArrayItem(cJSON_GetObjectItem(cv, "questions"), t)
+                           : cJSON_GetArrayItem(ds, use_ex[c * topics + t]);
             const char *qs = cJSON_GetStringValue(cJSON_GetObjectItem(ex, "question"));
             char qtext[2048];
             snprintf(qtext, sizeof qtext,
-                     "Answer the question from the notes, in a few words. Question: %s",
+                     cv ? "%s Answer in a few words."
+                        : "Answer the question from the notes, in a few words. Question: %s",
                      qs ? qs : "");
             msgs[nm] = (kvf_chat_msg){"user", qtext};
             int32_t *all = NULL, n_all = format_tokens(m, msgs, nm + 1, true, &all);
@@ -415,6 +470,7 @@ int main(int argc, char **argv) {
                     "\"history_tokens\": "
                     "%d, "
                     "\"question_tokens\": %d, \"budget\": %d, \"block\": %d, \"probe_idf\": %d, "
+                    "\"pool\": %d, "
                     "\"episode\": %d, \"episodes\": %d, "
                     "\"route_sim\": %.4f, \"probe_tokens\": %d, \"peak_cells\": %d, "
                     "\"peak_kv_bytes\": %lld, "
@@ -422,7 +478,7 @@ int main(int argc, char **argv) {
                     "\"probe_ms\": %.1f, "
                     "\"ttft_ms\": %.1f, \"answer\": ",
                     c, t, use_ex[c * topics + t], modes[md], n_hist, nq, md == 0 ? 0 : budget, block,
-                    md == 0 ? 0 : (int)probe_idf, e_id, kvf_episodes_count(ep),
+                    md == 0 ? 0 : (int)probe_idf, md == 0 ? 0 : pool, e_id, kvf_episodes_count(ep),
                     sim,
                     md == 2 ? 32 : np,
                     peak, (long long)peak * bpt, (long long)kv_res, st.evictions, pre_ms,

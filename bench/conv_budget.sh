@@ -21,6 +21,11 @@
 #        GROUNDED (1: only questions whose gold answer occurs in one of their passages, and those
 #        passages among the PASSAGES given, so the history holds what answers them), PROBE_IDF (1:
 #        each probe row's attention weighted by its token's rarity in the history's blocks),
+#        CONVQA (1: personal-memory conversations of bench/convqa.py instead of MuSiQue notes: essay
+#        passages with pieces of the user's news between them, questions about the news;
+#        CONVQA_ARGS passes options to it, e.g. "--fillers 30"; TOPICS, PASSAGES and GROUNDED
+#        do not apply, OFFSET picks the first conversation),
+#        POOL (5: a cell's probe score averaged over POOL neighbours before the top cells are kept),
 #        SHARED (../shared),
 #        OUT (results file, default a temporary one)
 set -euo pipefail
@@ -33,6 +38,14 @@ BIN=${BIN:-build/bench/conv_budget}
 [ -f "$DATA" ] || { echo "conv_budget: $DATA not found (set SHARED)" >&2; exit 1; }
 [ -f "$MODEL" ] || { echo "conv_budget: $MODEL not found (make demo downloads it)" >&2; exit 1; }
 OUT=${OUT:-$(mktemp --suffix=.jsonl)}
+SRC=(--data "$DATA" --topics "${TOPICS:-3}" --passages "${PASSAGES:-4}")
+if [ "${CONVQA:-0}" = 1 ]; then
+    CONVS_FILE=$(mktemp --suffix=.convqa.json)   # essay text from ../shared: never kept in the tree
+    trap 'rm -f "$CONVS_FILE"' EXIT
+    python3 bench/convqa.py --shared "$SHARED" --conversations $(( ${OFFSET:-0} + ${CONVS:-5} )) \
+        ${CONVQA_ARGS:-} -o "$CONVS_FILE"
+    SRC=(--convs "$CONVS_FILE")
+fi
 MODES=${MODES:-epi,recent}
 LAYER_ARGS=()
 if [[ ",$MODES," == *,epil,* ]]; then
@@ -47,10 +60,9 @@ if [[ ",$MODES," == *,epil,* ]]; then
     fi
     LAYER_ARGS=(--layers "$LAYERS" --alpha "${ALPHA:-1.3}")
 fi
-"$BIN" -m "$MODEL" --data "$DATA" --conversations "${CONVS:-5}" --topics "${TOPICS:-3}" \
-    --passages "${PASSAGES:-4}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
+"$BIN" -m "$MODEL" "${SRC[@]}" --conversations "${CONVS:-5}" --budget-frac "${FRAC:-0.25}" --block "${BLOCK:-256}" \
     --episodes "${EPISODES:-4}" --probe "${PROBE:-64}" -n "${N:-16}" --modes "$MODES" --offset "${OFFSET:-0}" \
-    --score "${SCORE:-max}" --chunk "${CHUNK:-0}" \
+    --score "${SCORE:-max}" --chunk "${CHUNK:-0}" --pool "${POOL:-5}" \
     $([ "${GROUNDED:-0}" = 1 ] && echo --grounded) $([ "${PROBE_IDF:-0}" = 1 ] && echo --probe-idf) "${LAYER_ARGS[@]}" > "$OUT"
 echo "conv_budget: results in $OUT" >&2
 python3 bench/conv_budget.py "$OUT"
