@@ -154,7 +154,7 @@ bench-conv: cli $(QWEN05) ## multi-turn conversations outliving their slot: TTFT
 bench-conv-budget: benches cli $(QWEN05) ## EpiCache: answers under --conv-budget (25% of the history) vs the whole history: agreement and peak KV, Qwen2.5-Coder-0.5B (bench/conv_budget.sh)
 	bench/conv_budget.sh $(QWEN05)
 
-bench-convqa: benches cli $(QWEN15) ## EpiCache on personal-memory conversations (bench/convqa.py): answers under --conv-budget (25%) with the question's probe vs the whole history, Qwen2.5-Coder-1.5B (~35 min)
+bench-convqa: benches cli $(QWEN15) ## EpiCache on personal-memory conversations (bench/convqa.py): answers under --conv-budget (25%) with the question's probe vs the whole history, Qwen2.5-Coder-1.5B (~55 min)
 	CONVQA=1 MODES=$(or $(MODES),question) bench/conv_budget.sh $(QWEN15)
 
 bench-flow: cli $(QWEN05) ## KVFlow: an agent workflow's chunk hit rate and TTFT with workflow hints vs LRU, memory cache at half the working set, Qwen2.5-Coder-0.5B (bench/flow.sh)

@@ -245,7 +245,8 @@ int main(int argc, char **argv) {
         topics = 0;
         for (int c = 0; c < n_conv; c++) {
             cJSON *cv = cJSON_GetArrayItem(ds, offset + c), *ms = cJSON_GetObjectItem(cv, "messages");
-            int n = cJSON_GetArraySize(cJSON_GetObjectItem(cv, "questions"));
+            cJSON *qa = cJSON_GetObjectItem(cv, "questions");
+            int n = cJSON_GetArraySize(qa);
             bool ok = cJSON_IsArray(ms) && cJSON_GetArraySize(ms) >= 1 &&
                       cJSON_GetArraySize(ms) + 1 <= MAX_MSG && n >= 1;
             for (int k = 0; ok && k < cJSON_GetArraySize(ms); k++) {
@@ -254,7 +255,7 @@ int main(int argc, char **argv) {
                      cJSON_GetStringValue(cJSON_GetObjectItem(mk, "content"));
             }
             for (int k = 0; ok && k < n; k++) {
-                cJSON *qk = cJSON_GetArrayItem(cJSON_GetObjectItem(cv, "questions"), k);
+                cJSON *qk = cJSON_GetArrayItem(qa, k);
                 ok = cJSON_GetStringValue(cJSON_GetObjectItem(qk, "question")) &&
                      cJSON_IsArray(cJSON_GetObjectItem(qk, "answers"));
             }
@@ -312,8 +313,9 @@ int main(int argc, char **argv) {
         char *bodies[MAX_MSG] = {0};
         int nm = 0;
         cJSON *cv = convs_path ? cJSON_GetArrayItem(ds, offset + c) : NULL;
-        for (int k = 0; cv && k < cJSON_GetArraySize(cJSON_GetObjectItem(cv, "messages")); k++) {
-            cJSON *mk = cJSON_GetArrayItem(cJSON_GetObjectItem(cv, "messages"), k);
+        cJSON *cms = cJSON_GetObjectItem(cv, "messages"); /* NULL without --convs */
+        for (int k = 0; k < cJSON_GetArraySize(cms); k++) {
+            cJSON *mk = cJSON_GetArrayItem(cms, k);
             msgs[nm++] = (kvf_chat_msg){cJSON_GetStringValue(cJSON_GetObjectItem(mk, "role")),
                                         cJSON_GetStringValue(cJSON_GetObjectItem(mk, "content"))};
         }

@@ -35,11 +35,12 @@ SHARED=${SHARED:-../shared}
 DATA="$SHARED/data/musique-cacheblend/musique_s.json"
 BIN=${BIN:-build/bench/conv_budget}
 [ -x "$BIN" ] || { echo "conv_budget: $BIN not found (make benches)" >&2; exit 1; }
-[ -f "$DATA" ] || { echo "conv_budget: $DATA not found (set SHARED)" >&2; exit 1; }
 [ -f "$MODEL" ] || { echo "conv_budget: $MODEL not found (make demo downloads it)" >&2; exit 1; }
 OUT=${OUT:-$(mktemp --suffix=.jsonl)}
-SRC=(--data "$DATA" --topics "${TOPICS:-3}" --passages "${PASSAGES:-4}")
-if [ "${CONVQA:-0}" = 1 ]; then
+if [ "${CONVQA:-0}" != 1 ]; then
+    [ -f "$DATA" ] || { echo "conv_budget: $DATA not found (set SHARED)" >&2; exit 1; }
+    SRC=(--data "$DATA" --topics "${TOPICS:-3}" --passages "${PASSAGES:-4}")
+else
     CONVS_FILE=$(mktemp --suffix=.convqa.json)   # essay text from ../shared: never kept in the tree
     trap 'rm -f "$CONVS_FILE"' EXIT
     python3 bench/convqa.py --shared "$SHARED" --conversations $(( ${OFFSET:-0} + ${CONVS:-5} )) \

@@ -7,8 +7,8 @@ them, short pieces of personal news; the questions ask about that news.
 Every fact's value is drawn from RULER's word lists (a pet called "Walrus", a café called
 "The Yellow Abacus"), the names among the nouns that occur nowhere in the essays and at most
 once per conversation, so no model can guess a value and the history tells it exactly once:
-an answer that names it was read from that turn. Facts of the same kind are told about two or three relatives ("my sister's cat ...",
-"my cousin's dog ..."), so a question must find the right one. Deterministic for a given seed;
+an answer that names it was read from that turn. A kind of fact can be told about several
+relatives ("my sister's cat ...", "my cousin's dog ..."), so a question must find the right one. Deterministic for a given seed;
 the data is read from ../shared and written to a file, never copied into the repository.
 
     bench/convqa.py [--shared ../shared] [--conversations 5] [--fillers 20]
@@ -37,10 +37,12 @@ def words(path):
 
 
 def essay_passages(shared, n_words):
-    """the essays cut into passages of about n_words words, at sentence ends"""
-    out = []
+    """the essays cut into passages of about n_words words, at sentence ends, and the set of
+    (lower-cased) words the essays use anywhere"""
+    out, vocab = [], set()
     for p in sorted(glob.glob(os.path.join(shared, "data/needle/PaulGrahamEssays/*.txt"))):
         text = re.sub(r"\s+", " ", open(p, encoding="utf-8", errors="replace").read()).strip()
+        vocab |= set(w.lower() for w in re.findall(r"[A-Za-z]+", text))
         sents = re.split(r"(?<=[.!?]) ", text)
         cur = []
         for s in sents:
@@ -48,11 +50,11 @@ def essay_passages(shared, n_words):
             if sum(len(x.split()) for x in cur) >= n_words:
                 out.append(" ".join(cur))
                 cur = []
-    return out
+    return out, vocab
 
 
 # each kind: (news told by the user, question, answer); {r} a relative, {N} a capitalised word,
-# {a} an adjective, {x} an animal or instrument, {d} a day, {k} a number
+# {A} a capitalised adjective, {x} an animal or instrument, {d} a day, {k} a number
 KINDS = [
     ("Family news: my {r} adopted a {x} last weekend and named it {N}. It already rules the house.",
      "What did my {r} name the {x} they adopted?", "{N}", ANIMALS),
@@ -122,10 +124,7 @@ def main():
     wl = os.path.join(a.shared, "data/ruler-wordlists")
     try:
         adjs, nouns = words(os.path.join(wl, "adjectivelist.txt")), words(os.path.join(wl, "nounlist.txt"))
-        fillers = essay_passages(a.shared, a.words)
-        vocab = set()
-        for p in glob.glob(os.path.join(a.shared, "data/needle/PaulGrahamEssays/*.txt")):
-            vocab |= set(w.lower() for w in re.findall(r"[A-Za-z]+", open(p, errors="replace").read()))
+        fillers, vocab = essay_passages(a.shared, a.words)
     except OSError as e:
         sys.exit(f"convqa: {e} (set --shared)")
     if len(fillers) < a.fillers:
