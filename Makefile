@@ -218,7 +218,7 @@ RESULTS   ?= results
 FID_METHODS := full,reuse,epic,cacheblend,a3,kvshare,prophet,focus,prefix
 FID_RATIOS  := 0.05,0.1,0.15,0.3
 FID_LIMIT   ?= 30
-.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-more2 eval-fidelity-highr eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table plot-attn
+.PHONY: eval-attn-needle eval-attn-ruler eval-fidelity eval-fidelity-more eval-fidelity-more2 eval-fidelity-rest eval-fidelity-highr eval-fidelity-oracle eval-fidelity-noise eval-fidelity-needle eval-fidelity-ruler eval-fidelity-kv eval-fidelity-15b eval-fidelity-report eval-fidelity-table plot-attn
 eval-fidelity: cli $(QWEN05) ## MuSiQue, first FID_LIMIT questions, 9 methods (8 x 4 ratios) on Qwen2.5-Coder-0.5B -> results/qwen05-musique30
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods $(FID_METHODS) \
@@ -237,6 +237,14 @@ eval-fidelity-more2: cli $(QWEN05) ## 20 more MuSiQue questions (60-79): full, r
 	    --ratios $(FID_RATIOS) --offset 60 --limit 20 -n 16 --out $(RESULTS)/qwen05-musique20c $(EVAL_ARGS)
 	python3 scripts/fidelity_table.py --methods full,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
 	    $(RESULTS)/qwen05-musique30b/results.jsonl $(RESULTS)/qwen05-musique20c/results.jsonl
+
+eval-fidelity-rest: cli $(QWEN05) ## the other 70 MuSiQue questions (80-149): full, cacheblend, focus at r = 0.05 on Qwen2.5-Coder-0.5B -> results/qwen05-musique70d; focus against cacheblend at r = 0.05 over all 150, paired (~80 min)
+	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
+	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,cacheblend,focus \
+	    --ratios 0.05 --offset 80 --limit 70 -n 16 --out $(RESULTS)/qwen05-musique70d $(EVAL_ARGS)
+	python3 scripts/fidelity_pair.py --by 30 focus cacheblend 0.05 $(RESULTS)/qwen05-musique30/results.jsonl \
+	    $(RESULTS)/qwen05-musique30b/results.jsonl $(RESULTS)/qwen05-musique20c/results.jsonl \
+	    $(RESULTS)/qwen05-musique70d/results.jsonl
 
 eval-fidelity-highr: cli $(QWEN05) ## where the agreement targets would be met: a3, cacheblend, focus at r = 0.5 / 0.7 on MuSiQue questions 0-19 -> results/qwen05-musique20-highr; table with the same questions' r = 0.05-0.3 runs
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""fidelity_pair.py A B RATIO RESULTS.jsonl [MORE.jsonl ...] - is method A's fidelity to full
+prefill different from method B's at RATIO, question by question? From `kvfuse eval` results
+files (merged by example, method and ratio, as fidelity_table.py does).
+
+Only the examples with a run of both A and B at RATIO count. Per example d = A's answer
+agreement F1 with full minus B's (points). Prints, for answer agreement F1 and for first-token
+KL(full || method):
+  - the mean of A and B and the mean paired difference, with a 95% bootstrap interval
+    (10,000 resamples of the examples, fixed seed, so the output is reproducible);
+  - how many examples A is better on, worse on, and tied;
+  - the two-sided exact sign test's p over the untied examples.
+A difference whose interval contains 0 is not shown by these examples.
+
+--by N also prints the mean agreement of A and B per block of N consecutive examples (in the
+examples' order), to show how much a mean moves between subsets of the same size.
+"""
+import json
+import math
+import random
+import sys
+from collections import defaultdict
+
+
+def sign_test_p(wins, losses):
+    """two-sided exact binomial test of wins against losses at p = 1/2"""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def boot_ci(diffs, reps=10000, seed=1):
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
+    return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
+
+
+def main():
+    args = sys.argv[1:]
+    block = 0
+    if args[:1] == ["--by"] and len(args) > 1:
+        block = int(args[1])
+        args = args[2:]
+    if len(args) < 4:
+        sys.exit(__doc__.strip())
+    a, b, ratio, paths = args[0], args[1], float(args[2]), args[3:]
+    runs = defaultdict(dict)
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                r = json.loads(line)
+                if r["method"] in (a, b) and r["ratio"] is not None and float(r["ratio"]) == ratio:
+                    runs[r["id"]][r["method"]] = r
+    ids = sorted(i for i, d in runs.items() if a in d and b in d)
+    if not ids:
+        sys.exit(f"no example has runs of both {a} and {b} at r = {ratio}")
+    print(f"{a} against {b} at r = {ratio}, {len(ids)} examples ({ids[0]} .. {ids[-1]})\n")
+    print(f"| measure | {a} | {b} | {a} - {b} (95% interval) | {a} better / worse / tied | sign test p |")
+    print("|---|---:|---:|---:|---|---:|")
+    for name, key, scale, higher in (("agreement F1", "fid_f1", 100.0, True),
+                                     ("first-token KL", "kl", 1.0, False)):
+        xa = [runs[i][a][key] * scale for i in ids]
+        xb = [runs[i][b][key] * scale for i in ids]
+        d = [p - q for p, q in zip(xa, xb)]
+        lo, hi = boot_ci(d)
+        better = sum(1 for v in d if (v > 0 if higher else v < 0))
+        worse = sum(1 for v in d if (v < 0 if higher else v > 0))
+        tied = len(d) - better - worse
+        fmt = "%.1f" if higher else "%.3f"
+        mean = lambda v: sum(v) / len(v)
+        print(f"| {name} | {fmt % mean(xa)} | {fmt % mean(xb)} | {fmt % mean(d)} "
+              f"({fmt % lo} .. {fmt % hi}) | {better} / {worse} / {tied} | "
+              f"{sign_test_p(better, worse):.3g} |")
+    if block > 0:
+        print(f"\n| examples | {a} agreement F1 | {b} agreement F1 |")
+        print("|---|---:|---:|")
+        for s in range(0, len(ids), block):
+            part = ids[s:s + block]
+            fa = sum(runs[i][a]["fid_f1"] for i in part) * 100.0 / len(part)
+            fb = sum(runs[i][b]["fid_f1"] for i in part) * 100.0 / len(part)
+            print(f"| {part[0]} .. {part[-1]} ({len(part)}) | {fa:.1f} | {fb:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
