@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fidelity_pair.py A B RATIO RESULTS.jsonl [MORE.jsonl ...] - is method A's fidelity to full
 prefill different from method B's at RATIO, question by question? From `kvfuse eval` results
-files (merged by example, method and ratio, as fidelity_table.py does).
+files (read and merged by example, method and ratio with fidelity_table.py's reader).
 
 Only the examples with a run of both A and B at RATIO count. Per example d = A's answer
 agreement F1 with full minus B's (points). Prints, for answer agreement F1 and for first-token
@@ -15,11 +15,12 @@ A difference whose interval contains 0 is not shown by these examples.
 --by N also prints the mean agreement of A and B per block of N consecutive examples (in the
 examples' order), to show how much a mean moves between subsets of the same size.
 """
-import json
 import math
 import random
 import sys
 from collections import defaultdict
+
+from fidelity_table import read_records
 
 
 def sign_test_p(wins, losses):
@@ -39,6 +40,10 @@ def boot_ci(diffs, reps=10000, seed=1):
     return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
 
 
+def mean(v):
+    return sum(v) / len(v)
+
+
 def main():
     args = sys.argv[1:]
     block = 0
@@ -49,14 +54,9 @@ def main():
         sys.exit(__doc__.strip())
     a, b, ratio, paths = args[0], args[1], float(args[2]), args[3:]
     runs = defaultdict(dict)
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                r = json.loads(line)
-                if r["method"] in (a, b) and r["ratio"] is not None and float(r["ratio"]) == ratio:
-                    runs[r["id"]][r["method"]] = r
+    for r in read_records(paths, {ratio}, {a, b}):
+        if r["ratio"] is not None:
+            runs[r["id"]][r["method"]] = r
     ids = sorted(i for i, d in runs.items() if a in d and b in d)
     if not ids:
         sys.exit(f"no example has runs of both {a} and {b} at r = {ratio}")
@@ -73,7 +73,6 @@ def main():
         worse = sum(1 for v in d if (v < 0 if higher else v > 0))
         tied = len(d) - better - worse
         fmt = "%.1f" if higher else "%.3f"
-        mean = lambda v: sum(v) / len(v)
         print(f"| {name} | {fmt % mean(xa)} | {fmt % mean(xb)} | {fmt % mean(d)} "
               f"({fmt % lo} .. {fmt % hi}) | {better} / {worse} / {tied} | "
               f"{sign_test_p(better, worse):.3g} |")

@@ -17,6 +17,23 @@ import sys
 from collections import defaultdict
 
 
+def read_records(paths, ratios=None, methods=None):
+    """the records of `kvfuse eval` results files, in file order; with `ratios`, the selective
+    methods' runs at other ratios are left out (runs without a ratio are kept); with `methods`,
+    only those methods' runs are kept"""
+    recs = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    r = json.loads(line)
+                    if (ratios is None or r["ratio"] is None or float(r["ratio"]) in ratios) and \
+                            (methods is None or r["method"] in methods):
+                        recs.append(r)
+    return recs
+
+
 def main():
     args = sys.argv[1:]
     keep = methods = None
@@ -28,16 +45,7 @@ def main():
         args = args[2:]
     if not args:
         sys.exit(__doc__.strip())
-    recs = []
-    for path in args:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    r = json.loads(line)
-                    if (keep is None or r["ratio"] is None or float(r["ratio"]) in keep) and \
-                            (methods is None or r["method"] in methods):
-                        recs.append(r)
+    recs = read_records(args, keep, methods)
     if not recs:
         sys.exit(f"{' '.join(args)}: no records")
     order = ["full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvshare", "prophet", "focus", "oracle"]
