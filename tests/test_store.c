@@ -340,6 +340,19 @@ static void test_memory_lru_and_pin(void) {
     s->ops->put(s, &c[1]->key, c[1]);
     g = s->ops->get(s, &c[1]->key);
     CHECK(g == NULL);
+    /* a new chunk under a cached key replaces the entry in place and keeps its pin */
+    kvf_chunk *c3b = make_chunk(KVF_CHUNK_F16, 20, 299, 0);
+    CHECK_EQ(s->ops->put(s, &c[3]->key, c3b), KVF_OK);
+    g = s->ops->get(s, &c[3]->key);
+    CHECK(g == c3b);
+    kvf_chunk_release(g);
+    s->ops->put(s, &c[1]->key, c[1]); /* both still pinned: not admitted */
+    g = s->ops->get(s, &c[1]->key);
+    CHECK(g == NULL);
+    st = stats_of(s);
+    CHECK_EQ(st.tier[KVF_TIER_MEMORY].entries, 2);
+    CHECK_EQ(st.tier[KVF_TIER_MEMORY].bytes, (long long)(c[2]->bytes + c3b->bytes));
+    kvf_chunk_release(c3b);
     /* a chunk of another shape is refused */
     int32_t    ids[2] = {1, 2};
     kvf_chunk *odd    = kvf_chunk_alloc(KVF_CHUNK_F16, 2, g_nl + 1, g_kvd, ids, 0);

@@ -1,9 +1,9 @@
 /* chunk.c - chunk objects (owned or borrowed data; f16, f32 and q8 rows), content addresses,
- * and the in-memory LRU chunk cache. */
+ * and the in-memory LRU chunk cache (over chunk_lru.c). */
 #include "store/chunk.h"
 #include "common.h"
 #include "engine/quant.h"
-#include "store/steps.h"
+#include "store/chunk_lru.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -253,84 +253,18 @@ void kvf_chunk_key_hex(const kvf_chunk_key *k, char out[33]) {
 
 /* ---- in-memory LRU cache --------------------------------------------------------------- */
 
-typedef struct mem_entry {
-    kvf_chunk_key     key;
-    kvf_chunk        *chunk;
-    struct mem_entry *prev, *next; /* LRU list: head = most recent */
-    struct mem_entry *hnext;       /* hash chain */
-} mem_entry;
-
 typedef struct mem_cache {
-    kvf_chunk_cache  base;
-    pthread_mutex_t  mu;
-    size_t           budget, bytes;
-    mem_entry      **buckets;
-    size_t           n_buckets, n_entries;
-    mem_entry       *head, *tail;
-    kvf_steps        steps; /* KVFlow hints; eviction order (steps.h) */
+    kvf_chunk_cache base;
+    pthread_mutex_t mu;
+    size_t          budget; /* 0: unbounded */
+    kvf_lru         lru;
 } mem_cache;
-
-static size_t bucket_of(const mem_cache *m, const kvf_chunk_key *k) {
-    uint64_t h;
-    memcpy(&h, k->b, 8);
-    return (size_t)(h % m->n_buckets);
-}
-
-static void lru_unlink(mem_cache *m, mem_entry *e) {
-    if (e->prev) e->prev->next = e->next; else m->head = e->next;
-    if (e->next) e->next->prev = e->prev; else m->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void lru_push_front(mem_cache *m, mem_entry *e) {
-    e->prev = NULL;
-    e->next = m->head;
-    if (m->head) m->head->prev = e;
-    m->head = e;
-    if (!m->tail) m->tail = e;
-}
-
-static mem_entry *find(mem_cache *m, const kvf_chunk_key *k) {
-    for (mem_entry *e = m->buckets[bucket_of(m, k)]; e; e = e->hnext)
-        if (memcmp(e->key.b, k->b, 16) == 0) return e;
-    return NULL;
-}
-
-static void remove_entry(mem_cache *m, mem_entry *e) {
-    mem_entry **pp = &m->buckets[bucket_of(m, &e->key)];
-    while (*pp != e) pp = &(*pp)->hnext;
-    *pp = e->hnext;
-    lru_unlink(m, e);
-    m->bytes -= e->chunk->bytes;
-    m->n_entries--;
-    kvf_chunk_release(e->chunk);
-    kvf_free(e);
-}
-
-/* the entry to evict (never `keep`): the one needed furthest in the future by the step hints,
- * the least recently used among equals; without hints, the LRU tail */
-static mem_entry *mem_victim(mem_cache *m, const mem_entry *keep) {
-    mem_entry *v = NULL;
-    uint32_t   vs = 0;
-    for (mem_entry *e = m->tail; e; e = e->prev) {
-        if (e == keep) continue;
-        uint32_t st = kvf_steps_get(&m->steps, e->key.b);
-        if (!v || st > vs) v = e, vs = st;
-        if (vs == KVF_STEPS_NONE) break; /* nothing goes before "never" */
-    }
-    return v;
-}
 
 static kvf_chunk *mem_get(kvf_chunk_cache *c, const kvf_chunk_key *key) {
     mem_cache *m = (mem_cache *)c;
     pthread_mutex_lock(&m->mu);
-    mem_entry *e = find(m, key);
-    kvf_chunk *r = NULL;
-    if (e) {
-        lru_unlink(m, e);
-        lru_push_front(m, e);
-        r = kvf_chunk_retain(e->chunk);
-    }
+    kvf_lru_entry *e = kvf_lru_find(&m->lru, key, true);
+    kvf_chunk     *r = e ? kvf_chunk_retain(e->chunk) : NULL;
     pthread_mutex_unlock(&m->mu);
     return r;
 }
@@ -339,40 +273,22 @@ static kvf_status mem_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chun
     mem_cache *m = (mem_cache *)c;
     if (m->budget && chunk->bytes > m->budget) return KVF_OK; /* too big to keep: not an error */
     pthread_mutex_lock(&m->mu);
-    mem_entry *e = find(m, key);
-    if (e) { /* replace */
-        remove_entry(m, e);
-    }
-    e = kvf_calloc(1, sizeof *e);
-    if (!e) {
-        pthread_mutex_unlock(&m->mu);
-        return kvf_set_error(KVF_E_NOMEM, "out of memory in the chunk cache");
-    }
-    e->key   = *key;
-    e->chunk = kvf_chunk_retain(chunk);
-    size_t b = bucket_of(m, key);
-    e->hnext = m->buckets[b];
-    m->buckets[b] = e;
-    lru_push_front(m, e);
-    m->bytes += chunk->bytes;
-    m->n_entries++;
-    for (mem_entry *v; m->budget && m->bytes > m->budget && (v = mem_victim(m, e));) remove_entry(m, v);
+    kvf_lru_entry *e = kvf_lru_put(&m->lru, key, chunk);
+    if (e && m->budget) kvf_lru_shrink(&m->lru, m->budget, e);
     pthread_mutex_unlock(&m->mu);
-    return KVF_OK;
+    return e ? KVF_OK : KVF_E_NOMEM;
 }
 
 static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
     mem_cache *m = (mem_cache *)c;
     pthread_mutex_lock(&m->mu);
-    for (int i = 0; i < n; i++) kvf_steps_set(&m->steps, keys[i].b, lane, steps);
+    for (int i = 0; i < n; i++) kvf_steps_set(&m->lru.steps, keys[i].b, lane, steps);
     pthread_mutex_unlock(&m->mu);
 }
 
 static void mem_free(kvf_chunk_cache *c) {
     mem_cache *m = (mem_cache *)c;
-    while (m->head) remove_entry(m, m->head);
-    kvf_free(m->buckets);
-    kvf_steps_free(&m->steps);
+    kvf_lru_free(&m->lru);
     pthread_mutex_destroy(&m->mu);
     kvf_free(m);
 }
@@ -383,12 +299,9 @@ kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out
     *out         = NULL;
     mem_cache *m = kvf_calloc(1, sizeof *m);
     if (!m) return kvf_set_error(KVF_E_NOMEM, "out of memory");
-    m->n_buckets = 1024;
-    m->buckets   = kvf_calloc(m->n_buckets, sizeof(mem_entry *));
-    if (!m->buckets || kvf_steps_init(&m->steps, 0) != KVF_OK) {
-        kvf_free(m->buckets);
+    if (kvf_lru_init(&m->lru) != KVF_OK) {
         kvf_free(m);
-        return kvf_set_error(KVF_E_NOMEM, "out of memory");
+        return KVF_E_NOMEM;
     }
     m->base.ops = &mem_ops;
     m->budget   = budget_bytes;

@@ -16,7 +16,7 @@
  * pipelined Redis round trip, and persists the hit/miss counters with them.
  */
 #include "store/store.h"
-#include "store/steps.h"
+#include "store/chunk_lru.h"
 #include "common.h"
 #include "engine/model.h"
 
@@ -30,14 +30,6 @@
 #define BATCH_BYTES         (256ull << 20)
 
 /* ---- state -------------------------------------------------------------------------------- */
-
-typedef struct mentry {
-    kvf_chunk_key  key;
-    kvf_chunk     *chunk;
-    bool           pinned;
-    struct mentry *prev, *next; /* LRU: head = most recent */
-    struct mentry *hnext;
-} mentry;
 
 typedef enum { W_PUT = 0, W_TOUCH, W_DROP_DISK, W_DROP_REDIS, W_WARM } wkind;
 
@@ -67,12 +59,7 @@ typedef struct kvf_store {
     bool     drop_when_full, deferred;
     /* memory tier */
     pthread_mutex_t mmu;
-    mentry        **buckets;
-    size_t          n_buckets;
-    int64_t         m_entries;
-    uint64_t        m_bytes;
-    mentry         *head, *tail;
-    kvf_steps       steps; /* KVFlow hints: the memory tier's eviction order (steps.h) */
+    kvf_lru         mem; /* entries, LRU order, KVFlow hints (chunk_lru.h); zeroed without a budget */
     /* lower tiers */
     kvf_lmdb  *disk;
     kvf_redis *redis_r, *redis_w; /* request side, writer side (separate connections) */
@@ -132,100 +119,25 @@ static void count(atomic_llong *c, long long v) {
 
 /* ---- memory tier -------------------------------------------------------------------------- */
 
-static size_t bucket_of(const kvf_store *s, const kvf_chunk_key *k) {
-    uint64_t h;
-    memcpy(&h, k->b, 8);
-    return (size_t)(h % s->n_buckets);
-}
-
-static mentry *m_find(kvf_store *s, const kvf_chunk_key *k) {
-    for (mentry *e = s->buckets[bucket_of(s, k)]; e; e = e->hnext)
-        if (memcmp(e->key.b, k->b, 16) == 0) return e;
-    return NULL;
-}
-
-static void m_unlink(kvf_store *s, mentry *e) {
-    if (e->prev) e->prev->next = e->next; else s->head = e->next;
-    if (e->next) e->next->prev = e->prev; else s->tail = e->prev;
-    e->prev = e->next = NULL;
-}
-
-static void m_front(kvf_store *s, mentry *e) {
-    e->prev = NULL;
-    e->next = s->head;
-    if (s->head) s->head->prev = e;
-    s->head = e;
-    if (!s->tail) s->tail = e;
-}
-
-static void m_remove(kvf_store *s, mentry *e) {
-    mentry **pp = &s->buckets[bucket_of(s, &e->key)];
-    while (*pp != e) pp = &(*pp)->hnext;
-    *pp = e->hnext;
-    m_unlink(s, e);
-    s->m_bytes -= e->chunk->bytes;
-    s->m_entries--;
-    kvf_chunk_release(e->chunk);
-    kvf_free(e);
-}
-
-/* the unpinned entry to evict (never `keep`), NULL if none: the most steps away, then the least
- * recently used */
-static mentry *m_victim(kvf_store *s, const mentry *keep) {
-    mentry  *v  = NULL;
-    uint32_t vs = 0;
-    for (mentry *e = s->tail; e; e = e->prev) {
-        if (e == keep || e->pinned) continue;
-        uint32_t st = kvf_steps_get(&s->steps, e->key.b);
-        if (!v || st > vs) v = e, vs = st;
-        if (vs == KVF_STEPS_NONE) break;
-    }
-    return v;
-}
-
 /* keep an owned chunk in the memory tier (a reference is taken) */
 static void m_insert(kvf_store *s, const kvf_chunk_key *key, kvf_chunk *c) {
     if (!s->mem_budget || c->backing || c->bytes > s->mem_budget) return;
     pthread_mutex_lock(&s->mmu);
-    mentry *e      = m_find(s, key);
-    bool    pinned = false;
+    kvf_lru_entry *e = kvf_lru_put(&s->mem, key, c);
     if (e) {
-        pinned = e->pinned;
-        m_remove(s, e);
+        /* evict unpinned entries, the one needed furthest away by the step hints first, the
+         * least recently used among equals (plain LRU without hints); if that is not enough,
+         * drop the new one */
+        count(&s->ts[KVF_TIER_MEMORY].evictions, kvf_lru_shrink(&s->mem, s->mem_budget, e));
+        if (s->mem.bytes > s->mem_budget && !e->pinned) kvf_lru_remove(&s->mem, e);
     }
-    if (!(e = kvf_calloc(1, sizeof *e))) {
-        pthread_mutex_unlock(&s->mmu);
-        return;
-    }
-    e->key    = *key;
-    e->chunk  = kvf_chunk_retain(c);
-    e->pinned = pinned;
-    size_t b  = bucket_of(s, key);
-    e->hnext  = s->buckets[b];
-    s->buckets[b] = e;
-    m_front(s, e);
-    s->m_bytes += c->bytes;
-    s->m_entries++;
-    /* evict unpinned entries, the one needed furthest away by the step hints first, the least
-     * recently used among equals (plain LRU without hints); if that is not enough, drop the new
-     * one */
-    for (mentry *v; s->m_bytes > s->mem_budget && (v = m_victim(s, e));) {
-        m_remove(s, v);
-        count(&s->ts[KVF_TIER_MEMORY].evictions, 1);
-    }
-    if (s->m_bytes > s->mem_budget && !e->pinned) m_remove(s, e);
     pthread_mutex_unlock(&s->mmu);
 }
 
 static kvf_chunk *m_get(kvf_store *s, const kvf_chunk_key *key) {
     pthread_mutex_lock(&s->mmu);
-    mentry    *e = m_find(s, key);
-    kvf_chunk *r = NULL;
-    if (e) {
-        m_unlink(s, e);
-        m_front(s, e);
-        r = kvf_chunk_retain(e->chunk);
-    }
+    kvf_lru_entry *e = kvf_lru_find(&s->mem, key, true);
+    kvf_chunk     *r = e ? kvf_chunk_retain(e->chunk) : NULL;
     pthread_mutex_unlock(&s->mmu);
     return r;
 }
@@ -233,15 +145,15 @@ static kvf_chunk *m_get(kvf_store *s, const kvf_chunk_key *key) {
 /* whether the memory tier holds the key now (its LRU order untouched) */
 static bool m_has(kvf_store *s, const kvf_chunk_key *key) {
     pthread_mutex_lock(&s->mmu);
-    bool have = m_find(s, key) != NULL;
+    bool have = kvf_lru_find(&s->mem, key, false) != NULL;
     pthread_mutex_unlock(&s->mmu);
     return have;
 }
 
 static bool m_del(kvf_store *s, const kvf_chunk_key *key) {
     pthread_mutex_lock(&s->mmu);
-    mentry *e = m_find(s, key);
-    if (e) m_remove(s, e);
+    kvf_lru_entry *e = kvf_lru_find(&s->mem, key, false);
+    if (e) kvf_lru_remove(&s->mem, e);
     pthread_mutex_unlock(&s->mmu);
     return e != NULL;
 }
@@ -253,7 +165,7 @@ kvf_status kvf_store_pin(kvf_chunk_cache *c, const uint8_t key[16], bool pin) {
     kvf_chunk_key k;
     memcpy(k.b, key, 16);
     pthread_mutex_lock(&s->mmu);
-    mentry *e = m_find(s, &k);
+    kvf_lru_entry *e = kvf_lru_find(&s->mem, &k, false);
     if (e) e->pinned = pin;
     pthread_mutex_unlock(&s->mmu);
     return e ? KVF_OK : kvf_set_error(KVF_E_NOTFOUND, "the key is not in the memory tier");
@@ -662,7 +574,7 @@ static void store_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int
     kvf_store *s = (kvf_store *)c;
     if (!s->mem_budget) return;
     pthread_mutex_lock(&s->mmu);
-    for (int i = 0; i < n; i++) kvf_steps_set(&s->steps, keys[i].b, lane, steps);
+    for (int i = 0; i < n; i++) kvf_steps_set(&s->mem.steps, keys[i].b, lane, steps);
     pthread_mutex_unlock(&s->mmu);
 }
 
@@ -721,11 +633,7 @@ static void store_free(kvf_chunk_cache *c) {
         if (s->werr != KVF_OK) kvf_log(KVF_LOG_WARN, "store: closed with a write error: %s", s->werr_msg);
     } else
         persist_counters(s);
-    if (s->buckets) {
-        while (s->head) m_remove(s, s->head);
-        kvf_free(s->buckets);
-    }
-    kvf_steps_free(&s->steps);
+    kvf_lru_free(&s->mem);
     pthread_mutex_destroy(&s->mmu);
     pthread_mutex_destroy(&s->qmu);
     pthread_cond_destroy(&s->qcv);
@@ -779,10 +687,7 @@ kvf_status kvf_store_open(const kvf_model *model, const kvf_store_params *params
     s->touch_ns       = p.touch_interval_s < 0 ? -1 : (int64_t)(p.touch_interval_s ? p.touch_interval_s : 60) * 1000000000ll;
     s->drop_when_full = p.drop_when_full;
     s->deferred       = p.verify_deferred;
-    s->n_buckets      = 1024;
-    kvf_status st     = KVF_OK;
-    if (!(s->buckets = kvf_calloc(s->n_buckets, sizeof(mentry *)))) st = kvf_set_error(KVF_E_NOMEM, "out of memory");
-    if (st == KVF_OK && p.mem_budget) st = kvf_steps_init(&s->steps, 0);
+    kvf_status st     = p.mem_budget ? kvf_lru_init(&s->mem) : KVF_OK;
     if (st == KVF_OK && dir) {
         kvf_lmdb_params lp = {.dir = p.dir, .map_size = p.map_size, .budget = p.disk_budget, .no_meta_sync = p.no_meta_sync};
         st                 = kvf_lmdb_open(&lp, &s->disk);
@@ -868,8 +773,8 @@ kvf_status kvf_store_get_stats(kvf_chunk_cache *c, kvf_store_stats *out) {
     out->tier[KVF_TIER_REDIS].enabled  = s->redis_r != NULL;
     if (s->mem_budget) {
         pthread_mutex_lock(&s->mmu);
-        out->tier[KVF_TIER_MEMORY].entries = s->m_entries;
-        out->tier[KVF_TIER_MEMORY].bytes   = (int64_t)s->m_bytes;
+        out->tier[KVF_TIER_MEMORY].entries = s->mem.n_entries;
+        out->tier[KVF_TIER_MEMORY].bytes   = (int64_t)s->mem.bytes;
         pthread_mutex_unlock(&s->mmu);
     }
     if (s->redis_counted) {
