@@ -1243,7 +1243,7 @@ static void test_sched_audit(void) {
     srv_metrics_set_source(m, sched_gauges_cb, s);
     const char *exact = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is the key?\"}], \"max_tokens\": 6, "
                         "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"], "
-                        "\"kvfuse\": {\"method\": \"a3\", \"ratio\": 1.0}}";
+                        "\"kvfuse\": {\"method\": \"focus\", \"ratio\": 1.0}}";
     const char *lossy = "{\"messages\": [{\"role\": \"user\", \"content\": \"where is the key?\"}], \"max_tokens\": 6, "
                         "\"documents\": [\"the key is under the mat by the door\", \"it rained all week in the town\"], "
                         "\"kvfuse\": {\"method\": \"reuse\"}}";
@@ -1262,26 +1262,28 @@ static void test_sched_audit(void) {
     CHECK_EQ(st.completed, 2);
     CHECK_EQ(st.pending, 0);
     CHECK(st.yields >= 1);
-    CHECK(st.m[KVF_METHOD_A3].n == 1 && st.m[KVF_METHOD_REUSE].n == 1);
+    CHECK(st.m[KVF_METHOD_FOCUS].n == 1 && st.m[KVF_METHOD_REUSE].n == 1);
     /* a plain prompt is not audited */
     srv_job *j3 = make_job(a, NULL, plain);
     free(run_one(s, j3));
     srv_audit_get_stats(a->audit, &st);
     CHECK_EQ(st.sampled, 2);
-    /* /v1/audit: a3 at ratio 1 is full prefill (KL ~ 0, same first token, same answer); reuse
-     * differs from full */
+    /* /v1/audit: focus at ratio 1 is full prefill (KL ~ 0, same first token, same answer); reuse
+     * differs from full; a method with a ratio lists it, one without does not */
     call_out o = call(a, "GET", "/v1/audit", NULL, NULL);
     CHECK_EQ(o.status, 200);
     const cJSON *c1 = audit_case(o.json, j1->id), *c2 = audit_case(o.json, probe.live->id);
     CHECK(c1 && c2);
     if (c1 && c2) {
-        CHECK_STR(jstr(c1, "method"), "a3");
-        CHECK_MSG(jnum(c1, "first_token_kl") >= 0 && jnum(c1, "first_token_kl") < 1e-3, "a3@1 KL %g", jnum(c1, "first_token_kl"));
+        CHECK_STR(jstr(c1, "method"), "focus");
+        CHECK_MSG(jnum(c1, "ratio") == 1.0, "focus's ratio %g", jnum(c1, "ratio"));
+        CHECK(!cJSON_HasObjectItem(c2, "ratio"));
+        CHECK_MSG(jnum(c1, "first_token_kl") >= 0 && jnum(c1, "first_token_kl") < 1e-3, "focus@1 KL %g", jnum(c1, "first_token_kl"));
         CHECK(cJSON_IsTrue(cJSON_GetObjectItem(c1, "first_token_agree")));
         CHECK(jnum(c1, "answer_f1") == 1.0);
         CHECK_STR(jstr(c1, "fused_answer"), jstr(c1, "full_answer"));
         CHECK_STR(jstr(c2, "method"), "reuse");
-        CHECK_MSG(jnum(c2, "first_token_kl") > jnum(c1, "first_token_kl"), "reuse KL %g vs a3@1 %g",
+        CHECK_MSG(jnum(c2, "first_token_kl") > jnum(c1, "first_token_kl"), "reuse KL %g vs focus@1 %g",
                   jnum(c2, "first_token_kl"), jnum(c1, "first_token_kl"));
         /* worst first */
         CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(o.json, "worst"), 0) == c2);
@@ -1292,10 +1294,10 @@ static void test_sched_audit(void) {
     size_t n;
     char  *t = srv_metrics_render(m, &n);
     CHECK_CONTAINS(t, "kvfuse_audit_completed_total 2");
-    CHECK_CONTAINS(t, "kvfuse_audit_first_token_kl_count{method=\"a3\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_first_token_kl_count{method=\"focus\"} 1");
     CHECK_CONTAINS(t, "kvfuse_audit_first_token_kl_count{method=\"reuse\"} 1");
-    CHECK_CONTAINS(t, "kvfuse_audit_first_token_agree_total{method=\"a3\"} 1");
-    CHECK_CONTAINS(t, "kvfuse_audit_answer_f1_sum{method=\"a3\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_first_token_agree_total{method=\"focus\"} 1");
+    CHECK_CONTAINS(t, "kvfuse_audit_answer_f1_sum{method=\"focus\"} 1");
     free(t);
     srv_sched_free(s); /* joins the inference thread: the probe is ours from here */
     /* ordering: the live request arrived while j1's audit was in progress and was served

@@ -1914,7 +1914,7 @@ static cJSON *audit_json(struct srv_audit *au) {
         cJSON                *x = cJSON_CreateObject();
         add_text(x, "id", c->id);
         cJSON_AddStringToObject(x, "method", kvf_method_name((kvf_method)c->method));
-        if (c->method == KVF_METHOD_A3 || c->method == KVF_METHOD_CACHEBLEND) {
+        if (kvf_method_has_ratio((kvf_method)c->method)) {
             cJSON_AddNumberToObject(x, "ratio", round((double)c->ratio * 1e4) / 1e4);
             if (c->ratio_auto) cJSON_AddNumberToObject(x, "fidelity", round((double)c->fidelity * 1e4) / 1e4);
         }

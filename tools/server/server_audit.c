@@ -159,7 +159,7 @@ srv_audit_item *srv_audit_begin(srv_audit *a, const srv_audit_req *r) {
     it->method     = r->fp->method;
     it->ratio_auto = r->fp->ratio_auto;
     it->fidelity   = r->fp->fidelity;
-    it->ratio      = r->fp->method == KVF_METHOD_A3 || r->fp->method == KVF_METHOD_CACHEBLEND
+    it->ratio      = kvf_method_has_ratio(r->fp->method)
                          ? (r->fp->ratio_auto ? r->st->ratio_used : r->fp->ratio)
                          : 0.0f;
     it->recomputed = r->st->recomputed_tokens;
