@@ -43,6 +43,10 @@ check(set(runs) == {"full", "prefix", "reuse", "epic", "cacheblend", "a3", "kvsh
 for m, o in runs.items():
     check("7391" in o["text"], f"{m} answers with the passcode: {o['text']!r}")
     print(f"  {m:10s} ttft {o['ttft_ms']:8.1f} ms  recomputed {o['recomputed_tokens']:5d}/{o['total_tokens']}  {o['text']!r}")
+with_ratio = {"cacheblend", "a3", "kvshare", "prophet", "focus"}
+check(all(o["ratio"] == (0.15 if m in with_ratio else 0) for m, o in runs.items()),
+      "the JSON gives the ratio (0.15) of every method that has one, 0 for the others: "
+      + str({m: o["ratio"] for m, o in runs.items()}))
 full, a3 = runs.get("full"), runs.get("a3")
 if full and a3:
     T, q = a3["total_tokens"], a3["question_tokens"]

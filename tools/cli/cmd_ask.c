@@ -331,7 +331,7 @@ int cmd_ask(int argc, char **argv) {
         text[len]     = 0;
         double tok_s  = steps > 0 && dec_ms > 0 ? steps / dec_ms * 1e3 : 0;
         if (json) {
-            bool sel = fp.method == KVF_METHOD_CACHEBLEND || fp.method == KVF_METHOD_A3;
+            bool sel = kvf_method_has_ratio(fp.method);
             printf("{\"method\": \"%s\", \"ratio\": %.4g, ", kvf_method_name(fp.method),
                    sel ? (fp.ratio_auto ? st.ratio_used : fp.ratio) : 0.0f);
             if (sel && fp.ratio_auto)
@@ -381,7 +381,7 @@ int cmd_ask(int argc, char **argv) {
                     kvf_method_name(fp.method), st.ttft_ms, rel, st.load_ms, st.rope_ms,
                     st.recompute_ms, st.first_token_ms, st.recomputed_tokens, st.total_tokens,
                     n_tok, tok_s);
-            if (fp.ratio_auto && (fp.method == KVF_METHOD_CACHEBLEND || fp.method == KVF_METHOD_A3))
+            if (fp.ratio_auto && kvf_method_has_ratio(fp.method))
                 fprintf(stderr, "  [%s] ratio auto: %.3f (the recomputed tokens hold %.1f%% of the "
                                 "selection score; target %.1f%%)\n",
                         kvf_method_name(fp.method), st.ratio_used, 100 * st.score_mass, 100 * fp.fidelity);
