@@ -4,8 +4,9 @@ prefill different from method B's at RATIO, question by question? From `kvfuse e
 files (read and merged by example, method and ratio with fidelity_table.py's reader).
 
 Only the examples with a run of both A and B at RATIO count. Per example d = A's answer
-agreement F1 with full minus B's (points). Prints, for answer agreement F1 and for first-token
-KL(full || method):
+agreement F1 with full minus B's (points). Prints, for answer agreement F1, teacher-forced token
+agreement (the share of full's answer tokens each method's greedy choice reproduces when fed
+full's answer so far; when every run has it) and first-token KL(full || method):
   - the mean of A and B and the mean paired difference, with a 95% bootstrap interval
     (10,000 resamples of the examples, fixed seed, so the output is reproducible);
   - how many examples A is better on, worse on, and tied;
@@ -63,8 +64,10 @@ def main():
     print(f"{a} against {b} at r = {ratio}, {len(ids)} examples ({ids[0]} .. {ids[-1]})\n")
     print(f"| measure | {a} | {b} | {a} - {b} (95% interval) | {a} better / worse / tied | sign test p |")
     print("|---|---:|---:|---:|---|---:|")
-    for name, key, scale, higher in (("agreement F1", "fid_f1", 100.0, True),
-                                     ("first-token KL", "kl", 1.0, False)):
+    measures = [("agreement F1", "fid_f1", 100.0, True), ("first-token KL", "kl", 1.0, False)]
+    if all(runs[i][m].get("tf_agree") is not None for i in ids for m in (a, b)):
+        measures.insert(1, ("teacher-forced agreement %", "tf_agree", 100.0, True))
+    for name, key, scale, higher in measures:
         xa = [runs[i][a][key] * scale for i in ids]
         xb = [runs[i][b][key] * scale for i in ids]
         d = [p - q for p, q in zip(xa, xb)]

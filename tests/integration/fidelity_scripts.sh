@@ -3,7 +3,8 @@
 # tables, on a small hand-made results file whose answers are known: fidelity_table.py keeps
 # only the examples with every run and averages them; fidelity_pair.py pairs two methods per
 # example (means, difference, better / worse / tied, exact sign test, a bootstrap interval that
-# holds the mean and is reproducible, blocks) and refuses files without a common example.
+# holds the mean and is reproducible, blocks; teacher-forced agreement only when every paired
+# run has it) and refuses files without a common example.
 # No model; under a second.
 set -uo pipefail
 tmp=$(mktemp -d)
@@ -16,21 +17,30 @@ a_f1 = [1, 1, 1, 0.5, 0, 1, 1]
 b_f1 = [0, 0, 1, 0.5, 1, 0.2]
 a_kl = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 b_kl = [0.2, 0.1, 0.4, 0.5, 0.6, 0.7]
-rec = lambda i, m, r, f1, kl: json.dumps({"id": f"q-{i:04d}", "method": m, "ratio": r, "fid_f1": f1,
-                                          "fid_em": float(f1 == 1), "kl": kl, "score": 0.5,
-                                          "compute_frac": 1.0 if m == "full" else 0.1, "metric": "f1"})
+a_tf = [0.9, 0.8, 1, 0.5, 0.2, 1, 1]
+b_tf = [0.5, 0.8, 0.9, 0.5, 0.4, 0.6]
+def rec(i, m, r, f1, kl, tf=1.0):
+    d = {"id": f"q-{i:04d}", "method": m, "ratio": r, "fid_f1": f1, "fid_em": float(f1 == 1), "kl": kl,
+         "score": 0.5, "compute_frac": 1.0 if m == "full" else 0.1, "metric": "f1"}
+    if tf is not None:
+        d["tf_agree"] = tf
+    return json.dumps(d)
 with open(f"{tmp}/a.jsonl", "w") as f:
     for i in range(7):
         print(rec(i, "full", None, 1, 0), file=f)
-        print(rec(i, "A", 0.05, a_f1[i], a_kl[i]), file=f)
+        print(rec(i, "A", 0.05, a_f1[i], a_kl[i], a_tf[i]), file=f)
         print(rec(i, "A", 0.1, 1, 0), file=f)
 with open(f"{tmp}/b.jsonl", "w") as f:
     for i in range(6):
-        print(rec(i, "B", 0.05, b_f1[i], b_kl[i]), file=f)
+        print(rec(i, "B", 0.05, b_f1[i], b_kl[i], b_tf[i]), file=f)
+with open(f"{tmp}/b_notf.jsonl", "w") as f:  # one B run without teacher-forced agreement
+    for i in range(6):
+        print(rec(i, "B", 0.05, b_f1[i], b_kl[i], None if i == 3 else b_tf[i]), file=f)
 PY
 python3 scripts/fidelity_pair.py --by 3 A B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/pair.txt" 2>&1; rp1=$?
 python3 scripts/fidelity_pair.py --by 3 A B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/pair2.txt" 2>&1
 python3 scripts/fidelity_pair.py A B 0.1 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/none.txt" 2>&1; rp2=$?
+python3 scripts/fidelity_pair.py A B 0.05 "$tmp/a.jsonl" "$tmp/b_notf.jsonl" >"$tmp/notf.txt" 2>&1
 python3 scripts/fidelity_table.py --ratios 0.05 --methods full,A,B "$tmp/a.jsonl" "$tmp/b.jsonl" \
     >"$tmp/table.txt" 2>&1; rt=$?
 sed 's/^/  /' "$tmp/pair.txt"
@@ -60,6 +70,13 @@ check(f1[5] == "0.625", f"exact sign test: 2 * P(X <= 1 | n = 4) = 0.625 ({f1[5]
 kl = row("first-token KL")
 # lower KL is better: A lower on 0, 2, 3, 4, 5, higher on 1
 check(kl[4] == "5 / 1 / 0" and kl[5] == "0.219", f"KL: lower is better, 5 / 1, p = 0.219 ({kl[4]}, {kl[5]})")
+tf = row("teacher-forced agreement %")
+# A: .9 .8 1 .5 .2 1 -> 73.3; B: .5 .8 .9 .5 .4 .6 -> 61.7; d: +40 0 +10 0 -20 +40 -> 11.7, 3 / 1 / 2
+check(tf[1:3] == ["73.3", "61.7"] and tf[3].startswith("11.7 (") and tf[4] == "3 / 1 / 2" and tf[5] == "0.625",
+      f"teacher-forced agreement: 73.3 / 61.7, difference 11.7, 3 / 1 / 2, p 0.625 ({tf})")
+notf = open(f"{tmp}/notf.txt").read()
+check("| agreement F1 | 75.0 | 45.0 |" in notf and "teacher-forced" not in notf,
+      "no teacher-forced row when a paired run lacks it")
 check(open(f"{tmp}/pair2.txt").read() == pair, "the same files give the same output (fixed bootstrap seed)")
 check("| q-0000 .. q-0002 (3) | 100.0 | 33.3 |" in pair and "| q-0003 .. q-0005 (3) | 50.0 | 56.7 |" in pair,
       "--by 3: the means of each block of 3 examples")
