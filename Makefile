@@ -133,7 +133,7 @@ tsan: ## library, CLI and tests under ThreadSanitizer: unit tests (4 sessions fu
 	TSAN_OPTIONS="halt_on_error=1" SERVER_SH_INNER=1 KVFUSE=build/tsan/kvfuse BUILD=build/tsan \
 	    KVFUSE_MODEL=$(MODEL) tests/integration/server.sh
 
-demo: ## set up everything; a chat answer, a3 vs full over documents, the server answering curl (model: NAME=..., default qwen2.5-coder-0.5b)
+demo: ## set up everything; a chat answer, full vs a3 vs focus over documents, the server answering curl (model: NAME=..., default qwen2.5-coder-0.5b)
 	scripts/demo.sh $(if $(filter command line environment,$(origin NAME)),$(NAME))
 
 bench: cli $(MODEL) ## prefill/decode tokens per second on the default model
@@ -238,13 +238,13 @@ eval-fidelity-more2: cli $(QWEN05) ## 20 more MuSiQue questions (60-79): full, r
 	python3 scripts/fidelity_table.py --methods full,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
 	    $(RESULTS)/qwen05-musique30b/results.jsonl $(RESULTS)/qwen05-musique20c/results.jsonl
 
-eval-fidelity-rest: cli $(QWEN05) ## the other 70 MuSiQue questions (80-149): full, cacheblend, focus at r = 0.05 on Qwen2.5-Coder-0.5B -> results/qwen05-musique70d; focus against cacheblend at r = 0.05 over all 150, paired (~95 min)
+eval-fidelity-rest: cli $(QWEN05) ## the other 70 MuSiQue questions (80-149): full, cacheblend, focus at r = 0.05, 0.15, 0.3 on Qwen2.5-Coder-0.5B -> results/qwen05-musique70d; focus against cacheblend at each ratio over all 150, paired (~95 min for r = 0.05, ~2.5 h more for 0.15 and 0.3)
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,cacheblend,focus \
-	    --ratios 0.05 --offset 80 --limit 70 -n 16 --out $(RESULTS)/qwen05-musique70d $(EVAL_ARGS)
-	python3 scripts/fidelity_pair.py --by 30 focus cacheblend 0.05 $(RESULTS)/qwen05-musique30/results.jsonl \
-	    $(RESULTS)/qwen05-musique30b/results.jsonl $(RESULTS)/qwen05-musique20c/results.jsonl \
-	    $(RESULTS)/qwen05-musique70d/results.jsonl
+	    --ratios 0.05,0.15,0.3 --offset 80 --limit 70 -n 16 --out $(RESULTS)/qwen05-musique70d $(EVAL_ARGS)
+	for r in 0.05 0.15 0.3; do python3 scripts/fidelity_pair.py --by 30 focus cacheblend $$r \
+	    $(RESULTS)/qwen05-musique30/results.jsonl $(RESULTS)/qwen05-musique30b/results.jsonl \
+	    $(RESULTS)/qwen05-musique20c/results.jsonl $(RESULTS)/qwen05-musique70d/results.jsonl || exit 1; done
 
 eval-fidelity-highr: cli $(QWEN05) ## where the agreement targets would be met: a3, cacheblend, focus at r = 0.5 / 0.7 on MuSiQue questions 0-19 -> results/qwen05-musique20-highr; table with the same questions' r = 0.05-0.3 runs
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # demo.sh [NAME] - `make demo [NAME=...]`: build kvfuse, fetch the model if needed (default
 # qwen2.5-coder-0.5b, a model that answers the demo question right under full prefill), answer
-# a chat prompt; then the main job: a question over several documents answered with A^3
-# fusion, its answer and TTFT printed next to a full prefill of the same prompt; then start
-# `kvfuse serve`, answer one OpenAI-style request with documents fused by A^3 through curl,
-# and stop it. KVFUSE_MODEL=PATH runs it on any GGUF file instead.
+# a chat prompt; then the main job: a question over several documents answered with KV cache
+# fusion (A^3 and kvfuse's own focus), the answers and TTFTs printed next to a full prefill of
+# the same prompt; then start `kvfuse serve`, answer one OpenAI-style request with documents
+# fused by focus (the server's default) through curl, and stop it. KVFUSE_MODEL=PATH runs it on any GGUF file instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=${1:-${DEMO_MODEL:-qwen2.5-coder-0.5b}}
@@ -25,8 +25,8 @@ PROMPT=${DEMO_PROMPT:-"In two sentences, what is the difference between a cache 
 step "chat: $PROMPT"
 build/kvfuse generate -m "$MODEL" --chat -p "$PROMPT" -n 96
 
-# The main job: a question over several documents, answered by fusing their cached KV with A^3,
-# next to a full prefill of exactly the same prompt. With the shared data beside the checkout
+# The main job: a question over several documents, answered by fusing their cached KV with A^3
+# and with focus, next to a full prefill of exactly the same prompt. With the shared data beside the checkout
 # this is a MuSiQue question (10 passages, ~6k tokens, CacheBlend's prompt); without it, three
 # short built-in documents.
 SHARED=${KVF_SHARED:-../shared}
@@ -53,12 +53,13 @@ else
     printf '%s\n' "The Nile is usually listed as the longest river; the Amazon carries the most water." > "$ftmp/d3.txt"
     set -- -d "$ftmp/d1.txt" -d "$ftmp/d2.txt" -d "$ftmp/d3.txt" -q "Which lake is the deepest in the world?"
 fi
-echo "\$ kvfuse ask --method full,a3 --ratio 0.15 ... (documents precomputed first, then each method)"
-build/kvfuse ask -m "$MODEL" --method full,a3 --ratio 0.15 -n 32 "$@"
+echo "\$ kvfuse ask --method full,a3,focus --ratio 0.15 ... (documents precomputed first, then each method)"
+build/kvfuse ask -m "$MODEL" --method full,a3,focus --ratio 0.15 -n 32 "$@"
 rm -rf "$ftmp"
 
-# The server: start `kvfuse serve`, answer one request whose documents are fused (A^3), stop.
-step "server: kvfuse serve, one OpenAI-style request with documents (KV cache fusion, a3)"
+# The server: start `kvfuse serve`, answer one request whose documents are fused (focus, the
+# server's default method), stop.
+step "server: kvfuse serve, one OpenAI-style request with documents (KV cache fusion, focus)"
 tmp=$(mktemp -d)
 build/kvfuse serve -m "$MODEL" --port 0 --port-file "$tmp/port" --ctx 2048 --parallel 1 -q 2>"$tmp/log" &
 spid=$!
@@ -70,7 +71,7 @@ BODY='{"messages": [{"role": "system", "content": "Answer in a few words using t
   {"role": "user", "content": "In which city is the Eiffel Tower?"}],
  "documents": ["The Eiffel Tower is in Paris. It was completed in 1889 and is 330 metres tall.",
                "Mount Fuji is the highest mountain in Japan, at 3776 metres."],
- "kvfuse": {"method": "a3", "ratio": 0.15}, "max_tokens": 24}'
+ "kvfuse": {"method": "focus", "ratio": 0.15}, "max_tokens": 24}'
 echo "\$ curl $URL/v1/chat/completions -d '$BODY'"
 curl -s "$URL/v1/chat/completions" -d "$BODY" | { python3 -m json.tool 2>/dev/null || cat; }
 kill -TERM "$spid"

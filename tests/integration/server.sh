@@ -86,7 +86,7 @@ DOCS='["The Eiffel Tower is in Paris. It was completed in 1889 and is 330 metres
 Q='{"role": "system", "content": "Answer in a few words using the documents."}, {"role": "user", "content": "In which city is the Eiffel Tower?"}'
 req POST "$U/v1/chat/completions" "{\"messages\": [$Q], \"documents\": $DOCS, \"max_tokens\": 16}"
 check "chat with documents 200" is "$CODE" 200
-check "fusion method a3" is "$(j "d['kvfuse']['method']")" a3
+check "default fusion method focus" is "$(j "d['kvfuse']['method']")" focus
 check "two documents" is "$(j "d['kvfuse']['documents']")" 2
 check "answer mentions Paris" is "$(j "'Paris' in d['choices'][0]['message']['content']")" True
 check "usage adds up" is "$(j "d['usage']['prompt_tokens'] + d['usage']['completion_tokens'] == d['usage']['total_tokens'] and d['usage']['prompt_tokens'] == d['kvfuse']['total_tokens']")" True
@@ -118,17 +118,17 @@ req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"method\": \"full\", \
 check "attn sale reported" is "$(j "d['kvfuse'].get('attn')")" sale
 check "attn sale, threshold 0 = dense answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLDENSE"
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"sale\", \"threshold\": 0, \"min_keys\": 0, \"dense_layers\": 0}}}"
-check "a3 with attn sale, threshold 0 = dense a3 answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
+check "focus with attn sale, threshold 0 = dense focus answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"attn\": {\"mode\": \"power\", \"block\": 64, \"window\": 1, \"dense_layers\": 0}}}"
 check "attn power 200" is "$CODE" 200
 check "attn power reported" is "$(j "d['kvfuse'].get('attn')")" power
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"decode_attn\": {\"mode\": \"mac\", \"band\": 64, \"min_keys\": 0}}}"
 check "decode_attn mac 200" is "$CODE" 200
 check "decode_attn mac reported" is "$(j "d['kvfuse'].get('decode_attn')")" mac
-# LouisKV with a budget over every key attends to all of them (in three ranges): a3's answer
+# LouisKV with a budget over every key attends to all of them (in three ranges): focus's answer
 req POST "$U/v1/chat/completions" "${B%\}}, \"kvfuse\": {\"decode_attn\": {\"mode\": \"louis\", \"band\": 64, \"min_keys\": 0, \"dense_layers\": 0, \"budget\": 100000}}}"
 check "decode_attn louis reported" is "$(j "d['kvfuse'].get('decode_attn')")" louis
-check "decode_attn louis, every key = dense a3 answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
+check "decode_attn louis, every key = dense focus answer" is "$(j "d['choices'][0]['message']['content']")" "$FULLANS"
 req GET "$U/v1/documents/$ID2"; check "get document" is "$(j "d['text']")" "Turing
 
 Alan Turing proposed the Turing test in 1950."
@@ -248,7 +248,7 @@ req GET "$U/health"; check "healthy after disconnects" is "$CODE" 200
 # ---- metrics ------------------------------------------------------------------------------------
 req GET "$U/metrics"
 for name in 'kvfuse_http_requests_total{endpoint="chat_completions",code="200"}' 'kvfuse_http_requests_total{endpoint="chat_completions",code="400"}' \
-    'kvfuse_ttft_seconds_bucket{method="a3",le="+Inf"}' 'kvfuse_ttft_seconds_count{method="none"}' kvfuse_prompt_tokens_total \
+    'kvfuse_ttft_seconds_bucket{method="focus",le="+Inf"}' 'kvfuse_ttft_seconds_count{method="none"}' kvfuse_prompt_tokens_total \
     kvfuse_completion_tokens_total 'kvfuse_store_hits_total{tier="memory"}' 'kvfuse_store_misses_total{tier="memory"}' \
     kvfuse_recomputed_fraction kvfuse_queue_depth kvfuse_kv_evictions_total kvfuse_decode_rows_total kvfuse_resident_memory_bytes; do
     check "metric $name" grep -qF "$name" "$T/body"
@@ -329,12 +329,13 @@ done
 check "audit: the fused request was prefilled in full" is "$done_" 1
 check "audit: lists the request" is "$(j "d['worst'][0]['id']")" "$AID"
 check "audit: KL and agreement" is "$(j "d['worst'][0]['first_token_kl'] >= 0 and d['worst'][0]['first_token_agree'] in (True, False)")" True
-check "audit: greedy answers compared" is "$(j "0 <= d['worst'][0]['answer_f1'] <= 1 and d['methods']['a3']['audits'] == 1")" True
+check "audit: greedy answers compared" is "$(j "0 <= d['worst'][0]['answer_f1'] <= 1 and d['methods']['focus']['audits'] == 1")" True
+check "audit: the ratio auto picked, and the target" is "$(j "0.05 <= d['worst'][0]['ratio'] <= 0.5 and d['worst'][0]['fidelity'] == 0.9")" True
 req POST "$AU/v1/chat/completions" "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 2}"
 req GET "$AU/metrics"
-check "audit metrics: KL per method" grep -q '^kvfuse_audit_first_token_kl_count{method="a3"} 1$' "$T/body"
+check "audit metrics: KL per method" grep -q '^kvfuse_audit_first_token_kl_count{method="focus"} 1$' "$T/body"
 check "audit metrics: plain prompts are not sampled" grep -q '^kvfuse_audit_sampled_total 1$' "$T/body"
-check "audit metrics: answer F1" grep -q '^kvfuse_audit_answer_f1_count{method="a3"} 1$' "$T/body"
+check "audit metrics: answer F1" grep -q '^kvfuse_audit_answer_f1_count{method="focus"} 1$' "$T/body"
 req GET "$K/v1/audit" "" "${A[@]}"; check "audit needs an admin key" is "$CODE" 403
 
 # ---- shutdown -------------------------------------------------------------------------------------

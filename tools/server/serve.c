@@ -93,7 +93,7 @@ static void help(void) {
         "      --max-tokens N      default answer limit of chat requests (default 1024)\n"
         "      --method M          fusion method of document requests without one: full, prefix,\n"
         "                          reuse, epic, cacheblend, a3, kvshare, prophet, focus (default\n"
-        "                          a3)\n"
+        "                          focus)\n"
         "      --ratio R           default recompute ratio (default 0.15), or auto: picked per\n"
         "                          request (see --fidelity; a request may send \"ratio\": \"auto\")\n"
         "      --fidelity F        --ratio auto: share of the selection score's mass (a3: the\n"
