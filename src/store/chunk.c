@@ -1,12 +1,10 @@
 /* chunk.c - chunk objects (owned or borrowed data; f16, f32 and q8 rows), content addresses,
- * and the in-memory LRU chunk cache (over chunk_lru.c). */
+ * and freeing a chunk cache (the in-memory one is in chunk_lru.c). */
 #include "store/chunk.h"
 #include "common.h"
 #include "engine/quant.h"
-#include "store/chunk_lru.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
 #define XXH_INLINE_ALL
@@ -249,65 +247,6 @@ void kvf_chunk_key_hex(const kvf_chunk_key *k, char out[33]) {
     static const char hx[] = "0123456789abcdef";
     for (int i = 0; i < 16; i++) out[2 * i] = hx[k->b[i] >> 4], out[2 * i + 1] = hx[k->b[i] & 15];
     out[32] = 0;
-}
-
-/* ---- in-memory LRU cache --------------------------------------------------------------- */
-
-typedef struct mem_cache {
-    kvf_chunk_cache base;
-    pthread_mutex_t mu;
-    size_t          budget; /* 0: unbounded */
-    kvf_lru         lru;
-} mem_cache;
-
-static kvf_chunk *mem_get(kvf_chunk_cache *c, const kvf_chunk_key *key) {
-    mem_cache *m = (mem_cache *)c;
-    pthread_mutex_lock(&m->mu);
-    kvf_lru_entry *e = kvf_lru_find(&m->lru, key, true);
-    kvf_chunk     *r = e ? kvf_chunk_retain(e->chunk) : NULL;
-    pthread_mutex_unlock(&m->mu);
-    return r;
-}
-
-static kvf_status mem_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chunk *chunk) {
-    mem_cache *m = (mem_cache *)c;
-    if (m->budget && chunk->bytes > m->budget) return KVF_OK; /* too big to keep: not an error */
-    pthread_mutex_lock(&m->mu);
-    kvf_lru_entry *e = kvf_lru_put(&m->lru, key, chunk);
-    if (e && m->budget) kvf_lru_shrink(&m->lru, m->budget, e);
-    pthread_mutex_unlock(&m->mu);
-    return e ? KVF_OK : KVF_E_NOMEM;
-}
-
-static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
-    mem_cache *m = (mem_cache *)c;
-    pthread_mutex_lock(&m->mu);
-    for (int i = 0; i < n; i++) kvf_steps_set(&m->lru.steps, keys[i].b, lane, steps);
-    pthread_mutex_unlock(&m->mu);
-}
-
-static void mem_free(kvf_chunk_cache *c) {
-    mem_cache *m = (mem_cache *)c;
-    kvf_lru_free(&m->lru);
-    pthread_mutex_destroy(&m->mu);
-    kvf_free(m);
-}
-
-static const kvf_chunk_cache_ops mem_ops = {.get = mem_get, .put = mem_put, .free = mem_free, .hint = mem_hint};
-
-kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out) {
-    *out         = NULL;
-    mem_cache *m = kvf_calloc(1, sizeof *m);
-    if (!m) return kvf_set_error(KVF_E_NOMEM, "out of memory");
-    if (kvf_lru_init(&m->lru) != KVF_OK) {
-        kvf_free(m);
-        return KVF_E_NOMEM;
-    }
-    m->base.ops = &mem_ops;
-    m->budget   = budget_bytes;
-    pthread_mutex_init(&m->mu, NULL);
-    *out = &m->base;
-    return KVF_OK;
 }
 
 void kvf_chunk_cache_free(kvf_chunk_cache *c) {

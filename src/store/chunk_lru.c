@@ -1,8 +1,9 @@
-/* chunk_lru.c - the in-memory chunk index shared by the memory cache and the store's memory
- * tier (chunk_lru.h). */
+/* chunk_lru.c - the in-memory chunk index shared by the memory chunk cache and the store's
+ * memory tier (chunk_lru.h), and that memory chunk cache (kvf_chunk_cache_new_memory). */
 #include "store/chunk_lru.h"
 #include "common.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #define N_BUCKETS 1024
@@ -115,4 +116,63 @@ int64_t kvf_lru_shrink(kvf_lru *l, uint64_t budget, const kvf_lru_entry *keep) {
     for (kvf_lru_entry *v; l->bytes > budget && (v = kvf_lru_victim(l, keep)); n++)
         kvf_lru_remove(l, v);
     return n;
+}
+
+/* ---- in-memory LRU cache --------------------------------------------------------------- */
+
+typedef struct mem_cache {
+    kvf_chunk_cache base;
+    pthread_mutex_t mu;
+    size_t          budget; /* 0: unbounded */
+    kvf_lru         lru;
+} mem_cache;
+
+static kvf_chunk *mem_get(kvf_chunk_cache *c, const kvf_chunk_key *key) {
+    mem_cache *m = (mem_cache *)c;
+    pthread_mutex_lock(&m->mu);
+    kvf_lru_entry *e = kvf_lru_find(&m->lru, key, true);
+    kvf_chunk     *r = e ? kvf_chunk_retain(e->chunk) : NULL;
+    pthread_mutex_unlock(&m->mu);
+    return r;
+}
+
+static kvf_status mem_put(kvf_chunk_cache *c, const kvf_chunk_key *key, kvf_chunk *chunk) {
+    mem_cache *m = (mem_cache *)c;
+    if (m->budget && chunk->bytes > m->budget) return KVF_OK; /* too big to keep: not an error */
+    pthread_mutex_lock(&m->mu);
+    kvf_lru_entry *e = kvf_lru_put(&m->lru, key, chunk);
+    if (e && m->budget) kvf_lru_shrink(&m->lru, m->budget, e);
+    pthread_mutex_unlock(&m->mu);
+    return e ? KVF_OK : KVF_E_NOMEM;
+}
+
+static void mem_hint(kvf_chunk_cache *c, const kvf_chunk_key *keys, int n, int lane, uint32_t steps) {
+    mem_cache *m = (mem_cache *)c;
+    pthread_mutex_lock(&m->mu);
+    for (int i = 0; i < n; i++) kvf_steps_set(&m->lru.steps, keys[i].b, lane, steps);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void mem_free(kvf_chunk_cache *c) {
+    mem_cache *m = (mem_cache *)c;
+    kvf_lru_free(&m->lru);
+    pthread_mutex_destroy(&m->mu);
+    kvf_free(m);
+}
+
+static const kvf_chunk_cache_ops mem_ops = {.get = mem_get, .put = mem_put, .free = mem_free, .hint = mem_hint};
+
+kvf_status kvf_chunk_cache_new_memory(size_t budget_bytes, kvf_chunk_cache **out) {
+    *out         = NULL;
+    mem_cache *m = kvf_calloc(1, sizeof *m);
+    if (!m) return kvf_set_error(KVF_E_NOMEM, "out of memory");
+    if (kvf_lru_init(&m->lru) != KVF_OK) {
+        kvf_free(m);
+        return KVF_E_NOMEM;
+    }
+    m->base.ops = &mem_ops;
+    m->budget   = budget_bytes;
+    pthread_mutex_init(&m->mu, NULL);
+    *out = &m->base;
+    return KVF_OK;
 }
