@@ -1968,7 +1968,7 @@ srv_api_config srv_api_default_config(void) {
     c.max_ingest  = 256;
     c.max_body    = 8u << 20;
     c.fp          = kvf_fuse_default_params();
-    c.fp.method   = KVF_METHOD_FOCUS; /* docs/selection.md: beats a3 and cacheblend at every ratio */
+    c.fp.method   = KVF_METHOD_FOCUS; /* why: README "Which method serves by default" */
     c.attn        = kvf_attn_default_params(KVF_ATTN_DENSE);
     c.dattn       = kvf_decode_attn_default_params(KVF_DECODE_DENSE);
     c.temperature = 0;
