@@ -2,6 +2,9 @@
 """fidelity_pair.py A B RATIO RESULTS.jsonl [MORE.jsonl ...] - is method A's fidelity to full
 prefill different from method B's at RATIO, question by question? From `kvfuse eval` results
 files (read and merged by example, method and ratio with fidelity_table.py's reader).
+A or B may name its own ratio as METHOD@R (focus@0.1 cacheblend 0.05: focus at r = 0.1 against
+cacheblend at 0.05), to pair methods at equal compute rather than equal ratio; the mean
+compute share of each side (`compute_frac`, of full prefill's work) is printed above the table.
 
 Only the examples with a run of both A and B at RATIO count. Per example d = A's answer
 agreement F1 with full minus B's (points). Prints, for answer agreement F1, teacher-forced token
@@ -45,6 +48,18 @@ def mean(v):
     return sum(v) / len(v)
 
 
+def parse_side(spec, ratio):
+    """METHOD or METHOD@R -> (label, method, ratio)"""
+    method, sep, r = spec.partition("@")
+    if not method or (sep and not r):
+        sys.exit(f"{spec}: expected METHOD or METHOD@RATIO")
+    try:
+        rr = float(r) if sep else ratio
+    except ValueError:
+        sys.exit(f"{spec}: '{r}' is not a ratio")
+    return (spec if sep else method), method, rr
+
+
 def main():
     args = sys.argv[1:]
     block = 0
@@ -53,15 +68,26 @@ def main():
         args = args[2:]
     if len(args) < 4:
         sys.exit(__doc__.strip())
-    a, b, ratio, paths = args[0], args[1], float(args[2]), args[3:]
+    ratio, paths = float(args[2]), args[3:]
+    sides = [parse_side(spec, ratio) for spec in args[:2]]
+    (a, ma, ra), (b, mb, rb) = sides
+    if (ma, ra) == (mb, rb):
+        sys.exit(f"{a} and {b} are the same runs")
     runs = defaultdict(dict)
-    for r in read_records(paths, {ratio}, {a, b}):
-        if r["ratio"] is not None:
-            runs[r["id"]][r["method"]] = r
+    for r in read_records(paths, None, {ma, mb}):
+        if r["ratio"] is None:
+            continue
+        for label, m, rr in sides:
+            if r["method"] == m and float(r["ratio"]) == rr:
+                runs[r["id"]][label] = r
     ids = sorted(i for i, d in runs.items() if a in d and b in d)
+    at = f"r = {ra}" if ra == rb else f"r = {ra} and {rb}"
     if not ids:
-        sys.exit(f"no example has runs of both {a} and {b} at r = {ratio}")
-    print(f"{a} against {b} at r = {ratio}, {len(ids)} examples ({ids[0]} .. {ids[-1]})\n")
+        sys.exit(f"no example has runs of both {ma} and {mb} at {at}")
+    print(f"{a} against {b} at {at}, {len(ids)} examples ({ids[0]} .. {ids[-1]})\n")
+    if all(runs[i][s].get("compute_frac") is not None for i in ids for s in (a, b)):
+        ca, cb = (mean([runs[i][s]["compute_frac"] for i in ids]) * 100.0 for s in (a, b))
+        print(f"compute, share of full prefill's work: {a} {ca:.1f}%, {b} {cb:.1f}%\n")
     print(f"| measure | {a} | {b} | {a} - {b} (95% interval) | {a} better / worse / tied | sign test p |")
     print("|---|---:|---:|---:|---|---:|")
     measures = [("agreement F1", "fid_f1", 100.0, True), ("first-token KL", "kl", 1.0, False)]

@@ -4,7 +4,8 @@
 # only the examples with every run and averages them; fidelity_pair.py pairs two methods per
 # example (means, difference, better / worse / tied, exact sign test, a bootstrap interval that
 # holds the mean and is reproducible, blocks; teacher-forced agreement only when every paired
-# run has it) and refuses files without a common example.
+# run has it; a side at its own ratio, METHOD@R, with each side's compute share) and refuses
+# files without a common example, a malformed side and a side paired with itself.
 # No model; under a second.
 set -uo pipefail
 tmp=$(mktemp -d)
@@ -41,14 +42,17 @@ python3 scripts/fidelity_pair.py --by 3 A B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >
 python3 scripts/fidelity_pair.py --by 3 A B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/pair2.txt" 2>&1
 python3 scripts/fidelity_pair.py A B 0.1 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/none.txt" 2>&1; rp2=$?
 python3 scripts/fidelity_pair.py A B 0.05 "$tmp/a.jsonl" "$tmp/b_notf.jsonl" >"$tmp/notf.txt" 2>&1
+python3 scripts/fidelity_pair.py A@0.1 B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/cross.txt" 2>&1; rc1=$?
+python3 scripts/fidelity_pair.py A@ B 0.05 "$tmp/a.jsonl" "$tmp/b.jsonl" >"$tmp/bad.txt" 2>&1; rc2=$?
+python3 scripts/fidelity_pair.py A A@0.05 0.05 "$tmp/a.jsonl" >"$tmp/same.txt" 2>&1; rc3=$?
 python3 scripts/fidelity_table.py --ratios 0.05 --methods full,A,B "$tmp/a.jsonl" "$tmp/b.jsonl" \
     >"$tmp/table.txt" 2>&1; rt=$?
 sed 's/^/  /' "$tmp/pair.txt"
 
-python3 - "$tmp" "$rp1" "$rp2" "$rt" <<'PY'
+python3 - "$tmp" "$rp1" "$rp2" "$rt" "$rc1" "$rc2" "$rc3" <<'PY'
 import re, sys
 tmp = sys.argv[1]
-rp1, rp2, rt = (int(x) for x in sys.argv[2:])
+rp1, rp2, rt, rc1, rc2, rc3 = (int(x) for x in sys.argv[2:])
 passed = failed = 0
 def check(ok, what):
     global passed, failed
@@ -82,6 +86,17 @@ check("| q-0000 .. q-0002 (3) | 100.0 | 33.3 |" in pair and "| q-0003 .. q-0005 
       "--by 3: the means of each block of 3 examples")
 check(rp2 != 0 and "no example has runs of both A and B" in open(f"{tmp}/none.txt").read(),
       "a ratio without runs of both methods is refused with a message")
+cross = open(f"{tmp}/cross.txt").read()
+# A at r = 0.1 agrees 1 everywhere, B at 0.05 as above: 100.0 against 45.0 on B's 6 examples
+check(rc1 == 0 and "A@0.1 against B at r = 0.1 and 0.05, 6 examples" in cross
+      and "| agreement F1 | 100.0 | 45.0 | 55.0 (" in cross,
+      "METHOD@R pairs A at its own ratio against B at the common one")
+check("compute, share of full prefill's work: A@0.1 10.0%, B 10.0%" in cross,
+      "the mean compute share of each side is printed")
+check(rc2 != 0 and "expected METHOD or METHOD@RATIO" in open(f"{tmp}/bad.txt").read(),
+      "a side with '@' and no ratio is refused")
+check(rc3 != 0 and "the same runs" in open(f"{tmp}/same.txt").read(),
+      "pairing a method's runs with themselves is refused")
 table = open(f"{tmp}/table.txt").read()
 check(rt == 0 and "6 examples" in table, "fidelity_table.py counts the 6 examples with every run")
 check("| A | 0.05 | 75.0 |" in table and "| B | 0.05 | 45.0 |" in table and "| full | - | 100.0 |" in table,
