@@ -16,6 +16,10 @@ full's answer so far; when every run has it) and first-token KL(full || method):
   - the two-sided exact sign test's p over the untied examples.
 A difference whose interval contains 0 is not shown by these examples.
 
+When every paired run records whether its first token is full's (`top1_first`), the examples
+are also split by that: both, only A, only B, neither, with each side's mean agreement (greedy,
+and teacher-forced when the table above has it).
+
 --by N also prints the mean agreement of A and B per block of N consecutive examples (in the
 examples' order), to show how much a mean moves between subsets of the same size.
 """
@@ -105,6 +109,19 @@ def main():
         print(f"| {name} | {fmt % mean(xa)} | {fmt % mean(xb)} | {fmt % mean(d)} "
               f"({fmt % lo} .. {fmt % hi}) | {better} / {worse} / {tied} | "
               f"{sign_test_p(better, worse):.3g} |")
+    if all(runs[i][s].get("top1_first") is not None for i in ids for s in (a, b)):
+        # greedy agreement splits at the first token: an answer that starts elsewhere rarely
+        # comes back, so show the later tokens' agreement apart from the first token's
+        tf = "tf_agree" in [m[1] for m in measures]
+        head = f" {a} teacher-forced % | {b} teacher-forced % |" if tf else ""
+        print(f"\n| first token equals full's | examples | {a} agreement F1 | {b} agreement F1 |{head}")
+        print("|---|---:|---:|---:|" + ("---:|---:|" if tf else ""))
+        for fa, fb, name in ((1, 1, "both"), (1, 0, f"{a} only"), (0, 1, f"{b} only"), (0, 0, "neither")):
+            part = [i for i in ids if runs[i][a]["top1_first"] == fa and runs[i][b]["top1_first"] == fb]
+            if part:
+                cells = [mean([runs[i][s][key] for i in part]) * 100.0
+                         for key in (("fid_f1", "tf_agree") if tf else ("fid_f1",)) for s in (a, b)]
+                print(f"| {name} | {len(part)} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     if block > 0:
         print(f"\n| examples | {a} agreement F1 | {b} agreement F1 |")
         print("|---|---:|---:|")

@@ -22,6 +22,7 @@ a_tf = [0.9, 0.8, 1, 0.5, 0.2, 1, 1]
 b_tf = [0.5, 0.8, 0.9, 0.5, 0.4, 0.6]
 def rec(i, m, r, f1, kl, tf=1.0):
     d = {"id": f"q-{i:04d}", "method": m, "ratio": r, "fid_f1": f1, "fid_em": float(f1 == 1), "kl": kl,
+         "top1_first": int(f1 > 0.3),
          "score": 0.5, "compute_frac": 1.0 if m == "full" else 0.1, "metric": "f1"}
     if tf is not None:
         d["tf_agree"] = tf
@@ -86,6 +87,14 @@ check("| q-0000 .. q-0002 (3) | 100.0 | 33.3 |" in pair and "| q-0003 .. q-0005 
       "--by 3: the means of each block of 3 examples")
 check(rp2 != 0 and "no example has runs of both A and B" in open(f"{tmp}/none.txt").read(),
       "a ratio without runs of both methods is refused with a message")
+# first token: A right on 0 1 2 3 5 (f1 > 0.3), B on 2 3 4; both: 2 3 (A 75.0, B 75.0);
+# A only: 0 1 5 (A 100.0, B 6.7); B only: 4 (A 0.0, B 100.0); neither: none; teacher-forced
+# agreement A then B: both 75.0 70.0, A only 90.0 63.3, B only 20.0 40.0
+check("| both | 2 | 75.0 | 75.0 | 75.0 | 70.0 |" in pair and "| A only | 3 | 100.0 | 6.7 | 90.0 | 63.3 |" in pair
+      and "| B only | 1 | 0.0 | 100.0 | 20.0 | 40.0 |" in pair and "| neither |" not in pair,
+      "examples split by which side's first token is full's, greedy and teacher-forced agreement")
+check("| both | 2 | 75.0 | 75.0 |\n" in open(f"{tmp}/notf.txt").read(),
+      "the split has no teacher-forced columns when the table has no such row")
 cross = open(f"{tmp}/cross.txt").read()
 # A at r = 0.1 agrees 1 everywhere, B at 0.05 as above: 100.0 against 45.0 on B's 6 examples
 check(rc1 == 0 and "A@0.1 against B at r = 0.1 and 0.05, 6 examples" in cross
