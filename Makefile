@@ -238,11 +238,12 @@ eval-fidelity-more2: cli $(QWEN05) ## 20 more MuSiQue questions (60-79): full, r
 	python3 scripts/fidelity_table.py --methods full,reuse,cacheblend,focus $(RESULTS)/qwen05-musique30/results.jsonl \
 	    $(RESULTS)/qwen05-musique30b/results.jsonl $(RESULTS)/qwen05-musique20c/results.jsonl
 
-eval-fidelity-rest: cli $(QWEN05) ## the other 70 MuSiQue questions (80-149): full, cacheblend, focus at r = 0.05, 0.15, 0.3 on Qwen2.5-Coder-0.5B -> results/qwen05-musique70d; focus against cacheblend at each ratio over all 150, paired (~95 min for r = 0.05; ~1.8 min a question more for 0.15 and 0.3)
+eval-fidelity-rest: cli $(QWEN05) ## the other 70 MuSiQue questions (80-149): full, cacheblend, focus at r = 0.05, 0.1, 0.15, 0.3 on Qwen2.5-Coder-0.5B -> results/qwen05-musique70d; focus against cacheblend at each ratio over all 150, paired, and at equal compute (~2.5 h on 2 cores: ~80 s a question for full and the chunks, ~8 s for each method and ratio)
 	$(CLI) eval -m qwen2.5-coder-0.5b --dataset musique \
 	    --data $(SHARED)/data/musique-cacheblend/musique_s.json --methods full,cacheblend,focus \
-	    --ratios 0.05,0.15,0.3 --offset 80 --limit 70 -n 16 --out $(RESULTS)/qwen05-musique70d $(EVAL_ARGS)
-	for r in 0.05 0.15 0.3; do python3 scripts/fidelity_pair.py --by 30 focus cacheblend $$r \
+	    --ratios 0.05,0.1,0.15,0.3 --offset 80 --limit 70 -n 16 --out $(RESULTS)/qwen05-musique70d $(EVAL_ARGS)
+	for p in "focus cacheblend 0.05" "focus cacheblend 0.1" "focus cacheblend 0.15" "focus cacheblend 0.3" \
+	    "focus@0.1 cacheblend 0.05" "focus@0.15 cacheblend 0.1"; do python3 scripts/fidelity_pair.py --by 30 $$p \
 	    $(RESULTS)/qwen05-musique30/results.jsonl $(RESULTS)/qwen05-musique30b/results.jsonl \
 	    $(RESULTS)/qwen05-musique20c/results.jsonl $(RESULTS)/qwen05-musique70d/results.jsonl || exit 1; done
 
