@@ -52,6 +52,11 @@ def mean(v):
     return sum(v) / len(v)
 
 
+def pct(runs, part, side, key):
+    """the mean of `key` over the examples `part` of one side, in percent"""
+    return mean([runs[i][side][key] for i in part]) * 100.0
+
+
 def parse_side(spec, ratio):
     """METHOD or METHOD@R -> (label, method, ratio)"""
     method, sep, r = spec.partition("@")
@@ -90,7 +95,7 @@ def main():
         sys.exit(f"no example has runs of both {ma} and {mb} at {at}")
     print(f"{a} against {b} at {at}, {len(ids)} examples ({ids[0]} .. {ids[-1]})\n")
     if all(runs[i][s].get("compute_frac") is not None for i in ids for s in (a, b)):
-        ca, cb = (mean([runs[i][s]["compute_frac"] for i in ids]) * 100.0 for s in (a, b))
+        ca, cb = (pct(runs, ids, s, "compute_frac") for s in (a, b))
         print(f"compute, share of full prefill's work: {a} {ca:.1f}%, {b} {cb:.1f}%\n")
     print(f"| measure | {a} | {b} | {a} - {b} (95% interval) | {a} better / worse / tied | sign test p |")
     print("|---|---:|---:|---:|---|---:|")
@@ -119,7 +124,7 @@ def main():
         for fa, fb, name in ((1, 1, "both"), (1, 0, f"{a} only"), (0, 1, f"{b} only"), (0, 0, "neither")):
             part = [i for i in ids if runs[i][a]["top1_first"] == fa and runs[i][b]["top1_first"] == fb]
             if part:
-                cells = [mean([runs[i][s][key] for i in part]) * 100.0
+                cells = [pct(runs, part, s, key)
                          for key in (("fid_f1", "tf_agree") if tf else ("fid_f1",)) for s in (a, b)]
                 print(f"| {name} | {len(part)} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     if block > 0:
@@ -127,8 +132,7 @@ def main():
         print("|---|---:|---:|")
         for s in range(0, len(ids), block):
             part = ids[s:s + block]
-            fa = sum(runs[i][a]["fid_f1"] for i in part) * 100.0 / len(part)
-            fb = sum(runs[i][b]["fid_f1"] for i in part) * 100.0 / len(part)
+            fa, fb = (pct(runs, part, s, "fid_f1") for s in (a, b))
             print(f"| {part[0]} .. {part[-1]} ({len(part)}) | {fa:.1f} | {fb:.1f} |")
 
 

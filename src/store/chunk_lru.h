@@ -1,8 +1,8 @@
 /* chunk_lru.h - an index of chunks in memory: key -> chunk (one reference held), a
  * least-recently-used order, the byte total, and the steps-to-execution hints (steps.h) that
  * choose what to evict. The memory chunk cache (chunk_lru.c) and the store's memory tier
- * (store.c) are both one of these behind their own lock. Not thread-safe: the owner locks around every
- * call. */
+ * (store.c) are both one of these behind their own lock. Not thread-safe: the owner locks
+ * around every call. */
 #ifndef KVF_STORE_CHUNK_LRU_H
 #define KVF_STORE_CHUNK_LRU_H
 
